@@ -1,0 +1,17 @@
+"""kmigratedd: userspace kmigrated — promote hot pages to the fast memory tier,
+asynchronously and in batches.
+
+Map of the package (data flows one way: sampler → queues → workers → shim):
+
+- ``kernelfs.py``  the seam for /sys and /proc (root as a parameter, recorded writes)
+- ``topology.py``  nodes, memory tiers, HMAT, PFN → node, promotion targets
+- ``shim.py``      the only importer of the native extension (``native/``): batched
+                   move_pages(2), statuses as data, whole-call failures as OSError
+- ``config.py``    strict YAML config into frozen dataclasses; ``default.yaml``
+- ``units.py``     human units ("200MiB", "100ms") parsed in one place
+- ``daemon.py``    the composition root and lifecycle (startup → serve → shutdown)
+- ``cli.py``       ``kmigratedd``;  ``ctl.py``: ``kmigratedctl``
+- ``errors.py``    the one exception hierarchy
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+"""``kmigratedd`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__, config as config_mod, logsetup
+from .errors import ConfigError, KmigratedError
+from .kernelfs import KernelFs
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kmigratedd",
+        description="Promote hot pages from slow NUMA nodes to the fast tier, "
+                    "asynchronously and in batches.")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="YAML config (default: the embedded default, deploy/kmigratedd.yaml)")
+    p.add_argument("--check-config", metavar="FILE", nargs="?", const="",
+                   help="validate FILE (or the embedded default), print the effective config, "
+                        "and exit: 0 if valid, 2 if not")
+    p.add_argument("--root", metavar="DIR", default="/", help=argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("--version", action="version", version=f"kmigratedd {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.check_config is not None:
+            cfg = config_mod.load(args.check_config or args.config)
+            sys.stdout.write(config_mod.dump(cfg))
+            return 0
+        cfg = config_mod.load(args.config)
+        logsetup.setup(cfg.log_level, debug=args.debug)
+        from .daemon import run
+
+        run(cfg, args.config, KernelFs(Path(args.root)))
+        return 0
+    except ConfigError as exc:
+        print(f"kmigratedd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KmigratedError as exc:
+        if args.debug:
+            logging.getLogger("kmigratedd").exception("fatal")
+        print(f"kmigratedd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

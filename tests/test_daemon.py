@@ -1,0 +1,97 @@
+"""Daemon lifecycle as a user runs it: a real process, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+
+class Daemon:
+    """A kmigratedd process whose stderr is collected by a reader thread."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "kmigratedd.cli", *args], cwd=cwd,
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines: list[str] = []
+        self._seen = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 20) -> list[str]:
+        """Wait for a new line containing ``text``; return the lines logged so far."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i in range(self._seen, len(self.lines)):
+                if text in self.lines[i]:
+                    self._seen = i + 1
+                    return list(self.lines)
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not logged; got:\n" + "\n".join(self.lines))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_within_the_drain_bound(tmp_path, sig):
+    d = Daemon(cwd=tmp_path)
+    try:
+        d.wait_for("running (pid")
+        t0 = time.monotonic()
+        d.proc.send_signal(sig)
+        assert d.proc.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 5.0  # daemon.shutdown_timeout_ms default
+        d.wait_for("stopped")
+    finally:
+        d.close()
+
+
+def test_sighup_reload_good_then_bad_keeps_running_config(tmp_path):
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text("log_level: info\n")
+    d = Daemon("--config", str(cfg), cwd=tmp_path)
+    proc = d.proc
+    try:
+        d.wait_for("running (pid")
+        cfg.write_text("log_level: debug\ntopology:\n  refresh_interval_ms: 100\n")
+        proc.send_signal(signal.SIGHUP)
+        d.wait_for("config reloaded from")
+        d.wait_for("DEBUG kmigratedd: free memory: node 0")  # new level and interval apply
+        cfg.write_text("log_level: loud\n")
+        proc.send_signal(signal.SIGHUP)
+        out = d.wait_for("reload rejected")
+        assert any(f"{cfg}: log_level: must be one of" in line for line in out)
+        d.wait_for("DEBUG kmigratedd: free memory")  # still the good config
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        d.close()
+
+
+def test_journald_format_under_systemd(tmp_path):
+    env = dict(os.environ, JOURNAL_STREAM="8:1234")
+    d = Daemon(cwd=tmp_path, env=env)
+    try:
+        lines = d.wait_for("running (pid")
+        assert all(line.startswith("<") for line in lines if line)
+        assert any(line.startswith("<6>kmigratedd: running") for line in lines)
+    finally:
+        d.close()
