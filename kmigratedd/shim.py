@@ -164,3 +164,242 @@ def count_statuses(status: Any) -> StatusCounts:
 
 # Distinct status values kept by count_statuses; more is not a real batch.
 _TALLY_SLOTS: Final = 256
+
+
+# --- candidate queues (native/kmqueue.c) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    pushed: int
+    coalesced: int
+    dropped: int
+    drained: int
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateBatch:
+    """Candidates taken from a queue, oldest first, as parallel flat arrays."""
+
+    pids: array[int]  # 'i'
+    addrs: array[int]  # 'Q', page-aligned
+    nodes: array[int]  # 'i', node the page was seen on, -1 unknown
+    counts: array[int]  # 'I', samples (weights) folded into the candidate
+    first_ns: array[int]  # 'Q'
+    last_ns: array[int]  # 'Q'
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+
+class NativeQueue:
+    """A bounded, coalescing candidate queue in C (one per CPU; see queues.py)."""
+
+    def __init__(self, capacity: int, page_size: int = PAGE_SIZE) -> None:
+        if not 1 <= capacity <= 1 << 26:
+            raise ShimArgumentError(f"capacity: 1 .. {1 << 26} entries, got {capacity}")
+        if page_size <= 0 or page_size & (page_size - 1):
+            raise ShimArgumentError(f"page_size: a power of two, got {page_size}")
+        q = lib.km_queue_new(capacity, page_size.bit_length() - 1)
+        if q == ffi.NULL:
+            raise MemoryError(f"candidate queue of {capacity} entries")
+        self._q = ffi.gc(q, lib.km_queue_free)
+        self.capacity = capacity
+        self._stats = ffi.new("struct km_queue_stats *")
+
+    def __len__(self) -> int:
+        return int(lib.km_queue_len(self._q))
+
+    def push(self, pids: Any, addrs: Any, nodes: Any = None, times: Any = None,
+             weights: Any = None) -> int:
+        """Offer samples (flat buffers of equal length); returns entries added."""
+        c_pids, n = _buffer(pids, 4, "pids")
+        c_addrs, n2 = _buffer(addrs, 8, "addrs")
+        args = [c_pids, c_addrs]
+        if n2 != n:
+            raise ShimArgumentError(f"addrs: has {n2} entries for {n} pids")
+        for buf, size, what, ctype in ((nodes, 4, "nodes", "int32_t[]"),
+                                       (times, 8, "times", "uint64_t[]"),
+                                       (weights, 4, "weights", "uint32_t[]")):
+            if buf is None:
+                args.append(ffi.NULL)
+                continue
+            c_buf, m = _buffer(buf, size, what)
+            if m != n:
+                raise ShimArgumentError(f"{what}: has {m} entries for {n} pids")
+            args.append(ffi.cast(ctype.replace("[]", " *"), c_buf))
+        return int(lib.km_queue_push(self._q, n, *args))
+
+    def drain(self, max_entries: int) -> CandidateBatch:
+        """Take up to ``max_entries`` oldest candidates out of the queue."""
+        n = min(max_entries, len(self))
+        out = CandidateBatch(_ZERO_I32 * n, array("Q", bytes(8 * n)), _ZERO_I32 * n,
+                             array("I", bytes(4 * n)), array("Q", bytes(8 * n)),
+                             array("Q", bytes(8 * n)))
+        if n:
+            got = lib.km_queue_drain(
+                self._q, n, ffi.from_buffer("int32_t[]", out.pids),
+                ffi.from_buffer("uint64_t[]", out.addrs), ffi.from_buffer("int32_t[]", out.nodes),
+                ffi.from_buffer("uint32_t[]", out.counts),
+                ffi.from_buffer("uint64_t[]", out.first_ns),
+                ffi.from_buffer("uint64_t[]", out.last_ns))
+            assert got == n
+        return out
+
+    def stats(self) -> QueueStats:
+        lib.km_queue_get_stats(self._q, self._stats)
+        s = self._stats
+        return QueueStats(int(s.pushed), int(s.coalesced), int(s.dropped), int(s.drained))
+
+
+# --- perf ring buffers (native/kmperf.c) -------------------------------------
+
+# PERF_SAMPLE_* bits, from <linux/perf_event.h>.
+PERF_SAMPLE_IP: Final = 1 << 0
+PERF_SAMPLE_TID: Final = 1 << 1
+PERF_SAMPLE_TIME: Final = 1 << 2
+PERF_SAMPLE_ADDR: Final = 1 << 3
+PERF_SAMPLE_ID: Final = 1 << 6
+PERF_SAMPLE_CPU: Final = 1 << 7
+PERF_SAMPLE_PERIOD: Final = 1 << 8
+PERF_SAMPLE_STREAM_ID: Final = 1 << 9
+PERF_SAMPLE_WEIGHT: Final = 1 << 14
+PERF_SAMPLE_DATA_SRC: Final = 1 << 15
+PERF_SAMPLE_IDENTIFIER: Final = 1 << 16
+PERF_SAMPLE_TRANSACTION: Final = 1 << 17
+PERF_SAMPLE_PHYS_ADDR: Final = 1 << 19
+PERF_SAMPLE_CGROUP: Final = 1 << 21
+PERF_SAMPLE_DATA_PAGE_SIZE: Final = 1 << 22
+PERF_SAMPLE_CODE_PAGE_SIZE: Final = 1 << 23
+PERF_SAMPLE_WEIGHT_STRUCT: Final = 1 << 24
+PERF_SAMPLE_SUPPORTED: Final = int(lib.km_perf_supported_sample_type())
+
+_SAMPLE_FIELDS: Final = (("pid", "i"), ("tid", "i"), ("cpu", "i"), ("time", "Q"), ("addr", "Q"),
+                         ("phys_addr", "Q"), ("weight", "Q"), ("data_src", "Q"), ("ip", "Q"))
+
+
+@dataclass(frozen=True, slots=True)
+class PerfStats:
+    samples: int = 0
+    lost: int = 0
+    lost_records: int = 0
+    throttled: int = 0
+    unthrottled: int = 0
+    unknown: int = 0
+    truncated: int = 0
+    bytes: int = 0
+
+
+class SampleBuffer:
+    """Reusable flat arrays that km_perf_drain fills (one column per sample field)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.columns: dict[str, array[int]] = {
+            name: array(code, bytes(capacity * (4 if code == "i" else 8)))
+            for name, code in _SAMPLE_FIELDS}
+        self._c = ffi.new("struct km_samples *")
+        self._c.cap = capacity
+        for name, code in _SAMPLE_FIELDS:
+            ctype = "int32_t[]" if code == "i" else "uint64_t[]"
+            setattr(self._c, name, ffi.from_buffer(ctype, self.columns[name]))
+        self._keep = [getattr(self._c, name) for name, _ in _SAMPLE_FIELDS]
+
+    @property
+    def n(self) -> int:
+        return int(self._c.n)
+
+    def clear(self) -> None:
+        self._c.n = 0
+
+    def column(self, name: str) -> memoryview:
+        """The first ``n`` values of a column, without copying."""
+        return memoryview(self.columns[name])[: self.n]
+
+
+def perf_open(type_: int, config: int, sample_type: int, *, cpu: int, pid: int = -1,
+              sample_period: int = 1, config1: int = 0, precise_ip: int = 0,
+              exclude_kernel: bool = False, wakeup_bytes: int = 0) -> int:
+    """perf_event_open(2) for one CPU; returns the fd, raises OSError(errno)."""
+    if sample_type & ~PERF_SAMPLE_SUPPORTED:
+        raise ShimArgumentError(f"sample_type: bits {sample_type & ~PERF_SAMPLE_SUPPORTED:#x} "
+                                "are not decoded")
+    fd = lib.km_perf_open(type_, config, config1, sample_period, sample_type, precise_ip,
+                          int(exclude_kernel), pid, cpu, wakeup_bytes)
+    if fd < 0:
+        raise OSError(-fd, f"perf_event_open(type={type_}, config={config:#x}, cpu={cpu}): "
+                           f"{os.strerror(-fd)}")
+    return int(fd)
+
+
+def perf_enable(fd: int, enable: bool = True) -> None:
+    rc = lib.km_perf_enable(fd, int(enable))
+    if rc < 0:
+        raise OSError(-rc, f"perf ioctl {'enable' if enable else 'disable'}: {os.strerror(-rc)}")
+
+
+def perf_drain(ring: Any, sample_type: int, out: SampleBuffer, stats: Any) -> int:
+    """Decode records from a perf ring (an mmap or any writable buffer) into ``out``.
+
+    ``stats`` is a ``ffi.new('struct km_perf_stats *')`` accumulated across calls
+    (see :func:`new_perf_stats` / :func:`read_perf_stats`).  Returns samples added.
+    """
+    c_ring = ffi.from_buffer(ring, require_writable=True)
+    rc = lib.km_perf_drain(c_ring, len(c_ring), sample_type, out._c, stats)
+    if rc < 0:
+        raise ShimArgumentError(f"perf ring: {os.strerror(-rc)} (sample_type {sample_type:#x}, "
+                                f"{len(c_ring)} bytes)")
+    return int(rc)
+
+
+def new_perf_stats() -> Any:
+    return ffi.new("struct km_perf_stats *")
+
+
+def read_perf_stats(stats: Any) -> PerfStats:
+    return PerfStats(*(int(getattr(stats, f)) for f in PerfStats.__slots__))
+
+
+# --- pagemap and page_idle (native/kmidle.c) --------------------------------
+
+
+def pread_words(fd: int, first: int, out: Any) -> int:
+    """pread 8-byte words at word index ``first`` into ``out``; returns words read."""
+    c_out, n = _buffer(out, 8, "out")
+    rc = lib.km_pread_words(fd, first, n, c_out)
+    if rc < 0:
+        raise OSError(-rc, f"pread at word {first}: {os.strerror(-rc)}")
+    return int(rc)
+
+
+def pagemap_pfns(entries: Any, pfns: Any) -> int:
+    """PFN of each present page (0 when absent, swapped or hidden); returns present count."""
+    c_e, n = _buffer(entries, 8, "entries")
+    c_p, m = _buffer(pfns, 8, "pfns")
+    if m != n:
+        raise ShimArgumentError(f"pfns: has {m} entries for {n} pagemap entries")
+    return int(lib.km_pagemap_pfns(c_e, n, c_p))
+
+
+def idle_mark(fd: int, pfns: Any) -> int:
+    """Set the idle bit of every non-zero PFN; returns bitmap words written."""
+    c_p, n = _buffer(pfns, 8, "pfns")
+    rc = lib.km_idle_mark(fd, c_p, n)
+    if rc < 0:
+        raise OSError(-rc, f"page_idle/bitmap write: {os.strerror(-rc)}")
+    return int(rc)
+
+
+def idle_test(fd: int, pfns: Any, idle: Any) -> int:
+    """idle[i] = 1 if still idle, 0 if accessed, 2 if no PFN; returns accessed count."""
+    c_p, n = _buffer(pfns, 8, "pfns")
+    try:
+        view = memoryview(idle)
+    except TypeError:
+        raise ShimArgumentError("idle: needs a bytearray") from None
+    if view.itemsize != 1 or len(view) != n or view.readonly:
+        raise ShimArgumentError(f"idle: needs a writable buffer of {n} bytes")
+    rc = lib.km_idle_test(fd, c_p, n, ffi.from_buffer("uint8_t[]", idle))
+    if rc < 0:
+        raise OSError(-rc, f"page_idle/bitmap read: {os.strerror(-rc)}")
+    return int(rc)

@@ -571,35 +571,129 @@ static void (*_cffi_call_python_org)(struct _cffi_externpy_s *, char *);
 
 /************************************************************/
 
+#include "kmidle.h"
+#include "kmperf.h"
+#include "kmqueue.h"
 #include "kmshim.h"
+
 
 /************************************************************/
 
 static void *_cffi_types[] = {
-/*  0 */ _CFFI_OP(_CFFI_OP_FUNCTION, 21), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
-/*  1 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7), // int
-/*  2 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28), // size_t
-/*  3 */ _CFFI_OP(_CFFI_OP_POINTER, 22), // uint64_t const *
-/*  4 */ _CFFI_OP(_CFFI_OP_POINTER, 19), // int32_t const *
-/*  5 */ _CFFI_OP(_CFFI_OP_POINTER, 19), // int32_t *
+/*  0 */ _CFFI_OP(_CFFI_OP_FUNCTION, 48), // km_queue *()(uint32_t, unsigned int)
+/*  1 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22), // uint32_t
+/*  2 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8), // unsigned int
+/*  3 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(int, int)
+/*  5 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7), // int
 /*  6 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /*  7 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 21), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
-/*  9 */ _CFFI_OP(_CFFI_OP_NOOP, 4),
-/* 10 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 11 */ _CFFI_OP(_CFFI_OP_NOOP, 5),
-/* 12 */ _CFFI_OP(_CFFI_OP_POINTER, 22), // uint64_t *
-/* 13 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 14 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
+/*  9 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 10 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28), // size_t
+/* 11 */ _CFFI_OP(_CFFI_OP_POINTER, 29), // uint64_t const *
+/* 12 */ _CFFI_OP(_CFFI_OP_POINTER, 98), // int32_t const *
+/* 13 */ _CFFI_OP(_CFFI_OP_POINTER, 98), // int32_t *
+/* 14 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 15 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 23), // void()(int32_t *, size_t, int32_t)
-/* 17 */ _CFFI_OP(_CFFI_OP_NOOP, 5),
-/* 18 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 19 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21), // int32_t
+/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(int, uint64_t const *, size_t)
+/* 17 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 18 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 19 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 20 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 21 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
-/* 22 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24), // uint64_t
-/* 23 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
+/* 21 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(int, uint64_t const *, size_t, uint8_t *)
+/* 22 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 23 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 24 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 25 */ _CFFI_OP(_CFFI_OP_POINTER, 112), // uint8_t *
+/* 26 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(int, uint64_t, size_t, uint64_t *)
+/* 28 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 29 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24), // uint64_t
+/* 30 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 31 */ _CFFI_OP(_CFFI_OP_POINTER, 29), // uint64_t *
+/* 32 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 33 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(int, uint64_t, size_t, uint64_t const *)
+/* 34 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 35 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 36 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 37 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 38 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 39 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
+/* 40 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 41 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 42 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 43 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 44 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 45 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 46 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 47 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
+/* 48 */ _CFFI_OP(_CFFI_OP_POINTER, 107), // km_queue *
+/* 49 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 50 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 51 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 52 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 53 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t *
+/* 54 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 55 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 56 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 57 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
+/* 58 */ _CFFI_OP(_CFFI_OP_NOOP, 48),
+/* 59 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 60 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 61 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 62 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 63 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 64 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t const *
+/* 65 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 66 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
+/* 67 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 68 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 69 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 70 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 71 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 72 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 73 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 74 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 75 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 76 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 77 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 78 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(uint64_t const *, size_t, uint64_t *)
+/* 79 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 80 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 81 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 82 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 83 */ _CFFI_OP(_CFFI_OP_FUNCTION, 108), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
+/* 84 */ _CFFI_OP(_CFFI_OP_POINTER, 113), // void *
+/* 85 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 86 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 87 */ _CFFI_OP(_CFFI_OP_POINTER, 111), // struct km_samples *
+/* 88 */ _CFFI_OP(_CFFI_OP_POINTER, 109), // struct km_perf_stats *
+/* 89 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 90 */ _CFFI_OP(_CFFI_OP_FUNCTION, 10), // size_t()(km_queue const *)
+/* 91 */ _CFFI_OP(_CFFI_OP_POINTER, 107), // km_queue const *
+/* 92 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 93 */ _CFFI_OP(_CFFI_OP_FUNCTION, 29), // uint64_t()(void)
+/* 94 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 95 */ _CFFI_OP(_CFFI_OP_FUNCTION, 113), // void()(int32_t *, size_t, int32_t)
+/* 96 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 97 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 98 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21), // int32_t
+/* 99 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 100 */ _CFFI_OP(_CFFI_OP_FUNCTION, 113), // void()(km_queue *)
+/* 101 */ _CFFI_OP(_CFFI_OP_NOOP, 48),
+/* 102 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 103 */ _CFFI_OP(_CFFI_OP_FUNCTION, 113), // void()(km_queue const *, struct km_queue_stats *)
+/* 104 */ _CFFI_OP(_CFFI_OP_NOOP, 91),
+/* 105 */ _CFFI_OP(_CFFI_OP_POINTER, 110), // struct km_queue_stats *
+/* 106 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 107 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
+/* 108 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
+/* 109 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
+/* 110 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
+/* 111 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
+/* 112 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
+/* 113 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
 };
 
 static void _cffi_d_km_fill_i32(int32_t * x0, size_t x1, int32_t x2)
@@ -623,10 +717,10 @@ _cffi_f_km_fill_i32(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(5), arg0, (char **)&x0);
+      _cffi_type(13), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(5), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(13), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -652,6 +746,125 @@ _cffi_f_km_fill_i32(PyObject *self, PyObject *args)
 }
 #else
 #  define _cffi_f_km_fill_i32 _cffi_d_km_fill_i32
+#endif
+
+static long _cffi_d_km_idle_mark(int x0, uint64_t const * x1, size_t x2)
+{
+  return km_idle_mark(x0, x1, x2);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_idle_mark(PyObject *self, PyObject *args)
+{
+  int x0;
+  uint64_t const * x1;
+  size_t x2;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+
+  if (!PyArg_UnpackTuple(args, "km_idle_mark", 3, 3, &arg0, &arg1, &arg2))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, int);
+  if (x0 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x2 = _cffi_to_c_int(arg2, size_t);
+  if (x2 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_idle_mark(x0, x1, x2); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_idle_mark _cffi_d_km_idle_mark
+#endif
+
+static long _cffi_d_km_idle_test(int x0, uint64_t const * x1, size_t x2, uint8_t * x3)
+{
+  return km_idle_test(x0, x1, x2, x3);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_idle_test(PyObject *self, PyObject *args)
+{
+  int x0;
+  uint64_t const * x1;
+  size_t x2;
+  uint8_t * x3;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+
+  if (!PyArg_UnpackTuple(args, "km_idle_test", 4, 4, &arg0, &arg1, &arg2, &arg3))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, int);
+  if (x0 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x2 = _cffi_to_c_int(arg2, size_t);
+  if (x2 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(25), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (uint8_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(25), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_idle_test(x0, x1, x2, x3); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_idle_test _cffi_d_km_idle_test
 #endif
 
 static long _cffi_d_km_move_pages(int x0, size_t x1, uint64_t const * x2, int32_t const * x3, int32_t * x4, int x5)
@@ -691,28 +904,28 @@ _cffi_f_km_move_pages(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(3), arg2, (char **)&x2);
+      _cffi_type(11), arg2, (char **)&x2);
   if (datasize != 0) {
     x2 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(3), arg2, (char **)&x2,
+    if (_cffi_convert_array_argument(_cffi_type(11), arg2, (char **)&x2,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(4), arg3, (char **)&x3);
+      _cffi_type(12), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(4), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(12), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(5), arg4, (char **)&x4);
+      _cffi_type(13), arg4, (char **)&x4);
   if (datasize != 0) {
     x4 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(5), arg4, (char **)&x4,
+    if (_cffi_convert_array_argument(_cffi_type(13), arg4, (char **)&x4,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -734,6 +947,835 @@ _cffi_f_km_move_pages(PyObject *self, PyObject *args)
 }
 #else
 #  define _cffi_f_km_move_pages _cffi_d_km_move_pages
+#endif
+
+static long _cffi_d_km_pagemap_pfns(uint64_t const * x0, size_t x1, uint64_t * x2)
+{
+  return km_pagemap_pfns(x0, x1, x2);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_pagemap_pfns(PyObject *self, PyObject *args)
+{
+  uint64_t const * x0;
+  size_t x1;
+  uint64_t * x2;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+
+  if (!PyArg_UnpackTuple(args, "km_pagemap_pfns", 3, 3, &arg0, &arg1, &arg2))
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg0, (char **)&x0);
+  if (datasize != 0) {
+    x0 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg0, (char **)&x0,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x1 = _cffi_to_c_int(arg1, size_t);
+  if (x1 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg2, (char **)&x2);
+  if (datasize != 0) {
+    x2 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg2, (char **)&x2,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_pagemap_pfns(x0, x1, x2); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_pagemap_pfns _cffi_d_km_pagemap_pfns
+#endif
+
+static long _cffi_d_km_perf_drain(void * x0, size_t x1, uint64_t x2, struct km_samples * x3, struct km_perf_stats * x4)
+{
+  return km_perf_drain(x0, x1, x2, x3, x4);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_perf_drain(PyObject *self, PyObject *args)
+{
+  void * x0;
+  size_t x1;
+  uint64_t x2;
+  struct km_samples * x3;
+  struct km_perf_stats * x4;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+
+  if (!PyArg_UnpackTuple(args, "km_perf_drain", 5, 5, &arg0, &arg1, &arg2, &arg3, &arg4))
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(84), arg0, (char **)&x0);
+  if (datasize != 0) {
+    x0 = ((size_t)datasize) <= 640 ? (void *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(84), arg0, (char **)&x0,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x1 = _cffi_to_c_int(arg1, size_t);
+  if (x1 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x2 = _cffi_to_c_int(arg2, uint64_t);
+  if (x2 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(87), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(87), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(88), arg4, (char **)&x4);
+  if (datasize != 0) {
+    x4 = ((size_t)datasize) <= 640 ? (struct km_perf_stats *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(88), arg4, (char **)&x4,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_perf_drain(x0, x1, x2, x3, x4); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_perf_drain _cffi_d_km_perf_drain
+#endif
+
+static long _cffi_d_km_perf_enable(int x0, int x1)
+{
+  return km_perf_enable(x0, x1);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_perf_enable(PyObject *self, PyObject *args)
+{
+  int x0;
+  int x1;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+
+  if (!PyArg_UnpackTuple(args, "km_perf_enable", 2, 2, &arg0, &arg1))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, int);
+  if (x0 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x1 = _cffi_to_c_int(arg1, int);
+  if (x1 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_perf_enable(x0, x1); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_perf_enable _cffi_d_km_perf_enable
+#endif
+
+static long _cffi_d_km_perf_open(uint32_t x0, uint64_t x1, uint64_t x2, uint64_t x3, uint64_t x4, uint32_t x5, int x6, int x7, int x8, uint32_t x9)
+{
+  return km_perf_open(x0, x1, x2, x3, x4, x5, x6, x7, x8, x9);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_perf_open(PyObject *self, PyObject *args)
+{
+  uint32_t x0;
+  uint64_t x1;
+  uint64_t x2;
+  uint64_t x3;
+  uint64_t x4;
+  uint32_t x5;
+  int x6;
+  int x7;
+  int x8;
+  uint32_t x9;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+  PyObject *arg5;
+  PyObject *arg6;
+  PyObject *arg7;
+  PyObject *arg8;
+  PyObject *arg9;
+
+  if (!PyArg_UnpackTuple(args, "km_perf_open", 10, 10, &arg0, &arg1, &arg2, &arg3, &arg4, &arg5, &arg6, &arg7, &arg8, &arg9))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, uint32_t);
+  if (x0 == (uint32_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x1 = _cffi_to_c_int(arg1, uint64_t);
+  if (x1 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x2 = _cffi_to_c_int(arg2, uint64_t);
+  if (x2 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x3 = _cffi_to_c_int(arg3, uint64_t);
+  if (x3 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x4 = _cffi_to_c_int(arg4, uint64_t);
+  if (x4 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x5 = _cffi_to_c_int(arg5, uint32_t);
+  if (x5 == (uint32_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x6 = _cffi_to_c_int(arg6, int);
+  if (x6 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x7 = _cffi_to_c_int(arg7, int);
+  if (x7 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x8 = _cffi_to_c_int(arg8, int);
+  if (x8 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x9 = _cffi_to_c_int(arg9, uint32_t);
+  if (x9 == (uint32_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_perf_open(x0, x1, x2, x3, x4, x5, x6, x7, x8, x9); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_perf_open _cffi_d_km_perf_open
+#endif
+
+static uint64_t _cffi_d_km_perf_supported_sample_type(void)
+{
+  return km_perf_supported_sample_type();
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_perf_supported_sample_type(PyObject *self, PyObject *noarg)
+{
+  uint64_t result;
+  PyObject *pyresult;
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_perf_supported_sample_type(); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  (void)noarg; /* unused */
+  pyresult = _cffi_from_c_int(result, uint64_t);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_perf_supported_sample_type _cffi_d_km_perf_supported_sample_type
+#endif
+
+static long _cffi_d_km_pread_words(int x0, uint64_t x1, size_t x2, uint64_t * x3)
+{
+  return km_pread_words(x0, x1, x2, x3);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_pread_words(PyObject *self, PyObject *args)
+{
+  int x0;
+  uint64_t x1;
+  size_t x2;
+  uint64_t * x3;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+
+  if (!PyArg_UnpackTuple(args, "km_pread_words", 4, 4, &arg0, &arg1, &arg2, &arg3))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, int);
+  if (x0 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x1 = _cffi_to_c_int(arg1, uint64_t);
+  if (x1 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x2 = _cffi_to_c_int(arg2, size_t);
+  if (x2 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_pread_words(x0, x1, x2, x3); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_pread_words _cffi_d_km_pread_words
+#endif
+
+static long _cffi_d_km_pwrite_words(int x0, uint64_t x1, size_t x2, uint64_t const * x3)
+{
+  return km_pwrite_words(x0, x1, x2, x3);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_pwrite_words(PyObject *self, PyObject *args)
+{
+  int x0;
+  uint64_t x1;
+  size_t x2;
+  uint64_t const * x3;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+
+  if (!PyArg_UnpackTuple(args, "km_pwrite_words", 4, 4, &arg0, &arg1, &arg2, &arg3))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, int);
+  if (x0 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x1 = _cffi_to_c_int(arg1, uint64_t);
+  if (x1 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x2 = _cffi_to_c_int(arg2, size_t);
+  if (x2 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_pwrite_words(x0, x1, x2, x3); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_pwrite_words _cffi_d_km_pwrite_words
+#endif
+
+static size_t _cffi_d_km_queue_capacity(km_queue const * x0)
+{
+  return km_queue_capacity(x0);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_queue_capacity(PyObject *self, PyObject *arg0)
+{
+  km_queue const * x0;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  size_t result;
+  PyObject *pyresult;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(91), arg0, (char **)&x0);
+  if (datasize != 0) {
+    x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(91), arg0, (char **)&x0,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_queue_capacity(x0); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, size_t);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_queue_capacity _cffi_d_km_queue_capacity
+#endif
+
+static long _cffi_d_km_queue_drain(km_queue * x0, size_t x1, int32_t * x2, uint64_t * x3, int32_t * x4, uint32_t * x5, uint64_t * x6, uint64_t * x7)
+{
+  return km_queue_drain(x0, x1, x2, x3, x4, x5, x6, x7);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_queue_drain(PyObject *self, PyObject *args)
+{
+  km_queue * x0;
+  size_t x1;
+  int32_t * x2;
+  uint64_t * x3;
+  int32_t * x4;
+  uint32_t * x5;
+  uint64_t * x6;
+  uint64_t * x7;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+  PyObject *arg5;
+  PyObject *arg6;
+  PyObject *arg7;
+
+  if (!PyArg_UnpackTuple(args, "km_queue_drain", 8, 8, &arg0, &arg1, &arg2, &arg3, &arg4, &arg5, &arg6, &arg7))
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(48), arg0, (char **)&x0);
+  if (datasize != 0) {
+    x0 = ((size_t)datasize) <= 640 ? (km_queue *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(48), arg0, (char **)&x0,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x1 = _cffi_to_c_int(arg1, size_t);
+  if (x1 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(13), arg2, (char **)&x2);
+  if (datasize != 0) {
+    x2 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(13), arg2, (char **)&x2,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(13), arg4, (char **)&x4);
+  if (datasize != 0) {
+    x4 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(13), arg4, (char **)&x4,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(53), arg5, (char **)&x5);
+  if (datasize != 0) {
+    x5 = ((size_t)datasize) <= 640 ? (uint32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(53), arg5, (char **)&x5,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg6, (char **)&x6);
+  if (datasize != 0) {
+    x6 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg6, (char **)&x6,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg7, (char **)&x7);
+  if (datasize != 0) {
+    x7 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg7, (char **)&x7,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_queue_drain(x0, x1, x2, x3, x4, x5, x6, x7); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_queue_drain _cffi_d_km_queue_drain
+#endif
+
+static void _cffi_d_km_queue_free(km_queue * x0)
+{
+  km_queue_free(x0);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_queue_free(PyObject *self, PyObject *arg0)
+{
+  km_queue * x0;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(48), arg0, (char **)&x0);
+  if (datasize != 0) {
+    x0 = ((size_t)datasize) <= 640 ? (km_queue *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(48), arg0, (char **)&x0,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { km_queue_free(x0); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  Py_INCREF(Py_None);
+  return Py_None;
+}
+#else
+#  define _cffi_f_km_queue_free _cffi_d_km_queue_free
+#endif
+
+static void _cffi_d_km_queue_get_stats(km_queue const * x0, struct km_queue_stats * x1)
+{
+  km_queue_get_stats(x0, x1);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_queue_get_stats(PyObject *self, PyObject *args)
+{
+  km_queue const * x0;
+  struct km_queue_stats * x1;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  PyObject *arg0;
+  PyObject *arg1;
+
+  if (!PyArg_UnpackTuple(args, "km_queue_get_stats", 2, 2, &arg0, &arg1))
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(91), arg0, (char **)&x0);
+  if (datasize != 0) {
+    x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(91), arg0, (char **)&x0,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(105), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (struct km_queue_stats *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(105), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { km_queue_get_stats(x0, x1); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  Py_INCREF(Py_None);
+  return Py_None;
+}
+#else
+#  define _cffi_f_km_queue_get_stats _cffi_d_km_queue_get_stats
+#endif
+
+static size_t _cffi_d_km_queue_len(km_queue const * x0)
+{
+  return km_queue_len(x0);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_queue_len(PyObject *self, PyObject *arg0)
+{
+  km_queue const * x0;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  size_t result;
+  PyObject *pyresult;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(91), arg0, (char **)&x0);
+  if (datasize != 0) {
+    x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(91), arg0, (char **)&x0,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_queue_len(x0); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, size_t);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_queue_len _cffi_d_km_queue_len
+#endif
+
+static km_queue * _cffi_d_km_queue_new(uint32_t x0, unsigned int x1)
+{
+  return km_queue_new(x0, x1);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_queue_new(PyObject *self, PyObject *args)
+{
+  uint32_t x0;
+  unsigned int x1;
+  km_queue * result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+
+  if (!PyArg_UnpackTuple(args, "km_queue_new", 2, 2, &arg0, &arg1))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, uint32_t);
+  if (x0 == (uint32_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x1 = _cffi_to_c_int(arg1, unsigned int);
+  if (x1 == (unsigned int)-1 && PyErr_Occurred())
+    return NULL;
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_queue_new(x0, x1); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_pointer((char *)result, _cffi_type(48));
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_queue_new _cffi_d_km_queue_new
+#endif
+
+static long _cffi_d_km_queue_push(km_queue * x0, size_t x1, int32_t const * x2, uint64_t const * x3, int32_t const * x4, uint64_t const * x5, uint32_t const * x6)
+{
+  return km_queue_push(x0, x1, x2, x3, x4, x5, x6);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_queue_push(PyObject *self, PyObject *args)
+{
+  km_queue * x0;
+  size_t x1;
+  int32_t const * x2;
+  uint64_t const * x3;
+  int32_t const * x4;
+  uint64_t const * x5;
+  uint32_t const * x6;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+  PyObject *arg5;
+  PyObject *arg6;
+
+  if (!PyArg_UnpackTuple(args, "km_queue_push", 7, 7, &arg0, &arg1, &arg2, &arg3, &arg4, &arg5, &arg6))
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(48), arg0, (char **)&x0);
+  if (datasize != 0) {
+    x0 = ((size_t)datasize) <= 640 ? (km_queue *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(48), arg0, (char **)&x0,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x1 = _cffi_to_c_int(arg1, size_t);
+  if (x1 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(12), arg2, (char **)&x2);
+  if (datasize != 0) {
+    x2 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(12), arg2, (char **)&x2,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(12), arg4, (char **)&x4);
+  if (datasize != 0) {
+    x4 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(12), arg4, (char **)&x4,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg5, (char **)&x5);
+  if (datasize != 0) {
+    x5 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg5, (char **)&x5,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(64), arg6, (char **)&x6);
+  if (datasize != 0) {
+    x6 = ((size_t)datasize) <= 640 ? (uint32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(64), arg6, (char **)&x6,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_queue_push(x0, x1, x2, x3, x4, x5, x6); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_queue_push _cffi_d_km_queue_push
 #endif
 
 static long _cffi_d_km_status_tally(int32_t const * x0, size_t x1, int32_t * x2, uint64_t * x3, size_t x4, uint64_t * x5)
@@ -765,10 +1807,10 @@ _cffi_f_km_status_tally(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(4), arg0, (char **)&x0);
+      _cffi_type(12), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(4), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(12), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -778,19 +1820,19 @@ _cffi_f_km_status_tally(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(5), arg2, (char **)&x2);
+      _cffi_type(13), arg2, (char **)&x2);
   if (datasize != 0) {
     x2 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(5), arg2, (char **)&x2,
+    if (_cffi_convert_array_argument(_cffi_type(13), arg2, (char **)&x2,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(12), arg3, (char **)&x3);
+      _cffi_type(31), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(12), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(31), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -800,10 +1842,10 @@ _cffi_f_km_status_tally(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(12), arg5, (char **)&x5);
+      _cffi_type(31), arg5, (char **)&x5);
   if (datasize != 0) {
     x5 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(12), arg5, (char **)&x5,
+    if (_cffi_convert_array_argument(_cffi_type(31), arg5, (char **)&x5,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -823,25 +1865,175 @@ _cffi_f_km_status_tally(PyObject *self, PyObject *args)
 #  define _cffi_f_km_status_tally _cffi_d_km_status_tally
 #endif
 
+_CFFI_UNUSED_FN
+static void _cffi_checkfld_struct_km_perf_stats(struct km_perf_stats *p)
+{
+  /* only to generate compile-time warnings or errors */
+  (void)p;
+  (void)((p->samples) | 0);  /* check that 'struct km_perf_stats.samples' is an integer */
+  (void)((p->lost) | 0);  /* check that 'struct km_perf_stats.lost' is an integer */
+  (void)((p->lost_records) | 0);  /* check that 'struct km_perf_stats.lost_records' is an integer */
+  (void)((p->throttled) | 0);  /* check that 'struct km_perf_stats.throttled' is an integer */
+  (void)((p->unthrottled) | 0);  /* check that 'struct km_perf_stats.unthrottled' is an integer */
+  (void)((p->unknown) | 0);  /* check that 'struct km_perf_stats.unknown' is an integer */
+  (void)((p->truncated) | 0);  /* check that 'struct km_perf_stats.truncated' is an integer */
+  (void)((p->bytes) | 0);  /* check that 'struct km_perf_stats.bytes' is an integer */
+}
+struct _cffi_align_struct_km_perf_stats { char x; struct km_perf_stats y; };
+
+_CFFI_UNUSED_FN
+static void _cffi_checkfld_struct_km_queue_stats(struct km_queue_stats *p)
+{
+  /* only to generate compile-time warnings or errors */
+  (void)p;
+  (void)((p->pushed) | 0);  /* check that 'struct km_queue_stats.pushed' is an integer */
+  (void)((p->coalesced) | 0);  /* check that 'struct km_queue_stats.coalesced' is an integer */
+  (void)((p->dropped) | 0);  /* check that 'struct km_queue_stats.dropped' is an integer */
+  (void)((p->drained) | 0);  /* check that 'struct km_queue_stats.drained' is an integer */
+}
+struct _cffi_align_struct_km_queue_stats { char x; struct km_queue_stats y; };
+
+_CFFI_UNUSED_FN
+static void _cffi_checkfld_struct_km_samples(struct km_samples *p)
+{
+  /* only to generate compile-time warnings or errors */
+  (void)p;
+  (void)((p->cap) | 0);  /* check that 'struct km_samples.cap' is an integer */
+  (void)((p->n) | 0);  /* check that 'struct km_samples.n' is an integer */
+  { int32_t * *tmp = &p->pid; (void)tmp; }
+  { int32_t * *tmp = &p->tid; (void)tmp; }
+  { int32_t * *tmp = &p->cpu; (void)tmp; }
+  { uint64_t * *tmp = &p->time; (void)tmp; }
+  { uint64_t * *tmp = &p->addr; (void)tmp; }
+  { uint64_t * *tmp = &p->phys_addr; (void)tmp; }
+  { uint64_t * *tmp = &p->weight; (void)tmp; }
+  { uint64_t * *tmp = &p->data_src; (void)tmp; }
+  { uint64_t * *tmp = &p->ip; (void)tmp; }
+}
+struct _cffi_align_struct_km_samples { char x; struct km_samples y; };
+
 static const struct _cffi_global_s _cffi_globals[] = {
-  { "km_fill_i32", (void *)_cffi_f_km_fill_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 16), (void *)_cffi_d_km_fill_i32 },
-  { "km_move_pages", (void *)_cffi_f_km_move_pages, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 0), (void *)_cffi_d_km_move_pages },
-  { "km_status_tally", (void *)_cffi_f_km_status_tally, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 8), (void *)_cffi_d_km_status_tally },
+  { "km_fill_i32", (void *)_cffi_f_km_fill_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 95), (void *)_cffi_d_km_fill_i32 },
+  { "km_idle_mark", (void *)_cffi_f_km_idle_mark, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 16), (void *)_cffi_d_km_idle_mark },
+  { "km_idle_test", (void *)_cffi_f_km_idle_test, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 21), (void *)_cffi_d_km_idle_test },
+  { "km_move_pages", (void *)_cffi_f_km_move_pages, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 8), (void *)_cffi_d_km_move_pages },
+  { "km_pagemap_pfns", (void *)_cffi_f_km_pagemap_pfns, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 78), (void *)_cffi_d_km_pagemap_pfns },
+  { "km_perf_drain", (void *)_cffi_f_km_perf_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 83), (void *)_cffi_d_km_perf_drain },
+  { "km_perf_enable", (void *)_cffi_f_km_perf_enable, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 4), (void *)_cffi_d_km_perf_enable },
+  { "km_perf_open", (void *)_cffi_f_km_perf_open, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 66), (void *)_cffi_d_km_perf_open },
+  { "km_perf_supported_sample_type", (void *)_cffi_f_km_perf_supported_sample_type, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_N, 93), (void *)_cffi_d_km_perf_supported_sample_type },
+  { "km_pread_words", (void *)_cffi_f_km_pread_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 27), (void *)_cffi_d_km_pread_words },
+  { "km_pwrite_words", (void *)_cffi_f_km_pwrite_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 33), (void *)_cffi_d_km_pwrite_words },
+  { "km_queue_capacity", (void *)_cffi_f_km_queue_capacity, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 90), (void *)_cffi_d_km_queue_capacity },
+  { "km_queue_drain", (void *)_cffi_f_km_queue_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 47), (void *)_cffi_d_km_queue_drain },
+  { "km_queue_free", (void *)_cffi_f_km_queue_free, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 100), (void *)_cffi_d_km_queue_free },
+  { "km_queue_get_stats", (void *)_cffi_f_km_queue_get_stats, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 103), (void *)_cffi_d_km_queue_get_stats },
+  { "km_queue_len", (void *)_cffi_f_km_queue_len, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 90), (void *)_cffi_d_km_queue_len },
+  { "km_queue_new", (void *)_cffi_f_km_queue_new, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 0), (void *)_cffi_d_km_queue_new },
+  { "km_queue_push", (void *)_cffi_f_km_queue_push, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 57), (void *)_cffi_d_km_queue_push },
+  { "km_status_tally", (void *)_cffi_f_km_status_tally, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 39), (void *)_cffi_d_km_status_tally },
+};
+
+static const struct _cffi_field_s _cffi_fields[] = {
+  { "samples", offsetof(struct km_perf_stats, samples),
+               sizeof(((struct km_perf_stats *)0)->samples),
+               _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "lost", offsetof(struct km_perf_stats, lost),
+            sizeof(((struct km_perf_stats *)0)->lost),
+            _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "lost_records", offsetof(struct km_perf_stats, lost_records),
+                    sizeof(((struct km_perf_stats *)0)->lost_records),
+                    _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "throttled", offsetof(struct km_perf_stats, throttled),
+                 sizeof(((struct km_perf_stats *)0)->throttled),
+                 _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "unthrottled", offsetof(struct km_perf_stats, unthrottled),
+                   sizeof(((struct km_perf_stats *)0)->unthrottled),
+                   _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "unknown", offsetof(struct km_perf_stats, unknown),
+               sizeof(((struct km_perf_stats *)0)->unknown),
+               _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "truncated", offsetof(struct km_perf_stats, truncated),
+                 sizeof(((struct km_perf_stats *)0)->truncated),
+                 _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "bytes", offsetof(struct km_perf_stats, bytes),
+             sizeof(((struct km_perf_stats *)0)->bytes),
+             _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "pushed", offsetof(struct km_queue_stats, pushed),
+              sizeof(((struct km_queue_stats *)0)->pushed),
+              _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "coalesced", offsetof(struct km_queue_stats, coalesced),
+                 sizeof(((struct km_queue_stats *)0)->coalesced),
+                 _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "dropped", offsetof(struct km_queue_stats, dropped),
+               sizeof(((struct km_queue_stats *)0)->dropped),
+               _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "drained", offsetof(struct km_queue_stats, drained),
+               sizeof(((struct km_queue_stats *)0)->drained),
+               _CFFI_OP(_CFFI_OP_NOOP, 29) },
+  { "cap", offsetof(struct km_samples, cap),
+           sizeof(((struct km_samples *)0)->cap),
+           _CFFI_OP(_CFFI_OP_NOOP, 10) },
+  { "n", offsetof(struct km_samples, n),
+         sizeof(((struct km_samples *)0)->n),
+         _CFFI_OP(_CFFI_OP_NOOP, 10) },
+  { "pid", offsetof(struct km_samples, pid),
+           sizeof(((struct km_samples *)0)->pid),
+           _CFFI_OP(_CFFI_OP_NOOP, 13) },
+  { "tid", offsetof(struct km_samples, tid),
+           sizeof(((struct km_samples *)0)->tid),
+           _CFFI_OP(_CFFI_OP_NOOP, 13) },
+  { "cpu", offsetof(struct km_samples, cpu),
+           sizeof(((struct km_samples *)0)->cpu),
+           _CFFI_OP(_CFFI_OP_NOOP, 13) },
+  { "time", offsetof(struct km_samples, time),
+            sizeof(((struct km_samples *)0)->time),
+            _CFFI_OP(_CFFI_OP_NOOP, 31) },
+  { "addr", offsetof(struct km_samples, addr),
+            sizeof(((struct km_samples *)0)->addr),
+            _CFFI_OP(_CFFI_OP_NOOP, 31) },
+  { "phys_addr", offsetof(struct km_samples, phys_addr),
+                 sizeof(((struct km_samples *)0)->phys_addr),
+                 _CFFI_OP(_CFFI_OP_NOOP, 31) },
+  { "weight", offsetof(struct km_samples, weight),
+              sizeof(((struct km_samples *)0)->weight),
+              _CFFI_OP(_CFFI_OP_NOOP, 31) },
+  { "data_src", offsetof(struct km_samples, data_src),
+                sizeof(((struct km_samples *)0)->data_src),
+                _CFFI_OP(_CFFI_OP_NOOP, 31) },
+  { "ip", offsetof(struct km_samples, ip),
+          sizeof(((struct km_samples *)0)->ip),
+          _CFFI_OP(_CFFI_OP_NOOP, 31) },
+};
+
+static const struct _cffi_struct_union_s _cffi_struct_unions[] = {
+  { "km_perf_stats", 109, _CFFI_F_CHECK_FIELDS,
+    sizeof(struct km_perf_stats), offsetof(struct _cffi_align_struct_km_perf_stats, y), 0, 8 },
+  { "km_queue", 107, _CFFI_F_OPAQUE,
+    (size_t)-1, -1, -1, 0 /* opaque */ },
+  { "km_queue_stats", 110, _CFFI_F_CHECK_FIELDS,
+    sizeof(struct km_queue_stats), offsetof(struct _cffi_align_struct_km_queue_stats, y), 8, 4 },
+  { "km_samples", 111, _CFFI_F_CHECK_FIELDS,
+    sizeof(struct km_samples), offsetof(struct _cffi_align_struct_km_samples, y), 12, 11 },
+};
+
+static const struct _cffi_typename_s _cffi_typenames[] = {
+  { "km_queue", 107 },
 };
 
 static const struct _cffi_type_context_s _cffi_type_context = {
   _cffi_types,
   _cffi_globals,
-  NULL,  /* no fields */
-  NULL,  /* no struct_unions */
+  _cffi_fields,
+  _cffi_struct_unions,
   NULL,  /* no enums */
-  NULL,  /* no typenames */
-  3,  /* num_globals */
-  0,  /* num_struct_unions */
+  _cffi_typenames,
+  19,  /* num_globals */
+  4,  /* num_struct_unions */
   0,  /* num_enums */
-  0,  /* num_typenames */
+  1,  /* num_typenames */
   NULL,  /* no includes */
-  24,  /* num_types */
+  114,  /* num_types */
   0,  /* flags */
 };
 

@@ -1,8 +1,8 @@
 """Generate the cffi (out-of-line, API mode) C source of kmigratedd's native shim.
 
-Run ``python native/build_shim.py`` after changing ``native/kmshim.h``: it rewrites
-``native/_native.c``, which is committed and compiled by setuptools from
-pyproject.toml (``[tool.setuptools] ext-modules``) together with ``kmshim.c``.
+Run ``python native/build_shim.py`` after changing a header ``native/km*.h``: it
+rewrites ``native/_native.c``, which is committed and compiled by setuptools from
+pyproject.toml (``[tool.setuptools] ext-modules``) together with ``native/km*.c``.
 CI regenerates it and fails if the committed copy differs (``--check``).
 """
 
@@ -15,7 +15,7 @@ import sys
 import cffi
 
 HERE = pathlib.Path(__file__).resolve().parent
-HEADER = HERE / "kmshim.h"
+HEADERS = sorted(HERE.glob("km*.h"))
 OUTPUT = HERE / "_native.c"
 MODULE = "kmigratedd._native"
 
@@ -29,8 +29,10 @@ def cdef_from_header(text: str) -> str:
 
 def make_builder() -> cffi.FFI:
     ffibuilder = cffi.FFI()
-    ffibuilder.cdef(cdef_from_header(HEADER.read_text()))
-    ffibuilder.set_source(MODULE, '#include "kmshim.h"')
+    for header in HEADERS:
+        ffibuilder.cdef(cdef_from_header(header.read_text()))
+    includes = "".join(f'#include "{h.name}"\n' for h in HEADERS)
+    ffibuilder.set_source(MODULE, includes)
     return ffibuilder
 
 
