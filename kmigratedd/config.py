@@ -38,6 +38,62 @@ class TopologyConfig:
     refresh_interval_ms: int = field(default=5000, metadata=_spec("ms", 100, 3_600_000))
 
 
+SamplerName = Literal["auto", "pebs", "ibs", "idle", "damon", "hint-faults"]
+
+
+@dataclass(frozen=True)
+class HintFaultsConfig:
+    state_file: str = "/var/lib/kmigratedd/sysctl-state.json"
+    ring_pages: int = field(default=64, metadata=_spec(None, 1, 4096))
+
+
+@dataclass(frozen=True)
+class PmuConfig:
+    sample_period: int = field(default=997, metadata=_spec(None, 1, 1 << 30))
+    latency_threshold_cycles: int = field(default=64, metadata=_spec(None, 3, 65535))
+    ring_pages: int = field(default=64, metadata=_spec(None, 1, 4096))
+
+
+@dataclass(frozen=True)
+class IdleConfig:
+    history_rounds: int = field(default=4, metadata=_spec(None, 1, 8))
+    hot_rounds: int = field(default=2, metadata=_spec(None, 1, 8))
+    scan_budget_pages_per_s: int = field(default=1 << 20, metadata=_spec(None, 1024, 1 << 32))
+
+
+@dataclass(frozen=True)
+class DamonConfig:
+    sample_interval_ms: int = field(default=5, metadata=_spec("ms", 1, 10_000))
+    aggregate_interval_ms: int = field(default=100, metadata=_spec("ms", 1, 60_000))
+    min_regions: int = field(default=10, metadata=_spec(None, 3, 100_000))
+    max_regions: int = field(default=1000, metadata=_spec(None, 3, 100_000))
+    hot_min_accesses: int = field(default=1, metadata=_spec(None, 1, 1_000_000))
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: SamplerName = "auto"
+    interval_ms: int = field(default=1000, metadata=_spec("ms", 10, 3_600_000))
+    hint_faults: HintFaultsConfig = field(default_factory=HintFaultsConfig)
+    pmu: PmuConfig = field(default_factory=PmuConfig)
+    idle: IdleConfig = field(default_factory=IdleConfig)
+    damon: DamonConfig = field(default_factory=DamonConfig)
+
+
+@dataclass(frozen=True)
+class ScopeConfig:
+    pids: tuple[int, ...] = ()
+    cgroups: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+    exclude_commands: tuple[str, ...] = ()
+    exclude_pids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueuesConfig:
+    capacity_per_cpu: int = field(default=65536, metadata=_spec(None, 16, 1 << 24))
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     shutdown_timeout_ms: int = field(default=5000, metadata=_spec("ms", 0, 600_000))
@@ -47,6 +103,9 @@ class DaemonConfig:
 class Config:
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     topology: TopologyConfig = field(default_factory=TopologyConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    scope: ScopeConfig = field(default_factory=ScopeConfig)
+    queues: QueuesConfig = field(default_factory=QueuesConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +259,38 @@ def _check(config: Config, source: str) -> Config:
         if seen and src in seen and dst in seen and seen[dst] >= seen[src]:
             raise ConfigError(source, path,
                               f"target node {dst} is not in a faster tier than node {src}")
+    idle = config.sampler.idle
+    if idle.hot_rounds > idle.history_rounds:
+        raise ConfigError(source, "sampler.idle.hot_rounds",
+                          f"must be <= history_rounds ({idle.history_rounds}), "
+                          f"got {idle.hot_rounds}")
+    damon = config.sampler.damon
+    if damon.aggregate_interval_ms < damon.sample_interval_ms:
+        raise ConfigError(source, "sampler.damon.aggregate_interval_ms",
+                          f"must be >= sample_interval_ms ({damon.sample_interval_ms})")
+    if damon.max_regions < damon.min_regions:
+        raise ConfigError(source, "sampler.damon.max_regions",
+                          f"must be >= min_regions ({damon.min_regions})")
+    for key in ("ring_pages",):
+        for section in (config.sampler.hint_faults, config.sampler.pmu):
+            pages = getattr(section, key)
+            if pages & (pages - 1):
+                name = "hint_faults" if section is config.sampler.hint_faults else "pmu"
+                raise ConfigError(source, f"sampler.{name}.{key}",
+                                  f"must be a power of two, got {pages}")
+    import re
+
+    for i, pattern in enumerate(config.scope.commands + config.scope.exclude_commands):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            which = "commands" if i < len(config.scope.commands) else "exclude_commands"
+            raise ConfigError(source, f"scope.{which}", f"bad pattern {pattern!r}: {exc}")
+    for cg in config.scope.cgroups:
+        if not cg.startswith("/"):
+            raise ConfigError(source, "scope.cgroups",
+                              f"cgroup paths start with '/' (relative to the cgroup2 "
+                              f"mount), got {cg!r}")
     return config
 
 

@@ -40,3 +40,8 @@ class MovePagesError(KmigratedError, OSError):
 
 class NativeUnavailableError(KmigratedError, ImportError):
     """The compiled extension is missing (the package was not installed with pip)."""
+
+
+class SamplerUnavailableError(KmigratedError, RuntimeError):
+    """A sampler cannot run here; the message says what is missing (PMU event,
+    kernel option, capability) and what to do."""

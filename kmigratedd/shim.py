@@ -317,6 +317,38 @@ class SampleBuffer:
         return memoryview(self.columns[name])[: self.n]
 
 
+def samples_filter(out: SampleBuffer, pids: array[int], allow: bool) -> int:
+    """Keep samples whose pid is in (allow) or not in (deny) the sorted ``pids``, and a
+    non-zero address; returns the number removed."""
+    c_pids = ffi.from_buffer("int32_t[]", pids) if len(pids) else ffi.NULL
+    return int(lib.km_samples_filter(out._c, c_pids, len(pids), int(allow)))
+
+
+def samples_by_node(out: SampleBuffer, block_shift: int, block_node: array[int],
+                    node_ok: bytes, nodes_out: array[int]) -> int:
+    """Keep samples whose physical address lies on a node with ``node_ok[node]``;
+    their nodes go to ``nodes_out``.  Returns the samples removed."""
+    if len(nodes_out) < out.n:
+        raise ShimArgumentError(f"nodes_out: has {len(nodes_out)} entries for {out.n} samples")
+    table = ffi.from_buffer("int32_t[]", block_node) if len(block_node) else ffi.NULL
+    rc = lib.km_samples_by_node(out._c, block_shift, table, len(block_node),
+                                ffi.from_buffer("uint8_t[]", node_ok), len(node_ok),
+                                ffi.from_buffer("int32_t[]", nodes_out))
+    if rc < 0:
+        raise ShimArgumentError("samples_by_node: the buffer has no phys_addr column")
+    return int(rc)
+
+
+def phys_to_node(phys: Any, block_shift: int, block_node: array[int], nodes: Any) -> None:
+    """Node of each physical address from a per-memory-block node table (-1 unknown)."""
+    c_phys, n = _buffer(phys, 8, "phys")
+    c_nodes, m = _buffer(nodes, 4, "nodes")
+    if m < n:
+        raise ShimArgumentError(f"nodes: has {m} entries for {n} addresses")
+    table = ffi.from_buffer("int32_t[]", block_node) if len(block_node) else ffi.NULL
+    lib.km_phys_to_node(c_phys, n, block_shift, table, len(block_node), c_nodes)
+
+
 def perf_open(type_: int, config: int, sample_type: int, *, cpu: int, pid: int = -1,
               sample_period: int = 1, config1: int = 0, precise_ip: int = 0,
               exclude_kernel: bool = False, wakeup_bytes: int = 0) -> int:

@@ -20,6 +20,7 @@ Debian's 6.1 without HMAT-driven tiers) and individual targets.
 from __future__ import annotations
 
 import bisect
+from array import array
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -110,6 +111,21 @@ class Topology:
         if pfn >= self._pfn_starts[i] + block_pages:
             return None
         return self._pfn_nodes[i]
+
+    def block_node_table(self) -> tuple[int, array[int]]:
+        """(block_shift, node of each memory block or -1): PFN/phys → node in C."""
+        shift = self.block_size_bytes.bit_length() - 1
+        last = max((b for n in self.nodes.values() for b in n.memory_blocks), default=-1)
+        table = array("i", [-1]) * (last + 1)
+        for n in self.nodes.values():
+            for b in n.memory_blocks:
+                table[b] = n.id
+        return shift, table
+
+    def slow_node_mask(self) -> bytes:
+        """mask[node] = 1 for every node that has a promotion target."""
+        size = max(self.nodes, default=0) + 1
+        return bytes(1 if n in self.targets else 0 for n in range(size))
 
     def describe(self) -> str:
         """Multi-line human summary (for logs and --check-config)."""

@@ -191,3 +191,83 @@ corrupt:
 	__atomic_store_n(&meta->data_tail, head, __ATOMIC_RELEASE);
 	return taken;
 }
+
+static int has_pid(const int32_t *pids, size_t n, int32_t pid)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (pids[mid] < pid)
+			lo = mid + 1;
+		else if (pids[mid] > pid)
+			hi = mid;
+		else
+			return 1;
+	}
+	return 0;
+}
+
+long km_samples_filter(struct km_samples *s, const int32_t *pids, size_t npids, int allow)
+{
+	size_t i, j = 0;
+
+	for (i = 0; i < s->n; i++) {
+		int keep = (!s->addr || s->addr[i]) &&
+			   (!s->pid || has_pid(pids, npids, s->pid[i]) == !!allow);
+
+		if (!keep)
+			continue;
+		if (i != j) {
+#define MOVE(f) do { if (s->f) s->f[j] = s->f[i]; } while (0)
+			MOVE(pid); MOVE(tid); MOVE(cpu); MOVE(time); MOVE(addr);
+			MOVE(phys_addr); MOVE(weight); MOVE(data_src); MOVE(ip);
+#undef MOVE
+		}
+		j++;
+	}
+	i = s->n - j;
+	s->n = j;
+	return (long)i;
+}
+
+void km_phys_to_node(const uint64_t *phys, size_t n, unsigned int block_shift,
+                     const int32_t *block_node, size_t nblocks, int32_t *nodes)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		uint64_t b = phys[i] >> block_shift;
+
+		nodes[i] = (phys[i] && b < nblocks) ? block_node[b] : -1;
+	}
+}
+
+long km_samples_by_node(struct km_samples *s, unsigned int block_shift,
+                        const int32_t *block_node, size_t nblocks,
+                        const uint8_t *node_ok, size_t nnodes, int32_t *nodes_out)
+{
+	size_t i, j = 0;
+
+	if (!s->phys_addr)
+		return -EINVAL;
+	for (i = 0; i < s->n; i++) {
+		uint64_t b = s->phys_addr[i] >> block_shift;
+		int32_t node = (s->phys_addr[i] && b < nblocks) ? block_node[b] : -1;
+
+		if (node < 0 || (size_t)node >= nnodes || !node_ok[node])
+			continue;
+		if (i != j) {
+#define MOVE(f) do { if (s->f) s->f[j] = s->f[i]; } while (0)
+			MOVE(pid); MOVE(tid); MOVE(cpu); MOVE(time); MOVE(addr);
+			MOVE(phys_addr); MOVE(weight); MOVE(data_src); MOVE(ip);
+#undef MOVE
+		}
+		nodes_out[j] = node;
+		j++;
+	}
+	i = s->n - j;
+	s->n = j;
+	return (long)i;
+}

@@ -57,4 +57,28 @@ long km_perf_enable(int fd, int enable);
 long km_perf_drain(void *base, size_t map_size, uint64_t sample_type, struct km_samples *out,
                    struct km_perf_stats *st);
 
+
+/*
+ * Keep only samples whose pid is (allow=1) or is not (allow=0) in the sorted
+ * array `pids` and whose addr is non-zero; compacts `s` in place.  Returns the
+ * samples removed.
+ */
+long km_samples_filter(struct km_samples *s, const int32_t *pids, size_t npids, int allow);
+
+/*
+ * Physical addresses to nodes: nodes[i] = block_node[phys[i] >> block_shift],
+ * or -1 past the table or for phys 0.  (Memory block table from the topology.)
+ */
+void km_phys_to_node(const uint64_t *phys, size_t n, unsigned int block_shift,
+                     const int32_t *block_node, size_t nblocks, int32_t *nodes);
+
+/*
+ * PMU samples: map phys_addr to a node through the memory-block table and keep
+ * only samples whose node has node_ok[node] != 0 (the slower tiers); the kept
+ * samples' nodes go to nodes_out (compacted like `s`).  Returns samples removed.
+ */
+long km_samples_by_node(struct km_samples *s, unsigned int block_shift,
+                        const int32_t *block_node, size_t nblocks,
+                        const uint8_t *node_ok, size_t nnodes, int32_t *nodes_out);
+
 #endif

@@ -30,11 +30,15 @@ GOOD = [
     ("float that is whole", "topology:\n  refresh_interval_ms: 1000.0\n",
      {"topology.refresh_interval_ms": 1000}),
     ("null section", "topology:\n", {"topology.refresh_interval_ms": 5000}),
+    ("sampler by name", "sampler:\n  name: hint-faults\n  interval_ms: 250ms\n",
+     {"sampler.name": "hint-faults", "sampler.interval_ms": 250}),
+    ("scope", "scope:\n  commands: ['^postgres$']\n  cgroups: [/system.slice/db.service]\n",
+     {"scope.commands": ("^postgres$",), "scope.cgroups": ("/system.slice/db.service",)}),
 ]
 
 BAD = [
     ("unknown top key", "log_levle: info\n",
-     "log_levle: unknown key (known here: log_level, topology, daemon)"),
+     "log_levle: unknown key (known here: log_level, topology, sampler, scope, queues, daemon)"),
     ("unknown nested key", "topology:\n  tier: []\n",
      "topology.tier: unknown key (known here: tiers, promotion_targets, refresh_interval_ms)"),
     ("bad choice", "log_level: loud\n",
@@ -79,6 +83,24 @@ BAD = [
      "invalid YAML at line 2 column 1: duplicate key 'log_level' (line 2)"),
     ("syntax error", "topology: [\n",
      "invalid YAML at line 2 column 1: expected the node content, but found '<stream end>'"),
+    ("bad sampler", "sampler:\n  name: pebs2\n",
+     "sampler.name: must be one of auto, pebs, ibs, idle, damon, hint-faults, got 'pebs2'"),
+    ("hot above history", "sampler:\n  idle:\n    history_rounds: 2\n    hot_rounds: 3\n",
+     "sampler.idle.hot_rounds: must be <= history_rounds (2), got 3"),
+    ("ring not power of two", "sampler:\n  hint_faults:\n    ring_pages: 48\n",
+     "sampler.hint_faults.ring_pages: must be a power of two, got 48"),
+    ("aggregate below sample", "sampler:\n  damon:\n    sample_interval_ms: 50\n"
+     "    aggregate_interval_ms: 10\n",
+     "sampler.damon.aggregate_interval_ms: must be >= sample_interval_ms (50)"),
+    ("bad regex", "scope:\n  commands: ['(']\n",
+     "scope.commands: bad pattern '(': missing ), unterminated subpattern at position 0"),
+    ("relative cgroup", "scope:\n  cgroups: [system.slice]\n",
+     "scope.cgroups: cgroup paths start with '/' (relative to the cgroup2 mount), "
+     "got 'system.slice'"),
+    ("queue too small", "queues:\n  capacity_per_cpu: 8\n",
+     "queues.capacity_per_cpu: must be >= 16, got 8"),
+    ("pid not int", "scope:\n  pids: [init]\n",
+     "scope.pids[0]: expected a number, got a string"),
     ("tab indentation", "topology:\n\ttiers: []\n",
      "invalid YAML at line 2 column 1: found character '\\t' that cannot start any token"),
 ]

@@ -1,0 +1,394 @@
+"""perf_event_open samplers: NUMA hinting faults (no PMU needed), Intel PEBS, AMD IBS.
+
+One event per online CPU, system wide (pid = -1), each with an mmap'd ring
+buffer. The event loop watches the fds (``add_reader``: a ring that passed its
+wakeup watermark is readable) and a timer drains what stays below the watermark;
+the native shim decodes records into flat arrays, filters them and pushes them
+into that CPU's candidate queue — no Python loop per sample.
+
+``hint-faults`` (seed 004's signal): with ``kernel.numa_balancing = 2`` the kernel
+makes only slow-tier pages take a NUMA hinting fault on their next touch, and the
+software page-fault event with PERF_SAMPLE_ADDR records exactly those pages.
+``numa_balancing_promote_rate_limit_MBps = 0`` stops the kernel from promoting
+them itself — except while the target node has more than max(1 GiB, 1/16 of the
+node) free above its high watermark (``pgdat_free_space_enough()`` in
+kernel/sched/fair.c), when the kernel promotes in the faulting task regardless.
+The sampler watches /proc/vmstat ``pgpromote_success`` and reports that regime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import mmap
+import os
+import re
+from array import array
+
+from .. import shim
+from ..errors import SamplerUnavailableError
+from ..kernelfs import KernelFs, parse_cpulist
+from ..sysctl import SysctlGuard
+from .base import SamplerContext
+
+log = logging.getLogger("kmigratedd.sampler")
+
+PERF_TYPE_SOFTWARE = 1
+PERF_COUNT_SW_PAGE_FAULTS = 2
+PERF_TYPE_RAW = 4
+
+NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
+PROMOTE_RATE_LIMIT = "/proc/sys/kernel/numa_balancing_promote_rate_limit_MBps"
+PMU_DIR = "/sys/bus/event_source/devices"
+
+HINT_FAULT_SAMPLE_TYPE = (shim.PERF_SAMPLE_TID | shim.PERF_SAMPLE_TIME | shim.PERF_SAMPLE_ADDR
+                          | shim.PERF_SAMPLE_CPU)
+PMU_SAMPLE_TYPE = (HINT_FAULT_SAMPLE_TYPE | shim.PERF_SAMPLE_WEIGHT | shim.PERF_SAMPLE_DATA_SRC
+                   | shim.PERF_SAMPLE_PHYS_ADDR)
+
+
+def perf_error_hint(err: int) -> str:
+    if err in (errno.EACCES, errno.EPERM):
+        return ("needs CAP_PERFMON (or CAP_SYS_ADMIN), or kernel.perf_event_paranoid <= 0 "
+                "for system-wide events")
+    if err in (errno.ENOENT, errno.EOPNOTSUPP, errno.ENODEV):
+        return "the event is not supported by this kernel or CPU (no PMU in a VM?)"
+    if err == errno.EMFILE:
+        return "out of file descriptors (one event per CPU): raise LimitNOFILE"
+    return os.strerror(err)
+
+
+def online_cpus(fs: KernelFs) -> list[int]:
+    text = fs.read_optional("/sys/devices/system/cpu/online")
+    return sorted(parse_cpulist(text)) if text else list(range(os.cpu_count() or 1))
+
+
+def vmstat(fs: KernelFs, *keys: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in (fs.read_optional("/proc/vmstat") or "").splitlines():
+        k, _, v = line.partition(" ")
+        if k in keys:
+            out[k] = int(v)
+    return out
+
+
+class PerfRings:
+    """One perf event and ring per CPU, drained into the candidate queues."""
+
+    def __init__(self, ctx: SamplerContext, *, type_: int, config: int, config1: int,
+                 sample_type: int, sample_period: int, precise_ip: int, ring_pages: int,
+                 by_phys_node: bool) -> None:
+        self.ctx = ctx
+        self.type_, self.config, self.config1 = type_, config, config1
+        self.sample_type = sample_type
+        self.sample_period = sample_period
+        self.precise_ip = precise_ip
+        self.ring_pages = ring_pages
+        self.by_phys_node = by_phys_node
+        self.cpus = online_cpus(ctx.fs)
+        self.fds: dict[int, int] = {}
+        self.maps: dict[int, mmap.mmap] = {}
+        ring_bytes = ring_pages * shim.PAGE_SIZE
+        # A sample record is at least 8 + 4 fields * 8 bytes; size the output for a full ring.
+        self.buf = shim.SampleBuffer(max(1024, ring_bytes // 40))
+        self.nodes = array("i", [0]) * self.buf.capacity
+        self.stats_c = shim.new_perf_stats()
+        self.filtered = 0
+        self.pushed = 0
+        self.deny = array("i", sorted({os.getpid(), *ctx.config.scope.exclude_pids}))
+        self.allow: array[int] | None = None
+        self._block_shift, self._block_table = ctx.topology.block_node_table()
+        self._slow_mask = ctx.topology.slow_node_mask()
+
+    def open(self) -> None:
+        wakeup = self.ring_pages * shim.PAGE_SIZE // 4
+        try:
+            for cpu in self.cpus:
+                fd = shim.perf_open(self.type_, self.config, self.sample_type, cpu=cpu,
+                                    sample_period=self.sample_period, config1=self.config1,
+                                    precise_ip=self.precise_ip, wakeup_bytes=wakeup)
+                self.fds[cpu] = fd
+                self.maps[cpu] = mmap.mmap(fd, (1 + self.ring_pages) * shim.PAGE_SIZE,
+                                           mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
+            self.close()
+            raise
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        for cpu, fd in self.fds.items():
+            loop.add_reader(fd, self.drain_cpu, cpu)
+
+    def set_scope(self, allow: list[int] | None) -> None:
+        """Restrict samples to these pids (None: every pid but the denied ones)."""
+        self.allow = None if allow is None else array("i", sorted(allow))
+
+    def drain_cpu(self, cpu: int) -> int:
+        """Decode one CPU's ring into its queue; returns candidates added."""
+        ring = self.maps.get(cpu)
+        if ring is None:
+            return 0
+        added = 0
+        while True:
+            self.buf.clear()
+            n = shim.perf_drain(ring, self.sample_type, self.buf, self.stats_c)
+            if n == 0:
+                return added
+            if self.allow is not None:
+                self.filtered += shim.samples_filter(self.buf, self.allow, allow=True)
+            else:
+                self.filtered += shim.samples_filter(self.buf, self.deny, allow=False)
+            nodes = None
+            if self.by_phys_node:
+                self.filtered += shim.samples_by_node(self.buf, self._block_shift,
+                                                      self._block_table, self._slow_mask,
+                                                      self.nodes)
+                nodes = memoryview(self.nodes)[: self.buf.n]
+            if self.buf.n:
+                added += self.ctx.queues.push(cpu, self.buf.column("pid"),
+                                              self.buf.column("addr"), nodes,
+                                              self.buf.column("time"))
+                self.pushed += self.buf.n
+            if n < self.buf.capacity:
+                return added
+
+    def drain_all(self) -> int:
+        return sum(self.drain_cpu(cpu) for cpu in list(self.maps))
+
+    def close(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        for cpu, fd in self.fds.items():
+            if loop is not None:
+                loop.remove_reader(fd)
+        for m in self.maps.values():
+            m.close()
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        self.maps.clear()
+
+    def stats(self) -> dict[str, int]:
+        s = shim.read_perf_stats(self.stats_c)
+        return {"samples": s.samples, "samples_lost": s.lost, "lost_records": s.lost_records,
+                "throttled": s.throttled, "truncated": s.truncated,
+                "unknown_records": s.unknown, "filtered": self.filtered,
+                "candidates_offered": self.pushed}
+
+
+class _PerfSampler:
+    """Common lifecycle: open rings, watch fds, drain on a timer, refresh the scope."""
+
+    name = "perf"
+
+    def __init__(self, ctx: SamplerContext, rings: PerfRings) -> None:
+        self.ctx = ctx
+        self.rings = rings
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.errors = 0
+
+    def _scope_pids(self) -> list[int] | None:
+        scope = self.ctx.config.scope
+        if not (scope.pids or scope.cgroups or scope.commands or scope.exclude_commands):
+            return None
+        return list(self.ctx.scope.pids())
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.rings.set_scope(self._scope_pids())
+        self.rings.open()
+        self.rings.watch(self._loop)
+        self._task = asyncio.create_task(self._tick_loop(), name=f"sampler-{self.name}")
+
+    async def _tick_loop(self) -> None:
+        interval = self.ctx.config.sampler.interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.rings.drain_all()
+                self.rings.set_scope(self._scope_pids())
+                self.tick()
+            except Exception:  # noqa: BLE001 - a sampler never dies of one bad round
+                self.errors += 1
+                log.exception("%s sampler round failed", self.name)
+
+    def tick(self) -> None:
+        """Per-interval work of a subclass."""
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self.rings.fds:
+            self.rings.drain_all()
+        self.rings.close(self._loop)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.rings.stats(), "errors": self.errors}
+
+
+class HintFaultSampler(_PerfSampler):
+    name = "hint-faults"
+
+    def __init__(self, ctx: SamplerContext) -> None:
+        cfg = ctx.config.sampler.hint_faults
+        rings = PerfRings(ctx, type_=PERF_TYPE_SOFTWARE, config=PERF_COUNT_SW_PAGE_FAULTS,
+                          config1=0, sample_type=HINT_FAULT_SAMPLE_TYPE, sample_period=1,
+                          precise_ip=0, ring_pages=cfg.ring_pages, by_phys_node=False)
+        super().__init__(ctx, rings)
+        self.guard = SysctlGuard(ctx.fs, cfg.state_file,
+                                 {NUMA_BALANCING: "2", PROMOTE_RATE_LIMIT: "0"})
+        self.kernel_promoted = 0
+        self.kernel_promoting = False
+        self._last_promote: int | None = None
+
+    @staticmethod
+    def probe(ctx: SamplerContext) -> str | None:
+        if not ctx.fs.exists(NUMA_BALANCING):
+            return "the kernel has no NUMA balancing (CONFIG_NUMA_BALANCING)"
+        if not ctx.fs.exists(PROMOTE_RATE_LIMIT):
+            return ("the kernel has no numa_balancing tiering mode "
+                    "(numa_balancing_promote_rate_limit_MBps; needs Linux >= 6.0)")
+        if ctx.topology.tier_source != "kernel" or len(ctx.topology.tiers) < 2:
+            return ("the kernel puts every node in one memory tier, so numa_balancing=2 "
+                    "makes no page fault; use another sampler or fix the tiers (HMAT)")
+        if not os.access(ctx.fs.path(NUMA_BALANCING), os.W_OK):
+            return "writing kernel.numa_balancing needs root"
+        try:
+            fd = shim.perf_open(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS,
+                                HINT_FAULT_SAMPLE_TYPE, cpu=online_cpus(ctx.fs)[0])
+            os.close(fd)
+        except OSError as exc:
+            return f"perf_event_open(page-faults): {perf_error_hint(exc.errno or 0)}"
+        return None
+
+    async def start(self) -> None:
+        self.guard.recover()
+        self.guard.apply()
+        try:
+            self._last_promote = vmstat(self.ctx.fs, "pgpromote_success").get(
+                "pgpromote_success")
+            await super().start()
+        except BaseException:
+            self.guard.restore()
+            raise
+
+    def tick(self) -> None:
+        now = vmstat(self.ctx.fs, "pgpromote_success").get("pgpromote_success")
+        if now is None or self._last_promote is None:
+            return
+        delta = now - self._last_promote
+        self._last_promote = now
+        if delta > 0:
+            self.kernel_promoted += delta
+            if not self.kernel_promoting:
+                log.warning(
+                    "the kernel is promoting pages itself (%d in the last interval): a fast "
+                    "node has more than max(1 GiB, 1/16 of it) free, so it ignores the "
+                    "promote rate limit; hint-fault candidates will be few until it fills", delta)
+            self.kernel_promoting = True
+        elif self.kernel_promoting:
+            log.info("the kernel stopped promoting pages itself")
+            self.kernel_promoting = False
+
+    async def stop(self) -> None:
+        try:
+            await super().stop()
+        finally:
+            self.guard.restore()
+
+    def stats(self) -> dict[str, int]:
+        return {**super().stats(), "kernel_promoted_pages": self.kernel_promoted,
+                "kernel_promoting": int(self.kernel_promoting)}
+
+
+def _pmu_event(fs: KernelFs, pmu: str, event: str) -> tuple[int, int, int] | None:
+    """(type, config, config1) of a named sysfs PMU event, or None if absent."""
+    base = f"{PMU_DIR}/{pmu}"
+    type_text = fs.read_optional(f"{base}/type")
+    if type_text is None:
+        return None
+    if not event:
+        return int(type_text), 0, 0
+    spec = fs.read_optional(f"{base}/events/{event}")
+    if spec is None:
+        return None
+    configs = {"config": 0, "config1": 0, "config2": 0}
+    for term in spec.strip().split(","):
+        name, _, value = term.partition("=")
+        fmt = fs.read_optional(f"{base}/format/{name.strip()}")
+        if fmt is None:
+            continue
+        m = re.fullmatch(r"(config\d?):(\d+)(?:-(\d+))?", fmt.strip())
+        if not m:
+            continue
+        lo = int(m.group(2))
+        configs[m.group(1)] |= int(value or "1", 0) << lo
+    return int(type_text), configs["config"], configs["config1"]
+
+
+def set_format_field(fs: KernelFs, pmu: str, field: str, configs: list[int], value: int) -> None:
+    fmt = fs.read_optional(f"{PMU_DIR}/{pmu}/format/{field}")
+    if fmt is None:
+        return
+    m = re.fullmatch(r"config(\d?):(\d+)(?:-(\d+))?", fmt.strip())
+    if not m:
+        return
+    which = int(m.group(1) or 0)
+    lo, hi = int(m.group(2)), int(m.group(3) or m.group(2))
+    mask = ((1 << (hi - lo + 1)) - 1) << lo
+    configs[which] = (configs[which] & ~mask) | ((value << lo) & mask)
+
+
+class PmuSampler(_PerfSampler):
+    """Precise memory-access samples: PEBS load latency (Intel) or IBS op (AMD)."""
+
+    def __init__(self, ctx: SamplerContext, kind: str) -> None:
+        cfg = ctx.config.sampler.pmu
+        found = self.find_event(ctx.fs, kind)
+        assert found is not None, "probe() first"
+        pmu, (type_, config, config1) = found
+        configs = [config, config1]
+        if kind == "pebs":
+            set_format_field(ctx.fs, pmu, "ldlat", configs, cfg.latency_threshold_cycles)
+        rings = PerfRings(ctx, type_=type_, config=configs[0], config1=configs[1],
+                          sample_type=PMU_SAMPLE_TYPE, sample_period=cfg.sample_period,
+                          precise_ip=2 if kind == "pebs" else 0, ring_pages=cfg.ring_pages,
+                          by_phys_node=True)
+        super().__init__(ctx, rings)
+        self.name = kind
+
+    @staticmethod
+    def find_event(fs: KernelFs, kind: str) -> tuple[str, tuple[int, int, int]] | None:
+        if kind == "pebs":
+            for pmu in ("cpu", "cpu_core"):
+                ev = _pmu_event(fs, pmu, "mem-loads")
+                if ev is not None:
+                    return pmu, ev
+            return None
+        ev = _pmu_event(fs, "ibs_op", "")
+        return ("ibs_op", ev) if ev is not None else None
+
+    @classmethod
+    def probe_kind(cls, ctx: SamplerContext, kind: str) -> str | None:
+        found = cls.find_event(ctx.fs, kind)
+        if found is None:
+            return ("no Intel PEBS mem-loads event in " + PMU_DIR + "/cpu/events"
+                    if kind == "pebs" else "no AMD IBS op PMU (" + PMU_DIR + "/ibs_op)") + \
+                " (not this CPU, or a VM without a virtual PMU)"
+        if not ctx.topology.targets:
+            return "no slower memory tier to sample (one tier)"
+        pmu, (type_, config, config1) = found
+        try:
+            fd = shim.perf_open(type_, config, PMU_SAMPLE_TYPE, cpu=online_cpus(ctx.fs)[0],
+                                sample_period=ctx.config.sampler.pmu.sample_period,
+                                config1=config1, precise_ip=2 if kind == "pebs" else 0)
+            os.close(fd)
+        except OSError as exc:
+            return f"perf_event_open({pmu}): {perf_error_hint(exc.errno or 0)}; PHYS_ADDR " \
+                   "samples need CAP_SYS_ADMIN"
+        return None
+

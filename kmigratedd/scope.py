@@ -1,0 +1,90 @@
+"""Which processes kmigratedd watches (config ``scope``).
+
+Empty lists watch every user process. Otherwise a process is in scope when it
+matches any of ``pids``, ``cgroups`` (cgroup v2 paths, children included) or
+``commands`` (regular expressions matched against the whole /proc/PID/comm), and
+matches none of ``exclude_pids`` / ``exclude_commands``. kmigratedd itself and
+kernel threads (PF_KTHREAD) are always excluded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+
+from .config import ScopeConfig
+from .kernelfs import KernelFs
+
+PF_KTHREAD = 0x00200000  # include/linux/sched.h
+
+
+class Scope:
+    def __init__(self, cfg: ScopeConfig, fs: KernelFs, self_pid: int | None = None) -> None:
+        self.cfg = cfg
+        self.fs = fs
+        self.self_pid = os.getpid() if self_pid is None else self_pid
+        self._commands = [re.compile(p) for p in cfg.commands]
+        self._exclude = [re.compile(p) for p in cfg.exclude_commands]
+        self._pids = frozenset(cfg.pids)
+        self._exclude_pids = frozenset(cfg.exclude_pids) | {self.self_pid}
+        self._all = not (cfg.pids or cfg.cgroups or cfg.commands)
+
+    def _comm(self, pid: int) -> str | None:
+        text = self.fs.read_optional(f"/proc/{pid}/comm")
+        return None if text is None else text.rstrip("\n")
+
+    def is_kernel_thread(self, pid: int) -> bool | None:
+        """True for kernel threads, None if the process is gone."""
+        text = self.fs.read_optional(f"/proc/{pid}/stat")
+        if text is None:
+            return None
+        fields = text[text.rfind(")") + 2:].split()
+        try:
+            return bool(int(fields[6]) & PF_KTHREAD)
+        except (IndexError, ValueError):
+            return None
+
+    def _cgroup(self, pid: int) -> str | None:
+        text = self.fs.read_optional(f"/proc/{pid}/cgroup")
+        if text is None:
+            return None
+        for line in text.splitlines():
+            if line.startswith("0::"):
+                return line[3:]
+        return None
+
+    def contains(self, pid: int) -> bool:
+        """Whether ``pid`` is watched now (False if it is gone)."""
+        if pid <= 0 or pid in self._exclude_pids:
+            return False
+        kthread = self.is_kernel_thread(pid)
+        if kthread is None or kthread:
+            return False
+        comm: str | None = None
+        if self._exclude:
+            comm = self._comm(pid)
+            if comm is None or any(p.fullmatch(comm) for p in self._exclude):
+                return False
+        if self._all or pid in self._pids:
+            return True
+        if self._commands:
+            comm = comm if comm is not None else self._comm(pid)
+            if comm is not None and any(p.fullmatch(comm) for p in self._commands):
+                return True
+        if self.cfg.cgroups:
+            cg = self._cgroup(pid)
+            if cg is not None and any(cg == c or cg.startswith(c.rstrip("/") + "/")
+                                      for c in self.cfg.cgroups):
+                return True
+        return False
+
+    def pids(self) -> Iterator[int]:
+        """Processes in scope now, in pid order."""
+        if not self._all and not (self.cfg.cgroups or self.cfg.commands):
+            candidates = sorted(self._pids)
+        else:
+            candidates = sorted(int(n) for n in self.fs.listdir("/proc", r"\d+"))
+        for pid in candidates:
+            if self.contains(pid):
+                yield pid
