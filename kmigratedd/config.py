@@ -95,6 +95,25 @@ class QueuesConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    batch_pages: int = field(default=512, metadata=_spec(None, 1, 65536))
+    max_wait_ms: int = field(default=100, metadata=_spec("ms", 1, 60_000))
+    min_samples: int = field(default=1, metadata=_spec(None, 1, 1_000_000))
+    rate_limit_mb_per_s: float = field(default=256.0, metadata=_spec("mb_per_s", 0, 1_000_000))
+    min_free_bytes: int = field(default=256 << 20, metadata=_spec("bytes", 0, 1 << 50))
+    resume_free_bytes: int = field(default=512 << 20, metadata=_spec("bytes", 0, 1 << 50))
+    free_refresh_ms: int = field(default=1000, metadata=_spec("ms", 10, 600_000))
+    pingpong_window_ms: int = field(default=60_000, metadata=_spec("ms", 0, 86_400_000))
+    pingpong_holdoff_ms: int = field(default=300_000, metadata=_spec("ms", 0, 86_400_000))
+    busy_retry_ms: int = field(default=1000, metadata=_spec("ms", 1, 600_000))
+    enomem_backoff_ms: int = field(default=1000, metadata=_spec("ms", 1, 600_000))
+    copy_threads: int | Literal["auto"] = field(default="auto", metadata=_spec(None, 1, 64))
+    parallel_min_pages: int = field(default=2048, metadata=_spec(None, 2, 1 << 24))
+    move_all: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     shutdown_timeout_ms: int = field(default=5000, metadata=_spec("ms", 0, 600_000))
 
@@ -106,6 +125,7 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     scope: ScopeConfig = field(default_factory=ScopeConfig)
     queues: QueuesConfig = field(default_factory=QueuesConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +141,16 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(str, typing.get_args(tp)))
+    if tp in (int, float):
+        kind = "a whole number" if tp is int else "a number"
+        lo, hi = meta.get("lo"), meta.get("hi")
+        return f"{kind} from {lo:g} to {hi:g}" if lo is not None and hi is not None else kind
+    return getattr(tp, "__name__", str(tp))
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -176,6 +206,14 @@ class _Decoder:
 
     def value(self, tp: Any, raw: Any, path: str, meta: Mapping[str, Any]) -> Any:
         origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            wants = []
+            for arm in typing.get_args(tp):
+                try:
+                    return self.value(arm, raw, path, meta)
+                except ConfigError:
+                    wants.append(_describe(arm, meta))
+            raise self.fail(path, f"must be {' or '.join(wants)}, got {raw!r}")
         if dataclasses.is_dataclass(tp):
             return self.dataclass(tp, raw, path)
         if origin is Literal:
@@ -259,6 +297,10 @@ def _check(config: Config, source: str) -> Config:
         if seen and src in seen and dst in seen and seen[dst] >= seen[src]:
             raise ConfigError(source, path,
                               f"target node {dst} is not in a faster tier than node {src}")
+    workers = config.workers
+    if workers.resume_free_bytes < workers.min_free_bytes:
+        raise ConfigError(source, "workers.resume_free_bytes",
+                          f"must be >= min_free_bytes ({workers.min_free_bytes})")
     idle = config.sampler.idle
     if idle.hot_rounds > idle.history_rounds:
         raise ConfigError(source, "sampler.idle.hot_rounds",

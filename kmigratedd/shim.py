@@ -435,3 +435,58 @@ def idle_test(fd: int, pfns: Any, idle: Any) -> int:
     if rc < 0:
         raise OSError(-rc, f"page_idle/bitmap read: {os.strerror(-rc)}")
     return int(rc)
+
+
+# --- candidate batches (native/kmcand.c) ------------------------------------
+
+
+def cand_prepare(pids: array[int], addrs: array[int], counts: array[int], min_count: int) -> int:
+    """Sort by (pid, addr), fold duplicates, drop folded counts below ``min_count``.
+
+    Works in place on ``array('i')``, ``array('Q')`` and ``array('I')`` and truncates
+    them; returns how many (folded) candidates the threshold dropped.
+    """
+    n = len(pids)
+    if len(addrs) != n or len(counts) != n:
+        raise ShimArgumentError("cand_prepare: pids, addrs and counts differ in length")
+    if not n:
+        return 0
+    below = ffi.new("uint64_t *")
+    rc = lib.km_cand_prepare(n, ffi.from_buffer("int32_t[]", pids),
+                             ffi.from_buffer("uint64_t[]", addrs),
+                             ffi.from_buffer("uint32_t[]", counts), min_count, below)
+    if rc < 0:
+        raise MemoryError("cand_prepare")
+    del pids[rc:], addrs[rc:], counts[rc:]
+    return int(below[0])
+
+
+def cand_targets(status: Any, target_of_node: array[int], tgt: array[int]) -> int:
+    """Promotion target of each queried page (-1 on the fast tier, -2 gone)."""
+    c_status, n = _buffer(status, 4, "status")
+    c_tgt, m = _buffer(tgt, 4, "tgt")
+    if m < n:
+        raise ShimArgumentError(f"tgt: has {m} entries for {n} statuses")
+    table = ffi.from_buffer("int32_t[]", target_of_node) if len(target_of_node) else ffi.NULL
+    return int(lib.km_cand_targets(n, c_status, table, len(target_of_node), c_tgt))
+
+
+def select_u64(values: Any, key: Any, want: int) -> array[int]:
+    """The values whose key equals ``want``, in order."""
+    c_in, n = _buffer(values, 8, "values")
+    c_key, m = _buffer(key, 4, "key")
+    if m < n:
+        raise ShimArgumentError(f"key: has {m} entries for {n} values")
+    out = array("Q", bytes(8 * n))
+    k = lib.km_select_u64(n, c_in, c_key, want, ffi.from_buffer("uint64_t[]", out))
+    del out[k:]
+    return out
+
+
+def runs(values: Any) -> array[int]:
+    """Start index of each run of equal values in a sorted ``array('i')``."""
+    c_v, n = _buffer(values, 4, "values")
+    starts = array("I", bytes(4 * n))
+    k = lib.km_runs_i32(n, c_v, ffi.from_buffer("uint32_t[]", starts))
+    del starts[k:]
+    return starts

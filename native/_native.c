@@ -571,6 +571,7 @@ static void (*_cffi_call_python_org)(struct _cffi_externpy_s *, char *);
 
 /************************************************************/
 
+#include "kmcand.h"
 #include "kmidle.h"
 #include "kmperf.h"
 #include "kmqueue.h"
@@ -584,42 +585,42 @@ static void *_cffi_types[] = {
 /*  1 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22), // uint32_t
 /*  2 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8), // unsigned int
 /*  3 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(int, int)
+/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, int)
 /*  5 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7), // int
 /*  6 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /*  7 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
+/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
 /*  9 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 10 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28), // size_t
 /* 11 */ _CFFI_OP(_CFFI_OP_POINTER, 29), // uint64_t const *
-/* 12 */ _CFFI_OP(_CFFI_OP_POINTER, 113), // int32_t const *
-/* 13 */ _CFFI_OP(_CFFI_OP_POINTER, 113), // int32_t *
+/* 12 */ _CFFI_OP(_CFFI_OP_POINTER, 90), // int32_t const *
+/* 13 */ _CFFI_OP(_CFFI_OP_POINTER, 90), // int32_t *
 /* 14 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 15 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(int, uint64_t const *, size_t)
+/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, uint64_t const *, size_t)
 /* 17 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 18 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 19 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 20 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 21 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(int, uint64_t const *, size_t, uint8_t *)
+/* 21 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, uint64_t const *, size_t, uint8_t *)
 /* 22 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 23 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 24 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 25 */ _CFFI_OP(_CFFI_OP_POINTER, 135), // uint8_t *
+/* 25 */ _CFFI_OP(_CFFI_OP_POINTER, 162), // uint8_t *
 /* 26 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(int, uint64_t, size_t, uint64_t *)
+/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, uint64_t, size_t, uint64_t *)
 /* 28 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 29 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24), // uint64_t
 /* 30 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 31 */ _CFFI_OP(_CFFI_OP_POINTER, 29), // uint64_t *
 /* 32 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 33 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(int, uint64_t, size_t, uint64_t const *)
+/* 33 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, uint64_t, size_t, uint64_t const *)
 /* 34 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 35 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
 /* 36 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 37 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 38 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 39 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
+/* 39 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
 /* 40 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 41 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 42 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
@@ -627,8 +628,8 @@ static void *_cffi_types[] = {
 /* 44 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 45 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
 /* 46 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 47 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
-/* 48 */ _CFFI_OP(_CFFI_OP_POINTER, 130), // km_queue *
+/* 47 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
+/* 48 */ _CFFI_OP(_CFFI_OP_POINTER, 157), // km_queue *
 /* 49 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 50 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 51 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
@@ -637,7 +638,7 @@ static void *_cffi_types[] = {
 /* 54 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
 /* 55 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
 /* 56 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 57 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
+/* 57 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
 /* 58 */ _CFFI_OP(_CFFI_OP_NOOP, 48),
 /* 59 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 60 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
@@ -646,78 +647,268 @@ static void *_cffi_types[] = {
 /* 63 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 64 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t const *
 /* 65 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 66 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(struct km_samples *, int32_t const *, size_t, int)
-/* 67 */ _CFFI_OP(_CFFI_OP_POINTER, 134), // struct km_samples *
-/* 68 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 69 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 70 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 71 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 72 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(struct km_samples *, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, int32_t *)
-/* 73 */ _CFFI_OP(_CFFI_OP_NOOP, 67),
-/* 74 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
-/* 75 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 76 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 77 */ _CFFI_OP(_CFFI_OP_POINTER, 135), // uint8_t const *
+/* 66 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(size_t, int32_t *, uint64_t *, uint32_t *, uint32_t, uint64_t *)
+/* 67 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 68 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 69 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 70 */ _CFFI_OP(_CFFI_OP_NOOP, 53),
+/* 71 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 72 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 73 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 74 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(size_t, int32_t const *, int32_t const *, size_t, int32_t *)
+/* 75 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 76 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 77 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 78 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 79 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 80 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 81 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
-/* 82 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 83 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 84 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 85 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 86 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 87 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 88 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 89 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 90 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 91 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 81 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(size_t, int32_t const *, uint32_t *)
+/* 82 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 83 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 84 */ _CFFI_OP(_CFFI_OP_NOOP, 53),
+/* 85 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 86 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(size_t, uint64_t const *, int32_t const *, int32_t, uint64_t *)
+/* 87 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 88 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 89 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 90 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21), // int32_t
+/* 91 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
 /* 92 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 93 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(uint64_t const *, size_t, uint64_t *)
-/* 94 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 95 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 96 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 97 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 98 */ _CFFI_OP(_CFFI_OP_FUNCTION, 131), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
-/* 99 */ _CFFI_OP(_CFFI_OP_POINTER, 136), // void *
-/* 100 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 101 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 102 */ _CFFI_OP(_CFFI_OP_NOOP, 67),
-/* 103 */ _CFFI_OP(_CFFI_OP_POINTER, 132), // struct km_perf_stats *
-/* 104 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 105 */ _CFFI_OP(_CFFI_OP_FUNCTION, 10), // size_t()(km_queue const *)
-/* 106 */ _CFFI_OP(_CFFI_OP_POINTER, 130), // km_queue const *
+/* 93 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(struct km_samples *, int32_t const *, size_t, int)
+/* 94 */ _CFFI_OP(_CFFI_OP_POINTER, 161), // struct km_samples *
+/* 95 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 96 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 97 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 98 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 99 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(struct km_samples *, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, int32_t *)
+/* 100 */ _CFFI_OP(_CFFI_OP_NOOP, 94),
+/* 101 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 102 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 103 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 104 */ _CFFI_OP(_CFFI_OP_POINTER, 162), // uint8_t const *
+/* 105 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 106 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 107 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 108 */ _CFFI_OP(_CFFI_OP_FUNCTION, 29), // uint64_t()(void)
-/* 109 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 110 */ _CFFI_OP(_CFFI_OP_FUNCTION, 136), // void()(int32_t *, size_t, int32_t)
-/* 111 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 112 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 113 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21), // int32_t
-/* 114 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 115 */ _CFFI_OP(_CFFI_OP_FUNCTION, 136), // void()(km_queue *)
-/* 116 */ _CFFI_OP(_CFFI_OP_NOOP, 48),
-/* 117 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 118 */ _CFFI_OP(_CFFI_OP_FUNCTION, 136), // void()(km_queue const *, struct km_queue_stats *)
-/* 119 */ _CFFI_OP(_CFFI_OP_NOOP, 106),
-/* 120 */ _CFFI_OP(_CFFI_OP_POINTER, 133), // struct km_queue_stats *
-/* 121 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 122 */ _CFFI_OP(_CFFI_OP_FUNCTION, 136), // void()(uint64_t const *, size_t, unsigned int, int32_t const *, size_t, int32_t *)
-/* 123 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 124 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 125 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
-/* 126 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 108 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
+/* 109 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 110 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 111 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 112 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 113 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 114 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 115 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 116 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 117 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 118 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 119 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 120 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(uint64_t const *, size_t, uint64_t *)
+/* 121 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 122 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 123 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 124 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 125 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
+/* 126 */ _CFFI_OP(_CFFI_OP_POINTER, 163), // void *
 /* 127 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 128 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 129 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 130 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
-/* 131 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
-/* 132 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
-/* 133 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
-/* 134 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
-/* 135 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
-/* 136 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
+/* 128 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 129 */ _CFFI_OP(_CFFI_OP_NOOP, 94),
+/* 130 */ _CFFI_OP(_CFFI_OP_POINTER, 159), // struct km_perf_stats *
+/* 131 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 132 */ _CFFI_OP(_CFFI_OP_FUNCTION, 10), // size_t()(km_queue const *)
+/* 133 */ _CFFI_OP(_CFFI_OP_POINTER, 157), // km_queue const *
+/* 134 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 135 */ _CFFI_OP(_CFFI_OP_FUNCTION, 29), // uint64_t()(void)
+/* 136 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 137 */ _CFFI_OP(_CFFI_OP_FUNCTION, 163), // void()(int32_t *, size_t, int32_t)
+/* 138 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 139 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 140 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
+/* 141 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 142 */ _CFFI_OP(_CFFI_OP_FUNCTION, 163), // void()(km_queue *)
+/* 143 */ _CFFI_OP(_CFFI_OP_NOOP, 48),
+/* 144 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 145 */ _CFFI_OP(_CFFI_OP_FUNCTION, 163), // void()(km_queue const *, struct km_queue_stats *)
+/* 146 */ _CFFI_OP(_CFFI_OP_NOOP, 133),
+/* 147 */ _CFFI_OP(_CFFI_OP_POINTER, 160), // struct km_queue_stats *
+/* 148 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 149 */ _CFFI_OP(_CFFI_OP_FUNCTION, 163), // void()(uint64_t const *, size_t, unsigned int, int32_t const *, size_t, int32_t *)
+/* 150 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 151 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 152 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 153 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 154 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 155 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 156 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 157 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
+/* 158 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
+/* 159 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
+/* 160 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
+/* 161 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
+/* 162 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
+/* 163 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
 };
+
+static long _cffi_d_km_cand_prepare(size_t x0, int32_t * x1, uint64_t * x2, uint32_t * x3, uint32_t x4, uint64_t * x5)
+{
+  return km_cand_prepare(x0, x1, x2, x3, x4, x5);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_cand_prepare(PyObject *self, PyObject *args)
+{
+  size_t x0;
+  int32_t * x1;
+  uint64_t * x2;
+  uint32_t * x3;
+  uint32_t x4;
+  uint64_t * x5;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+  PyObject *arg5;
+
+  if (!PyArg_UnpackTuple(args, "km_cand_prepare", 6, 6, &arg0, &arg1, &arg2, &arg3, &arg4, &arg5))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, size_t);
+  if (x0 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(13), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(13), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg2, (char **)&x2);
+  if (datasize != 0) {
+    x2 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg2, (char **)&x2,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(53), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (uint32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(53), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x4 = _cffi_to_c_int(arg4, uint32_t);
+  if (x4 == (uint32_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg5, (char **)&x5);
+  if (datasize != 0) {
+    x5 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg5, (char **)&x5,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_cand_prepare(x0, x1, x2, x3, x4, x5); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_cand_prepare _cffi_d_km_cand_prepare
+#endif
+
+static long _cffi_d_km_cand_targets(size_t x0, int32_t const * x1, int32_t const * x2, size_t x3, int32_t * x4)
+{
+  return km_cand_targets(x0, x1, x2, x3, x4);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_cand_targets(PyObject *self, PyObject *args)
+{
+  size_t x0;
+  int32_t const * x1;
+  int32_t const * x2;
+  size_t x3;
+  int32_t * x4;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+
+  if (!PyArg_UnpackTuple(args, "km_cand_targets", 5, 5, &arg0, &arg1, &arg2, &arg3, &arg4))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, size_t);
+  if (x0 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(12), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(12), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(12), arg2, (char **)&x2);
+  if (datasize != 0) {
+    x2 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(12), arg2, (char **)&x2,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x3 = _cffi_to_c_int(arg3, size_t);
+  if (x3 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(13), arg4, (char **)&x4);
+  if (datasize != 0) {
+    x4 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(13), arg4, (char **)&x4,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_cand_targets(x0, x1, x2, x3, x4); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_cand_targets _cffi_d_km_cand_targets
+#endif
 
 static void _cffi_d_km_fill_i32(int32_t * x0, size_t x1, int32_t x2)
 {
@@ -1058,10 +1249,10 @@ _cffi_f_km_perf_drain(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(99), arg0, (char **)&x0);
+      _cffi_type(126), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (void *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(99), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(126), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1075,19 +1266,19 @@ _cffi_f_km_perf_drain(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(67), arg3, (char **)&x3);
+      _cffi_type(94), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(67), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(94), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(103), arg4, (char **)&x4);
+      _cffi_type(130), arg4, (char **)&x4);
   if (datasize != 0) {
     x4 = ((size_t)datasize) <= 640 ? (struct km_perf_stats *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(103), arg4, (char **)&x4,
+    if (_cffi_convert_array_argument(_cffi_type(130), arg4, (char **)&x4,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1476,10 +1667,10 @@ _cffi_f_km_queue_capacity(PyObject *self, PyObject *arg0)
   PyObject *pyresult;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(106), arg0, (char **)&x0);
+      _cffi_type(133), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(106), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(133), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1668,19 +1859,19 @@ _cffi_f_km_queue_get_stats(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(106), arg0, (char **)&x0);
+      _cffi_type(133), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(106), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(133), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(120), arg1, (char **)&x1);
+      _cffi_type(147), arg1, (char **)&x1);
   if (datasize != 0) {
     x1 = ((size_t)datasize) <= 640 ? (struct km_queue_stats *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(120), arg1, (char **)&x1,
+    if (_cffi_convert_array_argument(_cffi_type(147), arg1, (char **)&x1,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1715,10 +1906,10 @@ _cffi_f_km_queue_len(PyObject *self, PyObject *arg0)
   PyObject *pyresult;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(106), arg0, (char **)&x0);
+      _cffi_type(133), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(106), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(133), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1881,6 +2072,65 @@ _cffi_f_km_queue_push(PyObject *self, PyObject *args)
 #  define _cffi_f_km_queue_push _cffi_d_km_queue_push
 #endif
 
+static long _cffi_d_km_runs_i32(size_t x0, int32_t const * x1, uint32_t * x2)
+{
+  return km_runs_i32(x0, x1, x2);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_runs_i32(PyObject *self, PyObject *args)
+{
+  size_t x0;
+  int32_t const * x1;
+  uint32_t * x2;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+
+  if (!PyArg_UnpackTuple(args, "km_runs_i32", 3, 3, &arg0, &arg1, &arg2))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, size_t);
+  if (x0 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(12), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(12), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(53), arg2, (char **)&x2);
+  if (datasize != 0) {
+    x2 = ((size_t)datasize) <= 640 ? (uint32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(53), arg2, (char **)&x2,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_runs_i32(x0, x1, x2); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_runs_i32 _cffi_d_km_runs_i32
+#endif
+
 static long _cffi_d_km_samples_by_node(struct km_samples * x0, unsigned int x1, int32_t const * x2, size_t x3, uint8_t const * x4, size_t x5, int32_t * x6)
 {
   return km_samples_by_node(x0, x1, x2, x3, x4, x5, x6);
@@ -1912,10 +2162,10 @@ _cffi_f_km_samples_by_node(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(67), arg0, (char **)&x0);
+      _cffi_type(94), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(67), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(94), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1938,10 +2188,10 @@ _cffi_f_km_samples_by_node(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(77), arg4, (char **)&x4);
+      _cffi_type(104), arg4, (char **)&x4);
   if (datasize != 0) {
     x4 = ((size_t)datasize) <= 640 ? (uint8_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(77), arg4, (char **)&x4,
+    if (_cffi_convert_array_argument(_cffi_type(104), arg4, (char **)&x4,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1999,10 +2249,10 @@ _cffi_f_km_samples_filter(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(67), arg0, (char **)&x0);
+      _cffi_type(94), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(67), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(94), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2037,6 +2287,82 @@ _cffi_f_km_samples_filter(PyObject *self, PyObject *args)
 }
 #else
 #  define _cffi_f_km_samples_filter _cffi_d_km_samples_filter
+#endif
+
+static long _cffi_d_km_select_u64(size_t x0, uint64_t const * x1, int32_t const * x2, int32_t x3, uint64_t * x4)
+{
+  return km_select_u64(x0, x1, x2, x3, x4);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_select_u64(PyObject *self, PyObject *args)
+{
+  size_t x0;
+  uint64_t const * x1;
+  int32_t const * x2;
+  int32_t x3;
+  uint64_t * x4;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+
+  if (!PyArg_UnpackTuple(args, "km_select_u64", 5, 5, &arg0, &arg1, &arg2, &arg3, &arg4))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, size_t);
+  if (x0 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(12), arg2, (char **)&x2);
+  if (datasize != 0) {
+    x2 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(12), arg2, (char **)&x2,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x3 = _cffi_to_c_int(arg3, int32_t);
+  if (x3 == (int32_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg4, (char **)&x4);
+  if (datasize != 0) {
+    x4 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg4, (char **)&x4,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_select_u64(x0, x1, x2, x3, x4); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_select_u64 _cffi_d_km_select_u64
 #endif
 
 static long _cffi_d_km_status_tally(int32_t const * x0, size_t x1, int32_t * x2, uint64_t * x3, size_t x4, uint64_t * x5)
@@ -2174,27 +2500,31 @@ static void _cffi_checkfld_struct_km_samples(struct km_samples *p)
 struct _cffi_align_struct_km_samples { char x; struct km_samples y; };
 
 static const struct _cffi_global_s _cffi_globals[] = {
-  { "km_fill_i32", (void *)_cffi_f_km_fill_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 110), (void *)_cffi_d_km_fill_i32 },
+  { "km_cand_prepare", (void *)_cffi_f_km_cand_prepare, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 66), (void *)_cffi_d_km_cand_prepare },
+  { "km_cand_targets", (void *)_cffi_f_km_cand_targets, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 74), (void *)_cffi_d_km_cand_targets },
+  { "km_fill_i32", (void *)_cffi_f_km_fill_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 137), (void *)_cffi_d_km_fill_i32 },
   { "km_idle_mark", (void *)_cffi_f_km_idle_mark, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 16), (void *)_cffi_d_km_idle_mark },
   { "km_idle_test", (void *)_cffi_f_km_idle_test, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 21), (void *)_cffi_d_km_idle_test },
   { "km_move_pages", (void *)_cffi_f_km_move_pages, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 8), (void *)_cffi_d_km_move_pages },
-  { "km_pagemap_pfns", (void *)_cffi_f_km_pagemap_pfns, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 93), (void *)_cffi_d_km_pagemap_pfns },
-  { "km_perf_drain", (void *)_cffi_f_km_perf_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 98), (void *)_cffi_d_km_perf_drain },
+  { "km_pagemap_pfns", (void *)_cffi_f_km_pagemap_pfns, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 120), (void *)_cffi_d_km_pagemap_pfns },
+  { "km_perf_drain", (void *)_cffi_f_km_perf_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 125), (void *)_cffi_d_km_perf_drain },
   { "km_perf_enable", (void *)_cffi_f_km_perf_enable, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 4), (void *)_cffi_d_km_perf_enable },
-  { "km_perf_open", (void *)_cffi_f_km_perf_open, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 81), (void *)_cffi_d_km_perf_open },
-  { "km_perf_supported_sample_type", (void *)_cffi_f_km_perf_supported_sample_type, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_N, 108), (void *)_cffi_d_km_perf_supported_sample_type },
-  { "km_phys_to_node", (void *)_cffi_f_km_phys_to_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 122), (void *)_cffi_d_km_phys_to_node },
+  { "km_perf_open", (void *)_cffi_f_km_perf_open, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 108), (void *)_cffi_d_km_perf_open },
+  { "km_perf_supported_sample_type", (void *)_cffi_f_km_perf_supported_sample_type, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_N, 135), (void *)_cffi_d_km_perf_supported_sample_type },
+  { "km_phys_to_node", (void *)_cffi_f_km_phys_to_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 149), (void *)_cffi_d_km_phys_to_node },
   { "km_pread_words", (void *)_cffi_f_km_pread_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 27), (void *)_cffi_d_km_pread_words },
   { "km_pwrite_words", (void *)_cffi_f_km_pwrite_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 33), (void *)_cffi_d_km_pwrite_words },
-  { "km_queue_capacity", (void *)_cffi_f_km_queue_capacity, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 105), (void *)_cffi_d_km_queue_capacity },
+  { "km_queue_capacity", (void *)_cffi_f_km_queue_capacity, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 132), (void *)_cffi_d_km_queue_capacity },
   { "km_queue_drain", (void *)_cffi_f_km_queue_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 47), (void *)_cffi_d_km_queue_drain },
-  { "km_queue_free", (void *)_cffi_f_km_queue_free, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 115), (void *)_cffi_d_km_queue_free },
-  { "km_queue_get_stats", (void *)_cffi_f_km_queue_get_stats, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 118), (void *)_cffi_d_km_queue_get_stats },
-  { "km_queue_len", (void *)_cffi_f_km_queue_len, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 105), (void *)_cffi_d_km_queue_len },
+  { "km_queue_free", (void *)_cffi_f_km_queue_free, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 142), (void *)_cffi_d_km_queue_free },
+  { "km_queue_get_stats", (void *)_cffi_f_km_queue_get_stats, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 145), (void *)_cffi_d_km_queue_get_stats },
+  { "km_queue_len", (void *)_cffi_f_km_queue_len, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 132), (void *)_cffi_d_km_queue_len },
   { "km_queue_new", (void *)_cffi_f_km_queue_new, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 0), (void *)_cffi_d_km_queue_new },
   { "km_queue_push", (void *)_cffi_f_km_queue_push, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 57), (void *)_cffi_d_km_queue_push },
-  { "km_samples_by_node", (void *)_cffi_f_km_samples_by_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 72), (void *)_cffi_d_km_samples_by_node },
-  { "km_samples_filter", (void *)_cffi_f_km_samples_filter, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 66), (void *)_cffi_d_km_samples_filter },
+  { "km_runs_i32", (void *)_cffi_f_km_runs_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 81), (void *)_cffi_d_km_runs_i32 },
+  { "km_samples_by_node", (void *)_cffi_f_km_samples_by_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 99), (void *)_cffi_d_km_samples_by_node },
+  { "km_samples_filter", (void *)_cffi_f_km_samples_filter, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 93), (void *)_cffi_d_km_samples_filter },
+  { "km_select_u64", (void *)_cffi_f_km_select_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 86), (void *)_cffi_d_km_select_u64 },
   { "km_status_tally", (void *)_cffi_f_km_status_tally, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 39), (void *)_cffi_d_km_status_tally },
 };
 
@@ -2271,18 +2601,18 @@ static const struct _cffi_field_s _cffi_fields[] = {
 };
 
 static const struct _cffi_struct_union_s _cffi_struct_unions[] = {
-  { "km_perf_stats", 132, _CFFI_F_CHECK_FIELDS,
+  { "km_perf_stats", 159, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_perf_stats), offsetof(struct _cffi_align_struct_km_perf_stats, y), 0, 8 },
-  { "km_queue", 130, _CFFI_F_OPAQUE,
+  { "km_queue", 157, _CFFI_F_OPAQUE,
     (size_t)-1, -1, -1, 0 /* opaque */ },
-  { "km_queue_stats", 133, _CFFI_F_CHECK_FIELDS,
+  { "km_queue_stats", 160, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_queue_stats), offsetof(struct _cffi_align_struct_km_queue_stats, y), 8, 4 },
-  { "km_samples", 134, _CFFI_F_CHECK_FIELDS,
+  { "km_samples", 161, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_samples), offsetof(struct _cffi_align_struct_km_samples, y), 12, 11 },
 };
 
 static const struct _cffi_typename_s _cffi_typenames[] = {
-  { "km_queue", 130 },
+  { "km_queue", 157 },
 };
 
 static const struct _cffi_type_context_s _cffi_type_context = {
@@ -2292,12 +2622,12 @@ static const struct _cffi_type_context_s _cffi_type_context = {
   _cffi_struct_unions,
   NULL,  /* no enums */
   _cffi_typenames,
-  22,  /* num_globals */
+  26,  /* num_globals */
   4,  /* num_struct_unions */
   0,  /* num_enums */
   1,  /* num_typenames */
   NULL,  /* no includes */
-  137,  /* num_types */
+  164,  /* num_types */
   0,  /* flags */
 };
 

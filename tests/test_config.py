@@ -30,6 +30,10 @@ GOOD = [
     ("float that is whole", "topology:\n  refresh_interval_ms: 1000.0\n",
      {"topology.refresh_interval_ms": 1000}),
     ("null section", "topology:\n", {"topology.refresh_interval_ms": 5000}),
+    ("workers", "workers:\n  copy_threads: 2\n  min_free_bytes: 1GiB\n"
+     "  resume_free_bytes: 1.5GiB\n  rate_limit_mb_per_s: 1GB/s\n",
+     {"workers.copy_threads": 2, "workers.min_free_bytes": 1 << 30,
+      "workers.resume_free_bytes": 3 << 29, "workers.rate_limit_mb_per_s": 1000.0}),
     ("sampler by name", "sampler:\n  name: hint-faults\n  interval_ms: 250ms\n",
      {"sampler.name": "hint-faults", "sampler.interval_ms": 250}),
     ("scope", "scope:\n  commands: ['^postgres$']\n  cgroups: [/system.slice/db.service]\n",
@@ -38,7 +42,8 @@ GOOD = [
 
 BAD = [
     ("unknown top key", "log_levle: info\n",
-     "log_levle: unknown key (known here: log_level, topology, sampler, scope, queues, daemon)"),
+     "log_levle: unknown key (known here: log_level, topology, sampler, scope, queues, workers, "
+     "daemon)"),
     ("unknown nested key", "topology:\n  tier: []\n",
      "topology.tier: unknown key (known here: tiers, promotion_targets, refresh_interval_ms)"),
     ("bad choice", "log_level: loud\n",
@@ -101,6 +106,18 @@ BAD = [
      "queues.capacity_per_cpu: must be >= 16, got 8"),
     ("pid not int", "scope:\n  pids: [init]\n",
      "scope.pids[0]: expected a number, got a string"),
+    ("copy threads word", "workers:\n  copy_threads: many\n",
+     "workers.copy_threads: must be a whole number from 1 to 64 or auto, got 'many'"),
+    ("copy threads zero", "workers:\n  copy_threads: 0\n",
+     "workers.copy_threads: must be a whole number from 1 to 64 or auto, got 0"),
+    ("resume below min", "workers:\n  min_free_bytes: 1GiB\n",
+     "workers.resume_free_bytes: must be >= min_free_bytes (1073741824)"),
+    ("bad size", "workers:\n  min_free_bytes: 1 gigabyte\n",
+     "workers.min_free_bytes: bad size '1 gigabyte': use a number of bytes or a number with one "
+     "of B, KiB, MiB, GiB, TiB, kB, KB, MB, GB, TB (e.g. '200MiB')"),
+    ("bad rate", "workers:\n  rate_limit_mb_per_s: fast\n",
+     "workers.rate_limit_mb_per_s: bad rate 'fast': use a number in MB/s or e.g. '200MB/s', "
+     "'1GiB/s'"),
     ("tab indentation", "topology:\n\ttiers: []\n",
      "invalid YAML at line 2 column 1: found character '\\t' that cannot start any token"),
 ]

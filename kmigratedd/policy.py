@@ -1,0 +1,212 @@
+"""Promotion policy: pure, clock-injected pieces the node workers consult.
+
+- :class:`TokenBucket`: rate limit in bytes per second per target node;
+- :class:`HeadroomGuard`: stop promoting before the target node runs out of free
+  memory, resume with hysteresis;
+- :class:`PingPongDamper`: a page promoted and seen back on a slow node within a
+  window is held off for a back-off period (counted);
+- :class:`RetryOnce`: pages that came back -EBUSY are retried once, later.
+
+Nothing here reads the clock or the kernel: callers pass ``now`` (seconds) and
+free-memory figures, so tests drive every piece with tables.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenBucket:
+    """Bytes per second with a burst of ``burst_bytes``; rate 0 means unlimited."""
+
+    rate_bytes_per_s: float
+    burst_bytes: float
+    tokens: float = field(default=-1.0)
+    last: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst_bytes
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rate_bytes_per_s <= 0
+
+    def _refill(self, now: float) -> None:
+        if self.last is not None and now > self.last:
+            self.tokens = min(self.burst_bytes,
+                              self.tokens + (now - self.last) * self.rate_bytes_per_s)
+        self.last = now if self.last is None else max(self.last, now)
+
+    def grant(self, want_bytes: float, now: float) -> float:
+        """Take up to ``want_bytes``; returns the bytes granted (may be 0)."""
+        if self.unlimited:
+            return want_bytes
+        self._refill(now)
+        got = min(want_bytes, self.tokens)
+        self.tokens -= got
+        return max(0.0, got)
+
+    def refund(self, nbytes: float) -> None:
+        """Give back tokens for pages that were not moved after all."""
+        if not self.unlimited:
+            self.tokens = min(self.burst_bytes, self.tokens + nbytes)
+
+    def wait_for(self, want_bytes: float, now: float) -> float:
+        """Seconds until ``want_bytes`` (capped at the burst) could be granted."""
+        if self.unlimited:
+            return 0.0
+        self._refill(now)
+        need = min(want_bytes, self.burst_bytes) - self.tokens
+        return max(0.0, need / self.rate_bytes_per_s)
+
+
+@dataclass
+class HeadroomGuard:
+    """Blocks promotion while the target's free memory is below ``min_free_bytes``
+    and until it is back above ``resume_free_bytes`` (hysteresis)."""
+
+    min_free_bytes: int
+    resume_free_bytes: int
+    blocked: bool = False
+
+    def update(self, free_bytes: int) -> bool:
+        """Feed the latest free figure; returns True when promotion may proceed."""
+        if self.blocked:
+            if free_bytes >= self.resume_free_bytes:
+                self.blocked = False
+        elif free_bytes < self.min_free_bytes:
+            self.blocked = True
+        return not self.blocked
+
+    def allowance(self, free_bytes: int) -> int:
+        """Bytes that may be promoted now without crossing ``min_free_bytes``."""
+        if not self.update(free_bytes):
+            return 0
+        return max(0, free_bytes - self.min_free_bytes)
+
+
+@dataclass
+class PingPongDamper:
+    """Remembers promoted pages for ``window_s``; a page seen back on a slow node in
+    that window is held off for ``holdoff_s`` and counted. Batch operations use set
+    and dict operations that run in C; memory is bounded by ``max_entries`` pages
+    (the oldest promotions are forgotten first)."""
+
+    window_s: float
+    holdoff_s: float
+    max_entries: int = 1 << 20
+    # pid -> {page address: time promoted}, in promotion order
+    promoted: dict[int, dict[int, float]] = field(default_factory=dict)
+    # pid -> {page address: held until}
+    held: dict[int, dict[int, float]] = field(default_factory=dict)
+    size: int = 0
+    pingpongs: int = 0
+
+    def record_promoted(self, pid: int, addrs: list[int] | tuple[int, ...] | object,
+                        now: float) -> None:
+        table = self.promoted.setdefault(pid, {})
+        before = len(table)
+        table.update(dict.fromkeys(addrs, now))  # type: ignore[call-overload]
+        self.size += len(table) - before
+        if self.size > self.max_entries:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        # Forget the oldest half of every pid's promotions.
+        for pid, table in list(self.promoted.items()):
+            keep = list(table.items())[len(table) // 2:]
+            self.promoted[pid] = dict(keep)
+        self.size = sum(len(t) for t in self.promoted.values())
+
+    def filter(self, pid: int, addrs: list[int], now: float) -> list[int]:
+        """The candidates (pages now on a slow node) that may be promoted."""
+        held = self.held.get(pid)
+        promoted = self.promoted.get(pid)
+        if not held and not promoted:
+            return addrs
+        blocked: set[int] = set()
+        if held:
+            blocked |= {a for a in held.keys() & set(addrs) if held[a] > now}
+        if promoted:
+            back = promoted.keys() & set(addrs)
+            for a in back:
+                when = promoted.pop(a)
+                self.size -= 1
+                if now - when <= self.window_s:
+                    # Demoted again soon after we promoted it: the page bounces.
+                    self.pingpongs += 1
+                    self.held.setdefault(pid, {})[a] = now + self.holdoff_s
+                    blocked.add(a)
+        if not blocked:
+            return addrs
+        return [a for a in addrs if a not in blocked]
+
+    def forget_pid(self, pid: int) -> None:
+        self.size -= len(self.promoted.pop(pid, {}))
+        self.held.pop(pid, None)
+
+    def expire(self, now: float) -> None:
+        """Drop entries that can no longer matter (once per round)."""
+        for pid, table in list(self.promoted.items()):
+            fresh = {a: t for a, t in table.items() if now - t <= self.window_s}
+            self.size -= len(table) - len(fresh)
+            if fresh:
+                self.promoted[pid] = fresh
+            else:
+                del self.promoted[pid]
+        for pid, table in list(self.held.items()):
+            fresh = {a: t for a, t in table.items() if t > now}
+            if fresh:
+                self.held[pid] = fresh
+            else:
+                del self.held[pid]
+
+
+@dataclass
+class RetryOnce:
+    """Pages that failed with a transient status (-EBUSY) get one more try, after
+    ``delay_s``; a second failure drops them. Bounded to ``max_entries``."""
+
+    delay_s: float
+    max_entries: int = 1 << 16
+    pending: OrderedDict[tuple[int, int], float] = field(default_factory=OrderedDict)
+    tried: set[tuple[int, int]] = field(default_factory=set)
+    dropped: int = 0
+
+    def failed(self, pid: int, addr: int, now: float) -> bool:
+        """Register a transient failure; returns True if it will be retried."""
+        key = (pid, addr)
+        if key in self.tried:
+            self.tried.discard(key)
+            self.dropped += 1
+            return False
+        if len(self.pending) >= self.max_entries:
+            self.pending.popitem(last=False)
+            self.dropped += 1
+        self.pending[key] = now + self.delay_s
+        return True
+
+    def due(self, now: float) -> list[tuple[int, int]]:
+        """Pages whose retry is due; each is marked as tried once."""
+        out = []
+        while self.pending:
+            key, when = next(iter(self.pending.items()))
+            if when > now:
+                break
+            self.pending.popitem(last=False)
+            self.tried.add(key)
+            out.append(key)
+        if len(self.tried) > self.max_entries:
+            self.tried.clear()
+        return out
+
+    def succeeded(self, pid: int, addr: int) -> None:
+        self.tried.discard((pid, addr))
+
+    def forget_pid(self, pid: int) -> None:
+        for key in [k for k in self.pending if k[0] == pid]:
+            del self.pending[key]
+        self.tried = {k for k in self.tried if k[0] != pid}

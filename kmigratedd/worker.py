@@ -1,0 +1,496 @@
+"""Node workers: one asyncio task per promotion target drains the per-CPU candidate
+queues and promotes in batches through the native shim, off the event loop.
+
+One round of a worker (:meth:`NodeWorker.step`):
+
+1. **fill** — drain up to a few batches of candidates from every CPU's queue (on
+   the loop thread: the queues are the samplers'), sort and fold them in C, drop
+   those below the hotness threshold, query where each page is *now* (move_pages
+   query form, in the executor), and route every page that still sits on a slower
+   node to the inbox of the worker of its target — this one or a peer. Pages on
+   the fast tier and pages that are gone are counted and dropped.
+2. **promote** — when an inbox holds a full batch, or its oldest page has waited
+   ``max_wait_ms``, take one pid's pages (sorted by address, at most
+   ``batch_pages``), apply policy — paused, ping-pong hold-off, free-memory
+   headroom on the target, token-bucket rate limit — and call move_pages in the
+   executor (split across copy threads when it pays). Per-page statuses are
+   counted by outcome: moved; -EBUSY retried once later; -EFAULT/-ENOENT dropped;
+   -ENOMEM backs the worker off; -EACCES (shared page) counted. ESRCH forgets the
+   pid. Nothing a page, a pid or a batch does stops the worker.
+
+An inbox key packs a page address and the node it was found on:
+``addr | src_node`` (a page address has its low 12 bits clear), so a sort by key
+is a sort by address and the source node travels with the page for accounting.
+move_pages(2) takes any address inside a page, so keys are passed as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import shim
+from .config import WorkersConfig
+from .errors import MovePagesError
+from .kernelfs import KernelFs
+from .policy import HeadroomGuard, PingPongDamper, RetryOnce, TokenBucket
+from .queues import CandidateQueues, merge
+from .topology import Topology, read_node_meminfo
+
+log = logging.getLogger("kmigratedd.worker")
+
+NODE_BITS = 0x3FF  # node ids < 1024 ride in a key's low bits
+PAGE_MASK = ~0xFFF
+
+GONE_ERRNOS = (errno.EFAULT, errno.ENOENT)
+
+
+class Mover(Protocol):
+    """The kernel seam of a worker: the real one is :class:`ShimMover`."""
+
+    def query(self, pid: int, addrs: array[int]) -> array[int]:
+        """Node of each page, or -errno (move_pages query form)."""
+
+    def move(self, pid: int, addrs: array[int], node: int, flags: int,
+             threads: int) -> shim.MoveResult:
+        """Move the pages to ``node``; ``threads`` > 1 splits the batch."""
+
+
+class ShimMover:
+    """move_pages(2) through the native shim; parallel copy splits a batch into
+    contiguous slices moved by concurrent threads (the kernel copies in the calling
+    thread, so N callers copy in parallel — seeds 000 and 001)."""
+
+    def __init__(self, max_threads: int = 64) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._max = max_threads
+
+    def query(self, pid: int, addrs: array[int]) -> array[int]:
+        return shim.query_nodes(pid, addrs)
+
+    def move(self, pid: int, addrs: array[int], node: int, flags: int,
+             threads: int) -> shim.MoveResult:
+        if threads <= 1 or len(addrs) < 2 * threads:
+            return shim.move(pid, addrs, node, flags)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._max, thread_name_prefix="kmigratedd-copy")
+        n = len(addrs)
+        bounds = [n * i // threads for i in range(threads + 1)]
+        futures = [self._pool.submit(shim.move, pid, addrs[bounds[i]:bounds[i + 1]], node, flags)
+                   for i in range(threads)]
+        results = [f.result() for f in futures]
+        status = array("i")
+        for r in results:
+            status.extend(r.status)
+        return shim.MoveResult(status=status, not_migrated=sum(r.not_migrated for r in results))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class IdleCpus:
+    """CPUs idle over the last second, from /proc/stat deltas."""
+
+    def __init__(self, fs: KernelFs, clock: Callable[[], float] = time.monotonic) -> None:
+        self.fs = fs
+        self.clock = clock
+        self._last: tuple[int, int] | None = None
+        self._at = 0.0
+        self.value = 0
+        self.ncpus = max(1, len([ln for ln in self._lines() if ln[:3] == "cpu" and ln[3:4] != " "]))
+
+    def _lines(self) -> list[str]:
+        return (self.fs.read_optional("/proc/stat") or "").splitlines()
+
+    def idle(self) -> int:
+        now = self.clock()
+        if self._last is not None and now - self._at < 1.0:
+            return self.value
+        for line in self._lines():
+            if line.startswith("cpu "):
+                f = [int(x) for x in line.split()[1:]]
+                total, idle = sum(f[:8]), f[3] + (f[4] if len(f) > 4 else 0)
+                if self._last is not None and total > self._last[0]:
+                    frac = (idle - self._last[1]) / (total - self._last[0])
+                    self.value = int(frac * self.ncpus + 0.25)
+                self._last, self._at = (total, idle), now
+                break
+        return self.value
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker (exported as metrics)."""
+
+    rounds: int = 0
+    candidates: int = 0            # drained from the queues
+    below_threshold: int = 0       # folded count under min_samples
+    on_fast_tier: int = 0          # already on a node with no target
+    gone_before_move: int = 0      # query said -EFAULT/-ENOENT
+    routed_to_peer: int = 0
+    inbox_dropped: int = 0         # the inbox was full
+    batches: int = 0
+    parallel_batches: int = 0
+    pages_attempted: int = 0
+    promoted: Counter[tuple[int, int]] = field(default_factory=Counter)  # (src, dst) -> pages
+    outcomes: Counter[str] = field(default_factory=Counter)  # moved, EBUSY, ENOMEM...
+    busy_retried: int = 0
+    busy_dropped: int = 0
+    pingpong_held: int = 0
+    pids_gone: int = 0
+    whole_call_errors: Counter[str] = field(default_factory=Counter)
+    dry_run_pages: int = 0
+    rate_limited_seconds: float = 0.0   # waited for tokens
+    rate_limited_batches: int = 0       # batches deferred or trimmed by the rate limit
+    headroom_blocked_seconds: float = 0.0
+    enomem_backoff_seconds: float = 0.0
+    move_seconds: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)     # since last read by metrics
+    move_durations: list[float] = field(default_factory=list)
+    heartbeat: float = 0.0         # time.time() of the last round
+
+    @property
+    def promoted_pages(self) -> int:
+        return sum(self.promoted.values())
+
+    def take_observations(self) -> tuple[list[int], list[float]]:
+        sizes, durations = self.batch_sizes, self.move_durations
+        self.batch_sizes, self.move_durations = [], []
+        return sizes, durations
+
+
+class NodeWorker:
+    def __init__(self, node: int, *, topology: Topology, queues: CandidateQueues, mover: Mover,
+                 cfg: WorkersConfig, fs: KernelFs, executor: Executor | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 idle_cpus: IdleCpus | None = None) -> None:
+        self.node = node
+        self.topology = topology
+        self.queues = queues
+        self.mover = mover
+        self.fs = fs
+        self.executor = executor
+        self.clock = clock
+        self.idle_cpus = idle_cpus
+        self.peers: dict[int, NodeWorker] = {node: self}
+        self.stats = WorkerStats()
+        self.paused = False
+        self.page_size = topology.page_size
+        self.inbox: dict[int, array[int]] = {}    # pid -> keys (addr | src node)
+        self.inbox_since: dict[int, float] = {}   # pid -> when its oldest key arrived
+        self.inbox_pages = 0
+        self._free: tuple[float, int] | None = None
+        self._backoff_until = 0.0
+        self._stopping = False
+        self.configure(cfg)
+        size = max(topology.nodes, default=0) + 1
+        self.target_of_node = array("i", [-1]) * size
+        for src, dst in topology.targets.items():
+            self.target_of_node[src] = dst
+
+    def configure(self, cfg: WorkersConfig) -> None:
+        """Apply a (re)loaded config; counters and state carry over."""
+        self.cfg = cfg
+        rate = cfg.rate_limit_mb_per_s * 1e6
+        self.bucket = TokenBucket(rate, max(rate, cfg.batch_pages * self.page_size))
+        self.headroom = HeadroomGuard(cfg.min_free_bytes, cfg.resume_free_bytes)
+        self.damper = getattr(self, "damper", None) or PingPongDamper(
+            cfg.pingpong_window_ms / 1000, cfg.pingpong_holdoff_ms / 1000)
+        self.damper.window_s = cfg.pingpong_window_ms / 1000
+        self.damper.holdoff_s = cfg.pingpong_holdoff_ms / 1000
+        self.retry = getattr(self, "retry", None) or RetryOnce(cfg.busy_retry_ms / 1000)
+        self.retry.delay_s = cfg.busy_retry_ms / 1000
+        self.inbox_limit = max(16 * cfg.batch_pages, 8192)
+        self.poll_s = min(cfg.max_wait_ms / 2000, 0.05)
+
+    # --- the loop ---------------------------------------------------------
+
+    async def run(self) -> None:
+        log.info("worker for node %d: promoting from node(s) %s", self.node,
+                 ",".join(str(s) for s, d in self.topology.targets.items() if d == self.node))
+        while not self._stopping:
+            try:
+                worked = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a worker never dies of one bad round
+                self.stats.whole_call_errors["internal"] += 1
+                log.exception("worker for node %d: round failed", self.node)
+                worked = False
+            if not worked:
+                await asyncio.sleep(self.poll_s)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def step(self) -> bool:
+        """One round; returns True when it did work (so the loop does not sleep)."""
+        self.stats.rounds += 1
+        self.stats.heartbeat = time.time()
+        if self.paused:
+            return False
+        filled = await self.fill()
+        now = self.clock()
+        self._requeue_retries(now)
+        if not self.inbox_pages:
+            return filled > 0
+        if now < self._backoff_until:
+            return False
+        oldest = min(self.inbox_since.values())
+        if self.inbox_pages < self.cfg.batch_pages and now - oldest < self.cfg.max_wait_ms / 1000:
+            return filled > 0
+        return await self.promote_one(now)
+
+    async def _offload(self, fn: Callable[..., object], *args: object) -> object:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+    # --- fill: queues -> inboxes ------------------------------------------
+
+    async def fill(self) -> int:
+        want = 4 * self.cfg.batch_pages
+        if self.inbox_pages >= self.inbox_limit:
+            return 0
+        batches = self.queues.drain(want)
+        if not batches:
+            return 0
+        b = merge(batches)
+        n0 = len(b)
+        self.stats.candidates += n0
+        self.stats.below_threshold += shim.cand_prepare(b.pids, b.addrs, b.counts,
+                                                        self.cfg.min_samples)
+        pids, addrs = b.pids, b.addrs
+        if not len(pids):
+            return n0
+        starts = list(shim.runs(pids)) + [len(pids)]
+        runs = [(pids[starts[i]], addrs[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)]
+        queried = await self._offload(self._query_runs, runs)
+        assert isinstance(queried, list)
+        now = self.clock()
+        for pid, run_addrs, status in queried:
+            if status is None:
+                self._forget_pid(pid)
+                continue
+            tgt = array("i", [0]) * len(status)
+            shim.cand_targets(status, self.target_of_node, tgt)
+            # Tally the targets in C: -1 (fast tier) and -2 (gone) land in by_errno.
+            counts = shim.count_statuses(tgt)
+            self.stats.on_fast_tier += counts.by_errno.get(1, 0)
+            self.stats.gone_before_move += counts.by_errno.get(2, 0)
+            for dst in counts.by_node:
+                # The source node rides in the key's low bits.
+                keys = self._keys_with_src(run_addrs, status, tgt, dst)
+                worker = self.peers.get(dst)
+                if worker is None:
+                    continue
+                if worker is not self:
+                    self.stats.routed_to_peer += len(keys)
+                worker.accept(pid, keys, now)
+        return n0
+
+    @staticmethod
+    def _keys_with_src(addrs: array[int], status: array[int], tgt: array[int],
+                       dst: int) -> array[int]:
+        return array("Q", [a | s for a, s, t in zip(addrs, status, tgt) if t == dst])
+
+    def _query_runs(self, runs: list[tuple[int, array[int]]]
+                    ) -> list[tuple[int, array[int], array[int] | None]]:
+        out: list[tuple[int, array[int], array[int] | None]] = []
+        for pid, addrs in runs:
+            try:
+                out.append((pid, addrs, self.mover.query(pid, addrs)))
+            except MovePagesError as exc:
+                self._count_whole_call(exc)
+                out.append((pid, addrs, None))
+        return out
+
+    def accept(self, pid: int, keys: array[int], now: float) -> None:
+        """Take routed pages into this worker's inbox (bounded: oldest pid dropped)."""
+        if not len(keys):
+            return
+        have = self.inbox.get(pid)
+        if have is None:
+            self.inbox[pid] = keys
+            self.inbox_since[pid] = now
+        else:
+            have.extend(keys)
+        self.inbox_pages += len(keys)
+        while self.inbox_pages > self.inbox_limit and self.inbox:
+            victim = next(iter(self.inbox))
+            dropped = self.inbox.pop(victim)
+            self.inbox_since.pop(victim, None)
+            self.inbox_pages -= len(dropped)
+            self.stats.inbox_dropped += len(dropped)
+
+    def _requeue_retries(self, now: float) -> None:
+        due = self.retry.due(now)
+        by_pid: dict[int, list[int]] = {}
+        for pid, key in due:
+            by_pid.setdefault(pid, []).append(key)
+        for pid, keys in by_pid.items():
+            self.accept(pid, array("Q", keys), now)
+
+    def _forget_pid(self, pid: int) -> None:
+        self.stats.pids_gone += 1
+        dropped = self.inbox.pop(pid, None)
+        self.inbox_since.pop(pid, None)
+        if dropped is not None:
+            self.inbox_pages -= len(dropped)
+        self.damper.forget_pid(pid)
+        self.retry.forget_pid(pid)
+
+    def _count_whole_call(self, exc: MovePagesError) -> None:
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        self.stats.whole_call_errors[name] += 1
+        if exc.errno not in (errno.ESRCH,):
+            log.warning("worker for node %d: %s", self.node, exc)
+
+    # --- promote: inbox -> move_pages -------------------------------------
+
+    def _take(self, pid: int, n: int) -> array[int]:
+        keys = self.inbox.pop(pid)
+        since = self.inbox_since.pop(pid)
+        self.inbox_pages -= len(keys)
+        keys = array("Q", sorted(set(keys)))
+        batch, rest = keys[:n], keys[n:]
+        if len(rest):
+            self.inbox[pid] = rest
+            self.inbox_since[pid] = since
+            self.inbox_pages += len(rest)
+        return batch
+
+    def _put_back(self, pid: int, keys: array[int], since: float) -> None:
+        if not len(keys):
+            return
+        have = self.inbox.pop(pid, None)
+        self.inbox[pid] = keys + have if have is not None else keys
+        self.inbox_since[pid] = min(since, self.inbox_since.get(pid, since))
+        self.inbox_pages += len(keys)
+
+    def _free_bytes(self, now: float) -> int:
+        if self._free is None or now - self._free[0] >= self.cfg.free_refresh_ms / 1000:
+            free = read_node_meminfo(self.fs, self.node).get("MemFree", 0)
+            self._free = (now, free)
+        return self._free[1]
+
+    def note_free_change(self, delta: int) -> None:
+        """Adjust the cached free figure by what we just moved onto the node."""
+        if self._free is not None:
+            self._free = (self._free[0], self._free[1] + delta)
+
+    def threads_for(self, n: int) -> int:
+        ct = self.cfg.copy_threads
+        if n < self.cfg.parallel_min_pages:
+            return 1
+        if ct == "auto":
+            idle = self.idle_cpus.idle() if self.idle_cpus else 0
+            return max(1, min(idle, n // (self.cfg.parallel_min_pages // 2)))
+        return int(ct)
+
+    async def promote_one(self, now: float) -> bool:
+        # The pid whose pages waited longest goes first.
+        pid = min(self.inbox_since, key=self.inbox_since.__getitem__)
+        since = self.inbox_since[pid]
+        keys = self._take(pid, self.cfg.batch_pages)
+        page = self.page_size
+        # Ping-pong: pages we promoted that are back on a slow node are held off.
+        addrs = [k & PAGE_MASK for k in keys]
+        allowed = self.damper.filter(pid, addrs, now)
+        if len(allowed) != len(addrs):
+            self.stats.pingpong_held += len(addrs) - len(allowed)
+            ok = set(allowed)
+            keys = array("Q", [k for k in keys if k & PAGE_MASK in ok])
+        if not len(keys):
+            return True
+        # Headroom on the target node.
+        allowance = self.headroom.allowance(self._free_bytes(now)) // page
+        if allowance <= 0:
+            self._put_back(pid, keys, since)
+            self.stats.headroom_blocked_seconds += self.poll_s
+            await asyncio.sleep(self.poll_s)
+            return True
+        if allowance < len(keys):
+            self._put_back(pid, keys[allowance:], since)
+            keys = keys[:allowance]
+        # Rate limit.
+        granted = int(self.bucket.grant(len(keys) * page, now)) // page
+        if granted < len(keys):
+            self.stats.rate_limited_batches += 1
+        if granted <= 0:
+            self._put_back(pid, keys, since)
+            wait = min(self.bucket.wait_for(len(keys) * page, now), self.cfg.max_wait_ms / 1000)
+            wait = max(wait, 0.001)
+            self.stats.rate_limited_seconds += wait
+            await asyncio.sleep(wait)
+            return True
+        if granted < len(keys):
+            self._put_back(pid, keys[granted:], since)
+            keys = keys[:granted]
+        n = len(keys)
+        self.stats.batches += 1
+        self.stats.pages_attempted += n
+        self.stats.batch_sizes.append(n)
+        if self.cfg.dry_run:
+            self.stats.dry_run_pages += n
+            return True
+        threads = self.threads_for(n)
+        flags = shim.MPOL_MF_MOVE_ALL if self.cfg.move_all else shim.MPOL_MF_MOVE
+        t0 = time.perf_counter()
+        try:
+            result = await self._offload(self.mover.move, pid, keys, self.node, flags, threads)
+        except MovePagesError as exc:
+            self.bucket.refund(n * page)
+            self._count_whole_call(exc)
+            if exc.errno in (errno.ESRCH, errno.EPERM, errno.EACCES):
+                self._forget_pid(pid)
+            return True
+        dt = time.perf_counter() - t0
+        self.stats.move_seconds += dt
+        self.stats.move_durations.append(dt)
+        if threads > 1:
+            self.stats.parallel_batches += 1
+        assert isinstance(result, shim.MoveResult)
+        self._account(pid, keys, result.status, self.clock())
+        return True
+
+    def _account(self, pid: int, keys: array[int], status: array[int], now: float) -> None:
+        counts = shim.count_statuses(status)
+        moved_n = counts.by_node.get(self.node, 0)
+        if moved_n:
+            self.stats.outcomes["moved"] += moved_n
+            moved = shim.select_u64(keys, status, self.node)
+            srcs = array("i", [k & NODE_BITS for k in moved])
+            for src, c in shim.count_statuses(srcs).by_node.items():
+                self.stats.promoted[(src, self.node)] += c
+            self.damper.record_promoted(pid, [k & PAGE_MASK for k in moved], now)
+            self.note_free_change(-moved_n * self.page_size)
+        not_moved = sum(c for nd, c in counts.by_node.items() if nd != self.node)
+        if not_moved:
+            self.stats.outcomes["not_moved"] += not_moved
+            self.bucket.refund(not_moved * self.page_size)
+        for code, c in counts.by_errno.items():
+            name = errno.errorcode.get(code, f"E{code}")
+            self.stats.outcomes[name] += c
+            self.bucket.refund(c * self.page_size)
+        busy = counts.by_errno.get(errno.EBUSY, 0)
+        if busy:
+            for k in shim.select_u64(keys, status, -errno.EBUSY):
+                if self.retry.failed(pid, k, now):
+                    self.stats.busy_retried += 1
+                else:
+                    self.stats.busy_dropped += 1
+        if counts.by_errno.get(errno.ENOMEM, 0):
+            backoff = self.cfg.enomem_backoff_ms / 1000
+            self._backoff_until = now + backoff
+            self.stats.enomem_backoff_seconds += backoff
+            self._free = None  # re-read free memory after the back-off
+

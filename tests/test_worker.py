@@ -1,0 +1,432 @@
+"""Node workers and policy, driven with a scripted fake mover and a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import shutil
+from array import array
+from pathlib import Path
+
+import pytest
+
+from kmigratedd import config, shim
+from kmigratedd.errors import MovePagesError
+from kmigratedd.kernelfs import KernelFs
+from kmigratedd.policy import HeadroomGuard, PingPongDamper, RetryOnce, TokenBucket
+from kmigratedd.queues import CandidateQueues
+from kmigratedd.topology import discover
+from kmigratedd.worker import NodeWorker, ShimMover
+
+PAGE = 4096
+BASE = 0x7F0000000000
+MiB = 1 << 20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeMover:
+    """Pages live on nodes in a dict; scripted statuses override a move per page."""
+
+    def __init__(self) -> None:
+        self.where: dict[tuple[int, int], int] = {}
+        self.script: dict[tuple[int, int], list[int]] = {}
+        self.dead: set[int] = set()
+        self.calls: list[tuple[int, int, int, int]] = []  # pid, pages, node, threads
+
+    def place(self, pid: int, addrs, node: int) -> None:
+        for a in addrs:
+            self.where[(pid, a)] = node
+
+    def query(self, pid: int, addrs: array) -> array:
+        if pid in self.dead:
+            raise MovePagesError(errno.ESRCH, "no such process")
+        return array("i", [self.where.get((pid, a & ~0xFFF), -errno.ENOENT) for a in addrs])
+
+    def move(self, pid, addrs, node, flags, threads):
+        if pid in self.dead:
+            raise MovePagesError(errno.ESRCH, "no such process")
+        self.calls.append((pid, len(addrs), node, threads))
+        out = array("i")
+        for a in addrs:
+            key = (pid, a & ~0xFFF)
+            scripted = self.script.get(key)
+            if scripted:
+                out.append(scripted.pop(0))
+                continue
+            if key not in self.where:
+                out.append(-errno.EFAULT)
+                continue
+            self.where[key] = node
+            out.append(node)
+        return shim.MoveResult(status=out, not_migrated=sum(1 for s in out if s != node))
+
+    def on(self, pid: int, addrs, node: int) -> int:
+        return sum(1 for a in addrs if self.where.get((pid, a)) == node)
+
+
+@pytest.fixture
+def fs(tmp_path: Path, data_dir: Path) -> KernelFs:
+    shutil.copytree(data_dir / "cxl2", tmp_path / "root", symlinks=True)
+    return KernelFs(tmp_path / "root")
+
+
+def set_free(fs: KernelFs, node: int, free_bytes: int) -> None:
+    p = fs.path(f"/sys/devices/system/node/node{node}/meminfo")
+    lines = [ln for ln in p.read_text().splitlines() if "MemFree" not in ln]
+    lines.insert(1, f"Node {node} MemFree: {free_bytes // 1024:>15} kB")
+    p.write_text("\n".join(lines) + "\n")
+
+
+def make(fs: KernelFs, mover: FakeMover, clock: Clock, **overrides) -> tuple[NodeWorker,
+                                                                            CandidateQueues]:
+    base = dict(max_wait_ms=100, rate_limit_mb_per_s=0, min_free_bytes=0, resume_free_bytes=0,
+                copy_threads=1)
+    cfg = dataclasses.replace(config.WorkersConfig(), **{**base, **overrides})
+    topo = discover(fs, page_size=PAGE)
+    queues = CandidateQueues([0, 1], 1 << 16, page_size=PAGE)
+    w = NodeWorker(0, topology=topo, queues=queues, mover=mover, cfg=cfg, fs=fs, clock=clock)
+    return w, queues
+
+
+def offer(queues: CandidateQueues, pid: int, addrs, cpu: int = 0, weight: int = 1) -> None:
+    queues.push(cpu, array("i", [pid] * len(addrs)), array("Q", addrs),
+                weights=array("I", [weight] * len(addrs)))
+
+
+def pages(n: int, start: int = 0) -> list[int]:
+    return [BASE + (start + i) * PAGE for i in range(n)]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def steps(w: NodeWorker, clock: Clock, n: int, dt: float = 0.0) -> None:
+    for _ in range(n):
+        await w.step()
+        clock.t += dt
+
+
+# --- pure policy tables --------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate,burst,events,expected", [
+    (1000, 1000, [(0.0, 600), (0.0, 600), (0.5, 600), (10.0, 5000)], [600, 400, 500, 1000]),
+    (0, 0, [(0.0, 10**9)], [10**9]),                      # 0 = unlimited
+    (100, 50, [(0.0, 10), (0.0, 100), (0.2, 100)], [10, 40, 20]),
+])
+def test_token_bucket(rate, burst, events, expected):
+    b = TokenBucket(rate, burst)
+    assert [b.grant(want, t) for t, want in events] == expected
+
+
+def test_token_bucket_wait_and_refund():
+    b = TokenBucket(1000, 1000)
+    assert b.grant(1000, 0.0) == 1000
+    assert b.wait_for(500, 0.0) == pytest.approx(0.5)
+    b.refund(300)
+    assert b.grant(1000, 0.0) == 300
+
+
+@pytest.mark.parametrize("frees,allowed", [
+    ([1000, 500, 299, 350, 400, 399, 450, 500, 300], [1, 1, 0, 0, 0, 0, 0, 1, 1]),
+    ([200, 600, 100], [0, 1, 0]),
+])
+def test_headroom_hysteresis(frees, allowed):
+    g = HeadroomGuard(min_free_bytes=300, resume_free_bytes=500)
+    assert [int(g.update(f)) for f in frees] == allowed
+
+
+def test_headroom_allowance_never_crosses_the_floor():
+    g = HeadroomGuard(300, 500)
+    assert g.allowance(1000) == 700 and g.allowance(200) == 0 and g.allowance(400) == 0
+    assert g.allowance(600) == 300
+
+
+def test_pingpong_damper():
+    d = PingPongDamper(window_s=10, holdoff_s=100)
+    d.record_promoted(7, [1, 2], now=0)
+    assert d.filter(7, [1, 2, 3], now=5) == [3]          # 1 and 2 bounced back within 10 s
+    assert d.pingpongs == 2
+    assert d.filter(7, [1], now=50) == []                 # held off
+    assert d.filter(7, [1], now=106) == [1]               # hold-off over
+    d.record_promoted(7, [4], now=200)
+    assert d.filter(7, [4], now=215) == [4]               # back after the window: no ping-pong
+    d.record_promoted(8, [9], now=0)
+    d.forget_pid(8)
+    assert d.filter(8, [9], now=1) == [9]
+
+
+def test_pingpong_damper_is_bounded():
+    d = PingPongDamper(window_s=10, holdoff_s=100, max_entries=100)
+    for i in range(10):
+        d.record_promoted(1, range(i * 50, i * 50 + 50), now=0)
+    assert d.size <= 100
+    d.expire(now=11)
+    assert d.size == 0 and not d.promoted
+
+
+def test_retry_once():
+    r = RetryOnce(delay_s=1)
+    assert r.failed(1, 10, now=0) is True
+    assert r.due(0.5) == []
+    assert r.due(1.0) == [(1, 10)]
+    assert r.failed(1, 10, now=1.5) is False and r.dropped == 1   # second failure: dropped
+    assert r.failed(1, 10, now=2) is True                         # a new episode
+
+
+# --- workers with the fake mover ------------------------------------------------
+
+
+def test_batching_and_max_wait(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, batch_pages=512)
+    addrs = pages(1200)
+    mover.place(5, addrs, 1)
+    offer(q, 5, addrs[:600], cpu=0)
+    offer(q, 5, addrs[600:], cpu=1)
+    run(steps(w, clock, 6))
+    assert [c[1] for c in mover.calls] == [512, 512]    # full batches go at once
+    clock.t += 0.05
+    run(steps(w, clock, 2))
+    assert [c[1] for c in mover.calls] == [512, 512]    # the rest waits for max_wait
+    clock.t += 0.06
+    run(steps(w, clock, 2))
+    assert [c[1] for c in mover.calls] == [512, 512, 176]
+    assert mover.on(5, addrs, 0) == 1200
+    assert w.stats.promoted == {(1, 0): 1200} and w.stats.outcomes["moved"] == 1200
+    assert w.stats.batch_sizes == [512, 512, 176]
+
+
+def test_candidates_on_the_fast_tier_or_gone_are_dropped(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock)
+    mover.place(5, pages(10), 0)            # already fast
+    mover.place(5, pages(10, 10), 1)
+    offer(q, 5, pages(25))                  # 5 pages not mapped at all
+    clock.t += 1
+    run(steps(w, clock, 3, dt=1))
+    assert w.stats.on_fast_tier == 10 and w.stats.gone_before_move == 5
+    assert w.stats.promoted_pages == 10
+
+
+def test_hotness_threshold_folds_across_cpus(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, min_samples=3)
+    mover.place(5, pages(4), 1)
+    offer(q, 5, pages(4), cpu=0, weight=2)   # 2 samples each...
+    offer(q, 5, pages(2), cpu=1, weight=1)   # ...plus 1 for the first two pages
+    run(steps(w, clock, 3, dt=1))
+    assert w.stats.promoted_pages == 2 and w.stats.below_threshold == 2
+
+
+def test_rate_limit(fs):
+    mover, clock = FakeMover(), Clock()
+    # 1 MB/s with a 512-page (2 MiB) burst.
+    w, q = make(fs, mover, clock, rate_limit_mb_per_s=1.0, batch_pages=512)
+    addrs = pages(4096)
+    mover.place(5, addrs, 1)
+    offer(q, 5, addrs)
+    run(steps(w, clock, 20, dt=0.1))          # 2 s of simulated time
+    moved = w.stats.promoted_pages * PAGE
+    assert 2 * MiB <= moved <= 2 * MiB + 2.1e6   # burst + 2 s at 1 MB/s
+    assert w.stats.rate_limited_batches > 0
+
+
+def test_headroom_stops_and_resumes_with_hysteresis(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, min_free_bytes=100 * MiB, resume_free_bytes=200 * MiB,
+                free_refresh_ms=10)
+    addrs = pages(100)
+    mover.place(5, addrs, 1)
+    set_free(fs, 0, 50 * MiB)
+    offer(q, 5, addrs)
+    run(steps(w, clock, 4, dt=1))
+    assert w.stats.promoted_pages == 0 and w.stats.headroom_blocked_seconds > 0
+    set_free(fs, 0, 150 * MiB)                   # above min, below resume: still blocked
+    run(steps(w, clock, 4, dt=1))
+    assert w.stats.promoted_pages == 0 and w.headroom.blocked
+    set_free(fs, 0, 100 * MiB + 40 * PAGE + 250 * MiB)   # resumes
+    run(steps(w, clock, 4, dt=1))
+    assert w.stats.promoted_pages == 100 and not w.headroom.blocked
+
+
+def test_headroom_trims_a_batch_to_what_fits(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, min_free_bytes=1 * MiB, resume_free_bytes=1 * MiB,
+                free_refresh_ms=100000)
+    mover.place(5, pages(100), 1)
+    set_free(fs, 0, 1 * MiB + 30 * PAGE)
+    offer(q, 5, pages(100))
+    run(steps(w, clock, 6, dt=1))
+    assert w.stats.promoted_pages == 30       # the cached free figure shrinks as we move
+
+
+def test_pingpong_hold_off_in_the_worker(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, pingpong_window_ms=10_000, pingpong_holdoff_ms=60_000)
+    mover.place(5, pages(8), 1)
+    offer(q, 5, pages(8))
+    run(steps(w, clock, 3, dt=1))
+    assert w.stats.promoted_pages == 8
+    mover.place(5, pages(8), 1)               # the kernel demoted them again
+    offer(q, 5, pages(8))
+    run(steps(w, clock, 3, dt=1))
+    assert w.stats.promoted_pages == 8 and w.stats.pingpong_held == 8
+    clock.t += 61
+    offer(q, 5, pages(8))
+    run(steps(w, clock, 3, dt=1))
+    assert w.stats.promoted_pages == 16
+
+
+def test_busy_retried_once_then_dropped(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, busy_retry_ms=500)
+    mover.place(5, pages(4), 1)
+    a0, a1 = pages(2)
+    mover.script[(5, a0)] = [-errno.EBUSY]                 # busy once
+    mover.script[(5, a1)] = [-errno.EBUSY, -errno.EBUSY]   # busy twice
+    offer(q, 5, pages(4))
+    run(steps(w, clock, 3, dt=0.2))
+    assert w.stats.outcomes["moved"] == 2 and w.stats.busy_retried == 2
+    run(steps(w, clock, 6, dt=0.2))
+    assert w.stats.outcomes["moved"] == 3
+    assert w.stats.outcomes["EBUSY"] == 3 and w.stats.busy_dropped == 1
+
+
+def test_statuses_counted_by_outcome(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, enomem_backoff_ms=5000)
+    addrs = pages(6)
+    mover.place(5, addrs, 1)
+    mover.script[(5, addrs[0])] = [-errno.EFAULT]
+    mover.script[(5, addrs[1])] = [-errno.ENOENT]
+    mover.script[(5, addrs[2])] = [-errno.EACCES]
+    mover.script[(5, addrs[3])] = [-errno.ENOMEM]
+    offer(q, 5, addrs)
+    run(steps(w, clock, 3, dt=1))
+    o = w.stats.outcomes
+    assert (o["EFAULT"], o["ENOENT"], o["EACCES"], o["ENOMEM"], o["moved"]) == (1, 1, 1, 1, 2)
+    assert w.stats.enomem_backoff_seconds == 5
+    mover.place(5, pages(3, 100), 1)
+    offer(q, 5, pages(3, 100))
+    run(steps(w, clock, 3, dt=1))
+    assert w.stats.outcomes["moved"] == 2                # backing off after ENOMEM
+    clock.t += 5
+    run(steps(w, clock, 3, dt=1))
+    assert w.stats.outcomes["moved"] == 5
+
+
+def test_vanished_pid_is_forgotten_and_the_worker_goes_on(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock)
+    mover.place(5, pages(4), 1)
+    mover.place(6, pages(4), 1)
+    mover.dead.add(5)
+    offer(q, 5, pages(4))
+    offer(q, 6, pages(4))
+    run(steps(w, clock, 3, dt=1))
+    assert w.stats.pids_gone == 1 and w.stats.whole_call_errors["ESRCH"] == 1
+    assert w.stats.promoted_pages == 4
+
+
+def test_pid_exiting_between_query_and_move(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock)
+    mover.place(5, pages(4), 1)
+    offer(q, 5, pages(4))
+    run(w.fill())
+    mover.dead.add(5)
+    clock.t += 1
+    run(steps(w, clock, 2))
+    assert w.stats.pids_gone == 1 and w.inbox_pages == 0
+
+
+def test_pause_and_resume(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock)
+    mover.place(5, pages(4), 1)
+    offer(q, 5, pages(4))
+    w.paused = True
+    run(steps(w, clock, 3, dt=1))
+    assert mover.calls == [] and len(q) == 4         # candidates wait (bounded) in the queues
+    w.paused = False
+    run(steps(w, clock, 3, dt=1))
+    assert w.stats.promoted_pages == 4
+
+
+def test_dry_run_counts_without_moving(fs):
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, dry_run=True)
+    mover.place(5, pages(10), 1)
+    offer(q, 5, pages(10))
+    run(steps(w, clock, 3, dt=1))
+    assert mover.calls == [] and w.stats.dry_run_pages == 10
+    assert mover.on(5, pages(10), 1) == 10
+
+
+def test_two_targets_route_to_each_other(tmp_path, data_dir):
+    root = tmp_path / "root"
+    shutil.copytree(data_dir / "twosocket", root, symlinks=True)
+    fs = KernelFs(root)
+    topo = discover(fs, page_size=PAGE)
+    q = CandidateQueues([0, 1], 1 << 12, page_size=PAGE)
+    mover, clock = FakeMover(), Clock()
+    cfg = dataclasses.replace(config.WorkersConfig(), rate_limit_mb_per_s=0, min_free_bytes=0,
+                              resume_free_bytes=0, max_wait_ms=1)
+    w0 = NodeWorker(0, topology=topo, queues=q, mover=mover, cfg=cfg, fs=fs, clock=clock)
+    w1 = NodeWorker(1, topology=topo, queues=q, mover=mover, cfg=cfg, fs=fs, clock=clock)
+    w0.peers = w1.peers = {0: w0, 1: w1}
+    mover.place(5, pages(4), 2)        # node 2 promotes to node 0
+    mover.place(5, pages(4, 4), 3)     # node 3 promotes to node 1
+    offer(q, 5, pages(8))
+    run(w0.step())                     # w0 drains everything and routes node 3's pages to w1
+    clock.t += 1
+    run(steps(w0, clock, 2, dt=1))
+    run(steps(w1, clock, 2, dt=1))
+    assert w0.stats.promoted == {(2, 0): 4} and w1.stats.promoted == {(3, 1): 4}
+    assert w0.stats.routed_to_peer == 4
+
+
+def test_copy_threads_decision(fs):
+    mover, clock = FakeMover(), Clock()
+    w, _ = make(fs, mover, clock, parallel_min_pages=1024)
+    w.cfg = dataclasses.replace(w.cfg, copy_threads=4)
+    assert w.threads_for(512) == 1 and w.threads_for(4096) == 4
+    w.cfg = dataclasses.replace(w.cfg, copy_threads="auto")
+
+    class Idle:
+        def idle(self) -> int:
+            return 1
+
+    w.idle_cpus = Idle()  # type: ignore[assignment]
+    assert w.threads_for(8192) == 1        # only one idle CPU: no parallel copy
+    w.idle_cpus.idle = lambda: 3           # type: ignore[method-assign]
+    assert w.threads_for(8192) == 3 and w.threads_for(1000) == 1
+
+
+def test_shim_mover_parallel_slices_keep_order():
+    import ctypes
+    import mmap
+
+    n = 256
+    m = mmap.mmap(-1, n * PAGE)
+    m.write(b"\1" * n * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    addrs = array("Q", range(base, base + n * PAGE, PAGE))
+    addrs[5] = 4096  # an unmapped page keeps its place in the combined statuses
+    mover = ShimMover()
+    try:
+        r = mover.move(0, addrs, 0, shim.MPOL_MF_MOVE, threads=4)
+    finally:
+        mover.close()
+    assert len(r.status) == n and r.status[5] in (-errno.EFAULT, -errno.ENOENT)
+    assert [s for i, s in enumerate(r.status) if i != 5] == [0] * (n - 1)
