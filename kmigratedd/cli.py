@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check-config", metavar="FILE", nargs="?", const="",
                    help="validate FILE (or the embedded default), print the effective config, "
                         "and exit: 0 if valid, 2 if not")
+    p.add_argument("--dry-run", action="store_true", default=None,
+                   help="do everything but move pages (overrides workers.dry_run)")
     p.add_argument("--root", metavar="DIR", default="/", help=argparse.SUPPRESS)
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     p.add_argument("--version", action="version", version=f"kmigratedd {__version__}")
@@ -37,16 +39,15 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_mod.load(args.check_config or args.config)
             sys.stdout.write(config_mod.dump(cfg))
             return 0
-        cfg = config_mod.load(args.config)
-        logsetup.setup(cfg.log_level, debug=args.debug)
-        from .daemon import run
+        from .daemon import run, with_overrides
 
-        run(cfg, args.config, KernelFs(Path(args.root)))
-        return 0
+        cfg = with_overrides(config_mod.load(args.config), dry_run=args.dry_run)
+        logsetup.setup(cfg.log_level, debug=args.debug)
+        return run(cfg, args.config, KernelFs(Path(args.root)))
     except ConfigError as exc:
         print(f"kmigratedd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except KmigratedError as exc:
+    except (KmigratedError, OSError) as exc:
         if args.debug:
             logging.getLogger("kmigratedd").exception("fatal")
         print(f"kmigratedd: {exc}", file=sys.stderr)

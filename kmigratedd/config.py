@@ -114,6 +114,13 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    listen_address: str = "127.0.0.1"
+    port: int = field(default=9477, metadata=_spec(None, 0, 65535))
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     shutdown_timeout_ms: int = field(default=5000, metadata=_spec("ms", 0, 600_000))
 
@@ -126,6 +133,7 @@ class Config:
     scope: ScopeConfig = field(default_factory=ScopeConfig)
     queues: QueuesConfig = field(default_factory=QueuesConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def to_dict(self) -> dict[str, Any]:

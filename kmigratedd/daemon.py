@@ -1,27 +1,43 @@
 """The composition root: builds every collaborator once and runs the daemon.
 
-Lifecycle (as uvicorn): :meth:`Daemon.startup` → :meth:`Daemon.serve` →
-:meth:`Daemon.shutdown`, the last bounded by ``daemon.shutdown_timeout_ms``.
-Signals are wired in :func:`run` only: SIGTERM/SIGINT stop, SIGHUP reloads (a
-bad file is logged and the running config stays).
+    config → topology → per-CPU queues → sampler → node workers (one per fast node)
+                                  → metrics registry + /metrics endpoint → sd_notify
 
-This version discovers the topology and keeps per-node free memory fresh; the
-samplers, candidate queues and promotion workers plug in here (see DESIGN.md).
+Lifecycle (as uvicorn): :meth:`Daemon.startup` → :meth:`Daemon.serve` →
+:meth:`Daemon.shutdown`. Shutdown stops the sampler first (restoring any sysctl
+it changed), then lets the workers finish the batch in flight, bounded by
+``daemon.shutdown_timeout_ms``. Signals are wired in :func:`run` only:
+SIGTERM/SIGINT stop, SIGHUP reloads (a bad file is logged and the running config
+stays).
+
+On a machine with no slower memory tier there is nothing to promote: the daemon
+says so, runs no sampler and no worker, and keeps serving its metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import config as config_mod
-from . import logsetup
+from . import logsetup, samplers
 from .config import Config
 from .errors import KmigratedError
 from .kernelfs import KernelFs
+from .metrics import Metrics, MetricsServer, MetricsSources
+from .queues import CandidateQueues
+from .samplers.base import Sampler, SamplerContext
+from .samplers.perf import online_cpus
+from .scope import Scope
+from .sdnotify import Notifier
 from .topology import Topology, discover, read_node_meminfo
+from .worker import IdleCpus, Mover, NodeWorker, ShimMover
 
 log = logging.getLogger("kmigratedd")
 
@@ -31,24 +47,91 @@ class Daemon:
     config: Config
     config_path: str | None
     fs: KernelFs
+    mover: Mover | None = None
+    notifier: Notifier = field(default_factory=Notifier)
     topology: Topology | None = None
+    queues: CandidateQueues | None = None
+    sampler: Sampler | None = None
+    workers: dict[int, NodeWorker] = field(default_factory=dict)
+    metrics: Metrics | None = None
+    metrics_server: MetricsServer | None = None
     free_bytes: dict[int, int] = field(default_factory=dict)
+    paused: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _worker_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    _executor: ThreadPoolExecutor | None = None
+
+    # --- building ----------------------------------------------------------
 
     def _discover(self, cfg: Config) -> Topology:
         return discover(self.fs, tiers=cfg.topology.tiers,
                         promotion_targets=cfg.topology.promotion_targets)
 
+    def _sampler_context(self, cfg: Config) -> SamplerContext:
+        assert self.topology is not None and self.queues is not None
+        return SamplerContext(cfg, self.fs, self.topology, self.queues, Scope(cfg.scope, self.fs))
+
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     async def startup(self) -> None:
-        self.topology = self._discover(self.config)
-        for line in self.topology.describe().splitlines():
+        cfg = self.config
+        self.topology = topo = self._discover(cfg)
+        for line in topo.describe().splitlines():
             log.info("%s", line)
-        if not self.topology.targets:
+        self.queues = CandidateQueues(online_cpus(self.fs), cfg.queues.capacity_per_cpu,
+                                      topo.page_size)
+        self.metrics = Metrics(MetricsSources(
+            fs=self.fs, topology=lambda: self.topology, workers=lambda: self.workers,
+            queues=lambda: self.queues, sampler=lambda: self.sampler,
+            paused=lambda: self.paused, dry_run=lambda: self.config.workers.dry_run))
+        if cfg.metrics.enabled:
+            self.metrics_server = MetricsServer(self.metrics, cfg.metrics.listen_address,
+                                                cfg.metrics.port)
+            await self.metrics_server.start()
+        if topo.targets:
+            self.sampler = samplers.create(cfg.sampler.name, self._sampler_context(cfg))
+            await self.sampler.start()
+            log.info("sampler %s started", self.sampler.name)
+            self._start_workers()
+        else:
             log.warning("no node has a promotion target (one memory tier): nothing to promote; "
                         "set topology.tiers if the kernel's tiers are wrong")
-        task = asyncio.create_task(self._refresh_loop(), name="topology-refresh")
-        self._tasks.add(task)
+        self._spawn(self._refresh_loop(), "topology-refresh")
+        if self.notifier.watchdog_s:
+            self._spawn(self._watchdog_loop(self.notifier.watchdog_s), "watchdog")
+        self.notifier.ready(self.status_line())
+
+    def _start_workers(self) -> None:
+        assert self.topology is not None and self.queues is not None
+        fast = self.topology.fast_nodes
+        self._executor = ThreadPoolExecutor(max_workers=max(2, 2 * len(fast)),
+                                            thread_name_prefix="kmigratedd-move")
+        self.mover = self.mover or ShimMover()
+        idle = IdleCpus(self.fs)
+        for node in fast:
+            self.workers[node] = NodeWorker(node, topology=self.topology, queues=self.queues,
+                                            mover=self.mover, cfg=self.config.workers,
+                                            fs=self.fs, executor=self._executor, idle_cpus=idle)
+        for w in self.workers.values():
+            w.peers = dict(self.workers)
+            w.paused = self.paused
+            self._worker_tasks[w.node] = self._spawn(w.run(), f"worker-node{w.node}")
+
+    # --- running -----------------------------------------------------------
+
+    def status_line(self) -> str:
+        if not self.workers:
+            return "idle: nothing to promote"
+        promoted = sum(w.stats.promoted_pages for w in self.workers.values())
+        state = "paused" if self.paused else ("dry-run" if self.config.workers.dry_run
+                                              else "promoting")
+        name = self.sampler.name if self.sampler else "-"
+        return f"{state}; sampler {name}; {promoted} pages promoted"
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -57,19 +140,70 @@ class Daemon:
                 self.free_bytes[nid] = read_node_meminfo(self.fs, nid).get("MemFree", 0)
             log.debug("free memory: %s", ", ".join(
                 f"node {n} {b >> 20} MiB" for n, b in self.free_bytes.items()))
+            self.notifier.status(self.status_line())
             await asyncio.sleep(self.config.topology.refresh_interval_ms / 1000)
 
-    def reload(self) -> bool:
+    async def _watchdog_loop(self, period_s: float) -> None:
+        while True:
+            # Only pet the watchdog while every worker is making rounds.
+            now = time.time()
+            stale = [n for n, w in self.workers.items()
+                     if w.stats.heartbeat and now - w.stats.heartbeat > period_s]
+            if not stale:
+                self.notifier.watchdog()
+            else:
+                log.error("worker(s) for node %s stalled; not petting the watchdog", stale)
+            await asyncio.sleep(period_s / 2)
+
+    def pause(self) -> None:
+        self.paused = True
+        for w in self.workers.values():
+            w.paused = True
+        log.info("promotion paused")
+
+    def resume(self) -> None:
+        self.paused = False
+        for w in self.workers.values():
+            w.paused = False
+        log.info("promotion resumed")
+
+    async def reload(self) -> bool:
         """Re-read the config file; on any error keep the running config."""
+        self.notifier.reloading()
         try:
             cfg = config_mod.load(self.config_path)
             topo = self._discover(cfg)
+            if topo.targets != (self.topology.targets if self.topology else {}):
+                raise KmigratedError("topology.tiers/promotion_targets change the workers; "
+                                     "restart the daemon to apply that")
+            new_sampler = None
+            if (cfg.sampler, cfg.scope) != (self.config.sampler, self.config.scope) and \
+                    self.workers:
+                new_sampler = samplers.create(cfg.sampler.name, self._sampler_context(cfg))
         except KmigratedError as exc:
             log.error("reload rejected, keeping the running config: %s", exc)
+            self.notifier.ready(self.status_line())
             return False
-        self.config, self.topology = cfg, topo
+        if new_sampler is not None:
+            old = self.sampler
+            if old is not None:
+                await old.stop()
+            try:
+                await new_sampler.start()
+                self.sampler = new_sampler
+                log.info("sampler %s started", new_sampler.name)
+            except (KmigratedError, OSError) as exc:
+                log.error("new sampler failed (%s); restarting the previous one", exc)
+                if old is not None:
+                    await old.start()
+                self.notifier.ready(self.status_line())
+                return False
+        self.config = cfg
+        for w in self.workers.values():
+            w.configure(cfg.workers)
         logsetup.set_level(cfg.log_level)
         log.info("config reloaded from %s", self.config_path or config_mod.DEFAULT_SOURCE)
+        self.notifier.ready(self.status_line())
         return True
 
     def stop(self) -> None:
@@ -79,37 +213,78 @@ class Daemon:
         await self._stop.wait()
 
     async def shutdown(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        self.notifier.stopping()
         timeout = self.config.daemon.shutdown_timeout_ms / 1000
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.sampler is not None:
+            try:
+                await asyncio.wait_for(self.sampler.stop(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("sampler did not stop within %.1fs", timeout)
+            except Exception:  # noqa: BLE001 - keep shutting down
+                log.exception("sampler stop failed")
+        # Workers finish the batch in flight, then leave.
+        for w in self.workers.values():
+            w.stop()
+        pending = [t for t in self._worker_tasks.values() if not t.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+            for t in late:
+                t.cancel()
+            if late:
+                log.warning("%d worker(s) did not finish within %.1fs", len(late), timeout)
+        for task in list(self._tasks):
+            task.cancel()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
-            if pending:
-                log.warning("%d task(s) did not stop within %.1fs", len(pending), timeout)
-        self._tasks.clear()
-        log.info("stopped")
+            await asyncio.wait(list(self._tasks), timeout=max(0.1, deadline - loop.time()))
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.mover, "close", None)
+        if close is not None:
+            close()
+        promoted = sum(w.stats.promoted_pages for w in self.workers.values())
+        log.info("stopped (%d pages promoted)", promoted)
+        self.notifier.close()
 
 
-async def _main(daemon: Daemon) -> None:
+async def _main(daemon: Daemon) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, daemon.stop)
     loop.add_signal_handler(signal.SIGINT, daemon.stop)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(daemon.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await daemon.startup()
-        log.info("running (pid %d)", __import__("os").getpid())
+        log.info("running (pid %d)", os.getpid())
         await daemon.serve()
     finally:
         await daemon.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+    return 0
 
 
-def run(cfg: Config, config_path: str | None, fs: KernelFs) -> None:
+def run(cfg: Config, config_path: str | None, fs: KernelFs) -> int:
     """Run the daemon until SIGTERM/SIGINT, on uvloop."""
     import uvloop
 
-    async def main() -> None:
-        await _main(Daemon(config=cfg, config_path=config_path, fs=fs))
+    async def main() -> int:
+        return await _main(Daemon(config=cfg, config_path=config_path, fs=fs))
 
-    uvloop.run(main())
+    return uvloop.run(main())
+
+
+def with_overrides(cfg: Config, *, dry_run: bool | None = None) -> Config:
+    """Command-line overrides of config values."""
+    if dry_run is not None:
+        cfg = dataclasses.replace(cfg, workers=dataclasses.replace(cfg.workers, dry_run=dry_run))
+    return cfg

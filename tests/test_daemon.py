@@ -13,10 +13,18 @@ from pathlib import Path
 import pytest
 
 
+# Tests never take the default metrics port (a real daemon may be running).
+PORT0 = "metrics:\n  port: 0\n"
+
+
 class Daemon:
     """A kmigratedd process whose stderr is collected by a reader thread."""
 
     def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+        if "--config" not in args:
+            cfg = cwd / "port0.yaml"
+            cfg.write_text(PORT0)
+            args = ("--config", str(cfg), *args)
         self.proc = subprocess.Popen([sys.executable, "-m", "kmigratedd.cli", *args], cwd=cwd,
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
@@ -65,12 +73,12 @@ def test_signal_stops_within_the_drain_bound(tmp_path, sig):
 
 def test_sighup_reload_good_then_bad_keeps_running_config(tmp_path):
     cfg = tmp_path / "k.yaml"
-    cfg.write_text("log_level: info\n")
+    cfg.write_text("log_level: info\n" + PORT0)
     d = Daemon("--config", str(cfg), cwd=tmp_path)
     proc = d.proc
     try:
         d.wait_for("running (pid")
-        cfg.write_text("log_level: debug\ntopology:\n  refresh_interval_ms: 100\n")
+        cfg.write_text("log_level: debug\ntopology:\n  refresh_interval_ms: 100\n" + PORT0)
         proc.send_signal(signal.SIGHUP)
         d.wait_for("config reloaded from")
         d.wait_for("DEBUG kmigratedd: free memory: node 0")  # new level and interval apply

@@ -1,0 +1,315 @@
+"""Prometheus metrics: the daemon's own registry, collected on the event loop.
+
+Every stage is counted where it happens (sampler, queues, workers); this module
+only *reads* those counters when Prometheus scrapes, so there is one source of
+truth and no double bookkeeping. The endpoint is a small asyncio HTTP server on
+the daemon's loop (127.0.0.1 by default): collection never races the workers.
+
+Besides kmigratedd's own figures it re-exports what node_exporter hides by
+default: the promotion, demotion, migration and NUMA-hinting counters of
+/proc/vmstat and of each node's vmstat, and per-node free/total memory labelled
+with the node's tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .kernelfs import KernelFs
+from .topology import NODE_DIR, Topology, read_node_meminfo
+
+log = logging.getLogger("kmigratedd.metrics")
+
+# vmstat counters worth having next to ours (prefix match).
+VMSTAT_PREFIXES = ("pgpromote_", "pgdemote_", "pgmigrate_", "numa_", "thp_migration_",
+                   "pgsteal_demote", "nr_promoted", "nr_demoted")
+_VMSTAT_RX = re.compile(r"^(" + "|".join(VMSTAT_PREFIXES) + r")\S*$")
+
+BATCH_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 16384, 65536)
+DURATION_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.5, 5.0)
+
+
+@dataclass
+class MetricsSources:
+    """What the collector reads; filled in by the daemon's composition root."""
+
+    fs: KernelFs
+    topology: Callable[[], Topology | None]
+    workers: Callable[[], dict[int, Any]] = lambda: {}
+    queues: Callable[[], Any] = lambda: None
+    sampler: Callable[[], Any] = lambda: None
+    paused: Callable[[], bool] = lambda: False
+    dry_run: Callable[[], bool] = lambda: False
+    extra: dict[str, Callable[[], float]] = field(default_factory=dict)
+
+
+def read_vmstat(fs: KernelFs, path: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in (fs.read_optional(path) or "").splitlines():
+        k, _, v = line.partition(" ")
+        if _VMSTAT_RX.match(k):
+            try:
+                out[k] = int(v)
+            except ValueError:
+                continue
+    return out
+
+
+class KmigratedCollector(Collector):
+    def __init__(self, src: MetricsSources) -> None:
+        self.src = src
+
+    def collect(self) -> Iterator[Any]:  # noqa: C901 - one flat list of families
+        src = self.src
+        info = InfoMetricFamily("kmigratedd_build", "kmigratedd build information")
+        info.add_metric([], {"version": __version__})
+        yield info
+        yield GaugeMetricFamily("kmigratedd_paused", "1 while promotion is paused",
+                                value=int(src.paused()))
+        yield GaugeMetricFamily("kmigratedd_dry_run", "1 in dry-run mode (nothing is moved)",
+                                value=int(src.dry_run()))
+        yield from self._workers()
+        yield from self._queues()
+        yield from self._sampler()
+        yield from self._kernel()
+
+    def _workers(self) -> Iterator[Any]:
+        workers = self.src.workers()
+        topo = self.src.topology()
+        page = topo.page_size if topo else 4096
+        pages = CounterMetricFamily("kmigratedd_promoted_pages",
+                                    "Pages promoted, by source and destination node",
+                                    labels=["src_node", "dst_node"])
+        nbytes = CounterMetricFamily("kmigratedd_promoted_bytes",
+                                     "Bytes promoted, by source and destination node",
+                                     labels=["src_node", "dst_node"])
+        outcomes = CounterMetricFamily("kmigratedd_page_outcomes",
+                                       "Per-page move_pages outcomes by reason "
+                                       "(moved, not_moved, or the errno name)",
+                                       labels=["node", "reason"])
+        whole = CounterMetricFamily("kmigratedd_move_call_errors",
+                                    "move_pages calls that failed as a whole, by errno name",
+                                    labels=["node", "reason"])
+        dropped = CounterMetricFamily("kmigratedd_worker_dropped_pages",
+                                      "Candidates a worker dropped before moving, by reason",
+                                      labels=["node", "reason"])
+        batches = CounterMetricFamily("kmigratedd_batches", "move_pages batches issued",
+                                      labels=["node", "mode"])
+        rate_s = CounterMetricFamily("kmigratedd_rate_limited_seconds",
+                                     "Time a worker waited for the rate limit", labels=["node"])
+        head_s = CounterMetricFamily("kmigratedd_headroom_blocked_seconds",
+                                     "Time promotion was blocked by the target's free-memory "
+                                     "headroom", labels=["node"])
+        enomem_s = CounterMetricFamily("kmigratedd_enomem_backoff_seconds",
+                                       "Time a worker backed off after -ENOMEM", labels=["node"])
+        dry = CounterMetricFamily("kmigratedd_dry_run_pages",
+                                  "Pages that would have been promoted (dry run)",
+                                  labels=["node"])
+        pingpong = CounterMetricFamily("kmigratedd_pingpong_pages",
+                                       "Pages held off because they bounced back to a slow node",
+                                       labels=["node"])
+        retried = CounterMetricFamily("kmigratedd_busy_retries",
+                                      "Busy (-EBUSY) pages by what happened next",
+                                      labels=["node", "result"])
+        beat = GaugeMetricFamily("kmigratedd_worker_heartbeat_timestamp_seconds",
+                                 "Unix time of each worker's last round", labels=["node"])
+        inbox = GaugeMetricFamily("kmigratedd_worker_inbox_pages",
+                                  "Pages routed to a worker and waiting for a batch",
+                                  labels=["node"])
+        blocked = GaugeMetricFamily("kmigratedd_headroom_blocked",
+                                    "1 while the target node is out of headroom",
+                                    labels=["node"])
+        for node, w in sorted(workers.items()):
+            n, s = str(node), w.stats
+            for (src, dst), c in sorted(s.promoted.items()):
+                pages.add_metric([str(src), str(dst)], c)
+                nbytes.add_metric([str(src), str(dst)], c * page)
+            for reason, c in sorted(s.outcomes.items()):
+                outcomes.add_metric([n, reason], c)
+            for reason, c in sorted(s.whole_call_errors.items()):
+                whole.add_metric([n, reason], c)
+            for reason, c in (("below_threshold", s.below_threshold),
+                              ("on_fast_tier", s.on_fast_tier),
+                              ("gone", s.gone_before_move), ("inbox_full", s.inbox_dropped)):
+                dropped.add_metric([n, reason], c)
+            batches.add_metric([n, "single"], s.batches - s.parallel_batches)
+            batches.add_metric([n, "parallel"], s.parallel_batches)
+            rate_s.add_metric([n], s.rate_limited_seconds)
+            head_s.add_metric([n], s.headroom_blocked_seconds)
+            enomem_s.add_metric([n], s.enomem_backoff_seconds)
+            dry.add_metric([n], s.dry_run_pages)
+            pingpong.add_metric([n], s.pingpong_held)
+            retried.add_metric([n, "retried"], s.busy_retried)
+            retried.add_metric([n, "dropped"], s.busy_dropped)
+            beat.add_metric([n], s.heartbeat)
+            inbox.add_metric([n], w.inbox_pages)
+            blocked.add_metric([n], int(w.headroom.blocked))
+        yield from (pages, nbytes, outcomes, whole, dropped, batches, rate_s, head_s, enomem_s,
+                    dry, pingpong, retried, beat, inbox, blocked)
+
+    def _queues(self) -> Iterator[Any]:
+        q = self.src.queues()
+        if q is None:
+            return
+        s = q.stats()
+        yield CounterMetricFamily("kmigratedd_queue_candidates_coalesced",
+                                  "Samples folded into an existing candidate", value=s.coalesced)
+        yield CounterMetricFamily("kmigratedd_queue_candidates_dropped",
+                                  "Candidates dropped because a per-CPU queue was full",
+                                  value=s.dropped)
+        yield CounterMetricFamily("kmigratedd_queue_candidates_drained",
+                                  "Candidates handed to the workers", value=s.drained)
+        depth = GaugeMetricFamily("kmigratedd_queue_depth", "Candidates waiting, per CPU queue",
+                                  labels=["cpu"])
+        for cpu, d in zip(q.cpus, s.per_cpu_depth):
+            depth.add_metric([str(cpu)], d)
+        yield depth
+        yield GaugeMetricFamily("kmigratedd_queue_capacity",
+                                "Candidates each per-CPU queue holds at most",
+                                value=q.capacity_per_cpu)
+
+    def _sampler(self) -> Iterator[Any]:
+        sampler = self.src.sampler()
+        if sampler is None:
+            return
+        name = sampler.name
+        st = sampler.stats()
+        active = GaugeMetricFamily("kmigratedd_sampler_active", "The sampler in use",
+                                   labels=["sampler"])
+        active.add_metric([name], 1)
+        yield active
+        produced = CounterMetricFamily("kmigratedd_sampler_candidates",
+                                       "Candidates a sampler offered to the queues",
+                                       labels=["sampler"])
+        produced.add_metric([name], st.get("candidates_offered", 0))
+        yield produced
+        lost = CounterMetricFamily("kmigratedd_perf_samples_lost",
+                                   "Samples the kernel reported lost (PERF_RECORD_LOST)",
+                                   labels=["sampler"])
+        lost.add_metric([name], st.get("samples_lost", 0))
+        yield lost
+        samples = CounterMetricFamily("kmigratedd_sampler_samples",
+                                      "Raw samples or page observations a sampler decoded",
+                                      labels=["sampler"])
+        samples.add_metric([name], st.get("samples", st.get("pages_scanned", 0)))
+        yield samples
+        other = CounterMetricFamily("kmigratedd_sampler_events",
+                                    "Other sampler counters (throttling, errors, ...)",
+                                    labels=["sampler", "event"])
+        for k, v in sorted(st.items()):
+            if k not in ("candidates_offered", "samples_lost", "samples"):
+                other.add_metric([name, k], v)
+        yield other
+
+    def _kernel(self) -> Iterator[Any]:
+        fs = self.src.fs
+        topo = self.src.topology()
+        total = CounterMetricFamily("kmigratedd_kernel_vmstat",
+                                    "Promotion/demotion/migration/NUMA counters of /proc/vmstat",
+                                    labels=["counter"])
+        for k, v in sorted(read_vmstat(fs, "/proc/vmstat").items()):
+            total.add_metric([k], v)
+        yield total
+        if topo is None:
+            return
+        per_node = CounterMetricFamily("kmigratedd_kernel_node_vmstat",
+                                       "The same counters per node (node*/vmstat)",
+                                       labels=["node", "counter"])
+        free = GaugeMetricFamily("kmigratedd_node_memory_free_bytes", "Free memory per node",
+                                 labels=["node", "tier"])
+        size = GaugeMetricFamily("kmigratedd_node_memory_total_bytes", "Memory per node",
+                                 labels=["node", "tier"])
+        for nid in topo.nodes:
+            tier = topo.tier_of(nid)
+            t = str(tier.rank) if tier else ""
+            for k, v in sorted(read_vmstat(fs, f"{NODE_DIR}/node{nid}/vmstat").items()):
+                per_node.add_metric([str(nid), k], v)
+            info = read_node_meminfo(fs, nid)
+            free.add_metric([str(nid), t], info.get("MemFree", 0))
+            size.add_metric([str(nid), t], info.get("MemTotal", 0))
+        yield from (per_node, free, size)
+
+
+class Metrics:
+    """The registry plus the histograms fed from workers' observations."""
+
+    def __init__(self, sources: MetricsSources) -> None:
+        self.sources = sources
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(KmigratedCollector(sources))
+        self.batch_pages = Histogram("kmigratedd_batch_pages", "Pages per move_pages batch",
+                                     ["node"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.move_seconds = Histogram("kmigratedd_move_pages_duration_seconds",
+                                      "Wall time of one move_pages batch (all copy threads)",
+                                      ["node"], buckets=DURATION_BUCKETS, registry=self.registry)
+
+    def observe(self) -> None:
+        """Move the workers' batch observations into the histograms."""
+        for node, w in self.sources.workers().items():
+            sizes, durations = w.stats.take_observations()
+            h1 = self.batch_pages.labels(str(node))
+            h2 = self.move_seconds.labels(str(node))
+            for v in sizes:
+                h1.observe(v)
+            for d in durations:
+                h2.observe(d)
+
+    def render(self) -> bytes:
+        self.observe()
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """GET /metrics over HTTP/1.0 on the event loop (bounded request, time-outs)."""
+
+    def __init__(self, metrics: Metrics, address: str, port: int) -> None:
+        self.metrics = metrics
+        self.address = address
+        self.port = port
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, self.address, self.port,
+                                                 limit=8192)
+        sock = self.server.sockets[0].getsockname()
+        self.port = sock[1]
+        log.info("metrics on http://%s:%d/metrics", self.address, self.port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while True:  # skip the headers
+                line = await asyncio.wait_for(reader.readline(), 5)
+                if line in (b"\r\n", b"\n", b""):
+                    break
+            parts = request.decode("latin-1").split()
+            if len(parts) >= 2 and parts[0] in ("GET", "HEAD") and \
+                    parts[1].split("?")[0] in ("/metrics", "/"):
+                body = self.metrics.render()
+                head = (f"HTTP/1.0 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n")
+                writer.write(head.encode() + (body if parts[0] == "GET" else b""))
+            else:
+                writer.write(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            await asyncio.wait_for(writer.drain(), 10)
+        except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()

@@ -1,0 +1,748 @@
+"""Idle page tracking sampler: which slow-tier pages of the processes in scope were touched.
+
+Every round (``sampler.interval_ms``) the sampler walks the processes in scope
+and, for each one, the mappings of ``/proc/PID/maps`` it can promote from,
+within a scan budget; for each piece of a mapping it
+
+1. reads ``/proc/PID/pagemap`` for the range in one ``pread`` and turns the
+   entries into PFNs (present and not swapped; ``shim.pagemap_pfns``);
+2. keeps only the pages on a slower-tier node (PFN → memory block → node:
+   ``topology.block_node_table()`` and ``shim.phys_to_node``) — pages on the fast
+   tier are never tested, marked, nor remembered;
+3. collects their PFNs in a batch (up to :data:`BATCH_PAGES`), which is **sorted
+   by PFN** and then tested against ``/sys/kernel/mm/page_idle/bitmap``
+   (``shim.idle_test``: was the idle bit set last round cleared by an access?)
+   and marked idle again (``shim.idle_mark``) for the next round;
+4. folds the result into an aging history per page and offers the hot pages to
+   the candidate queues.
+
+A page is **hot** when it was accessed in at least ``sampler.idle.hot_rounds`` of
+its last ``sampler.idle.history_rounds`` observations.  Hot pages are pushed into
+the queue of the CPU the task last ran on (``queues.last_cpu``), with the node
+they are on and weight = the number of accessed rounds in the history.  The
+sampler never migrates anything.
+
+Kernel behaviour it is built around (mm/page_idle.c, Linux 6.12; measured in the
+tiered VM, tests/vm/guest/test_sampler_idle.py):
+
+- **Only LRU folios take the idle bit, and only through their head page.**
+  ``page_idle_get_folio()`` returns nothing for a tail page or a folio that is
+  not on an LRU list, so such a PFN reads back 0 ("accessed") and marking it is
+  ignored.  Hence:
+
+  * **Transparent huge pages** must be tested through their head PFN only, or
+    their 511 tail pages read "accessed" every round.  A THP is found as a
+    2 MiB-aligned virtual slot whose first PFN is 512-aligned and whose last PFN
+    is the first + 511 (both already in the pagemap words we read), confirmed by
+    one 8-byte read of ``/proc/kpageflags`` at the head (KPF_THP and
+    KPF_COMPOUND_HEAD; KPF_HUGE means hugetlbfs, whose pages are never on an
+    LRU: the slot is skipped).  We chose this over ``/proc/PID/smaps``
+    (``AnonHugePages``): smaps walks every page table of the process on every
+    read and only says *how much* of a mapping is huge, not *where*; the PFN
+    pattern plus one kpageflags word per 2 MiB is exact and costs nothing per
+    base page.  A THP is then one page: tested once, counted once in
+    ``pages_accessed``, offered once at its head address.  Without kpageflags
+    (a kernel without it) the PFN pattern alone decides.
+    Other large folios (mTHP orders below PMD size, large page-cache folios of
+    private file mappings) are *not* recognised: their tail pages look accessed.
+    mTHP is off by default (``/sys/kernel/mm/transparent_hugepage/hugepages-*``).
+  * **Brand-new pages are not tracked until the per-CPU LRU batch is drained**
+    (``folio_batch`` of ``lru_add``): until then marking them does nothing and
+    they read "accessed".  Every page's first observation is therefore never
+    counted: a test only counts when the page was marked at its previous
+    observation with the same PFN (we keep a 7-bit hash of the PFN per page
+    as a tag), and a page needs ``hot_rounds`` counted accesses to be hot.  So
+    the first rounds may miss brand-new pages; the first candidates appear after
+    ``hot_rounds + 1`` passes.  A page that moved (new PFN) starts over the same
+    way instead of reading "accessed" because the new page was never marked.
+- **Marking a page idle clears the PTE young bit without flushing the TLB**
+  (``ptep_clear_young_notify``): an access through a translation still cached in
+  a TLB does not set the young bit again and is missed.  One observation is
+  therefore weak evidence both ways; the history over several rounds (hot =
+  accessed in ``hot_rounds`` of ``history_rounds``) absorbs the misses, which
+  are rare on a busy CPU whose TLB turns over between rounds.  (Under qemu's TCG
+  the software TLB hides nearly every access unless the workload flushes it;
+  the VM tests run their workload with ``flush_ms=10``.)
+- **Reading the bitmap costs an rmap walk per idle folio**, and
+  ``shim.idle_test`` reads windows of 512 bitmap words starting at the first PFN
+  it needs: given PFNs in virtual-address order that *descend* (common once
+  memory has been reused), every step re-reads an overlapping window and
+  re-walks every idle page in it — measured 16.6 s instead of 0.09 s for 32768
+  pages in the VM.  So each batch is sorted by PFN before it is tested and
+  marked, and the results are put back in virtual order by a second sort (both
+  are C-level ``sorted()`` runs over packed 64/32-bit keys, linear on the
+  already-ordered runs that fresh memory gives).
+
+Budget: ``sampler.idle.scan_budget_pages_per_s`` bounds the pagemap entries read
+(virtual pages, present or not) per second; each round may read
+``budget * interval`` of them (unused credit below one chunk carries over), and
+the next round continues where this one stopped (pid, address).  With a budget
+below what is in scope, a "round" of a page's history is one *pass* over it.
+A huge sparse mapping (say 64 GiB reserved with few pages present) therefore
+costs budget, never unbounded reads; PROT_NONE mappings are skipped outright.
+
+Which mappings: private writable ones, anonymous or file-backed (``[heap]``,
+``[stack]``, ``[anon:...]`` and ``/dev/zero`` included).  Skipped: shared
+mappings (move_pages(2) with MPOL_MF_MOVE does not move pages mapped by other
+processes), mappings without read and write access (PROT_NONE reservations,
+code), special mappings (``[vsyscall]``, ``[vdso]``, ``[vvar]``...), device
+mappings (``/dev/*``) and hugetlbfs.
+
+Memory: two bytes per tracked slow-tier page (history + PFN tag), kept in
+16 MiB-aligned chunks of the address space that hold at least one tracked page;
+the state of a pid that leaves the scope or exits, and of chunks no longer
+mapped or holding no slow-tier page at the end of a pass, is dropped.  A pid
+reused by a new process (another start time) starts afresh.
+
+Failures are counted, never raised: a pid that exits during a scan
+(``pid_gone``), a process the daemon may not read (``permission_denied``: ptrace
+read access is checked when /proc/PID/maps or pagemap is opened; a daemon
+without CAP_SYS_PTRACE cannot read other users' processes), anything else
+(``errors``).  Needs root: the bitmap is mode 0600, and pagemap shows PFNs only
+to CAP_SYS_ADMIN.  Do not run another idle-page user (DAMON, a second
+kmigratedd) at the same time: they share the per-page idle flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import threading
+import time
+from array import array
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import compress
+
+from .. import shim
+from ..kernelfs import KernelFs
+from ..queues import last_cpu
+from .base import SamplerContext
+
+log = logging.getLogger("kmigratedd.sampler")
+
+BITMAP = "/sys/kernel/mm/page_idle/bitmap"
+KPAGEFLAGS = "/proc/kpageflags"
+HPAGE_PMD_SIZE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
+CAP_SYS_ADMIN = 21
+
+# include/uapi/linux/kernel-page-flags.h
+KPF_COMPOUND_HEAD = 1 << 15
+KPF_HUGE = 1 << 17
+KPF_THP = 1 << 22
+
+PAGE_SIZE = shim.PAGE_SIZE
+PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
+# State and pagemap reads go by chunks of the address space (16 MiB of 4 KiB pages).
+CHUNK_PAGES = 4096
+# PFNs tested and marked together (sorted once): 256 MiB of tracked 4 KiB pages.
+# Bounds the sort (it holds the GIL) and the round's scratch memory.
+BATCH_PAGES = 1 << 16
+# The batch keys pack a PFN into 40 bits and a position into 24.
+_PFN_KEY_BITS = 40
+_POS_KEY_BITS = 24
+
+# Special mappings whose name is in brackets but that hold ordinary anonymous memory.
+_ANON_NAMES = ("[heap]", "[stack]")
+_ANON_PREFIXES = ("[anon:", "[stack:")
+
+
+def _table(fn: object) -> bytes:
+    return bytes(fn(b) for b in range(256))  # type: ignore[operator]
+
+
+# Byte-wise lookup tables for bytes.translate (one byte per page, no Python loop).
+_ACCESSED = _table(lambda b: 1 if b == 0 else 0)  # idle_test: 0 accessed, 1 idle, 2 no PFN
+_TAG = _table(lambda b: ((b ^ (b >> 7)) & 0x7F) | 0x80)  # folded PFN byte -> non-zero tag
+_NONZERO = _table(lambda b: 1 if b else 0)
+_ZERO = _table(lambda b: 0 if b else 1)
+_FF = _table(lambda b: 0xFF if b else 0)
+
+
+def _and(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") & int.from_bytes(b, "little")).to_bytes(len(a), "little")
+
+
+def _or(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") | int.from_bytes(b, "little")).to_bytes(len(a), "little")
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
+
+
+def _pfn_tag(pfns: bytes) -> bytes:
+    """One non-zero byte per 8-byte PFN: its five low bytes XOR-folded, then 8 bits into 7."""
+    fold = pfns[0::8]
+    for k in range(1, 5):
+        fold = _xor(fold, pfns[k::8])
+    return fold.translate(_TAG)
+
+
+def _widen(mask_ff: bytes) -> bytes:
+    """One 0x00/0xFF byte per page → eight (a mask for 8-byte words)."""
+    out = bytearray(8 * len(mask_ff))
+    for k in range(8):
+        out[k::8] = mask_ff
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    name: str
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    out = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 5:
+            continue
+        lo, _, hi = parts[0].partition("-")
+        try:
+            out.append(Mapping(int(lo, 16), int(hi, 16), parts[1],
+                               parts[5].strip() if len(parts) > 5 else ""))
+        except ValueError:
+            continue
+    return out
+
+
+def scannable(m: Mapping) -> bool:
+    """Private writable mappings of ordinary memory (see the module docstring)."""
+    p = m.perms
+    if len(p) < 4 or p[3] != "p" or p[0] != "r" or p[1] != "w":
+        return False
+    name = m.name
+    if name.startswith("["):
+        return name in _ANON_NAMES or name.startswith(_ANON_PREFIXES)
+    if name.startswith("/dev/") and not name.startswith("/dev/zero"):
+        return False
+    return "anon_hugepage" not in name
+
+
+@dataclass
+class _Chunk:
+    """Per-page state of one chunk of the address space."""
+
+    hist: bytearray  # bit i: accessed at the observation i passes ago
+    tag: bytearray  # 0: not marked last time; else 0x80 | a 7-bit hash of the PFN marked
+
+
+@dataclass
+class _Proc:
+    pid: int
+    start_time: str
+    chunks: dict[int, _Chunk] = field(default_factory=dict)
+    visited: set[int] = field(default_factory=set)  # chunks seen since the pass began
+
+
+@dataclass
+class _Segment:
+    proc: _Proc
+    key: int  # chunk number (address >> chunk shift)
+    off: int  # first page within the chunk
+    n: int
+    addr: int
+    pos: int  # first entry in the batch
+    tag: bytes
+    mask_ff: bytes
+    nodes: array[int]
+
+
+class _PidGone(Exception):
+    pass
+
+
+class _Stopping(Exception):
+    pass
+
+
+@dataclass
+class Offer:
+    """Hot pages of one pid, ready for queues.push."""
+
+    cpu: int
+    pid: int
+    addrs: array[int]
+    nodes: array[int]
+    weights: array[int]
+
+
+class IdleSampler:
+    """Scans page_idle bits of slow-tier pages; see the module docstring."""
+
+    name = "idle"
+
+    def __init__(self, ctx: SamplerContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config.sampler.idle
+        self.history_rounds = cfg.history_rounds
+        self.hot_rounds = cfg.hot_rounds
+        self.budget_pages_per_s = cfg.scan_budget_pages_per_s
+        self.interval_s = ctx.config.sampler.interval_ms / 1000
+        window = (1 << self.history_rounds) - 1
+        self._shift = _table(lambda b: (b << 1) & window)
+        self._weight = _table(lambda b: bin(b & window).count("1"))
+        self._hot = _table(lambda b: 1 if bin(b & window).count("1") >= self.hot_rounds else 0)
+        block_shift, self._block_table = ctx.topology.block_node_table()
+        self._pfn_block_shift = block_shift - PAGE_SHIFT
+        slow = set(ctx.topology.targets)
+        self._slow_nodes = slow
+        # Node ids in one byte (-1 → 0xFF) unless a machine has more than 255 nodes.
+        self._slow_table = (_table(lambda b: 1 if b in slow and b != 0xFF else 0)
+                            if max(ctx.topology.nodes, default=0) < 0xFF else None)
+        hpage = ctx.fs.read_optional(HPAGE_PMD_SIZE)
+        hpage_bytes = int(hpage) if hpage and hpage.strip().isdigit() else 2 << 20
+        self.huge_pages = max(1, hpage_bytes // PAGE_SIZE)
+        self.chunk_pages = max(CHUNK_PAGES, self.huge_pages)
+        self._chunk_shift = (self.chunk_pages * PAGE_SIZE).bit_length() - 1
+        self._procs: dict[int, _Proc] = {}
+        self._cursor: tuple[int, int] = (0, 0)
+        self._credit = 0
+        self._bitmap_fd: int | None = None
+        self._kpageflags_fd: int | None = None
+        self._stopping = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._warned: set[int] = set()
+        self._tracked_pids = 0
+        self._state_bytes = 0
+        # round scratch
+        self._batch = array("Q")
+        self._segments: list[_Segment] = []
+        self._offers: dict[int, list[tuple[array[int], array[int], array[int]]]] = {}
+        self.counters = dict.fromkeys(
+            ("rounds", "passes", "pages_scanned", "pages_tested", "pages_accessed",
+             "huge_pages", "hugetlb_skipped", "candidates_offered", "pid_gone",
+             "permission_denied", "budget_exhausted", "errors"), 0)
+
+    # --- probe and lifecycle ----------------------------------------------------
+
+    @staticmethod
+    def probe(ctx: SamplerContext) -> str | None:
+        if not ctx.fs.exists(BITMAP):
+            return ("the kernel has no idle page tracking (CONFIG_IDLE_PAGE_TRACKING): "
+                    f"{BITMAP} is missing")
+        if not os.access(ctx.fs.path(BITMAP), os.R_OK | os.W_OK):
+            return f"reading and writing {BITMAP} needs root"
+        if not _has_cap(ctx.fs, CAP_SYS_ADMIN):
+            return ("/proc/PID/pagemap hides PFNs without CAP_SYS_ADMIN: run kmigratedd as root "
+                    "or grant it CAP_SYS_ADMIN")
+        if not ctx.topology.targets:
+            return "no slower memory tier to sample (one tier)"
+        return None
+
+    def open(self) -> None:
+        """Open the bitmap (and kpageflags if there is one); start() does this."""
+        if self._bitmap_fd is None:
+            self._bitmap_fd = os.open(self.ctx.fs.path(BITMAP), os.O_RDWR | os.O_CLOEXEC)
+        if self._kpageflags_fd is None:
+            try:
+                self._kpageflags_fd = os.open(self.ctx.fs.path(KPAGEFLAGS),
+                                              os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                log.info("idle sampler: %s unreadable (%s): huge pages are recognised by their "
+                         "PFN pattern alone", KPAGEFLAGS, exc.strerror)
+
+    def close(self) -> None:
+        for attr in ("_bitmap_fd", "_kpageflags_fd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, attr, None)
+
+    async def start(self) -> None:
+        self.open()
+        self._stopping.clear()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kmigratedd-idle")
+        log.info("idle sampler: every %d ms, up to %d pages/s, hot = accessed in %d of %d rounds, "
+                 "slow nodes %s", round(self.interval_s * 1000), self.budget_pages_per_s,
+                 self.hot_rounds, self.history_rounds, sorted(self._slow_nodes))
+        self._task = asyncio.create_task(self._run(), name="sampler-idle")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._executor is not None
+        while True:
+            t0 = loop.time()
+            try:
+                offers = await loop.run_in_executor(self._executor, self.scan_round)
+                self.push(offers)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a sampler never dies of one bad round
+                self.counters["errors"] += 1
+                log.exception("idle sampler round failed")
+            await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - t0)))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._executor is not None:
+            # The round in flight sees _stopping between pieces; wait for it before
+            # closing the fds it uses.
+            executor, self._executor = self._executor, None
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        self.close()
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "tracked_pids": self._tracked_pids,
+                "state_bytes": self._state_bytes}
+
+    def push(self, offers: list[Offer]) -> int:
+        """Offer hot pages to the queues (on the event loop: the queues are not thread-safe)."""
+        added = 0
+        now = time.monotonic_ns()
+        for o in offers:
+            n = len(o.addrs)
+            added += self.ctx.queues.push(o.cpu, array("i", [o.pid]) * n, o.addrs, o.nodes,
+                                          array("Q", [now]) * n, o.weights)
+            self.counters["candidates_offered"] += n
+        return added
+
+    # --- one round --------------------------------------------------------------
+
+    def scan_round(self, budget_pages: int | None = None) -> list[Offer]:
+        """Scan up to ``budget_pages`` pages (default: the per-second budget times the
+        interval, plus carried-over credit), test and re-mark them, and return the hot
+        pages to offer.  Never raises for a process's sake; runs off the event loop."""
+        if self._bitmap_fd is None:
+            raise RuntimeError("IdleSampler.open() first")
+        if budget_pages is None:
+            per_round = max(1, int(self.budget_pages_per_s * self.interval_s))
+            self._credit = min(self._credit + per_round, max(per_round, self.chunk_pages))
+        else:
+            self._credit = budget_pages
+        self.counters["rounds"] += 1
+        self._batch = array("Q")
+        self._segments = []
+        self._offers = {}
+        try:
+            self._round()
+        except _Stopping:
+            return []
+        finally:
+            self._flush()
+        offers = self._collect()
+        self._tracked_pids = len(self._procs)
+        self._state_bytes = sum(len(p.chunks) for p in self._procs.values()) * 2 * self.chunk_pages
+        return offers
+
+    def _round(self) -> None:
+        pids = list(self.ctx.scope.pids())
+        keep = set(pids)
+        for pid in [p for p in self._procs if p not in keep]:
+            if self.ctx.fs.exists(f"/proc/{pid}"):
+                del self._procs[pid]  # left the scope
+            else:
+                self._gone(pid)  # exited since the last round
+        if not pids:
+            return
+        cur_pid, cur_addr = self._cursor
+        first = next((i for i, p in enumerate(pids) if p >= cur_pid), 0)
+        order = pids[first:] + pids[:first]
+        resume = cur_addr if order[0] == cur_pid else 0
+        work: list[tuple[int, int, int | None]] = [(order[0], resume, None)]
+        work += [(p, 0, None) for p in order[1:]]
+        if resume:
+            work.append((order[0], 0, resume))
+        self._cursor = (order[0], resume)  # a full cycle starts here again next round
+        for pid, lo, hi in work:
+            stop_at = self._scan_pid(pid, lo, hi)
+            if stop_at is not None:
+                self._cursor = (pid, stop_at)
+                self.counters["budget_exhausted"] += 1
+                return
+
+    def _scan_pid(self, pid: int, lo: int, hi: int | None) -> int | None:
+        """Scan [lo, hi) of pid's mappings; returns where the budget stopped it, or None."""
+        fs = self.ctx.fs
+        try:
+            start_time = _start_time(fs, pid)
+            proc = self._procs.get(pid)
+            if proc is None or proc.start_time != start_time:
+                proc = self._procs[pid] = _Proc(pid, start_time)
+            maps = parse_maps(fs.read(f"/proc/{pid}/maps"))
+            fd = os.open(fs.path(f"/proc/{pid}/pagemap"), os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError, _PidGone):
+            self._gone(pid)
+            return None
+        except PermissionError:
+            self._denied(pid)
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                self._gone(pid)
+            else:
+                self._error(pid, exc)
+            return None
+        try:
+            if lo == 0:
+                proc.visited = set()
+            for m in maps:
+                if m.end <= lo or (hi is not None and m.start >= hi) or not scannable(m):
+                    continue
+                stop_at = self._scan_range(proc, fd, max(m.start, lo),
+                                           m.end if hi is None else min(m.end, hi))
+                if stop_at is not None:
+                    return stop_at
+            if hi is None:
+                self._end_pass(proc)
+            return None
+        except _PidGone:
+            self._gone(pid)
+            return None
+        except PermissionError:
+            self._denied(pid)
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                self._gone(pid)
+            else:
+                self._error(pid, exc)
+            return None
+        finally:
+            os.close(fd)
+
+    def _scan_range(self, proc: _Proc, fd: int, start: int, end: int) -> int | None:
+        chunk_bytes = 1 << self._chunk_shift
+        huge_bytes = self.huge_pages * PAGE_SIZE
+        addr = start
+        while addr < end:
+            if self._stopping.is_set():
+                raise _Stopping
+            piece_end = min(end, (addr // chunk_bytes + 1) * chunk_bytes)
+            n = (piece_end - addr) >> PAGE_SHIFT
+            if n > self._credit:
+                # Stop at a huge-page boundary so a THP is never split between rounds.
+                cut = (addr + self._credit * PAGE_SIZE) // huge_bytes * huge_bytes
+                if cut <= addr:
+                    return addr
+                piece_end, n = cut, (cut - addr) >> PAGE_SHIFT
+            self._credit -= n
+            self._scan_piece(proc, fd, addr, n)
+            addr = piece_end
+        return None
+
+    def _read_pagemap(self, fd: int, addr: int, entries: array[int]) -> int:
+        return shim.pread_words(fd, addr >> PAGE_SHIFT, entries)
+
+    def _scan_piece(self, proc: _Proc, fd: int, addr: int, n: int) -> None:
+        """Pagemap → PFNs → slow-tier mask → THP heads; queue the tracked PFNs for testing."""
+        entries = array("Q", bytes(8 * n))
+        got = self._read_pagemap(fd, addr, entries)
+        self.counters["pages_scanned"] += n
+        if got < n:
+            # pagemap reads nothing once the mm is gone (the process exited).
+            raise _PidGone
+        key = addr >> self._chunk_shift
+        off = (addr - (key << self._chunk_shift)) >> PAGE_SHIFT
+        proc.visited.add(key)
+        pfns = array("Q", bytes(8 * n))
+        if not shim.pagemap_pfns(entries, pfns):
+            self._forget(proc, key, off, n)
+            return
+        nodes = array("i", bytes(4 * n))
+        shim.phys_to_node(pfns, self._pfn_block_shift, self._block_table, nodes)
+        if self._slow_table is not None:
+            mask = bytearray(memoryview(nodes).cast("B")[0::4].tobytes().translate(
+                self._slow_table))
+        else:
+            mask = bytearray(1 if x in self._slow_nodes else 0 for x in nodes)
+        if not mask.count(1):
+            self._forget(proc, key, off, n)
+            return
+        self._huge_slots(addr, n, pfns, mask)
+        mask_ff = bytes(mask).translate(_FF)
+        masked = _and(pfns.tobytes(), _widen(mask_ff))
+        tag = _and(_pfn_tag(masked), mask_ff)
+        pos = len(self._batch)
+        self._batch.frombytes(masked)
+        self._segments.append(_Segment(proc, key, off, n, addr, pos, tag, mask_ff, nodes))
+        if len(self._batch) >= BATCH_PAGES:
+            self._flush()
+
+    def _huge_slots(self, addr: int, n: int, pfns: array[int], mask: bytearray) -> None:
+        """Keep only the head of each THP in ``mask``; drop hugetlbfs slots."""
+        hp = self.huge_pages
+        if hp <= 1 or n < hp:
+            return
+        first = (-(addr >> PAGE_SHIFT)) % hp  # index of the first huge-aligned page
+        kpf = self._kpageflags_fd
+        flags = array("Q", [0])
+        for i in range(first, n - hp + 1, hp):
+            head = pfns[i]
+            if not head or head % hp or not mask[i] or pfns[i + hp - 1] != head + hp - 1:
+                continue
+            if kpf is not None:
+                try:
+                    if shim.pread_words(kpf, head, flags) != 1:
+                        continue
+                except OSError:
+                    continue
+                f = flags[0]
+                if f & KPF_HUGE:
+                    mask[i:i + hp] = bytes(hp)
+                    self.counters["hugetlb_skipped"] += 1
+                    continue
+                if not (f & KPF_THP and f & KPF_COMPOUND_HEAD):
+                    continue
+            mask[i + 1:i + hp] = bytes(hp - 1)
+            self.counters["huge_pages"] += 1
+
+    def _forget(self, proc: _Proc, key: int, off: int, n: int) -> None:
+        chunk = proc.chunks.get(key)
+        if chunk is not None:
+            chunk.hist[off:off + n] = bytes(n)
+            chunk.tag[off:off + n] = bytes(n)
+
+    def _end_pass(self, proc: _Proc) -> None:
+        """Drop chunks not seen in this pass (unmapped) or holding no tracked page."""
+        size = self.chunk_pages
+        for key in [k for k, c in proc.chunks.items()
+                    if k not in proc.visited or c.tag.count(0) == size]:
+            del proc.chunks[key]
+        proc.visited = set()
+        self.counters["passes"] += 1
+
+    # --- test, mark, age --------------------------------------------------------
+
+    def _flush(self) -> None:
+        if not self._segments:
+            return
+        batch, segments = self._batch, self._segments
+        self._batch, self._segments = array("Q"), []
+        try:
+            idle = self._test_and_mark(batch)
+        except OSError as exc:
+            self.counters["errors"] += 1
+            log.warning("idle sampler: %s: %d pages not tested this round", exc, len(batch))
+            return
+        for seg in segments:
+            self._age(seg, idle[seg.pos:seg.pos + seg.n])
+
+    def _test_and_mark(self, pfns: array[int]) -> bytes:
+        """idle_test then idle_mark in PFN order; returns idle_test's bytes in batch order."""
+        assert self._bitmap_fd is not None
+        n = len(pfns)
+        raw = memoryview(pfns).cast("B")
+        if n >= 1 << _POS_KEY_BITS or any(raw[k::8].tobytes().count(0) != n
+                                          for k in range(_PFN_KEY_BITS // 8, 8)):
+            idle = bytearray(n)  # PFN too large to pack: test in address order
+            shim.idle_test(self._bitmap_fd, pfns, idle)
+            shim.idle_mark(self._bitmap_fd, pfns)
+            return bytes(idle)
+        # key = pfn << 24 | position, little-endian bytes assembled by strided copies
+        pos = memoryview(array("I", range(n))).cast("B")
+        keys = bytearray(8 * n)
+        for k in range(3):
+            keys[k::8] = pos[k::4]
+        for k in range(5):
+            keys[3 + k::8] = raw[k::8]
+        ordered = memoryview(array("Q", sorted(memoryview(keys).cast("Q")))).cast("B")
+        spfn = bytearray(8 * n)
+        for k in range(5):
+            spfn[k::8] = ordered[3 + k::8]
+        sorted_pfns = array("Q")
+        sorted_pfns.frombytes(spfn)
+        sidle = bytearray(n)
+        shim.idle_test(self._bitmap_fd, sorted_pfns, sidle)
+        shim.idle_mark(self._bitmap_fd, sorted_pfns)
+        # back to batch order: key = position << 8 | result
+        back = bytearray(4 * n)
+        back[0::4] = sidle
+        for k in range(3):
+            back[1 + k::4] = ordered[k::8]
+        restored = memoryview(array("I", sorted(memoryview(back).cast("I")))).cast("B")
+        return restored[0::4].tobytes()
+
+    def _age(self, seg: _Segment, idle: bytes) -> None:
+        proc = seg.proc
+        chunk = proc.chunks.get(seg.key)
+        if chunk is None:
+            chunk = proc.chunks[seg.key] = _Chunk(bytearray(self.chunk_pages),
+                                                  bytearray(self.chunk_pages))
+        lo, hi = seg.off, seg.off + seg.n
+        prev = bytes(chunk.tag[lo:hi])
+        # A result counts only if the page was marked last time, as the same PFN.
+        valid = _and(_xor(prev, seg.tag).translate(_ZERO), prev.translate(_NONZERO))
+        accessed = _and(idle.translate(_ACCESSED), valid)
+        hist = _and(_or(bytes(chunk.hist[lo:hi]).translate(self._shift), accessed), seg.mask_ff)
+        chunk.hist[lo:hi] = hist
+        chunk.tag[lo:hi] = seg.tag
+        self.counters["pages_tested"] += seg.mask_ff.count(0xFF)
+        self.counters["pages_accessed"] += accessed.count(1)
+        hot = hist.translate(self._hot)
+        if not hot.count(1):
+            return
+        addrs = array("Q", compress(range(seg.addr, seg.addr + seg.n * PAGE_SIZE, PAGE_SIZE), hot))
+        weights = array("I", compress(hist.translate(self._weight), hot))
+        nodes = array("i", compress(seg.nodes, hot))
+        self._offers.setdefault(proc.pid, []).append((addrs, nodes, weights))
+
+    def _collect(self) -> list[Offer]:
+        out = []
+        offers, self._offers = self._offers, {}
+        for pid, parts in offers.items():
+            cpu = last_cpu(self.ctx.fs, pid)
+            if cpu is None:
+                self._gone(pid)
+                continue
+            addrs, nodes, weights = array("Q"), array("i"), array("I")
+            for a, n, w in parts:
+                addrs.extend(a)
+                nodes.extend(n)
+                weights.extend(w)
+            out.append(Offer(cpu, pid, addrs, nodes, weights))
+        return out
+
+    # --- failures ---------------------------------------------------------------
+
+    def _gone(self, pid: int) -> None:
+        self.counters["pid_gone"] += 1
+        self._procs.pop(pid, None)
+        self._offers.pop(pid, None)
+
+    def _denied(self, pid: int) -> None:
+        self.counters["permission_denied"] += 1
+        self._procs.pop(pid, None)
+        if pid not in self._warned:
+            self._warned.add(pid)
+            log.warning("idle sampler: may not read pid %d's memory map (ptrace read access; "
+                        "CAP_SYS_PTRACE for other users' processes): skipped", pid)
+
+    def _error(self, pid: int, exc: OSError) -> None:
+        self.counters["errors"] += 1
+        log.debug("idle sampler: pid %d: %s", pid, exc)
+
+
+def _start_time(fs: KernelFs, pid: int) -> str:
+    """Field 22 of /proc/PID/stat (tells a reused pid from the process we knew)."""
+    text = fs.read_optional(f"/proc/{pid}/stat")
+    if text is None:
+        raise _PidGone
+    fields = text[text.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _has_cap(fs: KernelFs, cap: int) -> bool:
+    """Whether this process has ``cap`` in its effective set (True if it cannot tell)."""
+    text = fs.read_optional("/proc/self/status") or ""
+    for line in text.splitlines():
+        if line.startswith("CapEff:"):
+            try:
+                return bool(int(line.split()[1], 16) >> cap & 1)
+            except (IndexError, ValueError):
+                return True
+    return True

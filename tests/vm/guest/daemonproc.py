@@ -1,0 +1,96 @@
+"""Run kmigratedd as a user would (its console script, a config file) and read its
+/metrics, inside the guest or on the host."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+KMIGRATEDD = str(Path(sys.executable).with_name("kmigratedd"))
+
+
+def ensure_loopback() -> None:
+    """The guest's init leaves lo down; /metrics listens on 127.0.0.1."""
+    import os
+
+    if os.environ.get("KMIGRATEDD_IN_VM") == "1":
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
+
+
+class DaemonProcess:
+    def __init__(self, config_text: str, workdir: Path, *args: str) -> None:
+        ensure_loopback()
+        self.config = workdir / "kmigratedd.yaml"
+        self.config.write_text(config_text)
+        self.proc = subprocess.Popen([KMIGRATEDD, "--config", str(self.config), *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            sys.stderr.write(f"[kmigratedd] {line}\n")
+            if "metrics on http://" in line:
+                self.port = int(line.rsplit(":", 1)[1].split("/")[0])
+
+    def wait_for(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            for line in self.lines[seen:]:
+                if text in line:
+                    return line
+            seen = len(self.lines)
+            if self.proc.poll() is not None and not self._t.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged:\n" + "\n".join(self.lines[-30:]))
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        assert self.port is not None, "metrics endpoint not up"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def metric_sum(self, name: str, **labels: str) -> float:
+        return sum(v for (n, ls), v in self.metrics().items()
+                   if n == name and all(dict(ls).get(k) == val for k, val in labels.items()))
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        import os
+
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._t.join(timeout=5)
+        return self.proc.returncode

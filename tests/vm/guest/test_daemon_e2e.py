@@ -1,0 +1,111 @@
+"""kmigratedd end to end in the tiered guest: started as a user would, with a
+config file, it promotes a real hot set from node 1 to node 0.
+
+Workload: 128 MiB hot (touched in a loop) + 128 MiB cold (touched once), both on
+node 1.  Bounds: >= 90% of the hot pages on node 0 and <= 5% of the cold pages
+within BOUND_S; every word of the workload's memory intact; the workload never
+stops; the daemon's promoted-page counter equals the change in /proc/vmstat
+pgmigrate_success.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from daemonproc import DaemonProcess
+from kmigratedd.kernelfs import KernelFs
+from kmigratedd.samplers.perf import NUMA_BALANCING, PROMOTE_RATE_LIMIT, vmstat
+from workload import Workload, fill_node, node_free_mib
+
+FS = KernelFs()
+BOUND_S = float(os.environ.get("KMIGRATEDD_E2E_BOUND_S", "180"))
+HOT_MIB = COLD_MIB = 128
+KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
+
+
+def config(sampler: str, tmp: Path, extra: str = "") -> str:
+    return f"""
+log_level: info
+sampler:
+  name: {sampler}
+  interval_ms: 250
+  hint_faults:
+    state_file: {tmp}/sysctl-state.json
+workers:
+  rate_limit_mb_per_s: 0
+  min_free_bytes: 64MiB
+  resume_free_bytes: 96MiB
+metrics:
+  port: 0
+{extra}"""
+
+
+def migrated() -> int:
+    return vmstat(FS, "pgmigrate_success").get("pgmigrate_success", 0)
+
+
+def run_e2e(sampler: str, tmp: Path, flush_ms: int, fill_to_mib: float | None) -> dict:
+    sysctls_before = (FS.read(NUMA_BALANCING), FS.read(PROMOTE_RATE_LIMIT))
+    filler = fill_node(0, fill_to_mib) if fill_to_mib else None
+    try:
+        with Workload(HOT_MIB, COLD_MIB, node=1, flush_ms=flush_ms) as w:
+            assert w.fraction_on(w.hot, 1) == 1.0
+            time.sleep(3)
+            t_base = time.monotonic_ns()
+            time.sleep(4)
+            base_rate = w.pass_rate(t_base)
+            m0 = migrated()
+            d = DaemonProcess(config(sampler, tmp), tmp)
+            try:
+                d.wait_for("running (pid", 120)
+                t0 = time.monotonic()
+                t_run = time.monotonic_ns()
+                t50 = t90 = None
+                rss_max = 0
+                while time.monotonic() - t0 < BOUND_S:
+                    time.sleep(1)
+                    assert w.alive(), "the workload stopped"
+                    assert d.proc.poll() is None, "the daemon died"
+                    f = w.fraction_on(w.hot, 0)
+                    rss_max = max(rss_max, d.rss_kib())
+                    now = time.monotonic() - t0
+                    if t50 is None and f >= 0.5:
+                        t50 = now
+                    if t90 is None and f >= 0.9:
+                        t90 = now
+                        time.sleep(3)  # see whether cold pages follow
+                        break
+                run_rate = w.pass_rate(t_run)
+                hot0, cold0 = w.fraction_on(w.hot, 0), w.fraction_on(w.cold, 0)
+                promoted = d.metric_sum("kmigratedd_promoted_pages_total")
+                delta = migrated() - m0
+                cpu = d.cpu_seconds()
+                ok_verify = w.verify()
+            finally:
+                rc = d.stop()
+            result = dict(sampler=sampler, t50=t50, t90=t90, hot_on_fast=hot0, cold_on_fast=cold0,
+                          promoted=promoted, pgmigrate_delta=delta, base_rate=base_rate,
+                          run_rate=run_rate, daemon_cpu_s=cpu, rss_max_kib=rss_max, rc=rc,
+                          verify=ok_verify, node0_free_mib=node_free_mib(0))
+            print("E2E", result)
+            assert rc == 0
+            assert hot0 >= 0.9, result
+            assert cold0 <= 0.05, result
+            assert ok_verify and w.alive()
+            assert promoted == delta, result
+            assert (FS.read(NUMA_BALANCING), FS.read(PROMOTE_RATE_LIMIT)) == sysctls_before
+            return result
+    finally:
+        if filler:
+            filler.stop()
+
+
+@pytest.mark.skipif(KERNEL != "debian-6.12", reason="hint faults are tested on Debian 6.12")
+def test_hint_faults_end_to_end(tmp_path):
+    # Fill node 0 below the kernel's free-space threshold, so the kernel itself
+    # promotes nothing and every promotion is ours.
+    run_e2e("hint-faults", tmp_path, flush_ms=0, fill_to_mib=700)
