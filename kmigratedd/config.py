@@ -121,6 +121,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    socket_path: str = "/run/kmigratedd/control.sock"
+    group: str = ""
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     shutdown_timeout_ms: int = field(default=5000, metadata=_spec("ms", 0, 600_000))
 
@@ -134,6 +140,7 @@ class Config:
     queues: QueuesConfig = field(default_factory=QueuesConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,8 +244,8 @@ class _Decoder:
         if tp in (int, float):
             return self.number(tp, raw, path, meta)
         if tp is str:
-            if not isinstance(raw, str) or not raw:
-                raise self.fail(path, f"expected a non-empty string, got {_type_name(raw)}")
+            if not isinstance(raw, str):
+                raise self.fail(path, f"expected a string, got {_type_name(raw)}")
             return raw
         if origin is tuple:
             args = typing.get_args(tp)
@@ -336,6 +343,12 @@ def _check(config: Config, source: str) -> Config:
         except re.error as exc:
             which = "commands" if i < len(config.scope.commands) else "exclude_commands"
             raise ConfigError(source, f"scope.{which}", f"bad pattern {pattern!r}: {exc}")
+    for where, value in (("sampler.hint_faults.state_file", config.sampler.hint_faults.state_file),
+                         ("control.socket_path", config.control.socket_path)):
+        if not value.startswith("/"):
+            raise ConfigError(source, where, f"must be an absolute path, got {value!r}")
+    if not config.metrics.listen_address:
+        raise ConfigError(source, "metrics.listen_address", "must not be empty")
     for cg in config.scope.cgroups:
         if not cg.startswith("/"):
             raise ConfigError(source, "scope.cgroups",

@@ -1,26 +1,114 @@
-"""``kmigratedctl``: inspect what kmigratedd sees.
+"""``kmigratedctl``: talk to a running kmigratedd over its control socket.
 
-``kmigratedctl topology`` prints the nodes, memory tiers and promotion targets
-the daemon would use with a given config.
+    kmigratedctl status [--json]     per node: tier, free memory, promotion rate,
+                                     queue depth, errors by reason; sampler; state
+    kmigratedctl pause | resume      stop / restart promotion (sampling goes on)
+    kmigratedctl reload              re-read the config file (a bad one is refused)
+    kmigratedctl config              the running config, as YAML (--json: JSON)
+    kmigratedctl topology            nodes, tiers and targets this machine has (no daemon needed)
+
+The socket speaks JSON-RPC 2.0, one request per line, so scripts can also use
+``nc -U /run/kmigratedd/control.sock``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import config as config_mod
 from .errors import ConfigError, KmigratedError
 from .kernelfs import KernelFs
-from .topology import discover
+from .topology import Topology, discover
+
+DEFAULT_SOCKET = config_mod.ControlConfig().socket_path
 
 
-def _topology_json(topo: object) -> dict[str, object]:
-    from .topology import Topology
+class CtlError(KmigratedError, RuntimeError):
+    """One line for the user; exit status 1."""
 
-    assert isinstance(topo, Topology)
+
+def call(path: str, method: str, timeout: float = 30.0) -> Any:
+    """One JSON-RPC call; raises CtlError with a one-line reason."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except FileNotFoundError:
+        raise CtlError(f"kmigratedd is not running (no control socket at {path})") from None
+    except ConnectionRefusedError:
+        raise CtlError(f"kmigratedd is not running (nothing listens on {path})") from None
+    except PermissionError:
+        raise CtlError(f"permission denied on {path}: run as root or as a member of the "
+                       "group set in control.group") from None
+    except OSError as exc:
+        raise CtlError(f"cannot connect to {path}: {exc.strerror}") from None
+    try:
+        s.sendall((json.dumps({"jsonrpc": "2.0", "id": 1, "method": method}) + "\n").encode())
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except socket.timeout:
+        raise CtlError(f"kmigratedd did not answer {method} within {timeout:g}s") from None
+    except OSError as exc:
+        raise CtlError(f"{method}: {exc.strerror or exc}") from None
+    finally:
+        s.close()
+    if not buf:
+        raise CtlError(f"kmigratedd closed the connection without answering {method}")
+    reply = json.loads(buf)
+    if "error" in reply:
+        err = reply["error"]
+        if err.get("code") == -32001:
+            raise CtlError(f"permission denied by kmigratedd on {path}: run as root or as a "
+                           "member of the group set in control.group")
+        raise CtlError(f"{method}: {err.get('message')}")
+    return reply["result"]
+
+
+def _mib(n: object) -> str:
+    return f"{int(n) / (1 << 20):,.0f} MiB" if isinstance(n, int) else "-"
+
+
+def format_status(st: dict[str, Any]) -> str:
+    lines = [
+        f"kmigratedd {st['version']} (pid {st['pid']}, up {st['uptime_s']:.0f}s): {st['state']}"
+        f"{' [PAUSED]' if st['paused'] else ''}{' [DRY RUN]' if st['dry_run'] else ''}",
+        f"sampler: {st['sampler'] or '-'}",
+    ]
+    q = st.get("queues")
+    if q:
+        lines.append(f"queues: {q['depth']} candidates waiting (capacity {q['capacity_per_cpu']} "
+                     f"per CPU), {q['dropped']} dropped, {q['coalesced']} coalesced")
+    header = (f"{'node':>4} {'tier':>4} {'cpus':>4} {'free':>10} {'total':>10} {'role':<12} "
+              f"{'pages/s':>9} {'MB/s':>8} {'promoted':>10} {'inbox':>7}  errors")
+    lines += ["", header]
+    for nid, n in sorted(st["nodes"].items(), key=lambda kv: int(kv[0])):
+        w = n.get("worker")
+        role = f"-> node {n['promotes_to']}" if n.get("promotes_to") is not None else (
+            "fast (target)" if w else "")
+        row = (f"{nid:>4} {n['tier'] if n['tier'] is not None else '-':>4} {n['cpus']:>4} "
+               f"{_mib(n['mem_free_bytes']):>10} {_mib(n['mem_total_bytes']):>10} {role:<12}")
+        if w:
+            errors = ", ".join(f"{k} {v}" for k, v in w["errors"].items() if v) or "none"
+            if w["headroom_blocked"]:
+                errors += " (headroom: blocked)"
+            row += (f" {w['promoted_pages_per_s']:>9,.0f} {w['promoted_mb_per_s']:>8.1f} "
+                    f"{w['promoted_pages']:>10,} {w['inbox_pages']:>7}  {errors}")
+        lines.append(row.rstrip())
+    lines.append(f"(rates over the last {st['rate_interval_s']:g}s)")
+    return "\n".join(lines)
+
+
+def _topology_json(topo: Topology) -> dict[str, object]:
     return {
         "tier_source": topo.tier_source,
         "tiers": [{"rank": t.rank, "kernel_id": t.kernel_id, "nodes": list(t.nodes)}
@@ -38,29 +126,52 @@ def _topology_json(topo: object) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kmigratedctl", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="kmigratedctl", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("-s", "--socket", default=DEFAULT_SOCKET, help=f"default {DEFAULT_SOCKET}")
+    p.add_argument("--json", action="store_true", help="print JSON")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("topology", help="nodes, tiers and promotion targets")
+    for name, text in (("status", "state of the daemon, per node"), ("pause", "pause promotion"),
+                       ("resume", "resume promotion"), ("reload", "re-read the config file"),
+                       ("config", "the running config")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON")
+    t = sub.add_parser("topology", help="nodes, tiers and promotion targets (no daemon needed)")
     t.add_argument("-c", "--config", metavar="FILE", help="config with tier/target overrides")
-    t.add_argument("--json", action="store_true", help="print JSON")
+    t.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     t.add_argument("--root", metavar="DIR", default="/", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
-        cfg = config_mod.load(args.config)
-        topo = discover(KernelFs(Path(args.root)), tiers=cfg.topology.tiers,
-                        promotion_targets=cfg.topology.promotion_targets)
+        if args.command == "topology":
+            cfg = config_mod.load(args.config)
+            topo = discover(KernelFs(Path(args.root)), tiers=cfg.topology.tiers,
+                            promotion_targets=cfg.topology.promotion_targets)
+            print(json.dumps(_topology_json(topo), indent=2) if args.json else topo.describe())
+            return 0
+        result = call(args.socket, args.command)
     except ConfigError as exc:
         print(f"kmigratedctl: {exc}", file=sys.stderr)
         return 2
     except KmigratedError as exc:
         print(f"kmigratedctl: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        return 1
     if args.json:
-        print(json.dumps(_topology_json(topo), indent=2))
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif args.command == "status":
+        print(format_status(result))
+    elif args.command == "config":
+        print(config_mod.dump(config_mod.parse(json.dumps(result), "running config")), end="")
     else:
-        print(topo.describe())
+        print(", ".join(f"{k}: {v}" for k, v in result.items()))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except OSError as exc:  # e.g. EPIPE on a closed stdout
+        sys.exit(1 if exc.errno != errno.EPIPE else 0)

@@ -26,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import config as config_mod
-from . import logsetup, samplers
+from . import __version__, logsetup, samplers
 from .config import Config
+from .control import ControlServer
 from .errors import KmigratedError
 from .kernelfs import KernelFs
 from .metrics import Metrics, MetricsServer, MetricsSources
@@ -55,12 +56,17 @@ class Daemon:
     workers: dict[int, NodeWorker] = field(default_factory=dict)
     metrics: Metrics | None = None
     metrics_server: MetricsServer | None = None
+    control: ControlServer | None = None
+    started_at: float = field(default_factory=time.time)
+    _rates: dict[int, tuple[float, float]] = field(default_factory=dict)  # node -> pages/s, B/s
+    _rate_snap: tuple[float, dict[int, int]] | None = None
     free_bytes: dict[int, int] = field(default_factory=dict)
     paused: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _worker_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     _executor: ThreadPoolExecutor | None = None
+    _last_reload_error: str = ""
 
     # --- building ----------------------------------------------------------
 
@@ -93,6 +99,10 @@ class Daemon:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.listen_address,
                                                 cfg.metrics.port)
             await self.metrics_server.start()
+        self.control = ControlServer(cfg.control.socket_path, {
+            "status": self._rpc_status, "pause": self._rpc_pause, "resume": self._rpc_resume,
+            "reload": self._rpc_reload, "config": self._rpc_config}, cfg.control.group)
+        await self.control.start()
         if topo.targets:
             self.sampler = samplers.create(cfg.sampler.name, self._sampler_context(cfg))
             await self.sampler.start()
@@ -133,9 +143,94 @@ class Daemon:
         name = self.sampler.name if self.sampler else "-"
         return f"{state}; sampler {name}; {promoted} pages promoted"
 
+    def _update_rates(self, now: float) -> None:
+        promoted = {n: w.stats.promoted_pages for n, w in self.workers.items()}
+        if self._rate_snap is not None:
+            then, before = self._rate_snap
+            dt = max(now - then, 1e-6)
+            page = self.topology.page_size if self.topology else 4096
+            for n, c in promoted.items():
+                pps = (c - before.get(n, 0)) / dt
+                self._rates[n] = (pps, pps * page)
+        self._rate_snap = (now, promoted)
+
+    def status(self) -> dict[str, object]:
+        """What ``kmigratedctl status`` shows (JSON-ready)."""
+        topo = self.topology
+        assert topo is not None
+        qs = self.queues.stats() if self.queues is not None else None
+        nodes = {}
+        for nid, node in topo.nodes.items():
+            tier = topo.tier_of(nid)
+            info = read_node_meminfo(self.fs, nid)
+            entry: dict[str, object] = {
+                "tier": tier.rank if tier else None,
+                "kernel_tier": tier.kernel_id if tier else None,
+                "cpus": len(node.cpus),
+                "mem_total_bytes": info.get("MemTotal", 0),
+                "mem_free_bytes": info.get("MemFree", 0),
+                "promotes_to": topo.targets.get(nid),
+            }
+            w = self.workers.get(nid)
+            if w is not None:
+                pps, bps = self._rates.get(nid, (0.0, 0.0))
+                entry.update({
+                    "worker": {
+                        "promoted_pages": w.stats.promoted_pages,
+                        "promoted_pages_per_s": round(pps, 1),
+                        "promoted_mb_per_s": round(bps / 1e6, 3),
+                        "inbox_pages": w.inbox_pages,
+                        "batches": w.stats.batches,
+                        "errors": {k: v for k, v in sorted(w.stats.outcomes.items())
+                                   if k not in ("moved",)} | {
+                            f"call:{k}": v for k, v in w.stats.whole_call_errors.items()},
+                        "headroom_blocked": w.headroom.blocked,
+                        "dry_run_pages": w.stats.dry_run_pages,
+                        "heartbeat_age_s": round(time.time() - w.stats.heartbeat, 3)
+                        if w.stats.heartbeat else None,
+                    }})
+            nodes[str(nid)] = entry
+        return {
+            "version": __version__, "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "state": ("idle" if not self.workers else "paused" if self.paused else
+                      "dry-run" if self.config.workers.dry_run else "promoting"),
+            "paused": self.paused, "dry_run": self.config.workers.dry_run,
+            "sampler": self.sampler.name if self.sampler else None,
+            "sampler_stats": self.sampler.stats() if self.sampler else {},
+            "rate_interval_s": self.config.topology.refresh_interval_ms / 1000,
+            "queues": {"depth": qs.depth, "capacity_per_cpu": self.queues.capacity_per_cpu,
+                       "dropped": qs.dropped, "coalesced": qs.coalesced,
+                       "drained": qs.drained} if qs is not None and self.queues is not None
+            else None,
+            "nodes": nodes,
+            "config_file": self.config_path,
+        }
+
+    async def _rpc_status(self) -> object:
+        return self.status()
+
+    async def _rpc_pause(self) -> object:
+        self.pause()
+        return {"paused": True}
+
+    async def _rpc_resume(self) -> object:
+        self.resume()
+        return {"paused": False}
+
+    async def _rpc_reload(self) -> object:
+        ok = await self.reload()
+        if not ok:
+            raise KmigratedError(self._last_reload_error or "reload rejected")
+        return {"reloaded": True, "config_file": self.config_path}
+
+    async def _rpc_config(self) -> object:
+        return self.config.to_dict()
+
     async def _refresh_loop(self) -> None:
         while True:
             assert self.topology is not None
+            self._update_rates(time.monotonic())
             for nid in self.topology.nodes:
                 self.free_bytes[nid] = read_node_meminfo(self.fs, nid).get("MemFree", 0)
             log.debug("free memory: %s", ", ".join(
@@ -182,6 +277,7 @@ class Daemon:
                 new_sampler = samplers.create(cfg.sampler.name, self._sampler_context(cfg))
         except KmigratedError as exc:
             log.error("reload rejected, keeping the running config: %s", exc)
+            self._last_reload_error = str(exc)
             self.notifier.ready(self.status_line())
             return False
         if new_sampler is not None:
@@ -194,6 +290,7 @@ class Daemon:
                 log.info("sampler %s started", new_sampler.name)
             except (KmigratedError, OSError) as exc:
                 log.error("new sampler failed (%s); restarting the previous one", exc)
+                self._last_reload_error = f"new sampler failed: {exc}"
                 if old is not None:
                     await old.start()
                 self.notifier.ready(self.status_line())
@@ -240,6 +337,8 @@ class Daemon:
             await asyncio.wait(list(self._tasks), timeout=max(0.1, deadline - loop.time()))
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        if self.control is not None:
+            await self.control.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         close = getattr(self.mover, "close", None)

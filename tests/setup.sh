@@ -12,6 +12,10 @@ APT_PACKAGES=(
   linux-image-6.12-amd64 linux-image-amd64      # guest kernels: 6.12 and 6.1
   busybox-static cpio kmod xz-utils zstd        # the guest's initramfs
   linux-source-6.12 bc bison flex libelf-dev libssl-dev  # the idle-tracking guest kernel
+  netcat-openbsd iproute2                       # control socket by nc -U; guest loopback
+  prometheus                                    # promtool and a real Prometheus for the
+                                                # dashboard and alert-rule tests
+  systemd                                       # systemd-analyze verify of the unit
 )
 
 missing=()

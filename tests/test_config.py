@@ -43,7 +43,7 @@ GOOD = [
 BAD = [
     ("unknown top key", "log_levle: info\n",
      "log_levle: unknown key (known here: log_level, topology, sampler, scope, queues, workers, "
-     "metrics, daemon)"),
+     "metrics, control, daemon)"),
     ("unknown nested key", "topology:\n  tier: []\n",
      "topology.tier: unknown key (known here: tiers, promotion_targets, refresh_interval_ms)"),
     ("bad choice", "log_level: loud\n",
@@ -118,6 +118,12 @@ BAD = [
     ("bad rate", "workers:\n  rate_limit_mb_per_s: fast\n",
      "workers.rate_limit_mb_per_s: bad rate 'fast': use a number in MB/s or e.g. '200MB/s', "
      "'1GiB/s'"),
+    ("relative socket", "control:\n  socket_path: k.sock\n",
+     "control.socket_path: must be an absolute path, got 'k.sock'"),
+    ("empty address", "metrics:\n  listen_address: ''\n",
+     "metrics.listen_address: must not be empty"),
+    ("group not a string", "control:\n  group: [wheel]\n",
+     "control.group: expected a string, got a list"),
     ("tab indentation", "topology:\n\ttiers: []\n",
      "invalid YAML at line 2 column 1: found character '\\t' that cannot start any token"),
 ]

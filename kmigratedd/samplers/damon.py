@@ -93,6 +93,8 @@ UINT_MAX = (1 << 32) - 1
 MAX_PAGES_PER_ROUND = 1 << 16
 # Pages per move_pages(2) query call.
 QUERY_BATCH = 1 << 14
+# vaddr operations' update interval floor (see _write_context).
+UPDATE_US = 1_000_000
 # Processes watched at most: each costs DAMON a target and a scheme, and each scheme
 # is checked against every region of every target each aggregation interval.
 MAX_TARGETS = 64
@@ -144,6 +146,22 @@ def damon_in_use(fs: KernelFs) -> str | None:
 
 
 class DamonSampler:
+    """Hot pages of the processes in scope, from DAMON vaddr monitoring.
+
+    ``stats()``: ``rounds``; ``regions_seen`` (tried regions DAMON reported: its hot
+    regions); ``hot_regions`` (those expanded into pages this round, within the page
+    budget); ``pages_queried`` (pages whose node was asked); ``pages_not_on_slow_node``
+    (on a fast node, not present or unmapped: dropped); ``candidates_offered``;
+    ``pages_over_budget`` (pages of hot regions left out by :data:`MAX_PAGES_PER_ROUND`);
+    ``pid_gone`` (watched processes that exited); ``errors`` (sysfs or query failures,
+    logged); ``kdamond_starts``, ``kdamond_stops`` (stopped by itself: every target
+    exited, or a commit named an exited pid), ``commits``; gauges ``targets`` and
+    ``kdamond_on``.
+
+    ``query_nodes`` (pid, addrs) -> status array is injectable for tests; the real one is
+    :func:`kmigratedd.shim.query_nodes`.
+    """
+
     name = "damon"
 
     def __init__(self, ctx: SamplerContext, *, query_nodes: QueryNodes = shim.query_nodes,
@@ -196,21 +214,26 @@ class DamonSampler:
             fs.write(NR_KDAMONDS, "1")
         except OSError as exc:
             self._found_nr_kdamonds = None
-            if exc.errno == errno.EBUSY:
-                raise SamplerUnavailableError(damon_in_use(fs) or
-                                              "DAMON is in use by another tool") from None
-            raise SamplerUnavailableError(f"{NR_KDAMONDS}: {exc.strerror}") from None
+            raise SamplerUnavailableError(self._why(NR_KDAMONDS, exc)) from None
         try:
             self._write_context()
             pids = self._scope_pids()
             if pids:
                 self._write_targets(pids)
                 self._turn_on()
+        except SamplerUnavailableError:
+            self._release()
+            raise
         except OSError as exc:
             self._release()
-            raise SamplerUnavailableError(f"setting up DAMON failed: {exc}") from None
+            raise SamplerUnavailableError(self._why("setting up DAMON", exc)) from None
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name=f"sampler-{self.name}")
+
+    def _why(self, what: str, exc: OSError) -> str:
+        if exc.errno == errno.EBUSY:
+            return damon_in_use(self.fs) or f"{what}: DAMON is in use by another tool (EBUSY)"
+        return f"{what}: {exc.strerror or exc}"
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -434,19 +457,20 @@ class DamonSampler:
             self._targets = ()
 
     def _turn_on(self) -> None:
-        """Write "on"; a pid that exited since the scope was read makes it fail with
-        EINVAL: re-read the scope once and retry."""
-        try:
-            self.fs.write(STATE, "on")
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
+        """Write "on".  A pid that exited since the scope was read makes it fail with
+        EINVAL: re-read the scope and retry (a few times, pids may keep exiting)."""
+        for attempt in range(3):
+            try:
+                self.fs.write(STATE, "on")
+                break
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or attempt == 2:
+                    raise
             pids = [p for p in self._scope_pids() if p in self._targets]
             if not pids:
                 self._targets = ()
                 return
             self._write_targets(pids)
-            self.fs.write(STATE, "on")
         self._running = True
         self.c["kdamond_starts"] += 1
 
@@ -486,10 +510,10 @@ class DamonSampler:
         aggr_us = cfg.aggregate_interval_ms * 1000
         fs.write(f"{attrs}/intervals/sample_us", str(cfg.sample_interval_ms * 1000))
         fs.write(f"{attrs}/intervals/aggr_us", str(aggr_us))
-        # How often vaddr re-fits its regions to the process's mappings (default 60 s):
-        # once per round, so new mappings and new targets are watched within a round.
-        fs.write(f"{attrs}/intervals/update_us",
-                 str(max(aggr_us, self.ctx.config.sampler.interval_ms * 1000)))
+        # How often vaddr re-fits its regions to the process's mappings (the kernel's
+        # default is 60 s): every second, so new mappings and new targets (which a
+        # commit leaves without regions until then) are watched within a second.
+        fs.write(f"{attrs}/intervals/update_us", str(max(aggr_us, UPDATE_US)))
         fs.write(f"{attrs}/nr_regions/min", str(cfg.min_regions))
         fs.write(f"{attrs}/nr_regions/max", str(cfg.max_regions))
         most = cfg.aggregate_interval_ms // cfg.sample_interval_ms
