@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import urllib.error
 
 
 # Tests never take the default metrics port (a real daemon may be running).
@@ -101,5 +102,59 @@ def test_journald_format_under_systemd(tmp_path):
         lines = d.wait_for("running (pid")
         assert all(line.startswith("<") for line in lines if line)
         assert any(line.startswith("<6>kmigratedd: running") for line in lines)
+    finally:
+        d.close()
+
+
+def test_sd_notify_ready_watchdog_stopping(tmp_path):
+    import socket as sk
+
+    path = tmp_path / "notify.sock"
+    srv = sk.socket(sk.AF_UNIX, sk.SOCK_DGRAM)
+    srv.bind(str(path))
+    srv.settimeout(10)
+    env = dict(os.environ, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="400000")
+    d = Daemon(cwd=tmp_path, env=env)
+    got: list[str] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("WATCHDOG=1" in m for m in got):
+            got.append(srv.recv(4096).decode())
+        assert any("READY=1" in m and "STATUS=" in m for m in got), got
+        assert any("WATCHDOG=1" in m for m in got), got
+        d.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("STOPPING=1" in m for m in got):
+            got.append(srv.recv(4096).decode())
+        assert any("STOPPING=1" in m for m in got), got
+        assert d.proc.wait(timeout=10) == 0
+    finally:
+        d.close()
+        srv.close()
+
+
+def test_metrics_endpoint_serves_prometheus_text(tmp_path):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    d = Daemon(cwd=tmp_path)
+    try:
+        d.wait_for("metrics on http://")
+        line = next(x for x in d.lines if "metrics on http://" in x)
+        url = line.split("metrics on ", 1)[1].strip()
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+            text = r.read().decode()
+        names = {f.name for f in text_string_to_metric_families(text)}
+        for name in ("kmigratedd_build_info", "kmigratedd_paused", "kmigratedd_dry_run",
+                     "kmigratedd_queue_depth", "kmigratedd_kernel_vmstat",
+                     "kmigratedd_node_memory_free_bytes", "kmigratedd_node_memory_total_bytes",
+                     "kmigratedd_batch_pages", "kmigratedd_move_pages_duration_seconds"):
+            assert name in names, name
+        assert 'kmigratedd_node_memory_free_bytes{node="0",tier="0"}' in text
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url.replace("/metrics", "/nope"), timeout=10)
+        assert info.value.code == 404
     finally:
         d.close()
