@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__, config as config_mod, logsetup
+from . import __version__, logsetup
+from . import config as config_mod
 from .errors import ConfigError, KmigratedError
 from .kernelfs import KernelFs
 

@@ -229,7 +229,7 @@ class _Decoder:
                 except ConfigError:
                     wants.append(_describe(arm, meta))
             raise self.fail(path, f"must be {' or '.join(wants)}, got {raw!r}")
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return self.dataclass(tp, raw, path)
         if origin is Literal:
             choices = typing.get_args(tp)
@@ -342,7 +342,8 @@ def _check(config: Config, source: str) -> Config:
             re.compile(pattern)
         except re.error as exc:
             which = "commands" if i < len(config.scope.commands) else "exclude_commands"
-            raise ConfigError(source, f"scope.{which}", f"bad pattern {pattern!r}: {exc}")
+            raise ConfigError(source, f"scope.{which}",
+                              f"bad pattern {pattern!r}: {exc}") from None
     for where, value in (("sampler.hint_faults.state_file", config.sampler.hint_faults.state_file),
                          ("control.socket_path", config.control.socket_path)):
         if not value.startswith("/"):
@@ -360,7 +361,7 @@ def _check(config: Config, source: str) -> Config:
 def parse(text: str, source: str) -> Config:
     """Parse and validate YAML text; ``source`` names it in error messages."""
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "?"

@@ -117,7 +117,7 @@ class ControlServer:
             while True:
                 try:
                     line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return  # a slow or idle client is let go
                 except (ValueError, asyncio.LimitOverrunError):
                     writer.write((json.dumps(_error(None, INVALID_REQUEST,
@@ -132,7 +132,7 @@ class ControlServer:
                 reply = await self.dispatch(line)
                 writer.write((json.dumps(reply, default=str) + "\n").encode())
                 await asyncio.wait_for(writer.drain(), 10)
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             if task is not None:
@@ -158,7 +158,7 @@ class ControlServer:
             return _error(id_, INVALID_PARAMS, f"{req['method']} takes no parameters")
         try:
             result = await handler()
-        except Exception as exc:  # noqa: BLE001 - reported to the client, daemon goes on
+        except Exception as exc:  # reported to the client; the daemon goes on
             log.exception("control method %s failed", req["method"])
             return _error(id_, INTERNAL_ERROR, f"{req['method']} failed: {exc}")
         return {"jsonrpc": "2.0", "id": id_, "result": result}

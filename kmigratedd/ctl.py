@@ -56,7 +56,7 @@ def call(path: str, method: str, timeout: float = 30.0) -> Any:
             if not chunk:
                 break
             buf += chunk
-    except socket.timeout:
+    except TimeoutError:
         raise CtlError(f"kmigratedd did not answer {method} within {timeout:g}s") from None
     except OSError as exc:
         raise CtlError(f"{method}: {exc.strerror or exc}") from None

@@ -25,8 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import config as config_mod
 from . import __version__, logsetup, samplers
+from . import config as config_mod
 from .config import Config
 from .control import ControlServer
 from .errors import KmigratedError
@@ -317,9 +317,9 @@ class Daemon:
         if self.sampler is not None:
             try:
                 await asyncio.wait_for(self.sampler.stop(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("sampler did not stop within %.1fs", timeout)
-            except Exception:  # noqa: BLE001 - keep shutting down
+            except Exception:  # keep shutting down
                 log.exception("sampler stop failed")
         # Workers finish the batch in flight, then leave.
         for w in self.workers.values():

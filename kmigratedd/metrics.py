@@ -47,7 +47,7 @@ class MetricsSources:
 
     fs: KernelFs
     topology: Callable[[], Topology | None]
-    workers: Callable[[], dict[int, Any]] = lambda: {}
+    workers: Callable[[], dict[int, Any]] = dict
     queues: Callable[[], Any] = lambda: None
     sampler: Callable[[], Any] = lambda: None
     paused: Callable[[], bool] = lambda: False
@@ -71,7 +71,7 @@ class KmigratedCollector(Collector):
     def __init__(self, src: MetricsSources) -> None:
         self.src = src
 
-    def collect(self) -> Iterator[Any]:  # noqa: C901 - one flat list of families
+    def collect(self) -> Iterator[Any]:
         src = self.src
         info = InfoMetricFamily("kmigratedd_build", "kmigratedd build information")
         info.add_metric([], {"version": __version__})
@@ -304,7 +304,7 @@ class MetricsServer:
             else:
                 writer.write(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
             await asyncio.wait_for(writer.drain(), 10)
-        except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
+        except (TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
             pass
         finally:
             writer.close()

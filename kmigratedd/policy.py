@@ -14,6 +14,7 @@ free-memory figures, so tests drive every piece with tables.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -105,11 +106,10 @@ class PingPongDamper:
     size: int = 0
     pingpongs: int = 0
 
-    def record_promoted(self, pid: int, addrs: list[int] | tuple[int, ...] | object,
-                        now: float) -> None:
+    def record_promoted(self, pid: int, addrs: Iterable[int], now: float) -> None:
         table = self.promoted.setdefault(pid, {})
         before = len(table)
-        table.update(dict.fromkeys(addrs, now))  # type: ignore[call-overload]
+        table.update(dict.fromkeys(addrs, now))
         self.size += len(table) - before
         if self.size > self.max_entries:
             self._shrink()

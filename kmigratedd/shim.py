@@ -73,7 +73,8 @@ def _buffer(obj: Any, itemsize: int, what: str) -> tuple[Any, int]:
     try:
         view = memoryview(obj)
     except TypeError:
-        raise ShimArgumentError(f"{what}: needs a buffer (array('{'Q' if itemsize == 8 else 'i'}')), "
+        code = "Q" if itemsize == 8 else "i"
+        raise ShimArgumentError(f"{what}: needs a buffer (array('{code}')), "
                                 f"got {type(obj).__name__}") from None
     if view.itemsize != itemsize or not view.c_contiguous or view.ndim != 1:
         raise ShimArgumentError(f"{what}: needs a flat buffer of {itemsize}-byte items")
@@ -106,7 +107,8 @@ def query_nodes(pid: int, addresses: Any, status: Any = None) -> array[int]:
     rc = lib.km_move_pages(pid, count, c_addrs, ffi.NULL, c_status, 0)
     if rc < 0:
         _raise_for(rc, pid, count)
-    return status
+    out: array[int] = status
+    return out
 
 
 def move(pid: int, addresses: Any, nodes: Any, flags: int = MPOL_MF_MOVE,

@@ -20,9 +20,9 @@ Debian's 6.1 without HMAT-driven tiers) and individual targets.
 from __future__ import annotations
 
 import bisect
-from array import array
 import os
 import re
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -134,13 +134,13 @@ class Topology:
             kid = f"memory_tier{tier.kernel_id}" if tier.kernel_id is not None else "config"
             lines.append(f"tier {tier.rank} ({kid}): nodes {','.join(map(str, tier.nodes))}")
         for n in self.nodes.values():
-            tier = self.tier_of(n.id)
+            ntier = self.tier_of(n.id)
             role = f"-> promotes to node {self.targets[n.id]}" if n.id in self.targets else ""
             hmat = ""
             if n.hmat and n.hmat.read_latency_ns is not None:
                 hmat = f" hmat {n.hmat.read_latency_ns}ns/{n.hmat.read_bandwidth_mb_per_s}MB/s"
             lines.append(
-                f"node {n.id}: tier {tier.rank if tier else '-'} "
+                f"node {n.id}: tier {ntier.rank if ntier else '-'} "
                 f"cpus {len(n.cpus)} mem {n.mem_total_bytes >> 20} MiB "
                 f"free {n.mem_free_bytes >> 20} MiB{hmat} {role}".rstrip()
             )

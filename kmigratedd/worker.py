@@ -222,7 +222,7 @@ class NodeWorker:
                 worked = await self.step()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a worker never dies of one bad round
+            except Exception:  # a worker never dies of one bad round
                 self.stats.whole_call_errors["internal"] += 1
                 log.exception("worker for node %d: round failed", self.node)
                 worked = False

@@ -46,7 +46,7 @@ def create(name: str, ctx: SamplerContext) -> Sampler:
         if missing:
             raise SamplerUnavailableError(f"sampler {name!r} cannot run here: {missing}")
         return factory.create(ctx)
-    reasons = []
+    reasons: list[str] = []
     for candidate in AUTO_ORDER:
         factory = FACTORIES.get(candidate)
         if factory is None:

@@ -27,7 +27,6 @@ import re
 from array import array
 
 from .. import shim
-from ..errors import SamplerUnavailableError
 from ..kernelfs import KernelFs, parse_cpulist
 from ..sysctl import SysctlGuard
 from .base import SamplerContext
@@ -156,7 +155,7 @@ class PerfRings:
         return sum(self.drain_cpu(cpu) for cpu in list(self.maps))
 
     def close(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        for cpu, fd in self.fds.items():
+        for fd in self.fds.values():
             if loop is not None:
                 loop.remove_reader(fd)
         for m in self.maps.values():
@@ -207,7 +206,7 @@ class _PerfSampler:
                 self.rings.drain_all()
                 self.rings.set_scope(self._scope_pids())
                 self.tick()
-            except Exception:  # noqa: BLE001 - a sampler never dies of one bad round
+            except Exception:  # a sampler never dies of one bad round
                 self.errors += 1
                 log.exception("%s sampler round failed", self.name)
 
