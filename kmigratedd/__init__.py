@@ -7,6 +7,15 @@ Map of the package (data flows one way: sampler → queues → workers → shim)
 - ``topology.py``  nodes, memory tiers, HMAT, PFN → node, promotion targets
 - ``shim.py``      the only importer of the native extension (``native/``): batched
                    move_pages(2), statuses as data, whole-call failures as OSError
+- ``samplers/``    the Sampler protocol and name → factory table with ``auto``
+                   (``base.py``, ``__init__.py``); ``perf.py``: hint-faults, pebs, ibs;
+                   ``damon.py``; ``idle.py``.  Samplers only produce candidates.
+- ``scope.py``     which processes are watched;  ``sysctl.py``: saved/restored sysctls
+- ``queues.py``    per-CPU bounded, coalescing candidate queues (native)
+- ``worker.py``    one node worker per fast node: route, batch, move, count
+- ``policy.py``    token bucket, headroom hysteresis, ping-pong damping, busy retry
+- ``metrics.py``   Prometheus registry and /metrics on the event loop
+- ``control.py``   JSON-RPC control socket;  ``sdnotify.py``: systemd notifications
 - ``config.py``    strict YAML config into frozen dataclasses; ``default.yaml``
 - ``units.py``     human units ("200MiB", "100ms") parsed in one place
 - ``daemon.py``    the composition root and lifecycle (startup → serve → shutdown)

@@ -12,6 +12,8 @@ import logging
 
 from ..errors import SamplerUnavailableError
 from .base import Sampler, SamplerContext, SamplerFactory
+from .damon import DamonSampler
+from .idle import IdleSampler
 from .perf import HintFaultSampler, PmuSampler
 
 log = logging.getLogger("kmigratedd.sampler")
@@ -23,6 +25,10 @@ def _factories() -> dict[str, SamplerFactory]:
                        lambda c: PmuSampler(c, "pebs"), "Intel PEBS load-latency samples"),
         SamplerFactory("ibs", lambda c: PmuSampler.probe_kind(c, "ibs"),
                        lambda c: PmuSampler(c, "ibs"), "AMD IBS op samples"),
+        SamplerFactory("idle", IdleSampler.probe, IdleSampler,
+                       "idle page tracking (page_idle bitmap) with an aging history"),
+        SamplerFactory("damon", DamonSampler.probe, DamonSampler,
+                       "DAMON vaddr access monitoring (kernel-side sampling)"),
         SamplerFactory("hint-faults", HintFaultSampler.probe, HintFaultSampler,
                        "NUMA hinting faults (numa_balancing=2) via a software perf event"),
     ]
