@@ -257,8 +257,10 @@ class NodeWorker:
     # --- fill: queues -> inboxes ------------------------------------------
 
     async def fill(self) -> int:
-        want = 4 * self.cfg.batch_pages
-        if self.inbox_pages >= self.inbox_limit:
+        # Never drain more than the inbox can take: what stays in the queues is safe
+        # (bounded there, and counted if dropped), what overflows an inbox is lost.
+        want = min(4 * self.cfg.batch_pages, self.inbox_limit - self.inbox_pages)
+        if want <= 0:
             return 0
         batches = self.queues.drain(want)
         if not batches:
@@ -324,12 +326,18 @@ class NodeWorker:
         else:
             have.extend(keys)
         self.inbox_pages += len(keys)
+        # Over the bound (pages routed here by a peer, or retries): drop the oldest
+        # pages of the longest-waiting pid, only as many as needed.
         while self.inbox_pages > self.inbox_limit and self.inbox:
-            victim = next(iter(self.inbox))
-            dropped = self.inbox.pop(victim)
-            self.inbox_since.pop(victim, None)
-            self.inbox_pages -= len(dropped)
-            self.stats.inbox_dropped += len(dropped)
+            victim = min(self.inbox_since, key=self.inbox_since.__getitem__)
+            have = self.inbox[victim]
+            excess = min(len(have), self.inbox_pages - self.inbox_limit)
+            del have[:excess]
+            self.inbox_pages -= excess
+            self.stats.inbox_dropped += excess
+            if not len(have):
+                del self.inbox[victim]
+                self.inbox_since.pop(victim, None)
 
     def _requeue_retries(self, now: float) -> None:
         due = self.retry.due(now)

@@ -430,3 +430,27 @@ def test_shim_mover_parallel_slices_keep_order():
         mover.close()
     assert len(r.status) == n and r.status[5] in (-errno.EFAULT, -errno.ENOENT)
     assert [s for i, s in enumerate(r.status) if i != 5] == [0] * (n - 1)
+
+
+def test_a_backlog_larger_than_the_inbox_is_not_lost(fs):
+    """One hot process with more queued candidates than the inbox holds: the worker
+    leaves the excess in the (bounded) queues instead of dropping it."""
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, batch_pages=512)
+    addrs = pages(16384)
+    mover.place(5, addrs, 1)
+    offer(q, 5, addrs[:8192], cpu=0)
+    offer(q, 5, addrs[8192:], cpu=1)
+    run(steps(w, clock, 80, dt=0.2))
+    assert w.stats.inbox_dropped == 0
+    assert w.stats.promoted_pages == 16384 and mover.on(5, addrs, 0) == 16384
+
+
+def test_inbox_overflow_from_peers_drops_only_the_excess(fs):
+    mover, clock = FakeMover(), Clock()
+    w, _ = make(fs, mover, clock)
+    w.inbox_limit = 100
+    w.accept(5, array("Q", pages(80)), now=1.0)
+    w.accept(6, array("Q", pages(50, 100)), now=2.0)
+    assert w.inbox_pages == 100 and w.stats.inbox_dropped == 30
+    assert len(w.inbox[5]) == 50 and len(w.inbox[6]) == 50
