@@ -359,7 +359,8 @@ class NodeWorker:
     def _count_whole_call(self, exc: MovePagesError) -> None:
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         self.stats.whole_call_errors[name] += 1
-        if exc.errno not in (errno.ESRCH,):
+        # An exiting process (its mm already gone) fails with EINVAL, not ESRCH.
+        if exc.errno not in (errno.ESRCH, errno.EINVAL):
             log.warning("worker for node %d: %s", self.node, exc)
 
     # --- promote: inbox -> move_pages -------------------------------------
@@ -458,7 +459,7 @@ class NodeWorker:
         except MovePagesError as exc:
             self.bucket.refund(n * page)
             self._count_whole_call(exc)
-            if exc.errno in (errno.ESRCH, errno.EPERM, errno.EACCES):
+            if exc.errno in (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES):
                 self._forget_pid(pid)
             return True
         dt = time.perf_counter() - t0
