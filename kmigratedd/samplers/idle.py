@@ -9,8 +9,9 @@ within a scan budget; for each piece of a mapping it
 2. keeps only the pages on a slower-tier node (PFN → memory block → node:
    ``topology.block_node_table()`` and ``shim.phys_to_node``) — pages on the fast
    tier are never tested, marked, nor remembered;
-3. collects their PFNs in a batch (up to :data:`BATCH_PAGES`), which is **sorted
-   by PFN** and then tested against ``/sys/kernel/mm/page_idle/bitmap``
+3. collects their PFNs in a batch (up to :data:`BATCH_PAGES`), which is put in
+   **PFN order** if it is not nearly so already, then tested against
+   ``/sys/kernel/mm/page_idle/bitmap``
    (``shim.idle_test``: was the idle bit set last round cleared by an access?)
    and marked idle again (``shim.idle_mark``) for the next round;
 4. folds the result into an aging history per page and offers the hot pages to
@@ -68,10 +69,12 @@ tiered VM, tests/vm/guest/test_sampler_idle.py):
   it needs: given PFNs in virtual-address order that *descend* (common once
   memory has been reused), every step re-reads an overlapping window and
   re-walks every idle page in it — measured 16.6 s instead of 0.09 s for 32768
-  pages in the VM.  So each batch is sorted by PFN before it is tested and
-  marked, and the results are put back in virtual order by a second sort (both
-  are C-level ``sorted()`` runs over packed 64/32-bit keys, linear on the
-  already-ordered runs that fresh memory gives).
+  pages in the VM.  So a batch whose PFNs descend more than 16 times (memory
+  that has been reused or migrated) is sorted by PFN before it is tested and
+  marked, and the results are put back in address order by a second sort (both
+  are C-level ``sorted()`` runs over keys packed on one big integer: PFN << 24 |
+  position, then position << 8 | result); a batch in (nearly) ascending PFN
+  order, as fresh memory is, is tested as it is.
 
 Budget: ``sampler.idle.scan_budget_pages_per_s`` bounds the pagemap entries read
 (virtual pages, present or not) per second; each round may read
@@ -114,7 +117,9 @@ import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import compress
+from functools import lru_cache
+from itertools import compress, islice
+from operator import gt
 
 from .. import shim
 from ..kernelfs import KernelFs
@@ -143,6 +148,10 @@ BATCH_PAGES = 1 << 16
 # The batch keys pack a PFN into 40 bits and a position into 24.
 _PFN_KEY_BITS = 40
 _POS_KEY_BITS = 24
+_MAX_SORTED = BATCH_PAGES + CHUNK_PAGES * 64
+# Up to this many descending steps in a batch's PFNs, test it as it is (each costs one
+# re-read of a 512-word bitmap window); beyond, sort it first.
+_DIRECT_DESCENTS = 16
 
 # Special mappings whose name is in brackets but that hold ordinary anonymous memory.
 _ANON_NAMES = ("[heap]", "[stack]")
@@ -156,7 +165,6 @@ def _table(fn: object) -> bytes:
 # Byte-wise lookup tables for bytes.translate (one byte per page, no Python loop).
 _ACCESSED = _table(lambda b: 1 if b == 0 else 0)  # idle_test: 0 accessed, 1 idle, 2 no PFN
 _TAG = _table(lambda b: ((b ^ (b >> 7)) & 0x7F) | 0x80)  # folded PFN byte -> non-zero tag
-_NONZERO = _table(lambda b: 1 if b else 0)
 _ZERO = _table(lambda b: 0 if b else 1)
 _FF = _table(lambda b: 0xFF if b else 0)
 
@@ -175,10 +183,29 @@ def _xor(a: bytes, b: bytes) -> bytes:
 
 def _pfn_tag(pfns: bytes) -> bytes:
     """One non-zero byte per 8-byte PFN: its five low bytes XOR-folded, then 8 bits into 7."""
-    fold = pfns[0::8]
-    for k in range(1, 5):
-        fold = _xor(fold, pfns[k::8])
-    return fold.translate(_TAG)
+    p = int.from_bytes(pfns, "little")
+    fold = p ^ (p >> 8) ^ (p >> 16) ^ (p >> 24) ^ (p >> 32)  # byte 0 of each element
+    return fold.to_bytes(len(pfns), "little")[0::8].translate(_TAG)
+
+
+@dataclass(frozen=True)
+class _Masks:
+    """Big integers over n 8-byte elements, for packing sort keys."""
+
+    positions: int  # element i = i
+    pfn: int  # bits 24-63 of every element
+    pos: int  # bits 0-23
+    high: int  # bits 40-63 (a PFN that does not fit the key)
+
+
+@lru_cache(maxsize=4)
+def _masks(n: int) -> _Masks:
+    def every(pattern: bytes) -> int:
+        return int.from_bytes(pattern * n, "little")
+
+    return _Masks(int.from_bytes(array("Q", range(n)), "little"),
+                  every(b"\0\0\0\xff\xff\xff\xff\xff"), every(b"\xff\xff\xff\0\0\0\0\0"),
+                  every(b"\0\0\0\0\0\xff\xff\xff"))
 
 
 def _widen(mask_ff: bytes) -> bytes:
@@ -250,7 +277,7 @@ class _Segment:
     addr: int
     pos: int  # first entry in the batch
     tag: bytes
-    mask_ff: bytes
+    mask_ff: bytes | None  # 0xFF per tracked page; None: all tracked
     nodes: array[int]
 
 
@@ -375,7 +402,7 @@ class IdleSampler:
                 self.push(offers)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a sampler never dies of one bad round
+            except Exception:
                 self.counters["errors"] += 1
                 log.exception("idle sampler round failed")
             await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - t0)))
@@ -564,9 +591,15 @@ class IdleSampler:
             self._forget(proc, key, off, n)
             return
         self._huge_slots(addr, n, pfns, mask)
-        mask_ff = bytes(mask).translate(_FF)
-        masked = _and(pfns.tobytes(), _widen(mask_ff))
-        tag = _and(_pfn_tag(masked), mask_ff)
+        if mask.count(0):
+            ff = bytes(mask).translate(_FF)
+            mask_ff: bytes | None = ff
+            masked = _and(pfns.tobytes(), _widen(ff))
+            tag = _and(_pfn_tag(masked), ff)
+        else:  # every page tracked (the common case on the slow tier): no masking
+            mask_ff = None
+            masked = pfns.tobytes()
+            tag = _pfn_tag(masked)
         pos = len(self._batch)
         self._batch.frombytes(masked)
         self._segments.append(_Segment(proc, key, off, n, addr, pos, tag, mask_ff, nodes))
@@ -633,39 +666,38 @@ class IdleSampler:
             self._age(seg, idle[seg.pos:seg.pos + seg.n])
 
     def _test_and_mark(self, pfns: array[int]) -> bytes:
-        """idle_test then idle_mark in PFN order; returns idle_test's bytes in batch order."""
-        assert self._bitmap_fd is not None
+        """idle_test then idle_mark, in PFN order; returns idle_test's bytes in batch order."""
+        fd = self._bitmap_fd
+        assert fd is not None
         n = len(pfns)
-        raw = memoryview(pfns).cast("B")
-        if n >= 1 << _POS_KEY_BITS or any(raw[k::8].tobytes().count(0) != n
-                                          for k in range(_PFN_KEY_BITS // 8, 8)):
-            idle = bytearray(n)  # PFN too large to pack: test in address order
-            shim.idle_test(self._bitmap_fd, pfns, idle)
-            shim.idle_mark(self._bitmap_fd, pfns)
+        present = array("Q", filter(None, pfns))
+        if not present:
+            return b"\x02" * n
+        # shim.idle_test re-reads a 512-word window whenever a PFN falls below the last
+        # one: harmless a few times, ruinous when PFNs descend or are scattered.
+        descents = sum(map(gt, present, islice(present, 1, None)))
+        packed = int.from_bytes(pfns, "little")
+        if descents <= _DIRECT_DESCENTS or n > _MAX_SORTED or packed & _masks(n).high:
+            idle = bytearray(n)
+            shim.idle_test(fd, pfns, idle)
+            shim.idle_mark(fd, pfns)
             return bytes(idle)
-        # key = pfn << 24 | position, little-endian bytes assembled by strided copies
-        pos = memoryview(array("I", range(n))).cast("B")
-        keys = bytearray(8 * n)
-        for k in range(3):
-            keys[k::8] = pos[k::4]
-        for k in range(5):
-            keys[3 + k::8] = raw[k::8]
-        ordered = memoryview(array("Q", sorted(memoryview(keys).cast("Q")))).cast("B")
-        spfn = bytearray(8 * n)
-        for k in range(5):
-            spfn[k::8] = ordered[3 + k::8]
+        m = _masks(n)
+        # key = pfn << 24 | position in 8-byte elements, built on one big integer
+        keys = ((packed << _POS_KEY_BITS) | m.positions).to_bytes(8 * n, "little")
+        ordered = int.from_bytes(array("Q", sorted(memoryview(keys).cast("Q"))), "little")
         sorted_pfns = array("Q")
-        sorted_pfns.frombytes(spfn)
+        sorted_pfns.frombytes(((ordered & m.pfn) >> _POS_KEY_BITS).to_bytes(8 * n, "little"))
         sidle = bytearray(n)
-        shim.idle_test(self._bitmap_fd, sorted_pfns, sidle)
-        shim.idle_mark(self._bitmap_fd, sorted_pfns)
+        shim.idle_test(fd, sorted_pfns, sidle)
+        shim.idle_mark(fd, sorted_pfns)
         # back to batch order: key = position << 8 | result
-        back = bytearray(4 * n)
-        back[0::4] = sidle
-        for k in range(3):
-            back[1 + k::4] = ordered[k::8]
-        restored = memoryview(array("I", sorted(memoryview(back).cast("I")))).cast("B")
-        return restored[0::4].tobytes()
+        result = bytearray(8 * n)
+        result[0::8] = sidle
+        back = (((ordered & m.pos) << 8) | int.from_bytes(result, "little")).to_bytes(8 * n,
+                                                                                    "little")
+        restored = array("Q", sorted(memoryview(back).cast("Q")))
+        return memoryview(restored).cast("B")[0::8].tobytes()
 
     def _age(self, seg: _Segment, idle: bytes) -> None:
         proc = seg.proc
@@ -674,14 +706,18 @@ class IdleSampler:
             chunk = proc.chunks[seg.key] = _Chunk(bytearray(self.chunk_pages),
                                                   bytearray(self.chunk_pages))
         lo, hi = seg.off, seg.off + seg.n
-        prev = bytes(chunk.tag[lo:hi])
-        # A result counts only if the page was marked last time, as the same PFN.
-        valid = _and(_xor(prev, seg.tag).translate(_ZERO), prev.translate(_NONZERO))
-        accessed = _and(idle.translate(_ACCESSED), valid)
-        hist = _and(_or(bytes(chunk.hist[lo:hi]).translate(self._shift), accessed), seg.mask_ff)
+        # A result counts only if the page was marked last time, as the same PFN (equal
+        # tags; an untracked page has tag 0 and reads 2 = "no PFN", so it never counts).
+        same = _xor(bytes(chunk.tag[lo:hi]), seg.tag).translate(_ZERO)
+        accessed = _and(idle.translate(_ACCESSED), same)
+        hist = _or(bytes(chunk.hist[lo:hi]).translate(self._shift), accessed)
+        if seg.mask_ff is not None:
+            hist = _and(hist, seg.mask_ff)  # untracked pages forget their history
+            self.counters["pages_tested"] += seg.mask_ff.count(0xFF)
+        else:
+            self.counters["pages_tested"] += seg.n
         chunk.hist[lo:hi] = hist
         chunk.tag[lo:hi] = seg.tag
-        self.counters["pages_tested"] += seg.mask_ff.count(0xFF)
         self.counters["pages_accessed"] += accessed.count(1)
         hot = hist.translate(self._hot)
         if not hot.count(1):

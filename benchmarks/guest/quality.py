@@ -1,0 +1,488 @@
+"""Guest half of benchmarks/quality.py (run it from the host: it boots the VM).
+
+One workload, several promotion mechanisms ("contenders"), one after the other in
+the same guest.  For each contender a fresh workload puts a hot set and a cold set
+on node 1 (tests/vm/workload: the hot pages are read and rewritten in a loop; the
+cold pages were written once), its baseline pass rate is taken, then the mechanism
+is switched on and, every --interval-s, the node of every hot and cold page is
+queried (move_pages query form).  The run ends --tail-s after 90% of the hot set
+reached node 0, or at --bound-s.
+
+Contenders (those this kernel offers; --contenders picks):
+  kmigratedd:<sampler>  the daemon (console script, config file: defaults except the
+                        sampler, a private state file / control socket, metrics port 0)
+  nb2:filled            the kernel's NUMA balancing tiering mode (numa_balancing=2),
+  nb2:empty             default knobs, with node 0 filled to --fill-free-mib free or empty
+  damon:migrate_hot     DAMOS migrate_hot through the DAMON sysfs interface, paddr
+                        operations on node 1's physical ranges, target_nid 0, the same
+                        monitoring attributes and hot threshold as kmigratedd's damon sampler
+                        (5 ms sampling, 100 ms aggregation, 10-1000 regions, nr_accesses >= 1)
+  damon:migrate_hot-tuned  stricter: nr_accesses >= half the samples per aggregation
+                        (10 of 20) and a "young" page filter (only pages accessed since the
+                        last check move)
+
+"filled" contenders run with node 0 at --fill-free-mib free (below the kernel's
+max(1 GiB, 1/16 node) free-space threshold, where numa_balancing=2 applies its hot
+threshold and rate limit instead of promoting every faulting page); "empty" with
+node 0 as booted.  Each result records which regime it ran in.
+
+Figures: time to 50% / 90% of the hot set on node 0; pages promoted; fraction of
+them that were cold; mechanism CPU seconds (daemon utime+stime; kdamond thread; for
+everything, the workload's extra system time, where hint faults and NUMA balancing's
+scanning and promotion are charged); vmstat deltas; workload passes/s before and
+during.  Writes one JSON file (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import gcommon as g
+from gcommon import MiB, read, say, write
+
+FAST, SLOW = 0, 1
+NB = "/proc/sys/kernel/numa_balancing"
+NB_KNOBS = ("numa_balancing_promote_rate_limit_MBps", "numa_balancing_hot_threshold_ms",
+            "numa_balancing_scan_delay_ms", "numa_balancing_scan_period_min_ms",
+            "numa_balancing_scan_period_max_ms", "numa_balancing_scan_size_mb")
+VMSTAT = ("pgmigrate_success", "pgmigrate_fail", "pgpromote_success", "pgpromote_candidate",
+          "numa_hint_faults", "numa_hint_faults_local", "numa_pte_updates", "numa_pages_migrated",
+          "pgdemote_kswapd", "pgdemote_direct", "thp_migration_success")
+DAMON = "/sys/kernel/mm/damon/admin"
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+
+
+def kernel_promote_threshold_mib() -> float:
+    """Free memory above which numa_balancing=2 promotes without limits:
+    pgdat_free_space_enough() = max(1 GiB, present/16) above the high watermark."""
+    present = 0
+    high = 0
+    node = None
+    for line in Path("/proc/zoneinfo").read_text().splitlines():
+        if line.startswith("Node "):
+            node = int(line.split()[1].rstrip(","))
+        elif node == FAST:
+            s = line.split()
+            if s[:1] == ["present"]:
+                present += int(s[1])
+            elif s[:1] == ["high"]:
+                high += int(s[1])
+    return (max(1 << 30, present * g.PAGE // 16) + high * g.PAGE) / MiB
+
+
+# --- mechanisms ----------------------------------------------------------------------
+
+
+class Mechanism:
+    name = ""
+    regime_note = ""
+
+    def start(self) -> None: ...
+    def cpu_seconds(self) -> float | None: return None
+    def extra(self) -> dict[str, Any]: return {}
+    def stop(self) -> None: ...
+
+
+class Kmigratedd(Mechanism):
+    def __init__(self, sampler: str, tmp: Path) -> None:
+        self.sampler = sampler
+        self.name = f"kmigratedd:{sampler}"
+        self.tmp = tmp
+        self.d: Any = None
+        self.kd: list[int] = []
+        self.kd0 = 0.0
+        self.kd_last = 0.0
+        self.startup_s = 0.0
+
+    def start(self) -> None:
+        from daemonproc import DaemonProcess
+
+        cfg = f"""
+sampler:
+  name: {self.sampler}
+  hint_faults:
+    state_file: {self.tmp}/sysctl-state.json
+metrics:
+  port: 0
+control:
+  socket_path: {self.tmp}/control.sock
+"""
+        t = time.monotonic()
+        self.d = DaemonProcess(cfg, self.tmp)
+        self.d.wait_for("running (pid", 180)
+        self.startup_s = time.monotonic() - t
+        if self.sampler == "damon":
+            self.kd = kdamond_pids()
+            self.kd0 = sum(sum(g.proc_cpu(p)) for p in self.kd)
+
+    def cpu_seconds(self) -> float | None:
+        c = self.d.cpu_seconds()
+        if self.kd:
+            now = sum(sum(g.proc_cpu(p)) for p in self.kd)
+            if now == now:  # not nan: the threads still exist
+                self.kd_last = now - self.kd0
+        return c
+
+    def extra(self) -> dict[str, Any]:
+        m = {}
+        try:
+            m = {"daemon_promoted": self.d.metric_sum("kmigratedd_promoted_pages_total"),
+                 "daemon_batches": self.d.metric_sum("kmigratedd_batches_total"),
+                 "rss_kib": self.d.rss_kib()}
+        except Exception as exc:  # noqa: BLE001 - report, do not fail the run
+            m = {"metrics_error": str(exc)}
+        sel = [ln.split("] ", 1)[-1] for ln in self.d.lines
+               if "sampler" in ln and ("auto" in ln or "started" in ln)]
+        warn = [ln.split("] ", 1)[-1] for ln in self.d.lines if "WARNING" in ln][:5]
+        return {**m, "startup_s": self.startup_s, "kdamond_cpu_s": self.kd_last if self.kd
+                else None, "log_sampler": sel, "log_warnings": warn}
+
+    def stop(self) -> None:
+        if self.d is not None:
+            self.rc = self.d.stop()
+
+
+class NumaBalancing(Mechanism):
+    def __init__(self, regime: str) -> None:
+        self.name = f"nb2:{regime}"
+        self.knobs: dict[str, str] = {}
+
+    def start(self) -> None:
+        self.knobs = {k: read(f"/proc/sys/kernel/{k}") for k in NB_KNOBS
+                      if Path(f"/proc/sys/kernel/{k}").exists()}
+        write(NB, "2")
+
+    def extra(self) -> dict[str, Any]:
+        return {"knobs": self.knobs}
+
+    def stop(self) -> None:
+        write(NB, "0")
+
+
+class DamonMigrateHot(Mechanism):
+    """DAMOS migrate_hot on node 1's physical memory (paddr), as `damo` would set it up."""
+
+    def __init__(self, tuned: bool = False) -> None:
+        from kmigratedd import config
+
+        self.cfg = config.Config().sampler.damon
+        # tuned: stricter, as DAMON's tiering recipe suggests — a region must be seen
+        # accessed in at least half of the samples of an aggregation interval, and only
+        # pages whose accessed bit is set when the scheme applies are moved (a "young"
+        # filter).  (A minimum region age of 10 aggregations matched nothing under TCG:
+        # nr_accesses fluctuates enough to keep resetting DAMON's region age.)
+        self.tuned = tuned
+        self.min_age = 0
+        self.min_accesses = (max(self.cfg.hot_min_accesses,
+                                 self.cfg.aggregate_interval_ms // self.cfg.sample_interval_ms // 2)
+                             if tuned else self.cfg.hot_min_accesses)
+        self.name = "damon:migrate_hot-tuned" if tuned else "damon:migrate_hot"
+        self.k = f"{DAMON}/kdamonds/0"
+        self.pid = 0
+        self.cpu0 = 0.0
+        self.cpu_last = 0.0
+        self.stats: dict[str, int] = {}
+        self.regions: list[tuple[int, int]] = []
+
+    def node_ranges(self, node: int) -> list[tuple[int, int]]:
+        from kmigratedd.topology import discover
+
+        topo = discover(g.FS)
+        bs = topo.block_size_bytes
+        out: list[tuple[int, int]] = []
+        for b in sorted(topo.nodes[node].memory_blocks):
+            s, e = b * bs, (b + 1) * bs
+            if out and out[-1][1] == s:
+                out[-1] = (out[-1][0], e)
+            else:
+                out.append((s, e))
+        return out
+
+    def start(self) -> None:
+        if int(read(f"{DAMON}/kdamonds/nr_kdamonds")) and read(f"{self.k}/state") == "on":
+            raise RuntimeError("a kdamond is already on")
+        write(f"{DAMON}/kdamonds/nr_kdamonds", "1")
+        write(f"{self.k}/contexts/nr_contexts", "1")
+        c = f"{self.k}/contexts/0"
+        write(f"{c}/operations", "paddr")
+        a = f"{c}/monitoring_attrs"
+        write(f"{a}/intervals/sample_us", str(self.cfg.sample_interval_ms * 1000))
+        write(f"{a}/intervals/aggr_us", str(self.cfg.aggregate_interval_ms * 1000))
+        write(f"{a}/nr_regions/min", str(self.cfg.min_regions))
+        write(f"{a}/nr_regions/max", str(self.cfg.max_regions))
+        write(f"{c}/targets/nr_targets", "1")
+        t = f"{c}/targets/0"
+        self.regions = self.node_ranges(SLOW)
+        write(f"{t}/regions/nr_regions", str(len(self.regions)))
+        for i, (s, e) in enumerate(self.regions):
+            write(f"{t}/regions/{i}/start", str(s))
+            write(f"{t}/regions/{i}/end", str(e))
+        write(f"{c}/schemes/nr_schemes", "1")
+        s = f"{c}/schemes/0"
+        write(f"{s}/action", "migrate_hot")
+        write(f"{s}/target_nid", str(FAST))
+        # Every max starts at 0 in sysfs, which matches nothing: open them all.
+        ap = f"{s}/access_pattern"
+        write(f"{ap}/sz/min", "0")
+        write(f"{ap}/sz/max", str(U64_MAX))
+        write(f"{ap}/nr_accesses/min", str(self.min_accesses))
+        write(f"{ap}/nr_accesses/max", str(U32_MAX))
+        write(f"{ap}/age/min", str(self.min_age))
+        write(f"{ap}/age/max", str(U32_MAX))
+        if self.tuned:
+            write(f"{s}/filters/nr_filters", "1")
+            write(f"{s}/filters/0/type", "young")
+            # 6.12: a filter excludes what it matches (matching=Y) or what it does not
+            # (matching=N); N keeps only young pages.
+            write(f"{s}/filters/0/matching", "N")
+        write(f"{self.k}/state", "on")
+        self.pid = int(read(f"{self.k}/pid"))
+        self.cpu0 = sum(g.proc_cpu(self.pid))
+
+    def cpu_seconds(self) -> float | None:
+        now = sum(g.proc_cpu(self.pid))
+        if now == now:
+            self.cpu_last = now - self.cpu0
+        return self.cpu_last
+
+    def extra(self) -> dict[str, Any]:
+        try:
+            write(f"{self.k}/state", "update_schemes_stats")
+            st = f"{self.k}/contexts/0/schemes/0/stats"
+            self.stats = {f: int(read(f"{st}/{f}")) for f in
+                          ("nr_tried", "sz_tried", "nr_applied", "sz_applied", "qt_exceeds")}
+        except OSError as exc:
+            self.stats = {"error": str(exc)}  # type: ignore[dict-item]
+        return {"kdamond_pid": self.pid, "scheme_stats": self.stats,
+                "monitored_ranges": [[hex(s), hex(e)] for s, e in self.regions],
+                "attrs": {"sample_us": self.cfg.sample_interval_ms * 1000,
+                          "aggr_us": self.cfg.aggregate_interval_ms * 1000,
+                          "nr_regions": [self.cfg.min_regions, self.cfg.max_regions],
+                          "nr_accesses_min": self.min_accesses,
+                          "age_min_aggr": self.min_age, "young_filter": self.tuned}}
+
+    def stop(self) -> None:
+        try:
+            if read(f"{self.k}/state") == "on":
+                write(f"{self.k}/state", "off")
+            for _ in range(100):
+                if read(f"{self.k}/state") == "off":
+                    break
+                time.sleep(0.1)
+            write(f"{DAMON}/kdamonds/nr_kdamonds", "0")
+        except OSError as exc:
+            say(f"  warning: stopping DAMON: {exc}")
+
+
+def kdamond_pids() -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if Path(f"/proc/{d}/comm").read_text().startswith("kdamond"):
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+# --- availability ----------------------------------------------------------------------
+
+
+def available(contenders: list[str]) -> list[tuple[str, str | None]]:
+    from samplerctx import make_context
+
+    from kmigratedd.samplers import FACTORIES
+
+    ctx = make_context(state_file="/tmp/probe-state.json")
+    out: list[tuple[str, str | None]] = []
+    for c in contenders:
+        why: str | None = None
+        if c.startswith("kmigratedd:"):
+            f = FACTORIES.get(c.split(":", 1)[1])
+            why = ("sampler not registered in kmigratedd.samplers.FACTORIES" if f is None
+                   else f.probe(ctx))
+        elif c.startswith("nb2:"):
+            if not Path(f"/proc/sys/kernel/{NB_KNOBS[0]}").exists():
+                why = "no numa_balancing tiering mode in this kernel"
+        elif c.startswith("damon:migrate_hot"):
+            if not Path(f"{DAMON}/kdamonds/nr_kdamonds").exists():
+                why = "no DAMON sysfs interface"
+            else:
+                why = None
+        else:
+            why = "unknown contender"
+        out.append((c, why))
+    return out
+
+
+# --- one run ---------------------------------------------------------------------------
+
+
+def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any]) -> dict[str, Any]:
+    from workload import Workload
+
+    say(f"-- {mech.name}: workload {a.hot_mib:g} MiB hot (1 page in {a.sparse} hot) + "
+        f"{a.cold_mib:g} MiB cold on node {SLOW}; node 0 free {g.free_mib(FAST):.0f} MiB")
+    with Workload(a.hot_mib, a.cold_mib, node=SLOW, sparse=a.sparse, flush_ms=a.flush_ms) as w:
+        n_hot, n_cold = len(w.hot), len(w.cold)
+        if g.count_on(w.pid, w.hot, SLOW) != n_hot or g.count_on(w.pid, w.cold, SLOW) != n_cold:
+            raise RuntimeError("the workload is not entirely on node 1")
+        time.sleep(2)
+        tb = time.monotonic_ns()
+        cpu_b0 = g.proc_cpu(w.pid)
+        time.sleep(a.baseline_s)
+        cpu_b1 = g.proc_cpu(w.pid)
+        base_rate = w.pass_rate(tb)
+        base_wall = (time.monotonic_ns() - tb) / 1e9
+        base_stime_rate = (cpu_b1[1] - cpu_b0[1]) / base_wall
+        base_utime_rate = (cpu_b1[0] - cpu_b0[0]) / base_wall
+        node0_free_at_start = g.free_mib(FAST)
+        vm0 = g.vmstat(*VMSTAT)
+        mech.start()
+        t_on = time.monotonic()
+        t_on_ns = time.monotonic_ns()
+        cpu_w0 = g.proc_cpu(w.pid)
+        mcpu0 = mech.cpu_seconds()
+        series: list[list[float]] = []
+        t50 = t90 = None
+        stop_at = t_on + a.bound_s
+        try:
+            while True:
+                now = time.monotonic()
+                t = now - t_on
+                hot = g.count_on(w.pid, w.hot, FAST) / n_hot
+                cold = g.count_on(w.pid, w.cold, FAST) / n_cold if n_cold else 0.0
+                mig = g.vmstat("pgmigrate_success")["pgmigrate_success"] - vm0["pgmigrate_success"]
+                series.append([round(t, 2), hot, cold, mig, round(g.free_mib(FAST), 1)])
+                if t50 is None and hot >= 0.5:
+                    t50 = t
+                if t90 is None and hot >= 0.9:
+                    t90 = t
+                    stop_at = min(stop_at, now + a.tail_s)
+                if len(series) % 5 == 1 or t90 == t:
+                    say(f"   t={t:6.1f}s  hot on node 0 {100 * hot:5.1f}%  cold on node 0 "
+                        f"{100 * cold:5.1f}%  migrated {mig:7d} pages  node 0 free "
+                        f"{series[-1][4]:.0f} MiB")
+                if now >= stop_at or not w.alive():
+                    break
+                time.sleep(max(0.0, a.interval_s - (time.monotonic() - now)))
+            wall = time.monotonic() - t_on
+            cpu_w1 = g.proc_cpu(w.pid)
+            mcpu1 = mech.cpu_seconds()
+            run_rate = w.pass_rate(t_on_ns)
+            vm1 = g.vmstat(*VMSTAT)
+            extra = mech.extra()
+        finally:
+            mech.stop()
+        hot_on = g.count_on(w.pid, w.hot, FAST)
+        cold_on = g.count_on(w.pid, w.cold, FAST)
+        ok = w.verify()
+        alive = w.alive()
+    promoted = hot_on + cold_on
+    res = {
+        "contender": mech.name, "regime": regime, "node0_free_at_start_mib": node0_free_at_start,
+        "hot_pages": n_hot, "cold_pages": n_cold, "t50_s": t50, "t90_s": t90, "wall_s": wall,
+        "hot_on_node0": hot_on, "cold_on_node0": cold_on, "promoted_pages": promoted,
+        "cold_fraction_of_promoted": cold_on / promoted if promoted else None,
+        "cold_fraction_of_cold_set": cold_on / n_cold if n_cold else None,
+        "mechanism_cpu_s": (mcpu1 - mcpu0) if mcpu1 is not None and mcpu0 is not None else None,
+        "workload_extra_stime_s": (cpu_w1[1] - cpu_w0[1]) - base_stime_rate * wall,
+        "workload_stime_s": cpu_w1[1] - cpu_w0[1], "workload_utime_s": cpu_w1[0] - cpu_w0[0],
+        "workload_base_stime_per_s": base_stime_rate, "workload_base_utime_per_s": base_utime_rate,
+        "vmstat_delta": {k: vm1[k] - vm0[k] for k in VMSTAT},
+        "passes_per_s_before": base_rate, "passes_per_s_during": run_rate,
+        "verify_ok": ok, "workload_alive": alive, "series": series, "extra": extra,
+    }
+    say(f"   => {mech.name}: t50 {fmt(t50)} s, t90 {fmt(t90)} s, hot {hot_on}/{n_hot}, cold "
+        f"{cold_on}/{n_cold} on node 0, mechanism CPU {fmt(res['mechanism_cpu_s'], '{:.2f}')} s,"
+        f" workload extra sys {res['workload_extra_stime_s']:.2f} s, passes/s "
+        f"{base_rate:.1f} -> {run_rate:.1f}, verify {'OK' if ok else 'BAD'}")
+    return res
+
+
+def fmt(v: float | None, f: str = "{:.1f}") -> str:
+    return "-" if v is None else f.format(v)
+
+
+def main() -> int:
+    g.require_vm("benchmarks/guest/quality.py")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--case", default="dense")
+    ap.add_argument("--hot-mib", type=float, default=128)
+    ap.add_argument("--cold-mib", type=float, default=128)
+    ap.add_argument("--sparse", type=int, default=1)
+    ap.add_argument("--flush-ms", type=int, default=10)
+    ap.add_argument("--bound-s", type=float, default=120)
+    ap.add_argument("--tail-s", type=float, default=10)
+    ap.add_argument("--interval-s", type=float, default=1)
+    ap.add_argument("--baseline-s", type=float, default=5)
+    ap.add_argument("--fill-free-mib", type=float, default=700)
+    ap.add_argument("--contenders", default="kmigratedd:hint-faults,kmigratedd:damon,"
+                    "kmigratedd:idle,nb2:filled,damon:migrate_hot,damon:migrate_hot-tuned,"
+                    "nb2:empty")
+    a = ap.parse_args()
+    from workload import fill_node
+
+    out: dict[str, Any] = {"guest": g.guest_info(), "params": vars(a), "runs": [],
+                           "skipped": {}}
+    thr = kernel_promote_threshold_mib()
+    out["kernel_promote_threshold_mib"] = thr
+    say(f"guest: {out['guest']}")
+    say(f"kernel free-space threshold on node 0 (numa_balancing=2 promotes without limits "
+        f"above it): {thr:.0f} MiB free")
+    wanted = [c.strip() for c in a.contenders.split(",") if c.strip()]
+    todo = []
+    for c, why in available(wanted):
+        if why:
+            say(f"skip {c}: {why}")
+            out["skipped"][c] = why
+        else:
+            todo.append(c)
+    filled = [c for c in todo if not c.endswith(":empty")]
+    empty = [c for c in todo if c.endswith(":empty")]
+    filler = None
+    try:
+        for group, fill in ((filled, True), (empty, False)):
+            if not group:
+                continue
+            if fill:
+                say(f"filling node 0 to {a.fill_free_mib:.0f} MiB free")
+                filler = fill_node(FAST, a.fill_free_mib)
+            elif filler is not None:
+                filler.stop()
+                filler = None
+            for c in group:
+                free = g.free_mib(FAST)
+                regime = {"node0": "filled" if fill else "empty", "node0_free_mib": free,
+                          "threshold_mib": thr, "kernel_would_promote_unlimited": free > thr}
+                with tempfile.TemporaryDirectory() as td:
+                    if c.startswith("kmigratedd:"):
+                        mech: Mechanism = Kmigratedd(c.split(":", 1)[1], Path(td))
+                    elif c.startswith("nb2:"):
+                        mech = NumaBalancing(c.split(":", 1)[1])
+                    else:
+                        mech = DamonMigrateHot(tuned=c.endswith("-tuned"))
+                    try:
+                        out["runs"].append(run_one(mech, a, regime))
+                    except Exception as exc:  # noqa: BLE001 - record and go on
+                        say(f"   !! {c} failed: {exc!r}")
+                        out["skipped"][c] = f"failed: {exc!r}"
+                g.dump(a.out, out)
+    finally:
+        if filler is not None:
+            filler.stop()
+        write(NB, "0")
+    g.dump(a.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,382 @@
+"""Guest half of benchmarks/throughput.py (run it from the host: it boots the VM).
+
+Inside the tiered guest (node 0 = DRAM + CPUs, node 1 = CPU-less slow node):
+
+1. move_pages(2) node 1 -> node 0 through kmigratedd's shim: 4 KiB pages by batch
+   size, 2 MiB THP by batch size (one address per huge page), with 1 and 2 copy
+   threads (kmigratedd.worker.ShimMover splits a batch into contiguous slices moved
+   by concurrent threads); memcpy of the same bytes node 1 -> node 0 with 1 and 2
+   threads as the ceiling.  Repetitions interleave the configurations so host load
+   drifts hit all of them alike.
+2. pipeline vs raw: N candidates pushed straight into CandidateQueues and drained
+   by one real NodeWorker (ShimMover, rate limit 0, headroom 0) until every page
+   is on node 0, against batched shim.move (512 per call) of N fresh pages.
+3. daemon idle: kmigratedd (each sampler this kernel offers) watching a workload
+   whose pages are all on node 0 already; CPU over a window.
+
+Writes one JSON file (--out); the host renders tables and plots from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import dataclasses
+import os
+import tempfile
+import threading
+import time
+from array import array
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import gcommon as g
+from gcommon import HPAGE, MiB, PAGE, Buffer, say
+
+from kmigratedd import config, shim
+from kmigratedd.queues import CandidateQueues
+from kmigratedd.samplers.perf import online_cpus
+from kmigratedd.topology import discover
+from kmigratedd.worker import NodeWorker, ShimMover
+
+SRC, DST = 1, 0
+
+
+# --- 1. move_pages through the shim ------------------------------------------------
+
+
+def move_once(mover: ShimMover, kind: str, batch: int, threads: int, size: int) -> dict[str, Any]:
+    thp = kind == "2M"
+    step = HPAGE if thp else PAGE
+    with Buffer(size, SRC, thp=thp) as b:
+        addrs = b.pages(step)
+        before = g.nodes_of(0, addrs)
+        if before.get(SRC, 0) != len(addrs):
+            raise RuntimeError(f"buffer not on node {SRC}: {before}")
+        huge_before = g.anon_huge_bytes(b.addr) if thp else 0
+        if thp and huge_before != size:
+            raise RuntimeError(f"only {huge_before // MiB} of {size // MiB} MiB are THP-backed")
+        chunks = [addrs[i:i + batch] for i in range(0, len(addrs), batch)]
+        not_migrated = 0
+        t0 = time.perf_counter()
+        for c in chunks:
+            not_migrated += mover.move(0, c, DST, shim.MPOL_MF_MOVE, threads).not_migrated
+        dt = time.perf_counter() - t0
+        after = g.nodes_of(0, addrs)
+        huge_after = g.anon_huge_bytes(b.addr) if thp else 0
+    moved = after.get(DST, 0)
+    if moved != len(addrs) or not_migrated:
+        raise RuntimeError(f"{kind} batch {batch} x{threads}: {moved}/{len(addrs)} moved, "
+                           f"statuses after {after}, not_migrated {not_migrated}")
+    if thp and huge_after != size:
+        raise RuntimeError(f"THP split by the move: {huge_after // MiB} MiB still huge")
+    return {"seconds": dt, "bytes": size, "pages": len(addrs), "calls": len(chunks)}
+
+
+def memcpy_once(size: int, threads: int) -> dict[str, Any]:
+    with Buffer(size, SRC, fill=0x11) as a, Buffer(size, DST, fill=0x22) as b:
+        parts = [(size * i // threads, size * (i + 1) // threads) for i in range(threads)]
+
+        def copy(lo: int, hi: int) -> None:
+            ctypes.memmove(b.addr + lo, a.addr + lo, hi - lo)  # ctypes drops the GIL
+
+        ts = [threading.Thread(target=copy, args=p) for p in parts]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        dt = time.perf_counter() - t0
+    return {"seconds": dt, "bytes": size, "pages": size // PAGE, "calls": threads}
+
+
+def effective_threads(kind: str, batch: int, threads: int) -> int:
+    """ShimMover splits only batches of at least 2 pages per thread (worker.py)."""
+    return threads if batch >= 2 * threads else 1
+
+
+def bench_moves(a: argparse.Namespace) -> list[dict[str, Any]]:
+    mover = ShimMover(max_threads=max(a.threads))
+    # Warm the copy-thread pool so its creation is not timed.
+    with Buffer(64 * PAGE, SRC) as w:
+        mover.move(0, w.pages(), DST, shim.MPOL_MF_MOVE, 2)
+    configs: list[tuple[str, int, int, int]] = []
+    for batch in a.batches_4k:
+        size = (a.small_mib if batch < 16 else a.size_4k_mib) * MiB
+        for th in a.threads:
+            if effective_threads("4K", batch, th) == th:  # else identical to 1 thread
+                configs.append(("4K", batch, th, size))
+    for batch in a.batches_2m:
+        for th in a.threads:
+            if effective_threads("2M", batch, th) == th:
+                configs.append(("2M", batch, th, a.size_2m_mib * MiB))
+    for th in a.threads:
+        configs.append(("memcpy", 0, th, a.size_4k_mib * MiB))
+    samples: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    total = len(configs) * a.reps
+    done = 0
+    t_start = time.monotonic()
+    for rep in range(a.reps):
+        for kind, batch, th, size in configs:
+            if kind == "memcpy":
+                r = memcpy_once(size, th)
+            else:
+                r = move_once(mover, kind, batch, th, size)
+            samples.setdefault((kind, batch, th), []).append(r)
+            done += 1
+            gbs = r["bytes"] / r["seconds"] / 1e9
+            say(f"  [{done:3d}/{total}] rep {rep + 1}/{a.reps} {kind:6} batch {batch:5d} "
+                f"threads {th}: {r['bytes'] / MiB:4.0f} MiB in {r['seconds']:7.3f} s = "
+                f"{gbs:6.3f} GB/s  ({time.monotonic() - t_start:5.0f} s)")
+    mover.close()
+    rows = []
+    for (kind, batch, th), rs in samples.items():
+        gbs = [r["bytes"] / r["seconds"] / 1e9 for r in rs]
+        pps = [r["pages"] / r["seconds"] for r in rs]
+        rows.append({"kind": kind, "batch": batch, "threads": th,
+                     "effective_threads": th if kind == "memcpy" else
+                     effective_threads(kind, batch, th),
+                     "mib": rs[0]["bytes"] / MiB, "pages": rs[0]["pages"],
+                     "calls": rs[0]["calls"], "gb_per_s": g.spread(gbs),
+                     "pages_per_s": g.spread(pps)})
+    return rows
+
+
+# --- 2. pipeline (queues + NodeWorker) vs raw shim -------------------------------------
+
+
+def raw_once(n_pages: int, batch: int) -> float:
+    pid = os.getpid()
+    with Buffer(n_pages * PAGE, SRC) as b:
+        addrs = b.pages()
+        chunks = [addrs[i:i + batch] for i in range(0, n_pages, batch)]
+        t0 = time.perf_counter()
+        for c in chunks:
+            shim.move(pid, c, DST, shim.MPOL_MF_MOVE)
+        dt = time.perf_counter() - t0
+        if g.count_on(pid, addrs, DST) != n_pages:
+            raise RuntimeError("raw: not every page moved")
+    return n_pages / dt
+
+
+def pipeline_once(n_pages: int, timeout: float) -> tuple[float, dict[str, Any]]:
+    pid = os.getpid()
+    topo = discover(g.FS)
+    cfg = dataclasses.replace(config.WorkersConfig(), rate_limit_mb_per_s=0, min_free_bytes=0,
+                              resume_free_bytes=0)
+    with Buffer(n_pages * PAGE, SRC) as b:
+        addrs = b.pages()
+        cpus = online_cpus(g.FS)
+        queues = CandidateQueues(cpus, max(1 << 16, 2 * n_pages))
+        # Spread the candidates over the CPUs' queues, as a sampler would.
+        per = (n_pages + len(cpus) - 1) // len(cpus)
+        for i, cpu in enumerate(cpus):
+            part = addrs[i * per:(i + 1) * per]
+            queues.push(cpu, array("i", [pid]) * len(part), part, array("i", [SRC]) * len(part))
+        mover = ShimMover()
+        executor = ThreadPoolExecutor(1, thread_name_prefix="bench-worker")
+        worker = NodeWorker(DST, topology=topo, queues=queues, mover=mover, cfg=cfg, fs=g.FS,
+                            executor=executor)
+
+        async def drive() -> float:
+            t0 = time.perf_counter()
+            task = asyncio.create_task(worker.run())
+            deadline = t0 + timeout
+            idle_since = None
+            while worker.stats.promoted_pages < n_pages and time.perf_counter() < deadline:
+                await asyncio.sleep(0.002)
+                # Everything drained and nothing waiting: the rest was dropped.
+                if len(queues) == 0 and worker.inbox_pages == 0:
+                    idle_since = idle_since or time.perf_counter()
+                    if time.perf_counter() - idle_since > 2.0:
+                        break
+                else:
+                    idle_since = None
+            dt = time.perf_counter() - t0
+            worker.stop()
+            await task
+            return dt
+
+        dt = asyncio.run(drive())
+        executor.shutdown()
+        mover.close()
+        on_dst = g.count_on(pid, addrs, DST)
+        s = worker.stats
+        info = {"pages": n_pages, "promoted": s.promoted_pages, "on_node0": on_dst,
+                "inbox_dropped": s.inbox_dropped, "batches": s.batches, "rounds": s.rounds,
+                "move_seconds": s.move_seconds, "seconds": dt, "outcomes": dict(s.outcomes),
+                "complete": on_dst == n_pages}
+    return n_pages / dt, info
+
+
+def bench_pipeline(a: argparse.Namespace) -> dict[str, Any]:
+    n = a.pipeline_mib * MiB // PAGE
+    raw, pipe, infos = [], [], []
+    for rep in range(a.pipeline_reps):
+        r = raw_once(n, 512)
+        p, info = pipeline_once(n, timeout=120)
+        infos.append(info)
+        if not info["complete"]:
+            say(f"  pipeline rep {rep + 1}: INCOMPLETE — {info}")
+            continue
+        raw.append(r)
+        pipe.append(p)
+        say(f"  pipeline rep {rep + 1}/{a.pipeline_reps}: raw shim.move x512 {r:8.0f} pages/s, "
+            f"queues + NodeWorker {p:8.0f} pages/s, ratio {p / r:.3f} "
+            f"(worker: {info['batches']} batches, {info['move_seconds']:.2f} s in move_pages "
+            f"of {info['seconds']:.2f} s)")
+    out: dict[str, Any] = {"pages": n, "worker": infos}
+    if pipe:
+        out.update(raw_pages_per_s=g.spread(raw), pipeline_pages_per_s=g.spread(pipe),
+                   ratio=g.spread([p / r for p, r in zip(pipe, raw)]))
+    # A backlog larger than the worker's inbox bound (max(16 x batch, 8192) pages):
+    # what happens to candidates of one pid that arrive faster than they are moved.
+    if a.backlog_mib:
+        nb = a.backlog_mib * MiB // PAGE
+        _, info = pipeline_once(nb, timeout=120)
+        say(f"  backlog of {nb} candidates of one pid: {info['promoted']} promoted, "
+            f"{info['inbox_dropped']} dropped as inbox_full, {info['on_node0']} on node 0")
+        out["backlog"] = info
+    return out
+
+
+# --- 3. daemon idle ----------------------------------------------------------------
+
+
+def available_samplers() -> list[tuple[str, str | None]]:
+    """(name, None if it can run here else why not) for the samplers we measure."""
+    from samplerctx import make_context  # tests/vm/guest
+
+    from kmigratedd.samplers import FACTORIES
+
+    ctx = make_context(state_file="/tmp/probe-state.json")
+    out = []
+    for name in ("idle", "damon", "hint-faults"):
+        f = FACTORIES.get(name)
+        out.append((name, "not registered in kmigratedd.samplers.FACTORIES" if f is None
+                    else f.probe(ctx)))
+    return out
+
+
+def kdamond_pids() -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if Path(f"/proc/{d}/comm").read_text().startswith("kdamond"):
+                    pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+def daemon_config(sampler: str, tmp: Path) -> str:
+    return f"""
+sampler:
+  name: {sampler}
+  hint_faults:
+    state_file: {tmp}/sysctl-state.json
+metrics:
+  port: 0
+control:
+  socket_path: {tmp}/control.sock
+"""
+
+
+def idle_once(name: str, flush_ms: int, a: argparse.Namespace) -> dict[str, Any]:
+    from daemonproc import DaemonProcess
+    from workload import Workload
+
+    with tempfile.TemporaryDirectory() as td, \
+            Workload(a.idle_hot_mib, a.idle_cold_mib, node=DST, flush_ms=flush_ms) as w:
+        tmp = Path(td)
+        d = DaemonProcess(daemon_config(name, tmp), tmp)
+        try:
+            d.wait_for("running (pid", 180)
+            time.sleep(a.idle_settle_s)
+            kd = kdamond_pids()
+            kd0 = sum(sum(g.proc_cpu(p)) for p in kd)
+            f0 = g.vmstat("pgfault")["pgfault"]
+            c0, t0 = d.cpu_seconds(), time.monotonic()
+            time.sleep(a.idle_s)
+            c1, t1 = d.cpu_seconds(), time.monotonic()
+            f1 = g.vmstat("pgfault")["pgfault"]
+            kd1 = sum(sum(g.proc_cpu(p)) for p in kd)
+            promoted = d.metric_sum("kmigratedd_promoted_pages_total")
+            rss = d.rss_kib()
+            on_dst = w.fraction_on(w.hot, DST)
+        finally:
+            rc = d.stop()
+    dt = t1 - t0
+    row = {"sampler": name, "flush_ms": flush_ms, "seconds": dt, "cpu_seconds": c1 - c0,
+           "cpu_percent_of_one": 100 * (c1 - c0) / dt,
+           "kdamond_cpu_percent": 100 * (kd1 - kd0) / dt if kd else None,
+           "faults_per_s": (f1 - f0) / dt, "rss_kib": rss, "promoted": promoted,
+           "hot_on_node0": on_dst, "rc": rc}
+    say(f"  daemon idle ({name}, workload flush_ms={flush_ms}, {row['faults_per_s']:,.0f} "
+        f"page faults/s): {row['cpu_percent_of_one']:.2f}% of one CPU over {dt:.0f} s"
+        + (f", kdamond {row['kdamond_cpu_percent']:.2f}%" if kd else "")
+        + f", RSS {rss / 1024:.0f} MiB, promoted {promoted:.0f}")
+    return row
+
+
+def bench_idle(a: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for name, why in available_samplers():
+        if why:
+            say(f"  daemon idle: sampler {name} skipped: {why}")
+            rows.append({"sampler": name, "skipped": why})
+            continue
+        # A steady workload makes no page faults (flush_ms=0).  The hint-fault sampler
+        # records every page fault of the system (software perf event, period 1), so it
+        # is also measured with the TLB-flush helper's ~6,400 minor faults/s.
+        for flush in (0, 10) if name == "hint-faults" else (0,):
+            rows.append(idle_once(name, flush, a))
+    return rows
+
+
+def main() -> int:
+    g.require_vm("benchmarks/guest/throughput.py")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--batches-4k", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[1, 16, 64, 256, 512, 1024, 4096])
+    ap.add_argument("--batches-2m", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[1, 8, 64])
+    ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    ap.add_argument("--size-4k-mib", type=int, default=32)
+    ap.add_argument("--small-mib", type=int, default=8, help="buffer for 4K batches < 16")
+    ap.add_argument("--size-2m-mib", type=int, default=128)
+    ap.add_argument("--pipeline-mib", type=int, default=32,
+                    help="32 MiB = 8192 pages: the most one pid's inbox holds without drops")
+    ap.add_argument("--backlog-mib", type=int, default=64)
+    ap.add_argument("--pipeline-reps", type=int, default=3)
+    ap.add_argument("--idle-s", type=float, default=30)
+    ap.add_argument("--idle-settle-s", type=float, default=5)
+    ap.add_argument("--idle-hot-mib", type=float, default=64)
+    ap.add_argument("--idle-cold-mib", type=float, default=64)
+    ap.add_argument("--skip", default="", help="comma list of: moves,pipeline,idle")
+    a = ap.parse_args()
+    skip = set(filter(None, a.skip.split(",")))
+    out: dict[str, Any] = {"guest": g.guest_info(), "params": vars(a)}
+    say(f"guest: {out['guest']}")
+    if "moves" not in skip:
+        say("== move_pages node 1 -> node 0 through kmigratedd.shim, and memcpy ==")
+        out["moves"] = bench_moves(a)
+        g.dump(a.out, out)
+    if "pipeline" not in skip:
+        say("== pipeline (CandidateQueues + NodeWorker) vs raw batched shim.move ==")
+        out["pipeline"] = bench_pipeline(a)
+        g.dump(a.out, out)
+    if "idle" not in skip:
+        say("== kmigratedd idle: every page already on node 0 ==")
+        out["idle"] = bench_idle(a)
+    g.dump(a.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

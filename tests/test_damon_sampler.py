@@ -1,0 +1,611 @@
+"""DAMON sampler against a fake DAMON sysfs tree: the exact writes, the probe messages,
+and tried regions turned into page candidates (the real kernel: tests/vm)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmigratedd import config
+from kmigratedd.errors import MovePagesError, SamplerUnavailableError
+from kmigratedd.kernelfs import KernelFs
+from kmigratedd.queues import CandidateQueues, merge
+from kmigratedd.samplers import damon
+from kmigratedd.samplers.base import SamplerContext
+from kmigratedd.samplers.damon import DamonSampler
+from kmigratedd.scope import Scope
+from kmigratedd.topology import Topology
+
+K = "/sys/kernel/mm/damon/admin/kdamonds"
+C = f"{K}/0/contexts/0"
+STATE = f"{K}/0/state"
+PS = 4096
+PID, PID2 = 4242, 4343
+EFAULT = -errno.EFAULT
+
+
+def stat_line(pid: int, cpu: int) -> str:
+    # Fields after "(comm) ": [0] state ... [6] flags ... [36] processor.
+    rest = ["0"] * 50
+    rest[0], rest[6], rest[36] = "S", "4194560", str(cpu)
+    return f"{pid} (work load) " + " ".join(rest) + "\n"
+
+
+class FakeDamonFs(KernelFs):
+    """Records every write (KernelFs(record_writes=True)) and plays the kdamond state
+    machine measured on 6.12: "on" with a dead pid → EINVAL, "off" when off → EPERM,
+    commands when off → EINVAL, a "commit" naming an exited pid stops the kdamond."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, record_writes=True)
+        self.fail: dict[tuple[str, str], int] = {}  # (path, value) -> errno
+        self.commit_stops = False
+        self.commit_stops_late = False  # state reads "on" until the next command
+        self._stopping = False
+
+    def _set_state(self, value: str) -> None:
+        self.path(STATE).write_text(value + "\n")
+
+    def write(self, kpath: str, value: str) -> None:
+        super().write(kpath, value)
+        err = self.fail.get((kpath, value))
+        if err:
+            raise OSError(err, f"{kpath}: {value}")
+        if kpath != STATE:
+            return
+        if self._stopping:
+            self._stopping = False
+            self._set_state("off")
+        on = self.read(STATE).strip() == "on"
+        if value == "on":
+            self._set_state("on")
+        elif value == "off":
+            if not on:
+                raise OSError(errno.EPERM, "off")
+            self._set_state("off")
+        elif not on:
+            raise OSError(errno.EINVAL, value)
+        elif value == "commit" and self.commit_stops:
+            self._set_state("off")
+        elif value == "commit" and self.commit_stops_late:
+            self._stopping = True
+
+
+def put(root: Path, kpath: str, text: str) -> None:
+    p = root / kpath.lstrip("/")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+def make_tree(root: Path, *, nr_kdamonds: str = "0", osrelease: str = "6.12.117+deb12-amd64",
+              pids: dict[int, int] | None = None) -> None:
+    put(root, f"{K}/nr_kdamonds", nr_kdamonds + "\n")
+    put(root, STATE, "off\n")
+    put(root, f"{K}/0/pid", "-1\n")
+    put(root, f"{C}/avail_operations", "vaddr\nfvaddr\npaddr\n")
+    put(root, "/proc/sys/kernel/osrelease", osrelease + "\n")
+    for pid, cpu in (pids if pids is not None else {PID: 2}).items():
+        put(root, f"/proc/{pid}/stat", stat_line(pid, cpu))
+
+
+def put_regions(root: Path, scheme: int, regions: list[tuple[int, int, int, int]]) -> None:
+    for i, (start, end, nr_accesses, age) in enumerate(regions):
+        d = f"{C}/schemes/{scheme}/tried_regions/{i}"
+        for name, value in (("start", start), ("end", end), ("nr_accesses", nr_accesses),
+                            ("age", age)):
+            put(root, f"{d}/{name}", f"{value}\n")
+    put(root, f"{C}/schemes/{scheme}/tried_regions/total_bytes", "0\n")
+
+
+def make_ctx(fs: KernelFs, pids: tuple[int, ...] = (PID,), targets: dict[int, int] | None = None,
+             interval_ms: int = 1000) -> SamplerContext:
+    cfg = config.Config()
+    cfg = config.Config(
+        scope=config.ScopeConfig(pids=pids),
+        sampler=config.SamplerConfig(interval_ms=interval_ms, damon=cfg.sampler.damon))
+    topo = Topology(nodes={}, tiers=(), tier_source="kernel",
+                    targets={1: 0} if targets is None else targets,
+                    block_size_bytes=1 << 27, page_size=PS)
+    return SamplerContext(cfg, fs, topo, CandidateQueues([0, 1, 2, 3], 4096),
+                          Scope(cfg.scope, fs, self_pid=1))
+
+
+class FakeQuery:
+    """move_pages query form: the node of each page from a table (-EFAULT if unknown)."""
+
+    def __init__(self, nodes: dict[int, int] | None = None, raise_errno: int = 0) -> None:
+        self.nodes = nodes or {}
+        self.raise_errno = raise_errno
+        self.calls: list[tuple[int, list[int]]] = []
+
+    def __call__(self, pid: int, addrs: Any) -> array[int]:
+        self.calls.append((pid, list(addrs)))
+        if self.raise_errno:
+            raise MovePagesError(self.raise_errno, "move_pages")
+        return array("i", [self.nodes.get(a, EFAULT) for a in addrs])
+
+
+def scheme_writes(idx: int, hot_min: int = 1) -> list[tuple[str, str]]:
+    s = f"{C}/schemes/{idx}"
+    return [
+        (f"{s}/action", "stat"),
+        (f"{s}/access_pattern/sz/min", "0"),
+        (f"{s}/access_pattern/sz/max", "18446744073709551615"),
+        (f"{s}/access_pattern/nr_accesses/min", str(hot_min)),
+        (f"{s}/access_pattern/nr_accesses/max", "4294967295"),
+        (f"{s}/access_pattern/age/min", "0"),
+        (f"{s}/access_pattern/age/max", "4294967295"),
+        (f"{s}/filters/nr_filters", "1"),
+        (f"{s}/filters/0/type", "target"),
+        (f"{s}/filters/0/damon_target_idx", str(idx)),
+        (f"{s}/filters/0/matching", "N"),
+    ]
+
+
+def target_writes(pids: list[int]) -> list[tuple[str, str]]:
+    out = [(f"{C}/targets/nr_targets", str(len(pids)))]
+    out += [(f"{C}/targets/{i}/pid_target", str(p)) for i, p in enumerate(pids)]
+    out.append((f"{C}/schemes/nr_schemes", str(len(pids))))
+    for i in range(len(pids)):
+        out += scheme_writes(i)
+    return out
+
+
+# --- probe ----------------------------------------------------------------------
+
+
+def test_probe_ok(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    assert DamonSampler.probe(make_ctx(FakeDamonFs(tmp_path))) is None
+
+
+def test_probe_without_damon_sysfs(tmp_path: Path) -> None:
+    put(tmp_path, "/proc/sys/kernel/osrelease", "6.12.0\n")
+    assert DamonSampler.probe(make_ctx(FakeDamonFs(tmp_path))) == (
+        "the kernel has no DAMON sysfs interface (CONFIG_DAMON_SYSFS, CONFIG_DAMON_VADDR)")
+
+
+def test_probe_on_a_kernel_without_tried_regions(tmp_path: Path) -> None:
+    make_tree(tmp_path, osrelease="6.1.0-40-amd64")
+    assert DamonSampler.probe(make_ctx(FakeDamonFs(tmp_path))) == (
+        "DAMON on Linux 6.1 cannot report hot regions per process (schemes tried_regions "
+        "and target filters need Linux >= 6.3)")
+
+
+def test_probe_without_a_slower_tier(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    assert DamonSampler.probe(make_ctx(FakeDamonFs(tmp_path), targets={})) == (
+        "no slower memory tier to sample (one tier)")
+
+
+def test_probe_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_tree(tmp_path)
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    assert DamonSampler.probe(make_ctx(FakeDamonFs(tmp_path))) == (
+        "writing /sys/kernel/mm/damon/admin needs root")
+
+
+def test_probe_when_another_tool_runs_damon(tmp_path: Path) -> None:
+    make_tree(tmp_path, nr_kdamonds="2")
+    put(tmp_path, f"{K}/1/state", "on\n")
+    put(tmp_path, f"{K}/1/pid", "777\n")
+    assert DamonSampler.probe(make_ctx(FakeDamonFs(tmp_path))) == (
+        "DAMON is already in use by another tool (kdamond 1 is on, pid 777); stop it first "
+        f"(echo off > {K}/1/state)")
+
+
+def test_probe_when_damon_reclaim_runs(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    put(tmp_path, "/sys/module/damon_lru_sort/parameters/kdamond_pid", "-1\n")
+    put(tmp_path, "/sys/module/damon_reclaim/parameters/kdamond_pid", "55\n")
+    assert DamonSampler.probe(make_ctx(FakeDamonFs(tmp_path))) == (
+        "DAMON is in use by damon_reclaim (kdamond pid 55); disable it first "
+        "(echo N > /sys/module/damon_reclaim/parameters/enabled)")
+
+
+# --- lifecycle: the exact writes ----------------------------------------------------
+
+
+START_WRITES = [
+    (f"{K}/nr_kdamonds", "1"),
+    (f"{K}/0/contexts/nr_contexts", "1"),
+    (f"{C}/operations", "vaddr"),
+    (f"{C}/monitoring_attrs/intervals/sample_us", "5000"),
+    (f"{C}/monitoring_attrs/intervals/aggr_us", "100000"),
+    (f"{C}/monitoring_attrs/intervals/update_us", "1000000"),
+    (f"{C}/monitoring_attrs/nr_regions/min", "10"),
+    (f"{C}/monitoring_attrs/nr_regions/max", "1000"),
+    (f"{C}/targets/nr_targets", "1"),
+    (f"{C}/targets/0/pid_target", str(PID)),
+    (f"{C}/schemes/nr_schemes", "1"),
+    *scheme_writes(0),
+    (STATE, "on"),
+]
+
+
+def run(coro_fn: Callable[[], Any]) -> Any:
+    return asyncio.run(coro_fn())
+
+
+def test_start_and_stop_write_exactly_this(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    fs = KernelFs(tmp_path, record_writes=True)  # plain recorder: nothing changes on disk
+    s = DamonSampler(make_ctx(fs))
+
+    async def go() -> list[tuple[str, str]]:
+        await s.start()
+        started = list(fs.writes)
+        await s.stop()
+        await s.stop()  # idempotent
+        return started
+
+    assert run(go) == START_WRITES
+    assert fs.writes == START_WRITES + [(STATE, "off"), (f"{K}/nr_kdamonds", "0")]
+
+
+def test_stop_restores_nr_kdamonds_as_found(tmp_path: Path) -> None:
+    make_tree(tmp_path, nr_kdamonds="2")
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(make_ctx(fs))
+
+    async def go() -> None:
+        await s.start()
+        await s.stop()
+
+    run(go)
+    assert fs.writes[0] == (f"{K}/nr_kdamonds", "1")
+    assert fs.writes[-2:] == [(STATE, "off"), (f"{K}/nr_kdamonds", "2")]
+    assert fs.read(STATE).strip() == "off"
+
+
+def test_start_with_nothing_in_scope_leaves_damon_off(tmp_path: Path) -> None:
+    make_tree(tmp_path, pids={})
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(make_ctx(fs))
+
+    async def go() -> None:
+        await s.start()
+        await s.stop()
+
+    run(go)
+    assert (STATE, "on") not in fs.writes and (STATE, "off") not in fs.writes
+    assert fs.writes[-1] == (f"{K}/nr_kdamonds", "0")
+
+
+def test_start_fails_cleanly_when_damon_is_busy(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    fs = FakeDamonFs(tmp_path)
+    fs.fail[(f"{K}/nr_kdamonds", "1")] = errno.EBUSY
+    s = DamonSampler(make_ctx(fs))
+    with pytest.raises(SamplerUnavailableError, match="in use by another tool"):
+        run(s.start)
+    run(s.stop)
+    assert fs.writes == [(f"{K}/nr_kdamonds", "1")]
+
+
+def test_start_undoes_itself_when_on_fails(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    fs = FakeDamonFs(tmp_path)
+    fs.fail[(STATE, "on")] = errno.EBUSY  # e.g. damon_reclaim started meanwhile
+    with pytest.raises(SamplerUnavailableError, match="EBUSY"):
+        run(DamonSampler(make_ctx(fs)).start)
+    assert fs.writes[-1] == (f"{K}/nr_kdamonds", "0")
+
+
+# --- rounds -------------------------------------------------------------------------
+
+A = 0x7F00_0000_0000  # 8 pages, 5 accesses
+B = 0x7F00_0010_0000  # 4 pages, 12 accesses (hotter: goes first)
+CC = 0x7F00_0020_0000  # 2 pages, 0 accesses (not hot)
+
+
+def page_range(start: int, n: int) -> list[int]:
+    return [start + i * PS for i in range(n)]
+
+
+def regions_tree(tmp_path: Path) -> FakeDamonFs:
+    make_tree(tmp_path)
+    put_regions(tmp_path, 0, [(A, A + 8 * PS, 5, 2), (B + 100, B + 4 * PS - 100, 12, 0),
+                              (CC, CC + 2 * PS, 0, 7)])
+    return FakeDamonFs(tmp_path)
+
+
+A_NODES = [1, 0, EFAULT, 1, 1, -errno.ENOENT, 0, 1]
+
+
+def test_round_turns_hot_regions_into_slow_page_candidates(tmp_path: Path) -> None:
+    fs = regions_tree(tmp_path)
+    ctx = make_ctx(fs)
+    nodes = dict(zip(page_range(A, 8), A_NODES)) | dict.fromkeys(page_range(B, 4), 1)
+    query = FakeQuery(nodes)
+    s = DamonSampler(ctx, query_nodes=query, confirm_rounds=1, warmup_rounds=0)
+    offered = s.run_round()
+
+    # First round: targets written and the kdamond turned on, then one update.
+    assert fs.writes == target_writes([PID]) + [(STATE, "on"),
+                                                (STATE, "update_schemes_tried_regions")]
+    # Hottest region first (B, its unaligned ends widened to whole pages), then A; one
+    # query call for the pid; the cold region C is never expanded.
+    assert query.calls == [(PID, page_range(B, 4) + page_range(A, 8))]
+    kept_a = [a for a, n in zip(page_range(A, 8), A_NODES) if n == 1]
+    assert offered == 4 + len(kept_a)
+    # Everything lands in the queue of the CPU the task last ran on (2).
+    assert [len(ctx.queues.queue(c)) for c in range(4)] == [0, 0, offered, 0]
+    got = merge(ctx.queues.drain(100))
+    rows = sorted(zip(got.pids, got.addrs, got.nodes, got.counts))
+    want = sorted([(PID, a, 1, 12) for a in page_range(B, 4)] +
+                  [(PID, a, 1, 5) for a in kept_a])
+    assert rows == want
+    assert s.stats() == {
+        "rounds": 1, "regions_seen": 3, "hot_regions": 2, "candidates_offered": offered,
+        "pages_queried": 12, "pages_not_on_slow_node": 8 - len(kept_a),
+        "pages_unconfirmed": 0, "pages_over_budget": 0, "pid_gone": 0, "errors": 0,
+        "kdamond_starts": 1, "kdamond_stops": 0, "commits": 0, "targets": 1, "kdamond_on": 1}
+
+    # Second round, same scope: no target writes, only the update.
+    del fs.writes[:]
+    s.run_round()
+    assert fs.writes == [(STATE, "update_schemes_tried_regions")]
+
+
+def test_page_budget_takes_the_hottest_pages_first(tmp_path: Path) -> None:
+    fs = regions_tree(tmp_path)
+    query = FakeQuery(dict.fromkeys(page_range(A, 8) + page_range(B, 4), 1))
+    s = DamonSampler(make_ctx(fs), query_nodes=query, max_pages_per_round=6,
+                     confirm_rounds=1, warmup_rounds=0)
+    assert s.run_round() == 6
+    assert query.calls == [(PID, page_range(B, 4) + page_range(A, 2))]
+    assert s.stats()["pages_over_budget"] == 6
+    assert s.stats()["hot_regions"] == 2
+
+
+def test_queries_go_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(damon, "QUERY_BATCH", 5)
+    fs = regions_tree(tmp_path)
+    query = FakeQuery(dict.fromkeys(page_range(A, 8) + page_range(B, 4), 1))
+    s = DamonSampler(make_ctx(fs), query_nodes=query, confirm_rounds=1, warmup_rounds=0)
+    assert s.run_round() == 12
+    assert [len(c[1]) for c in query.calls] == [5, 5, 2]
+
+
+def test_nothing_on_a_slow_node_offers_nothing(tmp_path: Path) -> None:
+    fs = regions_tree(tmp_path)
+    ctx = make_ctx(fs)
+    s = DamonSampler(ctx, query_nodes=FakeQuery(dict.fromkeys(page_range(A, 8), 0)),
+                     confirm_rounds=1, warmup_rounds=0)
+    assert s.run_round() == 0
+    assert len(ctx.queues) == 0
+    assert s.stats()["pages_not_on_slow_node"] == 12
+
+
+def test_regions_are_attributed_by_scheme(tmp_path: Path) -> None:
+    """Scheme i filters to target i, so scheme i's tried regions are pid i's pages."""
+    make_tree(tmp_path, pids={PID: 1, PID2: 3})
+    put_regions(tmp_path, 0, [(A, A + 2 * PS, 3, 0)])
+    put_regions(tmp_path, 1, [(A, A + 2 * PS, 9, 0)])  # same addresses, other process
+    fs = FakeDamonFs(tmp_path)
+    ctx = make_ctx(fs, pids=(PID, PID2))
+    query = FakeQuery(dict.fromkeys(page_range(A, 2), 1))
+    s = DamonSampler(ctx, query_nodes=query, confirm_rounds=1, warmup_rounds=0)
+    assert s.run_round() == 4
+    assert fs.writes[:-2] == target_writes([PID, PID2])
+    assert query.calls == [(PID2, page_range(A, 2)), (PID, page_range(A, 2))]
+    assert len(ctx.queues.queue(1)) == 2 and len(ctx.queues.queue(3)) == 2
+    got = merge(ctx.queues.drain(100))
+    assert sorted(zip(got.pids, got.counts)) == [(PID, 3), (PID, 3), (PID2, 9), (PID2, 9)]
+
+
+def test_intersect() -> None:
+    R = damon.Region
+    regions = [R(0, 10, 5, 1), R(10, 20, 7, 2), R(30, 40, 1, 0)]
+    assert damon.intersect(regions, []) == []
+    assert damon.intersect(regions, [(0, 100)]) == regions
+    assert damon.intersect(regions, [(5, 12), (15, 16), (18, 35)]) == [
+        R(5, 10, 5, 1), R(10, 12, 7, 2), R(15, 16, 7, 2), R(18, 20, 7, 2), R(30, 35, 1, 0)]
+    assert damon.aligned(R(4097, 8193, 3, 4), 4096) == R(4096, 12288, 3, 4)
+
+
+def test_the_first_round_after_start_warms_up(tmp_path: Path) -> None:
+    fs = regions_tree(tmp_path)
+    query = FakeQuery(dict.fromkeys(page_range(A, 8) + page_range(B, 4), 1))
+    s = DamonSampler(make_ctx(fs), query_nodes=query, confirm_rounds=1)
+    assert s.run_round() == 0 and query.calls == []
+    assert s.stats()["regions_seen"] == 3
+    assert s.run_round() == 12
+
+
+def test_pages_are_offered_once_hot_in_two_rounds(tmp_path: Path) -> None:
+    """A page is offered when its region was hot in this round and the one before:
+    a snapshot in which a hot region briefly spans its cold neighbour offers nothing
+    of that neighbour."""
+    make_tree(tmp_path)
+    fs = FakeDamonFs(tmp_path)
+    ctx = make_ctx(fs)
+    query = FakeQuery(dict.fromkeys(page_range(A, 16), 1))
+    s = DamonSampler(ctx, query_nodes=query, warmup_rounds=0)
+    put_regions(tmp_path, 0, [(A, A + 4 * PS, 9, 0)])
+    assert s.run_round() == 0  # nothing confirmed yet
+    assert s.stats()["pages_unconfirmed"] == 4
+    # Merged with its cold neighbour for one snapshot: only the old hot part is offered.
+    put_regions(tmp_path, 0, [(A, A + 16 * PS, 4, 0)])
+    assert s.run_round() == 4
+    assert query.calls[-1] == (PID, page_range(A, 4))
+    assert s.stats()["pages_unconfirmed"] == 4 + 12
+    # Split again: the neighbour was "hot" last round, but is not now.
+    put_regions(tmp_path, 0, [(A, A + 4 * PS, 9, 0), (A + 4 * PS, A + 16 * PS, 0, 0)])
+    assert s.run_round() == 4
+    assert query.calls[-1] == (PID, page_range(A, 4))
+    got = merge(ctx.queues.drain(100))
+    assert sorted(set(got.addrs)) == page_range(A, 4)
+
+
+def test_a_pid_moved_to_another_target_index_waits_for_damon_to_refit(tmp_path: Path) -> None:
+    """DAMON commits targets by index and keeps the old regions of an index: after PID
+    exits, PID2 takes index 0 and would get PID's regions until vaddr re-fits them."""
+    make_tree(tmp_path, pids={PID: 1, PID2: 3})
+    fs = FakeDamonFs(tmp_path)
+    ctx = make_ctx(fs, pids=(PID, PID2))
+    query = FakeQuery(dict.fromkeys(page_range(A, 2), 1))
+    s = DamonSampler(ctx, query_nodes=query, confirm_rounds=1, warmup_rounds=0)
+    put_regions(tmp_path, 0, [(A, A + 2 * PS, 3, 0)])
+    s.run_round()
+    assert [c[0] for c in query.calls] == [PID]
+    (tmp_path / f"proc/{PID}/stat").unlink()
+    # update_us 1 s, interval 1 s: the commit round and the next are ignored.
+    assert s.settle_rounds == 2
+    s.run_round()
+    s.run_round()
+    assert [c[0] for c in query.calls] == [PID]
+    s.run_round()
+    assert [c[0] for c in query.calls] == [PID, PID2]
+
+
+def test_a_pid_that_exits_is_counted_and_dropped_from_the_targets(tmp_path: Path) -> None:
+    make_tree(tmp_path, pids={PID: 1, PID2: 3})
+    put_regions(tmp_path, 0, [(A, A + 2 * PS, 3, 0)])
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(make_ctx(fs, pids=(PID, PID2)),
+                     query_nodes=FakeQuery(dict.fromkeys(page_range(A, 2), 1)))
+    s.run_round()
+    (tmp_path / f"proc/{PID}/stat").unlink()  # PID exits
+    del fs.writes[:]
+    s.run_round()
+    # Rewritten without it and committed while DAMON runs.
+    assert fs.writes == target_writes([PID2]) + [(STATE, "commit"),
+                                                 (STATE, "update_schemes_tried_regions")]
+    st = s.stats()
+    assert (st["pid_gone"], st["commits"], st["targets"], st["errors"]) == (1, 1, 1, 0)
+    s.run_round()
+    assert s.stats()["pid_gone"] == 1  # counted once
+
+
+def test_query_of_an_exited_pid_is_counted_not_raised(tmp_path: Path) -> None:
+    fs = regions_tree(tmp_path)
+    ctx = make_ctx(fs)
+    s = DamonSampler(ctx, query_nodes=FakeQuery(raise_errno=errno.ESRCH), confirm_rounds=1,
+                     warmup_rounds=0)
+    assert s.run_round() == 0
+    assert s.stats()["pid_gone"] == 1 and s.stats()["errors"] == 0
+    fs.path(STATE).write_text("off\n")
+    s2 = DamonSampler(ctx, query_nodes=FakeQuery(raise_errno=errno.EPERM), confirm_rounds=1,
+                      warmup_rounds=0)
+    assert s2.run_round() == 0
+    assert s2.stats()["errors"] == 1 and s2.stats()["pid_gone"] == 0
+
+
+def test_a_commit_that_stops_the_kdamond_restarts_it(tmp_path: Path) -> None:
+    make_tree(tmp_path, pids={PID: 1, PID2: 3})
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(make_ctx(fs, pids=(PID, PID2)), query_nodes=FakeQuery())
+    s.run_round()
+    (tmp_path / f"proc/{PID}/stat").unlink()
+    fs.commit_stops = True  # as 6.12 does when a committed pid has exited meanwhile
+    del fs.writes[:]
+    s.run_round()
+    assert fs.writes == (target_writes([PID2]) + [(STATE, "commit")] + target_writes([PID2])
+                         + [(STATE, "on"), (STATE, "update_schemes_tried_regions")])
+    st = s.stats()
+    assert (st["kdamond_stops"], st["kdamond_starts"], st["kdamond_on"]) == (1, 2, 1)
+
+
+def test_a_commit_that_stops_the_kdamond_a_bit_later(tmp_path: Path) -> None:
+    make_tree(tmp_path, pids={PID: 1, PID2: 3})
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(make_ctx(fs, pids=(PID, PID2)), query_nodes=FakeQuery())
+    s.run_round()
+    (tmp_path / f"proc/{PID}/stat").unlink()
+    fs.commit_stops_late = True
+    del fs.writes[:]
+    s.run_round()  # the update finds it stopped: not an error
+    assert fs.writes == target_writes([PID2]) + [(STATE, "commit"),
+                                                 (STATE, "update_schemes_tried_regions")]
+    assert s.stats()["errors"] == 0
+    del fs.writes[:]
+    s.run_round()  # restarted
+    assert fs.writes == target_writes([PID2]) + [(STATE, "on"),
+                                                 (STATE, "update_schemes_tried_regions")]
+    st = s.stats()
+    assert (st["kdamond_stops"], st["kdamond_starts"], st["errors"]) == (1, 2, 0)
+
+
+def test_a_kdamond_that_stopped_by_itself_is_restarted(tmp_path: Path) -> None:
+    fs = regions_tree(tmp_path)
+    s = DamonSampler(make_ctx(fs), query_nodes=FakeQuery())
+    s.run_round()
+    fs.path(STATE).write_text("off\n")  # e.g. every target had exited
+    del fs.writes[:]
+    s.run_round()
+    assert fs.writes == target_writes([PID]) + [(STATE, "on"),
+                                                (STATE, "update_schemes_tried_regions")]
+    assert s.stats()["kdamond_stops"] == 1
+
+
+def test_on_with_an_exited_pid_retries_with_the_live_ones(tmp_path: Path) -> None:
+    make_tree(tmp_path, pids={PID: 1, PID2: 3})
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(make_ctx(fs, pids=(PID, PID2)), query_nodes=FakeQuery())
+
+    def exits_then_on(kpath: str, value: str, orig: Any = fs.write) -> None:
+        if (kpath, value) == (STATE, "on") and (tmp_path / f"proc/{PID}/stat").exists():
+            (tmp_path / f"proc/{PID}/stat").unlink()
+            fs.writes.append((kpath, value))
+            raise OSError(errno.EINVAL, "on")
+        orig(kpath, value)
+
+    fs.write = exits_then_on  # type: ignore[method-assign]
+    s.run_round()
+    assert fs.writes[:-1] == (target_writes([PID, PID2]) + [(STATE, "on")]
+                              + target_writes([PID2]) + [(STATE, "on")])
+    assert s.stats()["kdamond_starts"] == 1 and s.stats()["targets"] == 1
+
+
+def test_failures_at_run_time_are_counted_not_raised(tmp_path: Path) -> None:
+    fs = regions_tree(tmp_path)
+    fs.fail[(STATE, "update_schemes_tried_regions")] = errno.EBUSY
+    s = DamonSampler(make_ctx(fs), query_nodes=FakeQuery())
+    assert s.run_round() == 0
+    assert s.stats()["errors"] == 1
+    put(tmp_path, f"{C}/schemes/0/tried_regions/0/nr_accesses", "garbage\n")
+    del fs.fail[(STATE, "update_schemes_tried_regions")]
+    s.run_round()
+    assert s.stats()["errors"] == 2
+
+
+def test_scope_emptied_turns_damon_off(tmp_path: Path) -> None:
+    fs = regions_tree(tmp_path)
+    s = DamonSampler(make_ctx(fs), query_nodes=FakeQuery())
+    s.run_round()
+    (tmp_path / f"proc/{PID}/stat").unlink()
+    del fs.writes[:]
+    s.run_round()
+    assert fs.writes == [(STATE, "off")]
+    assert s.stats()["kdamond_on"] == 0 and s.stats()["pid_gone"] == 1
+
+
+def test_the_loop_runs_rounds_until_stopped(tmp_path: Path) -> None:
+    fs = regions_tree(tmp_path)
+    ctx = make_ctx(fs, interval_ms=10)
+    s = DamonSampler(ctx, query_nodes=FakeQuery(dict.fromkeys(page_range(B, 4), 1)))
+
+    async def go() -> None:
+        await s.start()
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if s.stats()["candidates_offered"] >= 8:
+                break
+        await s.stop()
+
+    run(go)
+    # Round 1 warms up, round 2 is the first hot snapshot, round 3 confirms it.
+    assert s.stats()["rounds"] >= 4
+    assert s.stats()["candidates_offered"] >= 8
+    assert len(ctx.queues) == 4
+    assert fs.writes[-2:] == [(STATE, "off"), (f"{K}/nr_kdamonds", "0")]
+    assert fs.read(STATE).strip() == "off"

@@ -1,0 +1,686 @@
+"""The idle-page sampler against a fake kernel tree (the host kernel has no page_idle).
+
+KernelFs(tmp_path) holds the cxl2 topology (node 0: CPUs + DRAM, PFNs 0..2097151;
+node 1: CPU-less, slower tier, PFNs 2097152..3145727) plus regular files standing
+in for /proc/PID/{maps,pagemap,stat}, /proc/kpageflags, /proc/self/status and
+/sys/kernel/mm/page_idle/bitmap: the native pread/pwrite helpers work on regular
+files.  A test "accesses" pages between rounds by clearing their bits in the fake
+bitmap, as the kernel does.
+
+Fake-bitmap caveat: the kernel ignores 0 bits in a bitmap write, a regular file
+does not (idle_mark writes whole words, and the zero words between PFNs of one
+512-word window), so PFNs marked in different batches (rounds cut by the budget)
+are kept more than 32768 PFNs apart, and groups are 64-aligned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from kmigratedd import config
+from kmigratedd.kernelfs import KernelFs
+from kmigratedd.queues import CandidateQueues, merge
+from kmigratedd.samplers import idle as idle_mod
+from kmigratedd.samplers.base import SamplerContext
+from kmigratedd.samplers.idle import (BITMAP, KPF_COMPOUND_HEAD, KPF_HUGE, KPF_THP, IdleSampler,
+                                      parse_maps, scannable)
+from kmigratedd.scope import Scope
+from kmigratedd.topology import discover
+
+DATA = Path(__file__).resolve().parent / "data"
+PAGE = 4096
+NODE1 = 8 << 18  # first PFN of node 1 (memory block 8, 1 GiB blocks)
+MAX_PFN = 12 << 18
+PRESENT = 1 << 63
+CPU = 2
+
+
+class FakeKernel:
+    """A fake /proc and /sys under ``root`` for the idle sampler."""
+
+    def __init__(self, root: Path, topology: str = "cxl2", cap_eff: int = (1 << 41) - 1) -> None:
+        self.root = root
+        shutil.copytree(DATA / topology / "sys", root / "sys", symlinks=True)
+        self.bitmap = root / BITMAP.lstrip("/")
+        self.bitmap.parent.mkdir(parents=True)
+        with open(self.bitmap, "wb") as f:
+            f.truncate(MAX_PFN // 8)
+        (root / "proc/self").mkdir(parents=True)
+        (root / "proc/self/status").write_text(f"Name:\tpytest\nCapEff:\t{cap_eff:016x}\n")
+        with open(root / "proc/kpageflags", "wb") as f:
+            f.truncate(MAX_PFN * 8)
+        self.procs: dict[int, FakeProc] = {}
+
+    def process(self, pid: int, cpu: int = CPU, start_time: int = 1000) -> FakeProc:
+        p = FakeProc(self.root / "proc" / str(pid), pid, cpu, start_time)
+        self.procs[pid] = p
+        return p
+
+    # bitmap: bit set = idle
+    def idle_bits(self, pfns: list[int]) -> list[int]:
+        with open(self.bitmap, "rb") as f:
+            out = []
+            for p in pfns:
+                f.seek(p // 64 * 8)
+                (w,) = struct.unpack("<Q", f.read(8))
+                out.append(w >> (p % 64) & 1)
+            return out
+
+    def access(self, pfns: list[int]) -> None:
+        with open(self.bitmap, "r+b") as f:
+            for p in pfns:
+                f.seek(p // 64 * 8)
+                (w,) = struct.unpack("<Q", f.read(8))
+                f.seek(p // 64 * 8)
+                f.write(struct.pack("<Q", w & ~(1 << (p % 64))))
+
+    def kpageflags(self, pfn: int, flags: int) -> None:
+        with open(self.root / "proc/kpageflags", "r+b") as f:
+            f.seek(pfn * 8)
+            f.write(struct.pack("<Q", flags))
+
+
+class FakeProc:
+    def __init__(self, d: Path, pid: int, cpu: int, start_time: int) -> None:
+        self.dir = d
+        self.pid = pid
+        d.mkdir(parents=True, exist_ok=True)
+        self.maps: list[str] = []
+        self.set_stat(cpu, start_time)
+        (d / "maps").write_text("")
+        (d / "pagemap").write_bytes(b"")
+
+    def set_stat(self, cpu: int, start_time: int) -> None:
+        # fields after "comm": state ppid pgrp session tty tpgid flags ... (flags = 0: no kthread)
+        rest = ["S"] + ["0"] * 48
+        rest[19] = str(start_time)  # field 22
+        rest[36] = str(cpu)  # field 39
+        (self.dir / "stat").write_text(f"{self.pid} (fake worker) " + " ".join(rest) + "\n")
+
+    def map(self, start: int, npages: int, pfns: list[int] | None = None, perms: str = "rw-p",
+            name: str = "") -> range:
+        """Add a mapping; ``pfns`` (0 = not present) fill its pagemap entries."""
+        end = start + npages * PAGE
+        self.maps.append(f"{start:x}-{end:x} {perms} 00000000 00:00 0  {name}".rstrip())
+        (self.dir / "maps").write_text("\n".join(self.maps) + "\n")
+        with open(self.dir / "pagemap", "r+b") as f:  # sparse: absent pages read as 0
+            if f.seek(0, os.SEEK_END) < end // PAGE * 8:
+                f.truncate(end // PAGE * 8)
+        if pfns:
+            self.set_pfns(start, pfns)
+        return range(start, end, PAGE)
+
+    def unmap_all(self) -> None:
+        self.maps = []
+        (self.dir / "maps").write_text("")
+
+    def set_pfns(self, start: int, pfns: list[int]) -> None:
+        with open(self.dir / "pagemap", "r+b") as f:
+            f.seek(start // PAGE * 8)
+            f.write(b"".join(struct.pack("<Q", PRESENT | p if p else 0) for p in pfns))
+
+    def exit(self) -> None:
+        shutil.rmtree(self.dir)
+
+
+def make_ctx(root: Path, pids: tuple[int, ...], *, interval_ms: int = 1000,
+             history: int = 4, hot: int = 2, budget: int = 1 << 20,
+             fs: KernelFs | None = None) -> SamplerContext:
+    cfg = config.Config()
+    idle_cfg = dataclasses.replace(cfg.sampler.idle, history_rounds=history, hot_rounds=hot,
+                                   scan_budget_pages_per_s=budget)
+    cfg = dataclasses.replace(
+        cfg, sampler=dataclasses.replace(cfg.sampler, interval_ms=interval_ms, idle=idle_cfg),
+        scope=dataclasses.replace(cfg.scope, pids=pids))
+    fs = fs or KernelFs(root)
+    return SamplerContext(cfg, fs, discover(fs), CandidateQueues(range(4), 1 << 16),
+                          Scope(cfg.scope, fs, self_pid=1))
+
+
+def drain(ctx: SamplerContext) -> dict[tuple[int, int], tuple[int, int]]:
+    """(pid, addr) -> (node, weight summed)."""
+    batches = ctx.queues.drain(1 << 20)
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    if not batches:
+        return out
+    b = merge(batches)
+    for pid, addr, node, count in zip(b.pids, b.addrs, b.nodes, b.counts):
+        out[(pid, addr)] = (node, out.get((pid, addr), (0, 0))[1] + count)
+    return out
+
+
+def round_(s: IdleSampler, budget: int | None = None) -> int:
+    return s.push(s.scan_round(budget))
+
+
+@pytest.fixture
+def kern(tmp_path: Path) -> FakeKernel:
+    return FakeKernel(tmp_path)
+
+
+# --- probe -------------------------------------------------------------------
+
+
+def test_probe_ok(kern: FakeKernel) -> None:
+    assert IdleSampler.probe(make_ctx(kern.root, ())) is None
+
+
+def test_probe_without_page_idle(kern: FakeKernel) -> None:
+    kern.bitmap.unlink()
+    msg = IdleSampler.probe(make_ctx(kern.root, ()))
+    assert msg is not None and "CONFIG_IDLE_PAGE_TRACKING" in msg and "\n" not in msg
+
+
+def test_probe_without_cap_sys_admin(tmp_path: Path) -> None:
+    kern = FakeKernel(tmp_path, cap_eff=((1 << 41) - 1) & ~(1 << 21))
+    msg = IdleSampler.probe(make_ctx(kern.root, ()))
+    assert msg is not None and "CAP_SYS_ADMIN" in msg and "PFN" in msg
+
+
+def test_probe_one_tier(tmp_path: Path) -> None:
+    kern = FakeKernel(tmp_path, topology="single")
+    msg = IdleSampler.probe(make_ctx(kern.root, ()))
+    assert msg is not None and "slower memory tier" in msg
+
+
+# --- maps --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line,want", [
+    ("7f0000000000-7f0000100000 rw-p 00000000 00:00 0", True),
+    ("55d000000000-55d000021000 rw-p 00000000 00:00 0  [heap]", True),
+    ("7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0  [stack]", True),
+    ("7f0000000000-7f0000100000 rw-p 00000000 00:00 0  [anon:jvm]", True),
+    ("7f0000000000-7f0000100000 rw-p 00001000 08:01 1234  /usr/lib/x.so", True),
+    ("7f0000000000-7f0000100000 rw-p 00000000 00:05 4  /dev/zero", True),
+    ("7f0000000000-7f1000000000 ---p 00000000 00:00 0", False),  # PROT_NONE reservation
+    ("7f0000000000-7f0000100000 r-xp 00000000 08:01 1234  /usr/lib/x.so", False),
+    ("7f0000000000-7f0000100000 rw-s 00000000 00:01 99  /dev/shm/x", False),
+    ("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0  [vsyscall]", False),
+    ("7ffd00000000-7ffd00002000 r--p 00000000 00:00 0  [vvar]", False),
+    ("7ffd00000000-7ffd00002000 rw-p 00000000 00:00 0  [vdso]", False),
+    ("7f0000000000-7f0000100000 rw-p 00000000 00:05 7  /dev/dri/card0", False),
+    ("7f0000000000-7f0000200000 rw-p 00000000 00:0f 1  /anon_hugepage (deleted)", False),
+])
+def test_which_mappings_are_scanned(line: str, want: bool) -> None:
+    (m,) = parse_maps(line + "\n")
+    assert scannable(m) is want
+
+
+def test_parse_maps_skips_garbage() -> None:
+    maps = parse_maps("garbage\nzz-yy rw-p 0 0:0 0\n1000-2000 rw-p 00000000 00:00 0\n")
+    assert [(m.start, m.end) for m in maps] == [(0x1000, 0x2000)]
+
+
+# --- hotness -----------------------------------------------------------------
+
+
+def test_hot_pages_become_candidates_after_hot_rounds(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    pfns = [NODE1 + 4096 + i for i in range(256)]
+    addrs = p.map(0x10000000, 256, pfns)
+    ctx = make_ctx(kern.root, (100,))
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        # round 1: first observation of every page — nothing counts, everything is marked
+        assert round_(s) == 0
+        assert kern.idle_bits(pfns) == [1] * 256
+        hot = pfns[:128]
+        kern.access(hot)
+        assert round_(s) == 0  # one accessed round < hot_rounds = 2
+        assert s.stats()["pages_accessed"] == 128
+        kern.access(hot)
+        round_(s)
+        got = drain(ctx)
+        assert set(got) == {(100, a) for a in addrs[:128]}
+        assert {v for v in got.values()} == {(1, 2)}  # node 1, weight = 2 accessed rounds
+        q = ctx.queues.queue(CPU)  # pushed at the CPU the task last ran on
+        assert q.stats().pushed == 128
+        assert kern.idle_bits(pfns) == [1] * 256  # re-marked for the next round
+        st = s.stats()
+        assert st["rounds"] == 3 and st["pages_scanned"] == 3 * 256
+        assert st["pages_tested"] == 3 * 256 and st["candidates_offered"] == 128
+        assert st["errors"] == st["pid_gone"] == st["permission_denied"] == 0
+    finally:
+        s.close()
+
+
+def test_history_ages_out(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    pfns = [NODE1 + 64 * 10 + i for i in range(64)]
+    p.map(0x10000000, 64, pfns)
+    ctx = make_ctx(kern.root, (100,), history=4, hot=2)
+    s = IdleSampler(ctx)
+    s.open()
+    hot_per_round = []
+    try:
+        round_(s)
+        for accessed in (1, 1, 0, 0, 0, 1, 0, 1):
+            if accessed:
+                kern.access(pfns[:8])
+            round_(s)
+            hot_per_round.append(len(drain(ctx)))
+    finally:
+        s.close()
+    # hot = accessed in >= 2 of the last 4 observations
+    assert hot_per_round == [0, 8, 8, 8, 0, 0, 0, 8]
+
+
+def test_weights_count_accessed_rounds(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    pfns = [NODE1 + 640 + i for i in range(64)]
+    addrs = p.map(0x10000000, 64, pfns)
+    ctx = make_ctx(kern.root, (100,), history=4, hot=1)
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        round_(s)
+        for _ in range(4):
+            kern.access(pfns[:1])
+            round_(s)
+        drain(ctx)
+        kern.access(pfns[:1])
+        round_(s)
+        assert drain(ctx) == {(100, addrs[0]): (1, 4)}
+    finally:
+        s.close()
+
+
+def test_fast_node_pages_are_neither_marked_nor_offered(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    fast = [64 * 100 + i for i in range(64)]  # node 0
+    slow = [NODE1 + 64 * 100 + i for i in range(64)]
+    p.map(0x10000000, 64, fast)
+    slow_addrs = p.map(0x20000000, 64, slow)
+    ctx = make_ctx(kern.root, (100,))
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        for _ in range(4):
+            round_(s)
+            kern.access(fast + slow)
+        assert kern.idle_bits(fast) == [0] * 64  # never marked
+        assert set(drain(ctx)) == {(100, a) for a in slow_addrs}
+        assert s.stats()["pages_tested"] == 4 * 64
+    finally:
+        s.close()
+
+
+def test_not_present_and_swapped_pages_are_skipped(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    pfns = [NODE1 + 64 * 200 + i if i % 2 else 0 for i in range(64)]
+    addrs = p.map(0x10000000, 64, pfns)
+    with open(p.dir / "pagemap", "r+b") as f:  # page 0: swapped (present | swap bits)
+        f.seek(0x10000000 // PAGE * 8)
+        f.write(struct.pack("<Q", (1 << 63) | (1 << 62) | 12345))
+    ctx = make_ctx(kern.root, (100,), hot=1)
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        round_(s)
+        kern.access([x for x in pfns if x])
+        round_(s)
+        assert set(drain(ctx)) == {(100, a) for i, a in enumerate(addrs) if i % 2}
+    finally:
+        s.close()
+
+
+def test_moved_page_starts_over(kern: FakeKernel) -> None:
+    """A page with a new PFN was never marked: its first test must not count."""
+    p = kern.process(100)
+    pfns = [NODE1 + 64 * 300 + i for i in range(64)]
+    p.map(0x10000000, 64, pfns)
+    ctx = make_ctx(kern.root, (100,), hot=1)
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        round_(s)
+        round_(s)
+        assert drain(ctx) == {}
+        moved = [NODE1 + 64 * 400 + i for i in range(64)]  # bits 0: "accessed" if counted
+        p.set_pfns(0x10000000, moved)
+        round_(s)
+        assert drain(ctx) == {}
+        assert s.stats()["pages_accessed"] == 0
+    finally:
+        s.close()
+
+
+# --- THP ---------------------------------------------------------------------
+
+
+def thp_process(kern: FakeKernel, head: int, flags: int) -> tuple[FakeProc, list[int]]:
+    p = kern.process(100)
+    start = 0x40000000  # 2 MiB aligned
+    pfns = [head + i for i in range(512)]
+    p.map(start, 512, pfns, name="")
+    kern.kpageflags(head, flags)
+    return p, pfns
+
+
+def test_thp_is_one_page_tested_through_its_head(kern: FakeKernel) -> None:
+    head = NODE1 + 512 * 20
+    _, pfns = thp_process(kern, head, KPF_THP | KPF_COMPOUND_HEAD)
+    ctx = make_ctx(kern.root, (100,))
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        round_(s)
+        assert kern.idle_bits(pfns)[:2] == [1, 0]  # only the head is marked
+        for _ in range(2):
+            kern.access([head])
+            round_(s)
+        assert drain(ctx) == {(100, 0x40000000): (1, 2)}
+        st = s.stats()
+        assert st["pages_tested"] == 3 and st["pages_accessed"] == 2
+        assert st["huge_pages"] == 3 and st["candidates_offered"] == 1
+        assert st["pages_scanned"] == 3 * 512
+    finally:
+        s.close()
+
+
+def test_contiguous_small_pages_are_not_a_thp(kern: FakeKernel) -> None:
+    head = NODE1 + 512 * 30
+    _, pfns = thp_process(kern, head, 0)  # kpageflags: not a compound page
+    ctx = make_ctx(kern.root, (100,))
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        for _ in range(3):
+            round_(s)
+            kern.access(pfns[:100])
+        assert len(drain(ctx)) == 100
+        assert s.stats()["huge_pages"] == 0
+    finally:
+        s.close()
+
+
+def test_hugetlb_slot_is_skipped(kern: FakeKernel) -> None:
+    head = NODE1 + 512 * 40
+    _, pfns = thp_process(kern, head, KPF_HUGE | KPF_COMPOUND_HEAD)
+    ctx = make_ctx(kern.root, (100,), hot=1)
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        for _ in range(3):
+            round_(s)
+            kern.access(pfns)
+        assert drain(ctx) == {}
+        assert s.stats()["hugetlb_skipped"] == 3 and s.stats()["pages_tested"] == 0
+    finally:
+        s.close()
+
+
+def test_thp_by_pfn_pattern_without_kpageflags(kern: FakeKernel) -> None:
+    head = NODE1 + 512 * 50
+    thp_process(kern, head, 0)
+    (kern.root / "proc/kpageflags").unlink()
+    ctx = make_ctx(kern.root, (100,))
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        for _ in range(3):
+            round_(s)
+            kern.access([head])
+        assert set(drain(ctx)) == {(100, 0x40000000)}
+    finally:
+        s.close()
+
+
+# --- budget and sparse mappings ---------------------------------------------
+
+
+def test_budget_bounds_a_round_and_the_next_continues(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    q = kern.process(101)
+    bases = [NODE1 + (k + 1 << 16) for k in range(3)]  # far apart: see the module docstring
+    p.map(0x10000000, 4096, [bases[0] + i for i in range(4096)])
+    p.map(0x20000000, 4096, [bases[1] + i for i in range(4096)])
+    q.map(0x10000000, 4096, [bases[2] + i for i in range(4096)])
+    total = 3 * 4096
+    ctx = make_ctx(kern.root, (100, 101))
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        scanned = []
+        for _ in range(6):
+            before = s.stats()["pages_scanned"]
+            round_(s, budget=5000)
+            scanned.append(s.stats()["pages_scanned"] - before)
+        assert all(n <= 5000 for n in scanned)
+        assert sum(scanned) >= 2 * total  # it keeps going where it stopped
+        st = s.stats()
+        assert st["budget_exhausted"] == 6 and st["passes"] >= 3
+        # every page got tested (marked) despite the budget
+        assert kern.idle_bits([b + i for b in bases for i in range(0, 4096, 97)]) == [1] * 3 * 43
+        # budget above everything: one full pass per round, no page twice
+        before = s.stats()["pages_scanned"]
+        round_(s, budget=10 * total)
+        assert s.stats()["pages_scanned"] - before == total
+    finally:
+        s.close()
+
+
+def test_budget_per_second_times_interval_with_carry_over(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    p.map(0x10000000, 2048, [NODE1 + (1 << 17) + i for i in range(2048)])
+    # 1024 pages/s * 100 ms = 102 pages per round: below one 2 MiB step, so credit carries over
+    ctx = make_ctx(kern.root, (100,), interval_ms=100, budget=1024)
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        for _ in range(40):
+            round_(s)
+        st = s.stats()
+        assert 0 < st["pages_scanned"] <= 40 * 103
+        assert st["budget_exhausted"] > 0
+    finally:
+        s.close()
+
+
+def test_huge_sparse_mappings_are_bounded_by_the_budget(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    GiB = 1 << 30
+    # a 64 GiB PROT_NONE reservation: never read
+    p.map(64 * GiB, 64 * GiB // PAGE, perms="---p")
+    # an 8 GiB read-write mapping with three pages present, far apart
+    sparse = 256 * GiB
+    p.map(sparse, 8 * GiB // PAGE)
+    present = [NODE1 + 64 * 500, NODE1 + 64 * 501, NODE1 + 64 * 502]
+    for k, pfn in enumerate(present):
+        p.set_pfns(sparse + k * 3 * GiB, [pfn])
+    ctx = make_ctx(kern.root, (100,), hot=1)
+    s = IdleSampler(ctx)
+    s.open()
+    budget = 1 << 18
+    try:
+        for _ in range(3 * (8 * GiB // PAGE) // budget + 1):
+            before = s.stats()["pages_scanned"]
+            round_(s, budget=budget)
+            assert s.stats()["pages_scanned"] - before <= budget
+            kern.access(present)
+        st = s.stats()
+        assert st["pages_scanned"] <= 3 * 8 * GiB // PAGE + budget
+        assert st["passes"] >= 2 and st["budget_exhausted"] > 0
+        assert st["state_bytes"] <= 3 * 2 * s.chunk_pages  # three chunks hold a page
+        assert {a for _, a in drain(ctx)} == {sparse + k * 3 * GiB for k in range(3)}
+    finally:
+        s.close()
+
+
+# --- bad input: counted, never raised ---------------------------------------
+
+
+def test_pid_gone_before_and_during_a_scan(kern: FakeKernel, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    a = kern.process(100)
+    b = kern.process(101)
+    a.map(0x10000000, 64, [NODE1 + 64 * 600 + i for i in range(64)])
+    b.map(0x10000000, 64, [NODE1 + 64 * 601 + i for i in range(64)])
+    ctx = make_ctx(kern.root, (100, 101))
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        round_(s)
+        assert s.stats()["tracked_pids"] == 2
+        real = s._read_pagemap
+
+        def read_pagemap(fd: int, addr: int, entries: object) -> int:
+            if os.readlink(f"/proc/self/fd/{fd}").endswith("/proc/101/pagemap"):
+                # 101 exits after its maps were read: its pagemap now reads nothing
+                with open(b.dir / "pagemap", "r+b") as f:
+                    f.truncate(0)
+            return real(fd, addr, entries)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(s, "_read_pagemap", read_pagemap)
+        round_(s)
+        st = s.stats()
+        assert st["pid_gone"] == 1 and st["errors"] == 0 and st["tracked_pids"] == 1
+        # gone before the scan (no /proc/PID any more): out of scope, state dropped
+        a.exit()
+        b.exit()
+        round_(s)
+        st = s.stats()
+        assert st["tracked_pids"] == 0 and st["errors"] == 0 and st["pid_gone"] == 2
+    finally:
+        s.close()
+
+
+def test_pid_gone_between_scan_and_push(kern: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = kern.process(100)
+    pfns = [NODE1 + 64 * 700 + i for i in range(64)]
+    a.map(0x10000000, 64, pfns)
+    ctx = make_ctx(kern.root, (100,), hot=1)
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        round_(s)
+        kern.access(pfns)
+        monkeypatch.setattr(idle_mod, "last_cpu", lambda fs, pid: None)
+        assert round_(s) == 0
+        assert s.stats()["pid_gone"] == 1 and s.stats()["tracked_pids"] == 0
+    finally:
+        s.close()
+
+
+class DenyingFs(KernelFs):
+    """Like the real kernel for a daemon without CAP_SYS_PTRACE: other users' maps are EACCES."""
+
+    deny: set[str] = set()
+
+    def read(self, kpath: str) -> str:
+        if kpath in self.deny:
+            raise PermissionError(errno.EACCES, "Permission denied", kpath)
+        return super().read(kpath)
+
+
+def test_permission_denied_is_counted_and_skipped(kern: FakeKernel,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    a = kern.process(100)
+    b = kern.process(101)
+    c = kern.process(102)
+    pa = [NODE1 + 64 * 800 + i for i in range(64)]
+    a.map(0x10000000, 64, pa)
+    b.map(0x10000000, 64, [NODE1 + 64 * 801 + i for i in range(64)])
+    c.map(0x10000000, 64, [NODE1 + 64 * 802 + i for i in range(64)])
+    fs = DenyingFs(kern.root)
+    fs.deny = {"/proc/101/maps"}
+    ctx = make_ctx(kern.root, (100, 101, 102), fs=fs, hot=1)
+    s = IdleSampler(ctx)
+    real_open = os.open
+    denied_pagemap = str(kern.root / "proc/102/pagemap")
+
+    def fake_open(path: object, flags: int, *a: object) -> int:
+        if str(path) == denied_pagemap:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return real_open(path, flags, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(idle_mod.os, "open", fake_open)
+    s.open()
+    try:
+        round_(s)
+        kern.access(pa)
+        round_(s)
+        st = s.stats()
+        assert st["permission_denied"] == 4 and st["errors"] == 0
+        assert {pid for pid, _ in drain(ctx)} == {100}
+    finally:
+        s.close()
+
+
+def test_unreadable_bitmap_region_is_an_error_not_an_exception(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    p.map(0x10000000, 64, [NODE1 + 64 * 900 + i for i in range(64)])
+    ctx = make_ctx(kern.root, (100,))
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        round_(s)
+        with open(kern.bitmap, "r+b") as f:
+            f.truncate(NODE1 // 8)  # "PFN past the end of memory"
+        round_(s)
+        assert s.stats()["errors"] == 1
+    finally:
+        s.close()
+
+
+# --- state bounds ------------------------------------------------------------
+
+
+def test_state_is_dropped_for_vanished_mappings_pids_and_reused_pids(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    p.map(0x10000000, 64, [NODE1 + 64 * 1000 + i for i in range(64)])
+    p.map(0x80000000, 64, [NODE1 + 64 * 1001 + i for i in range(64)])
+    ctx = make_ctx(kern.root, (100,), hot=1)
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        round_(s)
+        assert s.stats()["state_bytes"] == 2 * 2 * s.chunk_pages
+        p.unmap_all()
+        p.map(0x10000000, 64)  # remapped: nothing present
+        p.set_pfns(0x10000000, [0] * 64)
+        round_(s)
+        assert s.stats()["state_bytes"] == 0
+        p.map(0x80000000, 64, [NODE1 + 64 * 1001 + i for i in range(64)])
+        round_(s)
+        kern.access([NODE1 + 64 * 1001])
+        p.set_stat(CPU, start_time=2000)  # the pid now names another process
+        round_(s)
+        assert drain(ctx) == {}  # its first observation: nothing counts
+    finally:
+        s.close()
+
+
+# --- lifecycle ---------------------------------------------------------------
+
+
+def test_start_stop_idempotent_and_rounds_run(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    pfns = [NODE1 + 64 * 1100 + i for i in range(64)]
+    p.map(0x10000000, 64, pfns)
+    ctx = make_ctx(kern.root, (100,), interval_ms=10, hot=1)
+    s = IdleSampler(ctx)
+
+    async def run() -> None:
+        await s.start()
+        await asyncio.sleep(0.3)
+        await s.stop()
+        await s.stop()
+
+    asyncio.run(run())
+    st = s.stats()
+    assert st["rounds"] >= 3 and st["errors"] == 0
+    for key in ("rounds", "pages_scanned", "pages_accessed", "candidates_offered", "pid_gone",
+                "permission_denied", "budget_exhausted", "errors"):
+        assert key in st
+    assert s._bitmap_fd is None

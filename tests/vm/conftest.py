@@ -1,0 +1,71 @@
+"""Tiered-memory VM tests.
+
+Layout:
+  tests/vm/test_vm_*.py   host side: each test boots one guest (vmrun.py) and runs one guest module
+                          in it with the host's python (the venv) through `run_pytest_in_vm`.
+  tests/vm/guest/test_*.py  guest side: run only inside the VM (KMIGRATEDD_IN_VM=1).  The plain
+                          host pytest run never collects them; inside the guest the host-side
+                          wrappers are not collected, so nothing recurses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import vmpytest  # noqa: E402  (needs HERE on sys.path)
+import vmrun  # noqa: E402
+
+IN_VM = os.environ.get("KMIGRATEDD_IN_VM") == "1"
+
+if IN_VM:
+    # inside the guest: never boot a VM from a VM
+    collect_ignore_glob = ["test_vm*.py"]
+else:
+    # on the host: guest tests run only through the wrappers
+    collect_ignore = ["guest"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "vm: runs inside the tiered-memory qemu guest (tests/vm)")
+
+
+@pytest.fixture(scope="session")
+def vm_available() -> None:
+    """Skip (only) when there is no qemu at all; a missing kernel is a failure, not a skip."""
+    try:
+        vmrun.find_qemu()
+    except vmrun.QemuMissing as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def guest_pytest(
+    vm_available: None, request: pytest.FixtureRequest
+) -> Callable[..., vmrun.VMResult]:
+    """guest_pytest("test_topology_raw.py", topology="2node", kernel="debian-6.12", timeout=...)
+    runs the guest module under pytest inside a fresh guest and fails with the guest output unless
+    it passed."""
+    live = request.config.getoption("capture") == "no"
+
+    def run(target: str | list[str], **kw: object) -> vmrun.VMResult:
+        res = vmpytest.run_pytest_in_vm(target, stream=sys.stdout if live else None, **kw)  # type: ignore[arg-type]
+        vmpytest.assert_vm_ok(res)
+        return res
+
+    return run
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if vmpytest.RUNS:
+        terminalreporter.section("kmigratedd VM runs")
+        for line in vmpytest.summary_lines():
+            terminalreporter.write_line(line)

@@ -1,0 +1,157 @@
+"""Run guest-side pytest modules inside the kmigratedd VM (host side helper).
+
+    from vmpytest import run_pytest_in_vm, assert_vm_ok
+    res = run_pytest_in_vm("test_move_pages_raw.py", topology="2node", kernel="debian-6.12")
+    assert_vm_ok(res)
+
+The guest runs `<sys.executable> -m pytest -p no:cacheprovider <abs path> -q -rfEs` with cwd = the
+repo root (shared read-write), so sys.executable (the venv python) and the installed project
+are the same inside and outside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+import vmrun
+
+HERE = Path(__file__).resolve().parent
+GUEST_DIR = HERE / "guest"
+REPO = HERE.parent.parent
+
+
+@dataclasses.dataclass
+class RunRecord:
+    targets: str
+    topology: str
+    kernel: str
+    kernel_release: str
+    accel: str
+    returncode: int
+    boot_seconds: float | None
+    wall_seconds: float
+    summary: str
+
+
+RUNS: list[RunRecord] = []
+
+
+def _resolve(target: str, rootdir: Path) -> str:
+    path, sep, rest = target.partition("::")
+    p = Path(path)
+    if not p.is_absolute():
+        for base in (rootdir, GUEST_DIR, Path.cwd()):
+            if (base / p).exists():
+                p = base / p
+                break
+        else:
+            raise FileNotFoundError(f"guest test {path!r} not found under {rootdir} or {GUEST_DIR}")
+    return str(p.resolve()) + sep + rest
+
+
+def _summary(output: str) -> str:
+    """pytest's final 'N passed, M skipped in Xs' line."""
+    for line in reversed(output.splitlines()):
+        s = line.strip("= \t")
+        if re.search(r"\b(passed|failed|error|errors|skipped|no tests ran)\b", s) and " in " in s:
+            return s
+    return "(no pytest summary)"
+
+
+def run_pytest_in_vm(
+    target: str | Sequence[str],
+    *,
+    topology: str = "2node",
+    kernel: str = "debian-6.12",
+    timeout: float = 600.0,
+    pytest_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    mem: Sequence[str] | None = None,
+    rootdir: Path | str | None = None,
+    stream: IO[str] | None = None,
+    accel: str = "auto",
+) -> vmrun.VMResult:
+    """Boot one guest and run pytest on target (a guest module / node id, or several) inside it."""
+    if os.environ.get("KMIGRATEDD_IN_VM") == "1":
+        raise RuntimeError("run_pytest_in_vm called inside the VM")
+    root = Path(rootdir) if rootdir else REPO
+    targets = [target] if isinstance(target, str) else list(target)
+    paths = [_resolve(t, root) for t in targets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        *paths,
+        "-q",
+        "-rfEs",
+        *pytest_args,
+    ]
+    res = vmrun.run_in_vm(
+        cmd,
+        topology=topology,
+        kernel=kernel,
+        timeout=timeout,
+        env=env,
+        mem=mem,
+        cwd=str(root),
+        stream=stream,
+        accel=accel,
+    )
+    summary = _summary(res.output)
+    RUNS.append(
+        RunRecord(
+            " ".join(Path(t.split("::")[0]).name for t in paths),
+            topology,
+            res.kernel,
+            res.kernel_release,
+            res.accel,
+            res.returncode,
+            res.boot_seconds,
+            res.wall_seconds,
+            summary,
+        )
+    )
+    return res
+
+
+def assert_vm_ok(res: vmrun.VMResult) -> None:
+    """Fail the calling (host) test with the guest's output unless the guest command passed."""
+    if res.returncode == 0:
+        return
+    import pytest
+
+    why = (
+        "timed out"
+        if res.timed_out
+        else "guest died without reporting a status"
+        if not res.status_reported
+        else f"exit status {res.returncode}"
+    )
+    tail = res.output if len(res.output) < 30000 else "...\n" + res.output[-30000:]
+    if not res.status_reported:
+        tail += "\n--- end of guest console ---\n" + res.console[-8000:]
+    pytest.fail(
+        f"guest run {why} (kernel {res.kernel}, topology {res.topology}, accel {res.accel}); "
+        f"console log: {res.log_path}\n--- guest output ---\n{tail}",
+        pytrace=False,
+    )
+
+
+def summary_lines() -> list[str]:
+    head = f"{'guest module(s)':34} {'topology':8} {'kernel':12} {'accel':5}"
+    lines = [f"{head} {'boot s':>6} {'wall s':>6}  result"]
+    for r in RUNS:
+        boot = f"{r.boot_seconds:.2f}" if r.boot_seconds is not None else "-"
+        lines.append(
+            f"{r.targets[:34]:34} {r.topology:8} {r.kernel:12} {r.accel:5} {boot:>6} "
+            f"{r.wall_seconds:6.1f}  rc={r.returncode} {r.summary}"
+        )
+    return lines
