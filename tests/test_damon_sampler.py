@@ -609,3 +609,43 @@ def test_the_loop_runs_rounds_until_stopped(tmp_path: Path) -> None:
     assert len(ctx.queues) == 4
     assert fs.writes[-2:] == [(STATE, "off"), (f"{K}/nr_kdamonds", "0")]
     assert fs.read(STATE).strip() == "off"
+
+
+def test_stop_releases_a_round_stuck_in_the_kernel(tmp_path: Path) -> None:
+    """A round blocked in a sysfs write or a query past the stop timeout: stop() turns
+    the kdamond off under it (which releases the kernel's wait), and the round then turns
+    nothing back on."""
+    import threading
+
+    fs = regions_tree(tmp_path)
+    released = threading.Event()
+    entered = threading.Event()
+    write = fs.write
+
+    def write_and_release(kpath: str, value: str) -> None:
+        write(kpath, value)
+        if (kpath, value) == (STATE, "off"):
+            released.set()
+
+    fs.write = write_and_release  # type: ignore[method-assign]
+
+    def stuck_query(pid: int, addrs: Any) -> array[int]:
+        entered.set()
+        released.wait(10)
+        (tmp_path / f"proc/{PID}/stat").unlink(missing_ok=True)  # and the pid exited
+        return array("i", [1]) * len(addrs)
+
+    s = DamonSampler(make_ctx(fs, interval_ms=10), query_nodes=stuck_query, confirm_rounds=1,
+                     warmup_rounds=0)
+    s.stop_timeout_s = 0.2
+
+    async def go() -> None:
+        await s.start()
+        assert await asyncio.to_thread(entered.wait, 10)
+        await s.stop()
+
+    run(go)
+    assert released.is_set()
+    off = fs.writes.index((STATE, "off"))
+    assert (STATE, "on") not in fs.writes[off:] and (STATE, "commit") not in fs.writes[off:]
+    assert fs.writes[-1] == (f"{K}/nr_kdamonds", "0")

@@ -295,6 +295,59 @@ def test_weights_count_accessed_rounds(kern: FakeKernel) -> None:
         s.close()
 
 
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+def test_pfn_order_does_not_change_the_result(kern: FakeKernel, order: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches whose PFNs are out of order are tested in PFN order and put back."""
+    import random
+
+    sorts = []
+
+    def counting_sorted(it: object) -> list[int]:
+        sorts.append(1)
+        return sorted(it)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(idle_mod, "sorted", counting_sorted, raising=False)
+    p = kern.process(100)
+    pfns = [NODE1 + (1 << 16) + i for i in range(8192)]
+    if order == "descending":
+        pfns.reverse()
+    elif order == "shuffled":
+        random.Random(7).shuffle(pfns)
+    addrs = p.map(0x10000000, 8192, pfns)
+    hot = set(random.Random(8).sample(range(8192), 1000))
+    ctx = make_ctx(kern.root, (100,), hot=2)
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        round_(s)
+        for _ in range(2):
+            kern.access([pfns[i] for i in hot])
+            round_(s)
+        assert drain(ctx) == {(100, addrs[i]): (1, 2) for i in hot}
+        assert kern.idle_bits(pfns[::7]) == [1] * len(pfns[::7])
+        assert len(sorts) == (0 if order == "ascending" else 2 * 3)  # in, out; 3 rounds
+    finally:
+        s.close()
+
+
+def test_a_whole_hot_chunk(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    pfns = [NODE1 + (1 << 16) + i for i in range(4096)]
+    addrs = p.map(0x10000000, 4096, pfns)  # one 16 MiB chunk
+    ctx = make_ctx(kern.root, (100,), hot=1)
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        round_(s)
+        for _ in range(3):
+            kern.access(pfns)
+            round_(s)
+        assert drain(ctx) == {(100, a): (1, 1 + 2 + 3) for a in addrs}  # weights summed
+    finally:
+        s.close()
+
+
 def test_fast_node_pages_are_neither_marked_nor_offered(kern: FakeKernel) -> None:
     p = kern.process(100)
     fast = [64 * 100 + i for i in range(64)]  # node 0

@@ -218,6 +218,7 @@ class DamonSampler:
         self.page_size = ctx.topology.page_size or shim.PAGE_SIZE
         self.slow = frozenset(ctx.topology.targets)
         self.interval_s = ctx.config.sampler.interval_ms / 1000
+        self.stop_timeout_s = 10 + 2 * self.interval_s
         self.update_us = max(self.cfg.aggregate_interval_ms * 1000, UPDATE_US)
         # Rounds after a commit until vaddr has fitted the regions of a target that is
         # new or moved to another index, and they have taken shape.
@@ -235,6 +236,7 @@ class DamonSampler:
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
         self._warned_over_limit = False
+        self._closing = False
         self.c = dict.fromkeys(
             ("rounds", "regions_seen", "hot_regions", "candidates_offered", "pages_queried",
              "pages_not_on_slow_node", "pages_unconfirmed", "pages_over_budget", "pid_gone",
@@ -262,6 +264,7 @@ class DamonSampler:
 
     async def start(self) -> None:
         fs = self.fs
+        self._closing = False
         self._found_nr_kdamonds = fs.read_int(NR_KDAMONDS)
         try:
             fs.write(NR_KDAMONDS, "1")
@@ -289,17 +292,24 @@ class DamonSampler:
         return f"{what}: {exc.strerror or exc}"
 
     async def stop(self) -> None:
+        self._closing = True  # a round still running turns nothing on any more
         if self._task is not None:
             assert self._stopping is not None
             self._stopping.set()
-            # A round may sit in the blocking tried-regions write: let it finish.
-            timeout = 5 + 3 * self.cfg.aggregate_interval_ms / 1000
+            # A round may sit in the blocking tried-regions write (one aggregation
+            # interval, much longer on a starved machine): let it finish; if it does
+            # not, turning the kdamond off releases that write.
+            timeout = self.stop_timeout_s
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
-                log.warning("damon sampler round did not finish in %.0f s; stopping anyway",
-                            timeout)
-                self._task.cancel()
+                log.warning("damon sampler round still running after %.0f s; turning the "
+                            "kdamond off under it", timeout)
+                await asyncio.to_thread(self._turn_off)
+                try:
+                    await asyncio.wait_for(self._task, 10)
+                except (TimeoutError, asyncio.CancelledError):
+                    pass
             except Exception:  # the loop logs its own failures
                 pass
             self._task = None
@@ -351,8 +361,10 @@ class DamonSampler:
         Runs in a worker thread: it blocks on sysfs and move_pages, never touches the
         queues (``push`` does, on the event loop)."""
         self.c["rounds"] += 1
+        if self._closing:
+            return []
         self._sync_targets(self._scope_pids())
-        if not self._running or not self._targets:
+        if self._closing or not self._running or not self._targets:
             return []
         try:
             self.fs.write(STATE, "update_schemes_tried_regions")
@@ -526,7 +538,7 @@ class DamonSampler:
         before = self._targets
         try:
             self._write_targets(want)
-            if running:
+            if running and not self._closing:
                 self.fs.write(STATE, "commit")
                 self.c["commits"] += 1
                 # DAMON commits targets by index and keeps a target's regions when the
@@ -559,6 +571,8 @@ class DamonSampler:
         """Write "on".  A pid that exited since the scope was read makes it fail with
         EINVAL: re-read the scope and retry (a few times, pids may keep exiting)."""
         for attempt in range(3):
+            if self._closing:
+                return
             try:
                 self.fs.write(STATE, "on")
                 break

@@ -152,6 +152,7 @@ _MAX_SORTED = BATCH_PAGES + CHUNK_PAGES * 64
 # Up to this many descending steps in a batch's PFNs, test it as it is (each costs one
 # re-read of a 512-word bitmap window); beyond, sort it first.
 _DIRECT_DESCENTS = 16
+_ORDER_STRIDE = 8
 
 # Special mappings whose name is in brackets but that hold ordinary anonymous memory.
 _ANON_NAMES = ("[heap]", "[stack]")
@@ -206,6 +207,21 @@ def _masks(n: int) -> _Masks:
     return _Masks(int.from_bytes(array("Q", range(n)), "little"),
                   every(b"\0\0\0\xff\xff\xff\xff\xff"), every(b"\xff\xff\xff\0\0\0\0\0"),
                   every(b"\0\0\0\0\0\xff\xff\xff"))
+
+
+@lru_cache(maxsize=4)
+def _page_offsets(n: int) -> tuple[int, int]:
+    """(element i = i * PAGE_SIZE, element i = 1) over n 8-byte elements, as big integers."""
+    return (int.from_bytes(array("Q", range(0, n * PAGE_SIZE, PAGE_SIZE)), "little"),
+            int.from_bytes(b"\1\0\0\0\0\0\0\0" * n, "little"))
+
+
+def _addresses(base: int, n: int) -> array[int]:
+    """array('Q') of the n page addresses from ``base``, without a loop over them."""
+    offsets, ones = _page_offsets(n)
+    out = array("Q")
+    out.frombytes((offsets + base * ones).to_bytes(8 * n, "little"))
+    return out
 
 
 def _widen(mask_ff: bytes) -> bytes:
@@ -670,14 +686,15 @@ class IdleSampler:
         fd = self._bitmap_fd
         assert fd is not None
         n = len(pfns)
-        present = array("Q", filter(None, pfns))
-        if not present:
-            return b"\x02" * n
         # shim.idle_test re-reads a 512-word window whenever a PFN falls below the last
-        # one: harmless a few times, ruinous when PFNs descend or are scattered.
-        descents = sum(map(gt, present, islice(present, 1, None)))
-        packed = int.from_bytes(pfns, "little")
-        if descents <= _DIRECT_DESCENTS or n > _MAX_SORTED or packed & _masks(n).high:
+        # one: harmless a few times, ruinous when PFNs descend or are scattered.  Judge
+        # the order on every 8th page (the pathology is at the scale of bitmap words).
+        sample = array("Q", filter(None, pfns[::_ORDER_STRIDE]))
+        descents = sum(map(gt, sample, islice(sample, 1, None)))
+        packed = 0
+        if descents > _DIRECT_DESCENTS and n <= _MAX_SORTED:
+            packed = int.from_bytes(pfns, "little")
+        if not packed or packed & _masks(n).high:
             idle = bytearray(n)
             shim.idle_test(fd, pfns, idle)
             shim.idle_mark(fd, pfns)
@@ -720,11 +737,21 @@ class IdleSampler:
         chunk.tag[lo:hi] = seg.tag
         self.counters["pages_accessed"] += accessed.count(1)
         hot = hist.translate(self._hot)
-        if not hot.count(1):
+        nhot = hot.count(1)
+        if not nhot:
             return
-        addrs = array("Q", compress(range(seg.addr, seg.addr + seg.n * PAGE_SIZE, PAGE_SIZE), hot))
-        weights = array("I", compress(hist.translate(self._weight), hot))
-        nodes = array("i", compress(seg.nodes, hot))
+        if nhot == seg.n:  # a run of hot pages (the hot set): no per-page selection
+            addrs = _addresses(seg.addr, seg.n)
+            wide = bytearray(4 * seg.n)
+            wide[0::4] = hist.translate(self._weight)
+            weights = array("I")
+            weights.frombytes(wide)
+            nodes = seg.nodes
+        else:
+            addrs = array("Q", compress(range(seg.addr, seg.addr + seg.n * PAGE_SIZE, PAGE_SIZE),
+                                        hot))
+            weights = array("I", compress(hist.translate(self._weight), hot))
+            nodes = array("i", compress(seg.nodes, hot))
         self._offers.setdefault(proc.pid, []).append((addrs, nodes, weights))
 
     def _collect(self) -> list[Offer]:
