@@ -325,6 +325,11 @@ def _check(config: Config, source: str) -> Config:
     if damon.aggregate_interval_ms < damon.sample_interval_ms:
         raise ConfigError(source, "sampler.damon.aggregate_interval_ms",
                           f"must be >= sample_interval_ms ({damon.sample_interval_ms})")
+    if damon.hot_min_accesses > damon.aggregate_interval_ms // damon.sample_interval_ms:
+        raise ConfigError(source, "sampler.damon.hot_min_accesses",
+                          f"must be <= aggregate_interval_ms / sample_interval_ms "
+                          f"({damon.aggregate_interval_ms // damon.sample_interval_ms}), the most "
+                          "accesses DAMON counts per aggregation interval")
     if damon.max_regions < damon.min_regions:
         raise ConfigError(source, "sampler.damon.max_regions",
                           f"must be >= min_regions ({damon.min_regions})")

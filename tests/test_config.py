@@ -124,6 +124,9 @@ BAD = [
      "metrics.listen_address: must not be empty"),
     ("group not a string", "control:\n  group: [wheel]\n",
      "control.group: expected a string, got a list"),
+    ("damon threshold unreachable", "sampler:\n  damon:\n    hot_min_accesses: 50\n",
+     "sampler.damon.hot_min_accesses: must be <= aggregate_interval_ms / sample_interval_ms "
+     "(20), the most accesses DAMON counts per aggregation interval"),
     ("tab indentation", "topology:\n\ttiers: []\n",
      "invalid YAML at line 2 column 1: found character '\\t' that cannot start any token"),
 ]
