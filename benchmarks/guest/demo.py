@@ -49,9 +49,6 @@ class Daemon:
     """kmigratedd with no arguments (embedded default config), its log kept."""
 
     def __init__(self) -> None:
-        from daemonproc import ensure_loopback
-
-        ensure_loopback()  # /metrics listens on 127.0.0.1:9477 by default
         self.lines: list[str] = []
         self.proc = subprocess.Popen([str(BIN / "kmigratedd")], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)

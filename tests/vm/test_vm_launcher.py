@@ -17,14 +17,19 @@ GUEST_CHECKS = r"""
 set -u
 echo hello-from-guest
 {
-  echo "in_vm=$KMIGRATEDD_IN_VM topo=$KMIGRATEDD_VM_TOPOLOGY kernel=$KMIGRATEDD_VM_KERNEL foo=$FOO"
+  echo "in_vm=$KMIGRATEDD_IN_VM"
+  echo "topo=$KMIGRATEDD_VM_TOPOLOGY"
+  echo "kernel=$KMIGRATEDD_VM_KERNEL"
+  echo "foo=$FOO"
   echo "pwd=$(pwd)"
   echo "uid=$(id -u)"
-  echo "tmp_fs=$(stat -f -c %T /tmp) tmp_entries=$(ls -A /tmp | wc -l)"
-  echo "root_fs=$(stat -f -c %T /)"
+  echo "tmp_fs=$(stat -f -c %T /tmp)"
+  echo "tmp_entries=$(ls -A /tmp | tr '\n' ' ')"
+  echo "root_fs=$(awk '$2 == "/" {print $3}' /proc/mounts)"
   echo "numa_balancing=$(cat /proc/sys/kernel/numa_balancing)"
   echo "debugfs=$(grep -c ' /sys/kernel/debug debugfs ' /proc/mounts)"
   echo "nodes=$(cat /sys/devices/system/node/online)"
+  echo "lo=$(cat /sys/class/net/lo/operstate) $(cat /sys/class/net/lo/flags)"
 } > guest-report.txt
 echo lost > /root/kmvm-lost-$TOKEN
 exit 0
@@ -45,21 +50,24 @@ def test_guest_environment_and_shared_cwd(vm_available: None, tmp_path: Path) ->
     assert res.returncode == 0, res.console[-5000:]
     assert "hello-from-guest" in res.output
     assert res.boot_seconds is not None and res.boot_seconds > 0
+    # one key=value per line: values may hold spaces
     report = dict(
-        kv.split("=", 1)
-        for line in (tmp_path / "guest-report.txt").read_text().splitlines()
-        for kv in line.split(" ")
+        line.split("=", 1) for line in (tmp_path / "guest-report.txt").read_text().splitlines()
     )
     assert report["in_vm"] == "1"
     assert report["topo"] == "2node" and report["kernel"] == "debian-6.12"
-    assert report["foo"] == "bar"  # first word of "bar baz" (split on spaces above)
+    assert report["foo"] == "bar baz"  # passed through with its space intact
     assert report["pwd"] == str(tmp_path)
     assert report["uid"] == "0"
-    assert report["tmp_fs"] == "tmpfs" and report["tmp_entries"] == "0"
-    assert report["root_fs"] == "overlayfs"
+    # a fresh tmpfs: nothing in it but the mount point of the shared cwd
+    assert report["tmp_fs"] == "tmpfs"
+    assert report["tmp_entries"].split() == [tmp_path.relative_to("/tmp").parts[0]]
+    assert report["root_fs"] == "overlay"
     assert report["numa_balancing"] == "0"
     assert report["debugfs"] == "1"
     assert report["nodes"] == "0-1"
+    state, flags = report["lo"].split()
+    assert int(flags, 16) & 0x1, f"lo is down ({state} {flags})"  # IFF_UP
     assert not Path(f"/root/kmvm-lost-{token}").exists(), (
         "write outside the shared cwd leaked to the host"
     )

@@ -16,17 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 KMIGRATEDD = str(Path(sys.executable).with_name("kmigratedd"))
 
 
-def ensure_loopback() -> None:
-    """The guest's init leaves lo down; /metrics listens on 127.0.0.1."""
-    import os
-
-    if os.environ.get("KMIGRATEDD_IN_VM") == "1":
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
-
-
 class DaemonProcess:
     def __init__(self, config_text: str, workdir: Path, *args: str) -> None:
-        ensure_loopback()
         self.config = workdir / "kmigratedd.yaml"
         self.config.write_text(config_text)
         self.proc = subprocess.Popen([KMIGRATEDD, "--config", str(self.config), *args],

@@ -52,6 +52,13 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
+def kernel_version() -> tuple[int, int]:
+    """(major, minor) of the running kernel, from uname's release ('6.12.117+deb12-amd64')."""
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    assert m, os.uname().release
+    return int(m.group(1)), int(m.group(2))
+
+
 def _check(ret: int, what: str) -> int:
     if ret == -1:
         e = ctypes.get_errno()
