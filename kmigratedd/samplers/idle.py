@@ -12,8 +12,10 @@ within a scan budget; for each piece of a mapping it
 3. collects their PFNs in a batch (up to :data:`BATCH_PAGES`), which is put in
    **PFN order** if it is not nearly so already, then tested against
    ``/sys/kernel/mm/page_idle/bitmap``
-   (``shim.idle_test``: was the idle bit set last round cleared by an access?)
-   and marked idle again (``shim.idle_mark``) for the next round;
+   (``shim.idle_test``: was the idle bit set last round cleared by an access?);
+   the pages found accessed are marked idle again (``shim.idle_mark``) for the
+   next round — those found idle still are, and marking them again would only
+   repeat the rmap walk the test just did;
 4. folds the result into an aging history per page and offers the hot pages to
    the candidate queues.
 
@@ -71,10 +73,10 @@ tiered VM, tests/vm/guest/test_sampler_idle.py):
   re-walks every idle page in it — measured 16.6 s instead of 0.09 s for 32768
   pages in the VM.  So a batch whose PFNs descend more than 16 times (memory
   that has been reused or migrated) is sorted by PFN before it is tested and
-  marked, and the results are put back in address order by a second sort (both
-  are C-level ``sorted()`` runs over keys packed on one big integer: PFN << 24 |
-  position, then position << 8 | result); a batch in (nearly) ascending PFN
-  order, as fresh memory is, is tested as it is.
+  marked (a C-level ``sorted()`` of keys PFN << 24 | position, packed on one
+  big integer), and the results are scattered back to address order by a
+  C-level ``map(bytearray.__setitem__, positions, results)``; a batch in
+  (nearly) ascending PFN order, as fresh memory is, is tested as it is.
 
 Budget: ``sampler.idle.scan_budget_pages_per_s`` bounds the pagemap entries read
 (virtual pages, present or not) per second; each round may read
@@ -97,6 +99,15 @@ the state of a pid that leaves the scope or exits, and of chunks no longer
 mapped or holding no slow-tier page at the end of a pass, is dropped.  A pid
 reused by a new process (another start time) starts afresh.
 
+Counters (``stats()``): ``rounds``; ``passes`` (a pid scanned to its end);
+``pages_scanned`` (pagemap entries read: what the budget bounds);
+``pages_tested`` (slow-tier pages whose idle bit was read, a THP once);
+``pages_accessed`` (tests that counted as an access); ``pages_marked``;
+``huge_pages`` (THP heads tested); ``hugetlb_skipped`` (2 MiB slots);
+``candidates_offered``; ``budget_exhausted`` (rounds cut by the budget);
+``pid_gone``, ``permission_denied``, ``errors``; and ``tracked_pids`` and
+``state_bytes``, the memory the history holds.
+
 Failures are counted, never raised: a pid that exits during a scan
 (``pid_gone``), a process the daemon may not read (``permission_denied``: ptrace
 read access is checked when /proc/PID/maps or pagemap is opened; a daemon
@@ -115,6 +126,7 @@ import os
 import threading
 import time
 from array import array
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -145,14 +157,13 @@ CHUNK_PAGES = 4096
 # PFNs tested and marked together (sorted once): 256 MiB of tracked 4 KiB pages.
 # Bounds the sort (it holds the GIL) and the round's scratch memory.
 BATCH_PAGES = 1 << 16
-# The batch keys pack a PFN into 40 bits and a position into 24.
-_PFN_KEY_BITS = 40
+# The sort keys pack a PFN into 40 bits (4 PiB of 4 KiB pages) and a position into 24.
 _POS_KEY_BITS = 24
-_MAX_SORTED = BATCH_PAGES + CHUNK_PAGES * 64
+_MAX_SORTED = 1 << _POS_KEY_BITS
 # Up to this many descending steps in a batch's PFNs, test it as it is (each costs one
 # re-read of a 512-word bitmap window); beyond, sort it first.
 _DIRECT_DESCENTS = 16
-_ORDER_STRIDE = 8
+_ORDER_STRIDE = 16
 
 # Special mappings whose name is in brackets but that hold ordinary anonymous memory.
 _ANON_NAMES = ("[heap]", "[stack]")
@@ -224,7 +235,7 @@ def _addresses(base: int, n: int) -> array[int]:
     return out
 
 
-def _widen(mask_ff: bytes) -> bytes:
+def _widen(mask_ff: bytes | bytearray) -> bytes:
     """One 0x00/0xFF byte per page → eight (a mask for 8-byte words)."""
     out = bytearray(8 * len(mask_ff))
     for k in range(8):
@@ -344,6 +355,8 @@ class IdleSampler:
         self.huge_pages = max(1, hpage_bytes // PAGE_SIZE)
         self.chunk_pages = max(CHUNK_PAGES, self.huge_pages)
         self._chunk_shift = (self.chunk_pages * PAGE_SIZE).bit_length() - 1
+        self._entries = array("Q", bytes(8 * self.chunk_pages))
+        self._pfns = array("Q", bytes(8 * self.chunk_pages))
         self._procs: dict[int, _Proc] = {}
         self._cursor: tuple[int, int] = (0, 0)
         self._credit = 0
@@ -360,7 +373,7 @@ class IdleSampler:
         self._segments: list[_Segment] = []
         self._offers: dict[int, list[tuple[array[int], array[int], array[int]]]] = {}
         self.counters = dict.fromkeys(
-            ("rounds", "passes", "pages_scanned", "pages_tested", "pages_accessed",
+            ("rounds", "passes", "pages_scanned", "pages_tested", "pages_accessed", "pages_marked",
              "huge_pages", "hugetlb_skipped", "candidates_offered", "pid_gone",
              "permission_denied", "budget_exhausted", "errors"), 0)
 
@@ -578,12 +591,12 @@ class IdleSampler:
             addr = piece_end
         return None
 
-    def _read_pagemap(self, fd: int, addr: int, entries: array[int]) -> int:
+    def _read_pagemap(self, fd: int, addr: int, entries: memoryview) -> int:
         return shim.pread_words(fd, addr >> PAGE_SHIFT, entries)
 
     def _scan_piece(self, proc: _Proc, fd: int, addr: int, n: int) -> None:
         """Pagemap → PFNs → slow-tier mask → THP heads; queue the tracked PFNs for testing."""
-        entries = array("Q", bytes(8 * n))
+        entries = memoryview(self._entries)[:n]  # scratch, reused piece after piece
         got = self._read_pagemap(fd, addr, entries)
         self.counters["pages_scanned"] += n
         if got < n:
@@ -592,7 +605,7 @@ class IdleSampler:
         key = addr >> self._chunk_shift
         off = (addr - (key << self._chunk_shift)) >> PAGE_SHIFT
         proc.visited.add(key)
-        pfns = array("Q", bytes(8 * n))
+        pfns = memoryview(self._pfns)[:n]
         if not shim.pagemap_pfns(entries, pfns):
             self._forget(proc, key, off, n)
             return
@@ -622,7 +635,7 @@ class IdleSampler:
         if len(self._batch) >= BATCH_PAGES:
             self._flush()
 
-    def _huge_slots(self, addr: int, n: int, pfns: array[int], mask: bytearray) -> None:
+    def _huge_slots(self, addr: int, n: int, pfns: memoryview, mask: bytearray) -> None:
         """Keep only the head of each THP in ``mask``; drop hugetlbfs slots."""
         hp = self.huge_pages
         if hp <= 1 or n < hp:
@@ -688,7 +701,7 @@ class IdleSampler:
         n = len(pfns)
         # shim.idle_test re-reads a 512-word window whenever a PFN falls below the last
         # one: harmless a few times, ruinous when PFNs descend or are scattered.  Judge
-        # the order on every 8th page (the pathology is at the scale of bitmap words).
+        # the order on every 16th page (the pathology is at the scale of bitmap words).
         sample = array("Q", filter(None, pfns[::_ORDER_STRIDE]))
         descents = sum(map(gt, sample, islice(sample, 1, None)))
         packed = 0
@@ -696,8 +709,7 @@ class IdleSampler:
             packed = int.from_bytes(pfns, "little")
         if not packed or packed & _masks(n).high:
             idle = bytearray(n)
-            shim.idle_test(fd, pfns, idle)
-            shim.idle_mark(fd, pfns)
+            self._test_then_mark(fd, pfns, idle)
             return bytes(idle)
         m = _masks(n)
         # key = pfn << 24 | position in 8-byte elements, built on one big integer
@@ -706,15 +718,29 @@ class IdleSampler:
         sorted_pfns = array("Q")
         sorted_pfns.frombytes(((ordered & m.pfn) >> _POS_KEY_BITS).to_bytes(8 * n, "little"))
         sidle = bytearray(n)
-        shim.idle_test(fd, sorted_pfns, sidle)
-        shim.idle_mark(fd, sorted_pfns)
-        # back to batch order: key = position << 8 | result
-        result = bytearray(8 * n)
-        result[0::8] = sidle
-        back = (((ordered & m.pos) << 8) | int.from_bytes(result, "little")).to_bytes(8 * n,
-                                                                                    "little")
-        restored = array("Q", sorted(memoryview(back).cast("Q")))
-        return memoryview(restored).cast("B")[0::8].tobytes()
+        self._test_then_mark(fd, sorted_pfns, sidle)
+        # back to batch order: idle[position] = result, scattered in C
+        positions = array("Q")
+        positions.frombytes((ordered & m.pos).to_bytes(8 * n, "little"))
+        idle = bytearray(n)
+        deque(map(idle.__setitem__, positions, sidle), maxlen=0)
+        return bytes(idle)
+
+    def _test_then_mark(self, fd: int, pfns: array[int], idle: bytearray) -> None:
+        """Test every page; mark again only those found accessed.  A page found idle
+        is still marked (PG_idle set, and the test's rmap walk found every PTE old):
+        marking it again would only repeat that walk, at the kernel's expense."""
+        shim.idle_test(fd, pfns, idle)
+        accessed = idle.translate(_ACCESSED)
+        count = accessed.count(1)
+        if not count:
+            return
+        again = pfns
+        if count < len(pfns):  # zero the PFNs of idle pages (idle_mark skips zeros)
+            again = array("Q")
+            again.frombytes(_and(pfns.tobytes(), _widen(accessed.translate(_FF))))
+        shim.idle_mark(fd, again)
+        self.counters["pages_marked"] += count
 
     def _age(self, seg: _Segment, idle: bytes) -> None:
         proc = seg.proc
