@@ -57,6 +57,11 @@ def main() -> int:
     res = common.run_guest("demo.py", ["--hot-mib", str(a.hot_mib), "--cold-mib",
                                        str(a.cold_mib), "--max-s", str(a.max_s)],
                            kernel=a.kernel, timeout=a.max_s + 600, title="kmigratedd demo")
+    transcript = "\n".join(ln for ln in res.output.splitlines()
+                            if not ln.startswith("[kmigratedd] "))
+    common.write_result("demo.md", "# kmigratedd live demo: transcript of the last run\n\n"
+                        "Command: `python3 benchmarks/demo.py`. " + common.TCG_CAVEAT
+                        + "\n\n```\n" + transcript.rstrip() + "\n```\n")
     print(f"demo finished in {res.wall_seconds:.0f} s (guest boot {res.boot_seconds or 0:.0f} s,"
           f" accel {res.accel}); the guest is gone, nothing to clean up.")
     return 0

@@ -65,9 +65,13 @@ def describe_regime(r: dict[str, Any]) -> str:
     reg = r["regime"]
     free = r["node0_free_at_start_mib"]
     s = f"node 0 {reg['node0']} ({free:.0f} MiB free)"
-    if r["contender"].startswith("nb2") or r["contender"] == "kmigratedd:hint-faults":
-        s += (": kernel promotes every faulting page" if free > reg["threshold_mib"]
-              else ": kernel hot-threshold/rate-limit path")
+    above = free > reg["threshold_mib"]
+    if r["contender"].startswith("nb2"):
+        s += (": kernel promotes every faulting page" if above
+              else ": kernel hot-threshold + rate-limit path")
+    elif r["contender"] == "kmigratedd:hint-faults":
+        s += (": the kernel would promote itself" if above
+              else ": kernel promotes nothing (rate limit 0), faults go to kmigratedd")
     return s
 
 
@@ -111,7 +115,8 @@ def notes(data: dict[str, Any]) -> list[str]:
         c = r["contender"]
         vm = r["vmstat_delta"]
         line = (f"- `{c}`: ran {r['wall_s']:.0f} s; vmstat: pgmigrate_success "
-                f"+{vm['pgmigrate_success']:,}, pgpromote_success +{vm['pgpromote_success']:,}, "
+                f"+{vm['pgmigrate_success']:,}, pgpromote_success +{vm['pgpromote_success']:,} "
+                f"(candidates +{vm['pgpromote_candidate']:,}), "
                 f"numa_hint_faults +{vm['numa_hint_faults']:,}, numa_pte_updates "
                 f"+{vm['numa_pte_updates']:,}")
         if c.startswith("kmigratedd"):
@@ -119,6 +124,9 @@ def notes(data: dict[str, Any]) -> list[str]:
                      f"t50/t90), daemon counted {ex.get('daemon_promoted', 0):,.0f} promoted "
                      f"in {ex.get('daemon_batches', 0):,.0f} batches, RSS "
                      f"{ex.get('rss_kib', 0) / 1024:.0f} MiB")
+            if ex.get("daemon_dropped"):
+                line += "; worker dropped " + ", ".join(
+                    f"{v:,.0f} {k}" for k, v in ex["daemon_dropped"].items())
             if ex.get("log_warnings"):
                 line += "; daemon warned: " + " / ".join(f"“{w}”" for w in ex["log_warnings"])
         elif c.startswith("nb2"):
@@ -178,7 +186,9 @@ def render(found: list[tuple[str, str, dict[str, Any]]]) -> str:
             "started on node 1). *mechanism CPU*: daemon utime+stime, kdamond thread time. "
             "*workload extra sys*: the workload's system time during the run minus its "
             "baseline rate — where hint faults, NUMA-balancing PTE scanning and the kernel's "
-            "synchronous promotion are charged (noise about ±0.3 s). *regime*: node 0's free "
+            "synchronous promotion are charged (noise about ±1 s; meaningless — strongly negative "
+            "— when the mechanism itself keeps a vCPU busy and the workload gets less CPU). "
+            "*regime*: node 0's free "
             "memory at the start against the kernel's free-space threshold "
             "(pgdat_free_space_enough: max(1 GiB, 1/16 node) above the high watermark): above "
             "it numa_balancing=2 promotes every faulting slow-tier page at once; below it the "
@@ -249,7 +259,7 @@ def main() -> int:
             f.write_text(json.dumps(d, indent=1) + "\n")
     found = []
     for kernel in dict.fromkeys((a.kernel, "idle")):
-        for case in cases:
+        for case in CASES:  # every case with results on disk, not only those just run
             f = common.RAW / raw_name(kernel, case)
             if f.exists():
                 found.append((kernel, case, json.loads(f.read_text())))

@@ -132,9 +132,17 @@ control:
     def extra(self) -> dict[str, Any]:
         m = {}
         try:
-            m = {"daemon_promoted": self.d.metric_sum("kmigratedd_promoted_pages_total"),
-                 "daemon_batches": self.d.metric_sum("kmigratedd_batches_total"),
-                 "rss_kib": self.d.rss_kib()}
+            mt = self.d.metrics()
+            dropped: dict[str, float] = {}
+            for (n, ls), v in mt.items():
+                if n == "kmigratedd_worker_dropped_pages_total" and v:
+                    r = dict(ls).get("reason", "?")
+                    dropped[r] = dropped.get(r, 0) + v
+            m = {"daemon_promoted": sum(v for (n, _), v in mt.items()
+                                        if n == "kmigratedd_promoted_pages_total"),
+                 "daemon_batches": sum(v for (n, _), v in mt.items()
+                                       if n == "kmigratedd_batches_total"),
+                 "daemon_dropped": dropped, "rss_kib": self.d.rss_kib()}
         except Exception as exc:  # noqa: BLE001 - report, do not fail the run
             m = {"metrics_error": str(exc)}
         sel = [ln.split("] ", 1)[-1] for ln in self.d.lines
