@@ -260,6 +260,7 @@ class Daemon:
         self.paused = False
         for w in self.workers.values():
             w.paused = False
+            w.wake()
         log.info("promotion resumed")
 
     async def reload(self) -> bool:
@@ -298,6 +299,7 @@ class Daemon:
         self.config = cfg
         for w in self.workers.values():
             w.configure(cfg.workers)
+            w.wake()
         logsetup.set_level(cfg.log_level)
         log.info("config reloaded from %s", self.config_path or config_mod.DEFAULT_SOURCE)
         self.notifier.ready(self.status_line())

@@ -14,7 +14,7 @@ free-memory figures, so tests drive every piece with tables.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -121,7 +121,7 @@ class PingPongDamper:
             self.promoted[pid] = dict(keep)
         self.size = sum(len(t) for t in self.promoted.values())
 
-    def filter(self, pid: int, addrs: list[int], now: float) -> list[int]:
+    def filter(self, pid: int, addrs: Sequence[int], now: float) -> Sequence[int]:
         """The candidates (pages now on a slow node) that may be promoted."""
         held = self.held.get(pid)
         promoted = self.promoted.get(pid)

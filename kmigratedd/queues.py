@@ -12,7 +12,7 @@ entry and counts it, so memory never grows past ``cpus * capacity`` entries.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,12 @@ class CandidateQueues:
         self._queues = {cpu: NativeQueue(capacity_per_cpu, page_size) for cpu in ids}
         self._order = ids
         self._next = 0  # round-robin start for drain fairness
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_push(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every push that adds candidates (from whichever
+        thread pushed): how the node workers sleep until there is work."""
+        self._listeners.append(listener)
 
     @property
     def cpus(self) -> tuple[int, ...]:
@@ -59,7 +65,11 @@ class CandidateQueues:
 
     def push(self, cpu: int, pids: Any, addrs: Any, nodes: Any = None, times: Any = None,
              weights: Any = None) -> int:
-        return self.queue(cpu).push(pids, addrs, nodes, times, weights)
+        added = self.queue(cpu).push(pids, addrs, nodes, times, weights)
+        if len(addrs):  # coalesced samples count too: they may cross min_samples
+            for listener in self._listeners:
+                listener()
+        return added
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())

@@ -492,3 +492,36 @@ def runs(values: Any) -> array[int]:
     k = lib.km_runs_i32(n, c_v, ffi.from_buffer("uint32_t[]", starts))
     del starts[k:]
     return starts
+
+
+def keys_for(addrs: Any, status: Any, tgt: Any, dst: int) -> array[int]:
+    """Inbox keys ``addr | source node`` of the pages whose target is ``dst``."""
+    c_a, n = _buffer(addrs, 8, "addrs")
+    c_s, ns = _buffer(status, 4, "status")
+    c_t, nt = _buffer(tgt, 4, "tgt")
+    if ns < n or nt < n:
+        raise ShimArgumentError(f"keys_for: {n} addrs, {ns} statuses, {nt} targets")
+    out = array("Q", bytes(8 * n))
+    k = lib.km_keys_for(n, c_a, c_s, c_t, dst, ffi.from_buffer("uint64_t[]", out))
+    del out[k:]
+    return out
+
+
+def sort_unique(values: array[int]) -> None:
+    """Sort an ``array('Q')`` in place and drop repeated values."""
+    c_v, n = _buffer(values, 8, "values")
+    k = lib.km_sort_unique_u64(n, c_v)
+    ffi.release(c_v)  # the array may not shrink while cffi holds its buffer
+    if k < 0:
+        raise MemoryError("sort_unique")
+    del values[k:]
+
+
+def split_keys(keys: Any, addr_mask: int) -> tuple[array[int], array[int]]:
+    """(keys & addr_mask as ``array('Q')``, the low bits as ``array('i')``)."""
+    c_k, n = _buffer(keys, 8, "keys")
+    addrs = array("Q", bytes(8 * n))
+    low = array("i", bytes(4 * n))
+    lib.km_split_keys(n, c_k, addr_mask & 0xFFFFFFFFFFFFFFFF,
+                      ffi.from_buffer("uint64_t[]", addrs), ffi.from_buffer("int32_t[]", low))
+    return addrs, low

@@ -49,6 +49,9 @@ log = logging.getLogger("kmigratedd.worker")
 
 NODE_BITS = 0x3FF  # node ids < 1024 ride in a key's low bits
 PAGE_MASK = ~0xFFF
+# With nothing queued or waiting, a worker sleeps until a sampler pushes, waking this
+# often only to stamp its heartbeat.
+IDLE_WAKE_S = 1.0
 
 GONE_ERRNOS = (errno.EFAULT, errno.ENOENT)
 
@@ -191,6 +194,7 @@ class NodeWorker:
         self._free: tuple[float, int] | None = None
         self._backoff_until = 0.0
         self._stopping = False
+        self._wake: asyncio.Event | None = None
         self.configure(cfg)
         size = max(topology.nodes, default=0) + 1
         self.target_of_node = array("i", [-1]) * size
@@ -217,6 +221,15 @@ class NodeWorker:
     async def run(self) -> None:
         log.info("worker for node %d: promoting from node(s) %s", self.node,
                  ",".join(str(s) for s, d in self.topology.targets.items() if d == self.node))
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        wake = self._wake
+
+        def on_push() -> None:  # any thread: a sampler pushed candidates
+            if not wake.is_set():
+                loop.call_soon_threadsafe(wake.set)
+
+        self.queues.on_push(on_push)
         while not self._stopping:
             try:
                 worked = await self.step()
@@ -227,10 +240,32 @@ class NodeWorker:
                 log.exception("worker for node %d: round failed", self.node)
                 worked = False
             if not worked:
-                await asyncio.sleep(self.poll_s)
+                await self._idle(wake)
+
+    async def _idle(self, wake: asyncio.Event) -> None:
+        """Sleep until there may be work: a push into the queues, or a deadline.
+
+        Pages waiting (inbox, retries, a back-off, candidates below a batch) are
+        looked at every ``poll_s``; with nothing waiting the worker sleeps until a
+        sampler pushes, waking every ``IDLE_WAKE_S`` only to stamp its heartbeat.
+        """
+        wake.clear()
+        if not self.paused and (self.inbox_pages or len(self.queues) or self.retry.pending):
+            await asyncio.sleep(self.poll_s)
+            return
+        try:
+            await asyncio.wait_for(wake.wait(), IDLE_WAKE_S)
+        except TimeoutError:
+            pass
+
+    def wake(self) -> None:
+        """Look again now (on the event loop: resume, reload)."""
+        if self._wake is not None:
+            self._wake.set()
 
     def stop(self) -> None:
         self._stopping = True
+        self.wake()
 
     async def step(self) -> bool:
         """One round; returns True when it did work (so the loop does not sleep)."""
@@ -290,7 +325,7 @@ class NodeWorker:
             self.stats.gone_before_move += counts.by_errno.get(2, 0)
             for dst in counts.by_node:
                 # The source node rides in the key's low bits.
-                keys = self._keys_with_src(run_addrs, status, tgt, dst)
+                keys = shim.keys_for(run_addrs, status, tgt, dst)
                 worker = self.peers.get(dst)
                 if worker is None:
                     continue
@@ -298,11 +333,6 @@ class NodeWorker:
                     self.stats.routed_to_peer += len(keys)
                 worker.accept(pid, keys, now)
         return n0
-
-    @staticmethod
-    def _keys_with_src(addrs: array[int], status: array[int], tgt: array[int],
-                       dst: int) -> array[int]:
-        return array("Q", [a | s for a, s, t in zip(addrs, status, tgt) if t == dst])
 
     def _query_runs(self, runs: list[tuple[int, array[int]]]
                     ) -> list[tuple[int, array[int], array[int] | None]]:
@@ -369,7 +399,7 @@ class NodeWorker:
         keys = self.inbox.pop(pid)
         since = self.inbox_since.pop(pid)
         self.inbox_pages -= len(keys)
-        keys = array("Q", sorted(set(keys)))
+        shim.sort_unique(keys)  # in C: inboxes are sorted runs, a page may come twice
         batch, rest = keys[:n], keys[n:]
         if len(rest):
             self.inbox[pid] = rest
@@ -412,7 +442,7 @@ class NodeWorker:
         keys = self._take(pid, self.cfg.batch_pages)
         page = self.page_size
         # Ping-pong: pages we promoted that are back on a slow node are held off.
-        addrs = [k & PAGE_MASK for k in keys]
+        addrs, _ = shim.split_keys(keys, PAGE_MASK)
         allowed = self.damper.filter(pid, addrs, now)
         if len(allowed) != len(addrs):
             self.stats.pingpong_held += len(addrs) - len(allowed)
@@ -477,10 +507,10 @@ class NodeWorker:
         if moved_n:
             self.stats.outcomes["moved"] += moved_n
             moved = shim.select_u64(keys, status, self.node)
-            srcs = array("i", [k & NODE_BITS for k in moved])
+            moved_addrs, srcs = shim.split_keys(moved, PAGE_MASK)
             for src, c in shim.count_statuses(srcs).by_node.items():
                 self.stats.promoted[(src, self.node)] += c
-            self.damper.record_promoted(pid, [k & PAGE_MASK for k in moved], now)
+            self.damper.record_promoted(pid, moved_addrs, now)
             self.note_free_change(-moved_n * self.page_size)
         not_moved = sum(c for nd, c in counts.by_node.items() if nd != self.node)
         if not_moved:

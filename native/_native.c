@@ -593,42 +593,42 @@ static void *_cffi_types[] = {
 /*  1 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22), // uint32_t
 /*  2 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8), // unsigned int
 /*  3 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, int)
+/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, int)
 /*  5 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7), // int
 /*  6 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /*  7 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
+/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
 /*  9 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 10 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28), // size_t
 /* 11 */ _CFFI_OP(_CFFI_OP_POINTER, 29), // uint64_t const *
-/* 12 */ _CFFI_OP(_CFFI_OP_POINTER, 90), // int32_t const *
-/* 13 */ _CFFI_OP(_CFFI_OP_POINTER, 90), // int32_t *
+/* 12 */ _CFFI_OP(_CFFI_OP_POINTER, 95), // int32_t const *
+/* 13 */ _CFFI_OP(_CFFI_OP_POINTER, 95), // int32_t *
 /* 14 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 15 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, uint64_t const *, size_t)
+/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, uint64_t const *, size_t)
 /* 17 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 18 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 19 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 20 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 21 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, uint64_t const *, size_t, uint8_t *)
+/* 21 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, uint64_t const *, size_t, uint8_t *)
 /* 22 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 23 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 24 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 25 */ _CFFI_OP(_CFFI_OP_POINTER, 162), // uint8_t *
+/* 25 */ _CFFI_OP(_CFFI_OP_POINTER, 181), // uint8_t *
 /* 26 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, uint64_t, size_t, uint64_t *)
+/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, uint64_t, size_t, uint64_t *)
 /* 28 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 29 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24), // uint64_t
 /* 30 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 31 */ _CFFI_OP(_CFFI_OP_POINTER, 29), // uint64_t *
 /* 32 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 33 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int, uint64_t, size_t, uint64_t const *)
+/* 33 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, uint64_t, size_t, uint64_t const *)
 /* 34 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 35 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
 /* 36 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 37 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 38 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 39 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
+/* 39 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
 /* 40 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 41 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 42 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
@@ -636,8 +636,8 @@ static void *_cffi_types[] = {
 /* 44 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 45 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
 /* 46 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 47 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
-/* 48 */ _CFFI_OP(_CFFI_OP_POINTER, 157), // km_queue *
+/* 47 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
+/* 48 */ _CFFI_OP(_CFFI_OP_POINTER, 176), // km_queue *
 /* 49 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 50 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 51 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
@@ -646,7 +646,7 @@ static void *_cffi_types[] = {
 /* 54 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
 /* 55 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
 /* 56 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 57 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
+/* 57 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
 /* 58 */ _CFFI_OP(_CFFI_OP_NOOP, 48),
 /* 59 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 60 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
@@ -655,7 +655,7 @@ static void *_cffi_types[] = {
 /* 63 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 64 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t const *
 /* 65 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 66 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(size_t, int32_t *, uint64_t *, uint32_t *, uint32_t, uint64_t *)
+/* 66 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, int32_t *, uint64_t *, uint32_t *, uint32_t, uint64_t *)
 /* 67 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 68 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 69 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
@@ -663,96 +663,115 @@ static void *_cffi_types[] = {
 /* 71 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
 /* 72 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
 /* 73 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 74 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(size_t, int32_t const *, int32_t const *, size_t, int32_t *)
+/* 74 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, int32_t const *, int32_t const *, size_t, int32_t *)
 /* 75 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 76 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 77 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 78 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 79 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 80 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 81 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(size_t, int32_t const *, uint32_t *)
+/* 81 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, int32_t const *, uint32_t *)
 /* 82 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 83 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 84 */ _CFFI_OP(_CFFI_OP_NOOP, 53),
 /* 85 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 86 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(size_t, uint64_t const *, int32_t const *, int32_t, uint64_t *)
+/* 86 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, uint64_t *)
 /* 87 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 88 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 89 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 90 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21), // int32_t
-/* 91 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 92 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 93 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(struct km_samples *, int32_t const *, size_t, int)
-/* 94 */ _CFFI_OP(_CFFI_OP_POINTER, 161), // struct km_samples *
-/* 95 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 96 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 97 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 98 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 99 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(struct km_samples *, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, int32_t *)
-/* 100 */ _CFFI_OP(_CFFI_OP_NOOP, 94),
-/* 101 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
-/* 102 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 103 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 104 */ _CFFI_OP(_CFFI_OP_POINTER, 162), // uint8_t const *
-/* 105 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 106 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 107 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 108 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
-/* 109 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 110 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 111 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 112 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 113 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 114 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 115 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 116 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 117 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 118 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 88 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 89 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 90 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, uint64_t const *, int32_t const *, int32_t const *, int32_t, uint64_t *)
+/* 91 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 92 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 93 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 94 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 95 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21), // int32_t
+/* 96 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 97 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 98 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, uint64_t const *, int32_t const *, int32_t, uint64_t *)
+/* 99 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 100 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 101 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 102 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
+/* 103 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 104 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 105 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(struct km_samples *, int32_t const *, size_t, int)
+/* 106 */ _CFFI_OP(_CFFI_OP_POINTER, 180), // struct km_samples *
+/* 107 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 108 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 109 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 110 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 111 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(struct km_samples *, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, int32_t *)
+/* 112 */ _CFFI_OP(_CFFI_OP_NOOP, 106),
+/* 113 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 114 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 115 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 116 */ _CFFI_OP(_CFFI_OP_POINTER, 181), // uint8_t const *
+/* 117 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 118 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 119 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 120 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(uint64_t const *, size_t, uint64_t *)
-/* 121 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 122 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 123 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 124 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 125 */ _CFFI_OP(_CFFI_OP_FUNCTION, 158), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
-/* 126 */ _CFFI_OP(_CFFI_OP_POINTER, 163), // void *
-/* 127 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 128 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 129 */ _CFFI_OP(_CFFI_OP_NOOP, 94),
-/* 130 */ _CFFI_OP(_CFFI_OP_POINTER, 159), // struct km_perf_stats *
+/* 120 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
+/* 121 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 122 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 123 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 124 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 125 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 126 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 127 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 128 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 129 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 130 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
 /* 131 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 132 */ _CFFI_OP(_CFFI_OP_FUNCTION, 10), // size_t()(km_queue const *)
-/* 133 */ _CFFI_OP(_CFFI_OP_POINTER, 157), // km_queue const *
-/* 134 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 135 */ _CFFI_OP(_CFFI_OP_FUNCTION, 29), // uint64_t()(void)
+/* 132 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(uint64_t const *, size_t, uint64_t *)
+/* 133 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 134 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 135 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
 /* 136 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 137 */ _CFFI_OP(_CFFI_OP_FUNCTION, 163), // void()(int32_t *, size_t, int32_t)
-/* 138 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 137 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
+/* 138 */ _CFFI_OP(_CFFI_OP_POINTER, 182), // void *
 /* 139 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 140 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
-/* 141 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 142 */ _CFFI_OP(_CFFI_OP_FUNCTION, 163), // void()(km_queue *)
-/* 143 */ _CFFI_OP(_CFFI_OP_NOOP, 48),
-/* 144 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 145 */ _CFFI_OP(_CFFI_OP_FUNCTION, 163), // void()(km_queue const *, struct km_queue_stats *)
-/* 146 */ _CFFI_OP(_CFFI_OP_NOOP, 133),
-/* 147 */ _CFFI_OP(_CFFI_OP_POINTER, 160), // struct km_queue_stats *
+/* 140 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 141 */ _CFFI_OP(_CFFI_OP_NOOP, 106),
+/* 142 */ _CFFI_OP(_CFFI_OP_POINTER, 178), // struct km_perf_stats *
+/* 143 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 144 */ _CFFI_OP(_CFFI_OP_FUNCTION, 10), // size_t()(km_queue const *)
+/* 145 */ _CFFI_OP(_CFFI_OP_POINTER, 176), // km_queue const *
+/* 146 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 147 */ _CFFI_OP(_CFFI_OP_FUNCTION, 29), // uint64_t()(void)
 /* 148 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 149 */ _CFFI_OP(_CFFI_OP_FUNCTION, 163), // void()(uint64_t const *, size_t, unsigned int, int32_t const *, size_t, int32_t *)
-/* 150 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 149 */ _CFFI_OP(_CFFI_OP_FUNCTION, 182), // void()(int32_t *, size_t, int32_t)
+/* 150 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 151 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 152 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
-/* 153 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 154 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 155 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 152 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
+/* 153 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 154 */ _CFFI_OP(_CFFI_OP_FUNCTION, 182), // void()(km_queue *)
+/* 155 */ _CFFI_OP(_CFFI_OP_NOOP, 48),
 /* 156 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 157 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
-/* 158 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
-/* 159 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
-/* 160 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
-/* 161 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
-/* 162 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
-/* 163 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
+/* 157 */ _CFFI_OP(_CFFI_OP_FUNCTION, 182), // void()(km_queue const *, struct km_queue_stats *)
+/* 158 */ _CFFI_OP(_CFFI_OP_NOOP, 145),
+/* 159 */ _CFFI_OP(_CFFI_OP_POINTER, 179), // struct km_queue_stats *
+/* 160 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 161 */ _CFFI_OP(_CFFI_OP_FUNCTION, 182), // void()(size_t, uint64_t const *, uint64_t, uint64_t *, int32_t *)
+/* 162 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 163 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 164 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 165 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 166 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 167 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 168 */ _CFFI_OP(_CFFI_OP_FUNCTION, 182), // void()(uint64_t const *, size_t, unsigned int, int32_t const *, size_t, int32_t *)
+/* 169 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 170 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 171 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 172 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 173 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 174 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 175 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 176 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
+/* 177 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
+/* 178 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
+/* 179 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
+/* 180 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
+/* 181 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
+/* 182 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
 };
 
 static long _cffi_d_km_cand_prepare(size_t x0, int32_t * x1, uint64_t * x2, uint32_t * x3, uint32_t x4, uint64_t * x5)
@@ -1089,6 +1108,93 @@ _cffi_f_km_idle_test(PyObject *self, PyObject *args)
 #  define _cffi_f_km_idle_test _cffi_d_km_idle_test
 #endif
 
+static long _cffi_d_km_keys_for(size_t x0, uint64_t const * x1, int32_t const * x2, int32_t const * x3, int32_t x4, uint64_t * x5)
+{
+  return km_keys_for(x0, x1, x2, x3, x4, x5);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_keys_for(PyObject *self, PyObject *args)
+{
+  size_t x0;
+  uint64_t const * x1;
+  int32_t const * x2;
+  int32_t const * x3;
+  int32_t x4;
+  uint64_t * x5;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+  PyObject *arg5;
+
+  if (!PyArg_UnpackTuple(args, "km_keys_for", 6, 6, &arg0, &arg1, &arg2, &arg3, &arg4, &arg5))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, size_t);
+  if (x0 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(12), arg2, (char **)&x2);
+  if (datasize != 0) {
+    x2 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(12), arg2, (char **)&x2,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(12), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(12), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x4 = _cffi_to_c_int(arg4, int32_t);
+  if (x4 == (int32_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg5, (char **)&x5);
+  if (datasize != 0) {
+    x5 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg5, (char **)&x5,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_keys_for(x0, x1, x2, x3, x4, x5); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_keys_for _cffi_d_km_keys_for
+#endif
+
 static long _cffi_d_km_move_pages(int x0, size_t x1, uint64_t const * x2, int32_t const * x3, int32_t * x4, int x5)
 {
   return km_move_pages(x0, x1, x2, x3, x4, x5);
@@ -1257,10 +1363,10 @@ _cffi_f_km_perf_drain(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(126), arg0, (char **)&x0);
+      _cffi_type(138), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (void *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(126), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(138), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1274,19 +1380,19 @@ _cffi_f_km_perf_drain(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(94), arg3, (char **)&x3);
+      _cffi_type(106), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(94), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(106), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(130), arg4, (char **)&x4);
+      _cffi_type(142), arg4, (char **)&x4);
   if (datasize != 0) {
     x4 = ((size_t)datasize) <= 640 ? (struct km_perf_stats *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(130), arg4, (char **)&x4,
+    if (_cffi_convert_array_argument(_cffi_type(142), arg4, (char **)&x4,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1675,10 +1781,10 @@ _cffi_f_km_queue_capacity(PyObject *self, PyObject *arg0)
   PyObject *pyresult;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(133), arg0, (char **)&x0);
+      _cffi_type(145), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(133), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(145), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1867,19 +1973,19 @@ _cffi_f_km_queue_get_stats(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(133), arg0, (char **)&x0);
+      _cffi_type(145), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(133), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(145), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(147), arg1, (char **)&x1);
+      _cffi_type(159), arg1, (char **)&x1);
   if (datasize != 0) {
     x1 = ((size_t)datasize) <= 640 ? (struct km_queue_stats *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(147), arg1, (char **)&x1,
+    if (_cffi_convert_array_argument(_cffi_type(159), arg1, (char **)&x1,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1914,10 +2020,10 @@ _cffi_f_km_queue_len(PyObject *self, PyObject *arg0)
   PyObject *pyresult;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(133), arg0, (char **)&x0);
+      _cffi_type(145), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(133), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(145), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2170,10 +2276,10 @@ _cffi_f_km_samples_by_node(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(94), arg0, (char **)&x0);
+      _cffi_type(106), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(94), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(106), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2196,10 +2302,10 @@ _cffi_f_km_samples_by_node(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(104), arg4, (char **)&x4);
+      _cffi_type(116), arg4, (char **)&x4);
   if (datasize != 0) {
     x4 = ((size_t)datasize) <= 640 ? (uint8_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(104), arg4, (char **)&x4,
+    if (_cffi_convert_array_argument(_cffi_type(116), arg4, (char **)&x4,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2257,10 +2363,10 @@ _cffi_f_km_samples_filter(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(94), arg0, (char **)&x0);
+      _cffi_type(106), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(94), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(106), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2371,6 +2477,128 @@ _cffi_f_km_select_u64(PyObject *self, PyObject *args)
 }
 #else
 #  define _cffi_f_km_select_u64 _cffi_d_km_select_u64
+#endif
+
+static long _cffi_d_km_sort_unique_u64(size_t x0, uint64_t * x1)
+{
+  return km_sort_unique_u64(x0, x1);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_sort_unique_u64(PyObject *self, PyObject *args)
+{
+  size_t x0;
+  uint64_t * x1;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+
+  if (!PyArg_UnpackTuple(args, "km_sort_unique_u64", 2, 2, &arg0, &arg1))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, size_t);
+  if (x0 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_sort_unique_u64(x0, x1); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_sort_unique_u64 _cffi_d_km_sort_unique_u64
+#endif
+
+static void _cffi_d_km_split_keys(size_t x0, uint64_t const * x1, uint64_t x2, uint64_t * x3, int32_t * x4)
+{
+  km_split_keys(x0, x1, x2, x3, x4);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_split_keys(PyObject *self, PyObject *args)
+{
+  size_t x0;
+  uint64_t const * x1;
+  uint64_t x2;
+  uint64_t * x3;
+  int32_t * x4;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+
+  if (!PyArg_UnpackTuple(args, "km_split_keys", 5, 5, &arg0, &arg1, &arg2, &arg3, &arg4))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, size_t);
+  if (x0 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x2 = _cffi_to_c_int(arg2, uint64_t);
+  if (x2 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(31), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(31), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(13), arg4, (char **)&x4);
+  if (datasize != 0) {
+    x4 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(13), arg4, (char **)&x4,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { km_split_keys(x0, x1, x2, x3, x4); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  Py_INCREF(Py_None);
+  return Py_None;
+}
+#else
+#  define _cffi_f_km_split_keys _cffi_d_km_split_keys
 #endif
 
 static long _cffi_d_km_status_tally(int32_t const * x0, size_t x1, int32_t * x2, uint64_t * x3, size_t x4, uint64_t * x5)
@@ -2510,29 +2738,32 @@ struct _cffi_align_struct_km_samples { char x; struct km_samples y; };
 static const struct _cffi_global_s _cffi_globals[] = {
   { "km_cand_prepare", (void *)_cffi_f_km_cand_prepare, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 66), (void *)_cffi_d_km_cand_prepare },
   { "km_cand_targets", (void *)_cffi_f_km_cand_targets, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 74), (void *)_cffi_d_km_cand_targets },
-  { "km_fill_i32", (void *)_cffi_f_km_fill_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 137), (void *)_cffi_d_km_fill_i32 },
+  { "km_fill_i32", (void *)_cffi_f_km_fill_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 149), (void *)_cffi_d_km_fill_i32 },
   { "km_idle_mark", (void *)_cffi_f_km_idle_mark, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 16), (void *)_cffi_d_km_idle_mark },
   { "km_idle_test", (void *)_cffi_f_km_idle_test, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 21), (void *)_cffi_d_km_idle_test },
+  { "km_keys_for", (void *)_cffi_f_km_keys_for, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 90), (void *)_cffi_d_km_keys_for },
   { "km_move_pages", (void *)_cffi_f_km_move_pages, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 8), (void *)_cffi_d_km_move_pages },
-  { "km_pagemap_pfns", (void *)_cffi_f_km_pagemap_pfns, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 120), (void *)_cffi_d_km_pagemap_pfns },
-  { "km_perf_drain", (void *)_cffi_f_km_perf_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 125), (void *)_cffi_d_km_perf_drain },
+  { "km_pagemap_pfns", (void *)_cffi_f_km_pagemap_pfns, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 132), (void *)_cffi_d_km_pagemap_pfns },
+  { "km_perf_drain", (void *)_cffi_f_km_perf_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 137), (void *)_cffi_d_km_perf_drain },
   { "km_perf_enable", (void *)_cffi_f_km_perf_enable, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 4), (void *)_cffi_d_km_perf_enable },
-  { "km_perf_open", (void *)_cffi_f_km_perf_open, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 108), (void *)_cffi_d_km_perf_open },
-  { "km_perf_supported_sample_type", (void *)_cffi_f_km_perf_supported_sample_type, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_N, 135), (void *)_cffi_d_km_perf_supported_sample_type },
-  { "km_phys_to_node", (void *)_cffi_f_km_phys_to_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 149), (void *)_cffi_d_km_phys_to_node },
+  { "km_perf_open", (void *)_cffi_f_km_perf_open, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 120), (void *)_cffi_d_km_perf_open },
+  { "km_perf_supported_sample_type", (void *)_cffi_f_km_perf_supported_sample_type, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_N, 147), (void *)_cffi_d_km_perf_supported_sample_type },
+  { "km_phys_to_node", (void *)_cffi_f_km_phys_to_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 168), (void *)_cffi_d_km_phys_to_node },
   { "km_pread_words", (void *)_cffi_f_km_pread_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 27), (void *)_cffi_d_km_pread_words },
   { "km_pwrite_words", (void *)_cffi_f_km_pwrite_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 33), (void *)_cffi_d_km_pwrite_words },
-  { "km_queue_capacity", (void *)_cffi_f_km_queue_capacity, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 132), (void *)_cffi_d_km_queue_capacity },
+  { "km_queue_capacity", (void *)_cffi_f_km_queue_capacity, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 144), (void *)_cffi_d_km_queue_capacity },
   { "km_queue_drain", (void *)_cffi_f_km_queue_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 47), (void *)_cffi_d_km_queue_drain },
-  { "km_queue_free", (void *)_cffi_f_km_queue_free, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 142), (void *)_cffi_d_km_queue_free },
-  { "km_queue_get_stats", (void *)_cffi_f_km_queue_get_stats, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 145), (void *)_cffi_d_km_queue_get_stats },
-  { "km_queue_len", (void *)_cffi_f_km_queue_len, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 132), (void *)_cffi_d_km_queue_len },
+  { "km_queue_free", (void *)_cffi_f_km_queue_free, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 154), (void *)_cffi_d_km_queue_free },
+  { "km_queue_get_stats", (void *)_cffi_f_km_queue_get_stats, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 157), (void *)_cffi_d_km_queue_get_stats },
+  { "km_queue_len", (void *)_cffi_f_km_queue_len, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 144), (void *)_cffi_d_km_queue_len },
   { "km_queue_new", (void *)_cffi_f_km_queue_new, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 0), (void *)_cffi_d_km_queue_new },
   { "km_queue_push", (void *)_cffi_f_km_queue_push, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 57), (void *)_cffi_d_km_queue_push },
   { "km_runs_i32", (void *)_cffi_f_km_runs_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 81), (void *)_cffi_d_km_runs_i32 },
-  { "km_samples_by_node", (void *)_cffi_f_km_samples_by_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 99), (void *)_cffi_d_km_samples_by_node },
-  { "km_samples_filter", (void *)_cffi_f_km_samples_filter, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 93), (void *)_cffi_d_km_samples_filter },
-  { "km_select_u64", (void *)_cffi_f_km_select_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 86), (void *)_cffi_d_km_select_u64 },
+  { "km_samples_by_node", (void *)_cffi_f_km_samples_by_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 111), (void *)_cffi_d_km_samples_by_node },
+  { "km_samples_filter", (void *)_cffi_f_km_samples_filter, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 105), (void *)_cffi_d_km_samples_filter },
+  { "km_select_u64", (void *)_cffi_f_km_select_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 98), (void *)_cffi_d_km_select_u64 },
+  { "km_sort_unique_u64", (void *)_cffi_f_km_sort_unique_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 86), (void *)_cffi_d_km_sort_unique_u64 },
+  { "km_split_keys", (void *)_cffi_f_km_split_keys, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 161), (void *)_cffi_d_km_split_keys },
   { "km_status_tally", (void *)_cffi_f_km_status_tally, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 39), (void *)_cffi_d_km_status_tally },
 };
 
@@ -2609,18 +2840,18 @@ static const struct _cffi_field_s _cffi_fields[] = {
 };
 
 static const struct _cffi_struct_union_s _cffi_struct_unions[] = {
-  { "km_perf_stats", 159, _CFFI_F_CHECK_FIELDS,
+  { "km_perf_stats", 178, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_perf_stats), offsetof(struct _cffi_align_struct_km_perf_stats, y), 0, 8 },
-  { "km_queue", 157, _CFFI_F_OPAQUE,
+  { "km_queue", 176, _CFFI_F_OPAQUE,
     (size_t)-1, -1, -1, 0 /* opaque */ },
-  { "km_queue_stats", 160, _CFFI_F_CHECK_FIELDS,
+  { "km_queue_stats", 179, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_queue_stats), offsetof(struct _cffi_align_struct_km_queue_stats, y), 8, 4 },
-  { "km_samples", 161, _CFFI_F_CHECK_FIELDS,
+  { "km_samples", 180, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_samples), offsetof(struct _cffi_align_struct_km_samples, y), 12, 11 },
 };
 
 static const struct _cffi_typename_s _cffi_typenames[] = {
-  { "km_queue", 157 },
+  { "km_queue", 176 },
 };
 
 static const struct _cffi_type_context_s _cffi_type_context = {
@@ -2630,12 +2861,12 @@ static const struct _cffi_type_context_s _cffi_type_context = {
   _cffi_struct_unions,
   NULL,  /* no enums */
   _cffi_typenames,
-  26,  /* num_globals */
+  29,  /* num_globals */
   4,  /* num_struct_unions */
   0,  /* num_enums */
   1,  /* num_typenames */
   NULL,  /* no includes */
-  164,  /* num_types */
+  183,  /* num_types */
   0,  /* flags */
 };
 

@@ -103,3 +103,51 @@ long km_runs_i32(size_t n, const int32_t *v, uint32_t *starts)
 			starts[k++] = (uint32_t)i;
 	return (long)k;
 }
+
+long km_keys_for(size_t n, const uint64_t *addrs, const int32_t *status,
+                 const int32_t *tgt, int32_t dst, uint64_t *out)
+{
+	size_t i, j = 0;
+
+	for (i = 0; i < n; i++)
+		if (tgt[i] == dst)
+			out[j++] = addrs[i] | (uint32_t)status[i];
+	return (long)j;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+long km_sort_unique_u64(size_t n, uint64_t *v)
+{
+	size_t i, j;
+
+	if (n < 2)
+		return (long)n;
+	/* Inboxes are runs of ascending keys: skip the sort when already ordered. */
+	for (i = 1; i < n && v[i - 1] < v[i]; i++)
+		;
+	if (i < n)
+		qsort(v, n, sizeof(*v), cmp_u64);
+	for (i = 1, j = 1; i < n; i++)
+		if (v[i] != v[j - 1])
+			v[j++] = v[i];
+	return (long)j;
+}
+
+void km_split_keys(size_t n, const uint64_t *keys, uint64_t addr_mask,
+                   uint64_t *addrs, int32_t *low)
+{
+	size_t i;
+
+	if (addrs)
+		for (i = 0; i < n; i++)
+			addrs[i] = keys[i] & addr_mask;
+	if (low)
+		for (i = 0; i < n; i++)
+			low[i] = (int32_t)(keys[i] & ~addr_mask);
+}

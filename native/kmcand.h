@@ -34,4 +34,22 @@ long km_select_u64(size_t n, const uint64_t *in, const int32_t *key, int32_t wan
  * starts[] gets the run starts, returns the number of runs. */
 long km_runs_i32(size_t n, const int32_t *v, uint32_t *starts);
 
+/*
+ * The worker's inbox keys for one target: out[j++] = addrs[i] | status[i] (the
+ * source node rides in the page address's low bits) for every i with
+ * tgt[i] == dst.  Returns j.
+ */
+long km_keys_for(size_t n, const uint64_t *addrs, const int32_t *status,
+                 const int32_t *tgt, int32_t dst, uint64_t *out);
+
+/* Sort in place and drop repeated values; returns the new length (-ENOMEM). */
+long km_sort_unique_u64(size_t n, uint64_t *v);
+
+/*
+ * Split keys: addrs[i] = keys[i] & addr_mask and low[i] = keys[i] & ~addr_mask
+ * (either output may be NULL).
+ */
+void km_split_keys(size_t n, const uint64_t *keys, uint64_t addr_mask,
+                   uint64_t *addrs, int32_t *low);
+
 #endif

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import errno
 import shutil
+import time
 from array import array
 from pathlib import Path
 
@@ -454,3 +455,33 @@ def test_inbox_overflow_from_peers_drops_only_the_excess(fs):
     w.accept(6, array("Q", pages(50, 100)), now=2.0)
     assert w.inbox_pages == 100 and w.stats.inbox_dropped == 30
     assert len(w.inbox[5]) == 50 and len(w.inbox[6]) == 50
+
+
+def test_idle_worker_sleeps_until_a_push_wakes_it(fs):
+    """With nothing queued the loop does not poll: it sleeps until a sampler pushes
+    (from any thread), then promotes at once; stop() ends the sleep too."""
+    mover = FakeMover()
+    w, q = make(fs, mover, time.monotonic, batch_pages=64, max_wait_ms=20)
+    addrs = pages(64)
+    mover.place(5, addrs, 1)
+
+    async def scenario() -> tuple[int, float, float]:
+        task = asyncio.create_task(w.run())
+        await asyncio.sleep(0.5)
+        idle_rounds = w.stats.rounds  # one round, then asleep (no 20 ms polling)
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        # pushed from another thread, as the DAMON and idle samplers' scans do
+        await loop.run_in_executor(None, lambda: offer(q, 5, addrs))
+        while w.stats.promoted_pages < 64 and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.001)
+        woke_after = time.monotonic() - t0
+        t1 = time.monotonic()
+        w.stop()
+        await asyncio.wait_for(task, 2)
+        return idle_rounds, woke_after, time.monotonic() - t1
+
+    idle_rounds, woke_after, stop_after = run(scenario())
+    assert idle_rounds <= 2
+    assert w.stats.promoted_pages == 64 and mover.on(5, addrs, 0) == 64
+    assert woke_after < 0.5 and stop_after < 0.5  # not the 1 s idle wake-up
