@@ -104,6 +104,14 @@ def bar(frac: float, width: int = 30) -> str:
     return "[" + "#" * n + "." * (width - n) + "]"
 
 
+def ctl_status(title: str) -> None:
+    say(f"$ kmigratedctl status   # {title}")
+    st = subprocess.run([str(BIN / "kmigratedctl"), "status"], capture_output=True,
+                        text=True, timeout=60)
+    for line in (st.stdout + st.stderr).rstrip().splitlines():
+        say(f"  {line}")
+
+
 def main() -> int:
     g.require_vm("benchmarks/guest/demo.py")
     ap = argparse.ArgumentParser()
@@ -154,6 +162,7 @@ def main() -> int:
         t0 = time.monotonic()
         last_p, last_t = 0.0, t0
         done_at = None
+        shown_mid = False
         while True:
             time.sleep(max(0.0, 1 - (time.monotonic() - last_t)))
             now = time.monotonic()
@@ -164,6 +173,11 @@ def main() -> int:
             say(f"{now - t0:4.0f}s  {bar(hot)} {100 * hot:5.1f}% {100 * cold:5.1f}% "
                 f"{p:9,.0f} {rate:7.1f}")
             last_p, last_t = (p if p == p else last_p), now
+            if not shown_mid and 0.4 <= hot < 0.9 and rate > 0:
+                shown_mid = True  # once, while pages are moving
+                say("")
+                ctl_status("while it promotes")
+                say("")
             if hot >= 0.99 and done_at is None:
                 done_at = now
             if (done_at is not None and now - done_at >= 2) or now - t0 >= a.max_s:
@@ -172,11 +186,7 @@ def main() -> int:
                 say("the workload or the daemon stopped unexpectedly")
                 break
         say("")
-        say("$ kmigratedctl status")
-        st = subprocess.run([str(BIN / "kmigratedctl"), "status"], capture_output=True,
-                            text=True, timeout=60)
-        for line in (st.stdout + st.stderr).rstrip().splitlines():
-            say(f"  {line}")
+        ctl_status("at the end")
         say("")
         hot, cold = w.fraction_on(w.hot, FAST), w.fraction_on(w.cold, FAST)
         ok = w.verify()
