@@ -176,7 +176,7 @@ def pipeline_once(n_pages: int, timeout: float) -> tuple[float, dict[str, Any]]:
             part = addrs[i * per:(i + 1) * per]
             queues.push(cpu, array("i", [pid]) * len(part), part, array("i", [SRC]) * len(part))
         mover = ShimMover()
-        executor = ThreadPoolExecutor(1, thread_name_prefix="bench-worker")
+        executor = ThreadPoolExecutor(2, thread_name_prefix="bench-worker")  # as the daemon
         worker = NodeWorker(DST, topology=topo, queues=queues, mover=mover, cfg=cfg, fs=g.FS,
                             executor=executor)
 

@@ -398,6 +398,9 @@ def test_unit_under_systemd(tmp_path: Path) -> None:
     home = ""
     if str(python_prefix).startswith(("/root/", "/home/")):
         home = f"ProtectHome=tmpfs\nBindReadOnlyPaths={python_prefix}\n"
+    # A checkout under /tmp (a CI clone there): PrivateTmp would hide the venv (203/EXEC).
+    if str(kmigratedd).startswith("/tmp/"):
+        home += "PrivateTmp=no\n"
     (etc / "kmigratedd.service.d").mkdir(exist_ok=True)
     (etc / "kmigratedd.service.d" / "test.conf").write_text(
         f"[Unit]\nDefaultDependencies=no\n[Service]\n{home}")
