@@ -334,9 +334,13 @@ def main() -> int:
             args += ["--pipeline-reps", "2"]
         if guest_skip:
             args += ["--skip", guest_skip]
+        prev = common.load_raw(RAW_NAME) if raw.exists() else {}
         res = common.run_guest("throughput.py", args, kernel=a.kernel, timeout=a.timeout,
                                title="throughput")
         data = common.load_raw(RAW_NAME)
+        for section in ("moves", "pipeline", "idle", "host_idle", "host_worker_idle"):
+            if section not in data and section in prev:  # skipped: keep the last run's
+                data[section] = prev[section]
         data["host_load_after"] = res.host_load_after  # type: ignore[attr-defined]
         if "host-idle" not in skip:
             data["host_idle"] = host_idle(idle_s)

@@ -146,6 +146,47 @@ def move(pid: int, addresses: Any, nodes: Any, flags: int = MPOL_MF_MOVE,
     return MoveResult(status=status, not_migrated=int(rc))
 
 
+@dataclass
+class BatchedMove:
+    """Outcome of :func:`move_batched`: the statuses of the pages the completed calls
+    covered (``len(result.status)``), each call's duration, and the whole-call
+    failure that stopped the run, if any."""
+
+    result: MoveResult
+    call_seconds: list[float]
+    error: MovePagesError | None
+
+
+def move_batched(pid: int, addresses: Any, node: int, flags: int = MPOL_MF_MOVE,
+                 batch: int = 512) -> BatchedMove:
+    """move_pages to ``node`` in calls of ``batch`` pages, back to back in C with the
+    GIL released throughout.  A whole-call failure stops the run and is returned,
+    not raised: the calls before it did move their pages."""
+    _check_pid(pid)
+    if not isinstance(flags, int) or flags & ~_VALID_FLAGS:
+        raise ShimArgumentError(f"flags: only MPOL_MF_MOVE and MPOL_MF_MOVE_ALL, got {flags!r}")
+    if not isinstance(node, int) or isinstance(node, bool) or not 0 <= node < MAX_NODES:
+        raise ShimArgumentError(f"node: node id {node!r} out of range 0..{MAX_NODES - 1}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ShimArgumentError(f"batch: must be an int >= 1, got {batch!r}")
+    c_addrs, count = _buffer(addresses, 8, "addresses")
+    status = _ZERO_I32 * count
+    calls = max(1, -(-count // batch))
+    ns = ffi.new("uint64_t[]", calls)
+    done = ffi.new("size_t *")
+    rc = lib.km_move_pages_batched(pid, count, c_addrs, node, ffi.from_buffer("int32_t[]", status),
+                                   flags, batch, ns, done)
+    n_done = int(done[0])
+    made = -(-n_done // batch) + (1 if rc < 0 else 0)
+    seconds = [ns[k] / 1e9 for k in range(min(made, calls))] if count else []
+    error = None
+    if rc < 0:
+        error = MovePagesError(-rc, f"move_pages(pid={pid}, {min(batch, count - n_done)} pages): "
+                                    f"{os.strerror(-rc)}")
+        del status[n_done:]
+    return BatchedMove(MoveResult(status=status, not_migrated=max(0, int(rc))), seconds, error)
+
+
 def count_statuses(status: Any) -> StatusCounts:
     """Reduce a status array to counts per node and per errno, in C."""
     c_status, count = _buffer(status, 4, "status")
@@ -514,6 +555,15 @@ def sort_unique(values: array[int]) -> None:
     ffi.release(c_v)  # the array may not shrink while cffi holds its buffer
     if k < 0:
         raise MemoryError("sort_unique")
+    del values[k:]
+
+
+def remove_sorted(values: array[int], remove: Any) -> None:
+    """Drop from the sorted ``array('Q')`` every value in the sorted ``remove``."""
+    c_v, n = _buffer(values, 8, "values")
+    c_r, m = _buffer(remove, 8, "remove")
+    k = lib.km_remove_sorted_u64(n, c_v, m, c_r)
+    ffi.release(c_v)
     del values[k:]
 
 

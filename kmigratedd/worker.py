@@ -52,6 +52,9 @@ PAGE_MASK = ~0xFFF
 # With nothing queued or waiting, a worker sleeps until a sampler pushes, waking this
 # often only to stamp its heartbeat.
 IDLE_WAKE_S = 1.0
+# Batches of one pid moved by one executor job, back to back: fewer round trips
+# through the event loop (each costs a thread hand-off and a wake-up).
+MAX_BURST = 4
 
 GONE_ERRNOS = (errno.EFAULT, errno.ENOENT)
 
@@ -94,6 +97,11 @@ class ShimMover:
         for r in results:
             status.extend(r.status)
         return shim.MoveResult(status=status, not_migrated=sum(r.not_migrated for r in results))
+
+    def move_batched(self, pid: int, addrs: array[int], node: int, flags: int,
+                     batch: int) -> shim.BatchedMove:
+        """Single-threaded batches back to back in one C call (see shim.move_batched)."""
+        return shim.move_batched(pid, addrs, node, flags, batch)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -195,6 +203,8 @@ class NodeWorker:
         self._backoff_until = 0.0
         self._stopping = False
         self._wake: asyncio.Event | None = None
+        self._in_flight: int | None = None  # pid of the batch being moved
+        self._refilled_in_flight = False
         self.configure(cfg)
         size = max(topology.nodes, default=0) + 1
         self.target_of_node = array("i", [-1]) * size
@@ -273,7 +283,11 @@ class NodeWorker:
         self.stats.heartbeat = time.time()
         if self.paused:
             return False
-        filled = await self.fill()
+        # With a full batch waiting, go straight to the move: the next candidates
+        # are taken in while the kernel copies (_move_while_filling).
+        filled = 0
+        if self.inbox_pages < self.cfg.batch_pages or self.clock() < self._backoff_until:
+            filled = await self.fill()
         now = self.clock()
         self._requeue_retries(now)
         if not self.inbox_pages:
@@ -349,6 +363,8 @@ class NodeWorker:
         """Take routed pages into this worker's inbox (bounded: oldest pid dropped)."""
         if not len(keys):
             return
+        if pid == self._in_flight:
+            self._refilled_in_flight = True
         have = self.inbox.get(pid)
         if have is None:
             self.inbox[pid] = keys
@@ -439,7 +455,9 @@ class NodeWorker:
         # The pid whose pages waited longest goes first.
         pid = min(self.inbox_since, key=self.inbox_since.__getitem__)
         since = self.inbox_since[pid]
-        keys = self._take(pid, self.cfg.batch_pages)
+        # Up to MAX_BURST full batches of this pid go to the executor in one job.
+        full = len(self.inbox[pid]) // self.cfg.batch_pages
+        keys = self._take(pid, self.cfg.batch_pages * max(1, min(MAX_BURST, full)))
         page = self.page_size
         # Ping-pong: pages we promoted that are back on a slow node are held off.
         addrs, _ = shim.split_keys(keys, PAGE_MASK)
@@ -474,32 +492,116 @@ class NodeWorker:
         if granted < len(keys):
             self._put_back(pid, keys[granted:], since)
             keys = keys[:granted]
-        n = len(keys)
-        self.stats.batches += 1
-        self.stats.pages_attempted += n
-        self.stats.batch_sizes.append(n)
         if self.cfg.dry_run:
-            self.stats.dry_run_pages += n
+            for i in range(0, len(keys), self.cfg.batch_pages):
+                n = len(keys[i:i + self.cfg.batch_pages])
+                self.stats.batches += 1
+                self.stats.pages_attempted += n
+                self.stats.batch_sizes.append(n)
+                self.stats.dry_run_pages += n
             return True
-        threads = self.threads_for(n)
         flags = shim.MPOL_MF_MOVE_ALL if self.cfg.move_all else shim.MPOL_MF_MOVE
-        t0 = time.perf_counter()
-        try:
-            result = await self._offload(self.mover.move, pid, keys, self.node, flags, threads)
-        except MovePagesError as exc:
-            self.bucket.refund(n * page)
-            self._count_whole_call(exc)
-            if exc.errno in (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES):
+        chunks = [keys[i:i + self.cfg.batch_pages]
+                  for i in range(0, len(keys), self.cfg.batch_pages)]
+        plan = [(c, self.threads_for(len(c))) for c in chunks]
+        done, failure = await self._move_while_filling(pid, plan, flags)
+        now = self.clock()
+        for (chunk, threads), (result, dt) in zip(plan, done):
+            self.stats.batches += 1
+            self.stats.pages_attempted += len(chunk)
+            self.stats.batch_sizes.append(len(chunk))
+            self.stats.move_seconds += dt
+            self.stats.move_durations.append(dt)
+            if threads > 1:
+                self.stats.parallel_batches += 1
+            self._account(pid, chunk, result.status, now)
+        if failure is not None:
+            failed = chunks[len(done)]
+            self.stats.batches += 1
+            self.stats.pages_attempted += len(failed)
+            self.stats.batch_sizes.append(len(failed))
+            self.bucket.refund(sum(len(c) for c in chunks[len(done):]) * page)
+            self._count_whole_call(failure)
+            if failure.errno in (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES):
                 self._forget_pid(pid)
-            return True
-        dt = time.perf_counter() - t0
-        self.stats.move_seconds += dt
-        self.stats.move_durations.append(dt)
-        if threads > 1:
-            self.stats.parallel_batches += 1
-        assert isinstance(result, shim.MoveResult)
-        self._account(pid, keys, result.status, self.clock())
+            else:  # the batches after the failing one were not tried: back to the inbox
+                if failure.errno == errno.ENOMEM:  # 6.12 fails the whole call when full
+                    self._enomem_backoff(now)
+                rest = chunks[len(done) + 1:]
+                if rest:
+                    self._put_back(pid, array("Q", b"".join(c.tobytes() for c in rest)), since)
         return True
+
+    def _move_chunks(self, pid: int, plan: list[tuple[array[int], int]], flags: int
+                     ) -> tuple[list[tuple[shim.MoveResult, float]], MovePagesError | None]:
+        """On an executor thread: one move_pages call per batch, back to back (no
+        round trip through the event loop between them); stops at a whole-call
+        failure, which it returns with the results so far."""
+        done: list[tuple[shim.MoveResult, float]] = []
+        batched = getattr(self.mover, "move_batched", None)
+        if batched is not None and all(threads == 1 for _, threads in plan):
+            # One C call for them all: the GIL is not taken back between the calls
+            # (the event loop thread holds it while it fills, up to 5 ms a time).
+            keys = plan[0][0] if len(plan) == 1 else array(
+                "Q", b"".join(c.tobytes() for c, _ in plan))
+            bm: shim.BatchedMove = batched(pid, keys, self.node, flags, self.cfg.batch_pages)
+            off = 0
+            for (chunk, _), seconds in zip(plan, bm.call_seconds):
+                status = bm.result.status[off:off + len(chunk)]
+                if len(status) < len(chunk):
+                    break  # the call that failed
+                done.append((shim.MoveResult(status=status, not_migrated=0), seconds))
+                off += len(chunk)
+            return done, bm.error
+        for chunk, threads in plan:
+            t0 = time.perf_counter()
+            try:
+                result = self.mover.move(pid, chunk, self.node, flags, threads)
+            except MovePagesError as exc:
+                return done, exc
+            done.append((result, time.perf_counter() - t0))
+        return done, None
+
+    async def _move_while_filling(self, pid: int, plan: list[tuple[array[int], int]], flags: int
+                                  ) -> tuple[list[tuple[shim.MoveResult, float]],
+                                             MovePagesError | None]:
+        """Move the batches off the loop and, while the kernel copies, take the next
+        candidates in (fill: drain, fold, query on a second executor thread): the
+        Python work of the next batches hides behind the copy of these.
+
+        A page of a batch in flight can be drained again meanwhile and still be
+        reported on its slow node; it is taken out of the inbox once the moves are
+        done, or a later batch would move it again and count it twice."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.executor, self._move_chunks, pid, plan, flags)
+        self._in_flight = pid
+        self._refilled_in_flight = False
+        try:
+            if self.inbox_pages < self.inbox_limit:
+                await self.fill()
+        except Exception:  # the moves still complete and are accounted
+            self.stats.whole_call_errors["internal"] += 1
+            log.exception("worker for node %d: fill during a move failed", self.node)
+        finally:
+            self._in_flight = None
+        done, failure = await fut
+        if self._refilled_in_flight:
+            for chunk, _ in plan:
+                self._purge(pid, chunk)
+        return done, failure
+
+    def _purge(self, pid: int, done: array[int]) -> None:
+        """Take the keys of a batch just moved (sorted) out of ``pid``'s inbox."""
+        have = self.inbox.get(pid)
+        if have is None:
+            return
+        n0 = len(have)
+        shim.sort_unique(have)
+        shim.remove_sorted(have, done)
+        self.inbox_pages -= n0 - len(have)
+        if not len(have):
+            del self.inbox[pid]
+            self.inbox_since.pop(pid, None)
 
     def _account(self, pid: int, keys: array[int], status: array[int], now: float) -> None:
         counts = shim.count_statuses(status)
@@ -528,8 +630,11 @@ class NodeWorker:
                 else:
                     self.stats.busy_dropped += 1
         if counts.by_errno.get(errno.ENOMEM, 0):
-            backoff = self.cfg.enomem_backoff_ms / 1000
-            self._backoff_until = now + backoff
-            self.stats.enomem_backoff_seconds += backoff
-            self._free = None  # re-read free memory after the back-off
+            self._enomem_backoff(now)
+
+    def _enomem_backoff(self, now: float) -> None:
+        backoff = self.cfg.enomem_backoff_ms / 1000
+        self._backoff_until = now + backoff
+        self.stats.enomem_backoff_seconds += backoff
+        self._free = None  # re-read free memory after the back-off
 

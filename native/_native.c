@@ -589,189 +589,206 @@ static void (*_cffi_call_python_org)(struct _cffi_externpy_s *, char *);
 /************************************************************/
 
 static void *_cffi_types[] = {
-/*  0 */ _CFFI_OP(_CFFI_OP_FUNCTION, 48), // km_queue *()(uint32_t, unsigned int)
+/*  0 */ _CFFI_OP(_CFFI_OP_FUNCTION, 59), // km_queue *()(uint32_t, unsigned int)
 /*  1 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22), // uint32_t
 /*  2 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8), // unsigned int
 /*  3 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, int)
+/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, int)
 /*  5 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7), // int
 /*  6 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /*  7 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
+/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
 /*  9 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 10 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28), // size_t
-/* 11 */ _CFFI_OP(_CFFI_OP_POINTER, 29), // uint64_t const *
-/* 12 */ _CFFI_OP(_CFFI_OP_POINTER, 95), // int32_t const *
-/* 13 */ _CFFI_OP(_CFFI_OP_POINTER, 95), // int32_t *
+/* 11 */ _CFFI_OP(_CFFI_OP_POINTER, 40), // uint64_t const *
+/* 12 */ _CFFI_OP(_CFFI_OP_POINTER, 20), // int32_t const *
+/* 13 */ _CFFI_OP(_CFFI_OP_POINTER, 20), // int32_t *
 /* 14 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 15 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, uint64_t const *, size_t)
+/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, size_t, uint64_t const *, int32_t, int32_t *, int, size_t, uint64_t *, size_t *)
 /* 17 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 18 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 19 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 20 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 21 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, uint64_t const *, size_t, uint8_t *)
+/* 18 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 19 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 20 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21), // int32_t
+/* 21 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 22 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 23 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 24 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 25 */ _CFFI_OP(_CFFI_OP_POINTER, 181), // uint8_t *
+/* 23 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 24 */ _CFFI_OP(_CFFI_OP_POINTER, 40), // uint64_t *
+/* 25 */ _CFFI_OP(_CFFI_OP_POINTER, 10), // size_t *
 /* 26 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, uint64_t, size_t, uint64_t *)
+/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, uint64_t const *, size_t)
 /* 28 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 29 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24), // uint64_t
+/* 29 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 30 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 31 */ _CFFI_OP(_CFFI_OP_POINTER, 29), // uint64_t *
-/* 32 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 33 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int, uint64_t, size_t, uint64_t const *)
-/* 34 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 35 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 36 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 37 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 38 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 39 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
-/* 40 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 31 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 32 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, uint64_t const *, size_t, uint8_t *)
+/* 33 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 34 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 35 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 36 */ _CFFI_OP(_CFFI_OP_POINTER, 198), // uint8_t *
+/* 37 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 38 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, uint64_t, size_t, uint64_t *)
+/* 39 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 40 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24), // uint64_t
 /* 41 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 42 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 43 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 44 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 45 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 46 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 47 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
-/* 48 */ _CFFI_OP(_CFFI_OP_POINTER, 176), // km_queue *
-/* 49 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 50 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 51 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 52 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 53 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t *
-/* 54 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 55 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 56 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 57 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
-/* 58 */ _CFFI_OP(_CFFI_OP_NOOP, 48),
-/* 59 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 60 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 61 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 62 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 63 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 64 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t const *
-/* 65 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 66 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, int32_t *, uint64_t *, uint32_t *, uint32_t, uint64_t *)
-/* 67 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 68 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 69 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 70 */ _CFFI_OP(_CFFI_OP_NOOP, 53),
-/* 71 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 72 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 73 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 74 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, int32_t const *, int32_t const *, size_t, int32_t *)
-/* 75 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 76 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 77 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 42 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 43 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 44 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, uint64_t, size_t, uint64_t const *)
+/* 45 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 46 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 47 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 48 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 49 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 50 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
+/* 51 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 52 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 53 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 54 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 55 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 56 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 57 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 58 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
+/* 59 */ _CFFI_OP(_CFFI_OP_POINTER, 193), // km_queue *
+/* 60 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 61 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 62 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 63 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 64 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t *
+/* 65 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 66 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 67 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 68 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
+/* 69 */ _CFFI_OP(_CFFI_OP_NOOP, 59),
+/* 70 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 71 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 72 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 73 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 74 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 75 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t const *
+/* 76 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 77 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, int32_t *, uint64_t *, uint32_t *, uint32_t, uint64_t *)
 /* 78 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 79 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 80 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 81 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, int32_t const *, uint32_t *)
-/* 82 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 83 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 84 */ _CFFI_OP(_CFFI_OP_NOOP, 53),
-/* 85 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 86 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, uint64_t *)
-/* 87 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 88 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 89 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 90 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, uint64_t const *, int32_t const *, int32_t const *, int32_t, uint64_t *)
-/* 91 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 92 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 93 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 80 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 81 */ _CFFI_OP(_CFFI_OP_NOOP, 64),
+/* 82 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 83 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 84 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 85 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, int32_t const *, int32_t const *, size_t, int32_t *)
+/* 86 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 87 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 88 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 89 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 90 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 91 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 92 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, int32_t const *, uint32_t *)
+/* 93 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 94 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 95 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21), // int32_t
-/* 96 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 97 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 98 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(size_t, uint64_t const *, int32_t const *, int32_t, uint64_t *)
-/* 99 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 100 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 101 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 102 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
-/* 103 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 104 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 105 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(struct km_samples *, int32_t const *, size_t, int)
-/* 106 */ _CFFI_OP(_CFFI_OP_POINTER, 180), // struct km_samples *
-/* 107 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 95 */ _CFFI_OP(_CFFI_OP_NOOP, 64),
+/* 96 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 97 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, uint64_t *)
+/* 98 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 99 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 100 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 101 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, uint64_t *, size_t, uint64_t const *)
+/* 102 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 103 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 104 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 105 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 106 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 107 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, uint64_t const *, int32_t const *, int32_t const *, int32_t, uint64_t *)
 /* 108 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 109 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 110 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 111 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(struct km_samples *, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, int32_t *)
-/* 112 */ _CFFI_OP(_CFFI_OP_NOOP, 106),
-/* 113 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
-/* 114 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 115 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 116 */ _CFFI_OP(_CFFI_OP_POINTER, 181), // uint8_t const *
-/* 117 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 118 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 119 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 120 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
-/* 121 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 122 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 123 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 124 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 125 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 126 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 127 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 128 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 129 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 130 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 131 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 132 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(uint64_t const *, size_t, uint64_t *)
-/* 133 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 109 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 110 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 111 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 112 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
+/* 113 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 114 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 115 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, uint64_t const *, int32_t const *, int32_t, uint64_t *)
+/* 116 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 117 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 118 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 119 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
+/* 120 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 121 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 122 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(struct km_samples *, int32_t const *, size_t, int)
+/* 123 */ _CFFI_OP(_CFFI_OP_POINTER, 197), // struct km_samples *
+/* 124 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 125 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 126 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 127 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 128 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(struct km_samples *, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, int32_t *)
+/* 129 */ _CFFI_OP(_CFFI_OP_NOOP, 123),
+/* 130 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 131 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 132 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 133 */ _CFFI_OP(_CFFI_OP_POINTER, 198), // uint8_t const *
 /* 134 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 135 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
+/* 135 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 136 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 137 */ _CFFI_OP(_CFFI_OP_FUNCTION, 177), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
-/* 138 */ _CFFI_OP(_CFFI_OP_POINTER, 182), // void *
-/* 139 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 137 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
+/* 138 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 139 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
 /* 140 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 141 */ _CFFI_OP(_CFFI_OP_NOOP, 106),
-/* 142 */ _CFFI_OP(_CFFI_OP_POINTER, 178), // struct km_perf_stats *
-/* 143 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 144 */ _CFFI_OP(_CFFI_OP_FUNCTION, 10), // size_t()(km_queue const *)
-/* 145 */ _CFFI_OP(_CFFI_OP_POINTER, 176), // km_queue const *
-/* 146 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 147 */ _CFFI_OP(_CFFI_OP_FUNCTION, 29), // uint64_t()(void)
+/* 141 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 142 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 143 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 144 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 145 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 146 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 147 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
 /* 148 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 149 */ _CFFI_OP(_CFFI_OP_FUNCTION, 182), // void()(int32_t *, size_t, int32_t)
-/* 150 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 149 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(uint64_t const *, size_t, uint64_t *)
+/* 150 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 151 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 152 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
+/* 152 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 153 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 154 */ _CFFI_OP(_CFFI_OP_FUNCTION, 182), // void()(km_queue *)
-/* 155 */ _CFFI_OP(_CFFI_OP_NOOP, 48),
-/* 156 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 157 */ _CFFI_OP(_CFFI_OP_FUNCTION, 182), // void()(km_queue const *, struct km_queue_stats *)
-/* 158 */ _CFFI_OP(_CFFI_OP_NOOP, 145),
-/* 159 */ _CFFI_OP(_CFFI_OP_POINTER, 179), // struct km_queue_stats *
+/* 154 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
+/* 155 */ _CFFI_OP(_CFFI_OP_POINTER, 199), // void *
+/* 156 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 157 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 158 */ _CFFI_OP(_CFFI_OP_NOOP, 123),
+/* 159 */ _CFFI_OP(_CFFI_OP_POINTER, 195), // struct km_perf_stats *
 /* 160 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 161 */ _CFFI_OP(_CFFI_OP_FUNCTION, 182), // void()(size_t, uint64_t const *, uint64_t, uint64_t *, int32_t *)
-/* 162 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 163 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 164 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 165 */ _CFFI_OP(_CFFI_OP_NOOP, 31),
-/* 166 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 167 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 168 */ _CFFI_OP(_CFFI_OP_FUNCTION, 182), // void()(uint64_t const *, size_t, unsigned int, int32_t const *, size_t, int32_t *)
-/* 169 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 170 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 171 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
-/* 172 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 173 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 174 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 175 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 176 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
-/* 177 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
-/* 178 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
-/* 179 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
-/* 180 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
-/* 181 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
-/* 182 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
+/* 161 */ _CFFI_OP(_CFFI_OP_FUNCTION, 10), // size_t()(km_queue const *)
+/* 162 */ _CFFI_OP(_CFFI_OP_POINTER, 193), // km_queue const *
+/* 163 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 164 */ _CFFI_OP(_CFFI_OP_FUNCTION, 40), // uint64_t()(void)
+/* 165 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 166 */ _CFFI_OP(_CFFI_OP_FUNCTION, 199), // void()(int32_t *, size_t, int32_t)
+/* 167 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 168 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 169 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
+/* 170 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 171 */ _CFFI_OP(_CFFI_OP_FUNCTION, 199), // void()(km_queue *)
+/* 172 */ _CFFI_OP(_CFFI_OP_NOOP, 59),
+/* 173 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 174 */ _CFFI_OP(_CFFI_OP_FUNCTION, 199), // void()(km_queue const *, struct km_queue_stats *)
+/* 175 */ _CFFI_OP(_CFFI_OP_NOOP, 162),
+/* 176 */ _CFFI_OP(_CFFI_OP_POINTER, 196), // struct km_queue_stats *
+/* 177 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 178 */ _CFFI_OP(_CFFI_OP_FUNCTION, 199), // void()(size_t, uint64_t const *, uint64_t, uint64_t *, int32_t *)
+/* 179 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 180 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 181 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 182 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 183 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 184 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 185 */ _CFFI_OP(_CFFI_OP_FUNCTION, 199), // void()(uint64_t const *, size_t, unsigned int, int32_t const *, size_t, int32_t *)
+/* 186 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 187 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 188 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 189 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 190 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 191 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 192 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 193 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
+/* 194 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
+/* 195 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
+/* 196 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
+/* 197 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
+/* 198 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
+/* 199 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
 };
 
 static long _cffi_d_km_cand_prepare(size_t x0, int32_t * x1, uint64_t * x2, uint32_t * x3, uint32_t x4, uint64_t * x5)
@@ -816,19 +833,19 @@ _cffi_f_km_cand_prepare(PyObject *self, PyObject *args)
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg2, (char **)&x2);
+      _cffi_type(24), arg2, (char **)&x2);
   if (datasize != 0) {
     x2 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg2, (char **)&x2,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg2, (char **)&x2,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(53), arg3, (char **)&x3);
+      _cffi_type(64), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (uint32_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(53), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(64), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -838,10 +855,10 @@ _cffi_f_km_cand_prepare(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg5, (char **)&x5);
+      _cffi_type(24), arg5, (char **)&x5);
   if (datasize != 0) {
     x5 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg5, (char **)&x5,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg5, (char **)&x5,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1085,10 +1102,10 @@ _cffi_f_km_idle_test(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(25), arg3, (char **)&x3);
+      _cffi_type(36), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (uint8_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(25), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(36), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1172,10 +1189,10 @@ _cffi_f_km_keys_for(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg5, (char **)&x5);
+      _cffi_type(24), arg5, (char **)&x5);
   if (datasize != 0) {
     x5 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg5, (char **)&x5,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg5, (char **)&x5,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1277,6 +1294,111 @@ _cffi_f_km_move_pages(PyObject *self, PyObject *args)
 #  define _cffi_f_km_move_pages _cffi_d_km_move_pages
 #endif
 
+static long _cffi_d_km_move_pages_batched(int x0, size_t x1, uint64_t const * x2, int32_t x3, int32_t * x4, int x5, size_t x6, uint64_t * x7, size_t * x8)
+{
+  return km_move_pages_batched(x0, x1, x2, x3, x4, x5, x6, x7, x8);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_move_pages_batched(PyObject *self, PyObject *args)
+{
+  int x0;
+  size_t x1;
+  uint64_t const * x2;
+  int32_t x3;
+  int32_t * x4;
+  int x5;
+  size_t x6;
+  uint64_t * x7;
+  size_t * x8;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+  PyObject *arg5;
+  PyObject *arg6;
+  PyObject *arg7;
+  PyObject *arg8;
+
+  if (!PyArg_UnpackTuple(args, "km_move_pages_batched", 9, 9, &arg0, &arg1, &arg2, &arg3, &arg4, &arg5, &arg6, &arg7, &arg8))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, int);
+  if (x0 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x1 = _cffi_to_c_int(arg1, size_t);
+  if (x1 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg2, (char **)&x2);
+  if (datasize != 0) {
+    x2 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg2, (char **)&x2,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x3 = _cffi_to_c_int(arg3, int32_t);
+  if (x3 == (int32_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(13), arg4, (char **)&x4);
+  if (datasize != 0) {
+    x4 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(13), arg4, (char **)&x4,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x5 = _cffi_to_c_int(arg5, int);
+  if (x5 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x6 = _cffi_to_c_int(arg6, size_t);
+  if (x6 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(24), arg7, (char **)&x7);
+  if (datasize != 0) {
+    x7 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(24), arg7, (char **)&x7,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(25), arg8, (char **)&x8);
+  if (datasize != 0) {
+    x8 = ((size_t)datasize) <= 640 ? (size_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(25), arg8, (char **)&x8,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_move_pages_batched(x0, x1, x2, x3, x4, x5, x6, x7, x8); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_move_pages_batched _cffi_d_km_move_pages_batched
+#endif
+
 static long _cffi_d_km_pagemap_pfns(uint64_t const * x0, size_t x1, uint64_t * x2)
 {
   return km_pagemap_pfns(x0, x1, x2);
@@ -1313,10 +1435,10 @@ _cffi_f_km_pagemap_pfns(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg2, (char **)&x2);
+      _cffi_type(24), arg2, (char **)&x2);
   if (datasize != 0) {
     x2 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg2, (char **)&x2,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg2, (char **)&x2,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1363,10 +1485,10 @@ _cffi_f_km_perf_drain(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(138), arg0, (char **)&x0);
+      _cffi_type(155), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (void *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(138), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(155), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1380,19 +1502,19 @@ _cffi_f_km_perf_drain(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(106), arg3, (char **)&x3);
+      _cffi_type(123), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(106), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(123), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(142), arg4, (char **)&x4);
+      _cffi_type(159), arg4, (char **)&x4);
   if (datasize != 0) {
     x4 = ((size_t)datasize) <= 640 ? (struct km_perf_stats *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(142), arg4, (char **)&x4,
+    if (_cffi_convert_array_argument(_cffi_type(159), arg4, (char **)&x4,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1683,10 +1805,10 @@ _cffi_f_km_pread_words(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg3, (char **)&x3);
+      _cffi_type(24), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1781,10 +1903,10 @@ _cffi_f_km_queue_capacity(PyObject *self, PyObject *arg0)
   PyObject *pyresult;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(145), arg0, (char **)&x0);
+      _cffi_type(162), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(145), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(162), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1837,10 +1959,10 @@ _cffi_f_km_queue_drain(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(48), arg0, (char **)&x0);
+      _cffi_type(59), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(48), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(59), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1859,10 +1981,10 @@ _cffi_f_km_queue_drain(PyObject *self, PyObject *args)
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg3, (char **)&x3);
+      _cffi_type(24), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1877,28 +1999,28 @@ _cffi_f_km_queue_drain(PyObject *self, PyObject *args)
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(53), arg5, (char **)&x5);
+      _cffi_type(64), arg5, (char **)&x5);
   if (datasize != 0) {
     x5 = ((size_t)datasize) <= 640 ? (uint32_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(53), arg5, (char **)&x5,
+    if (_cffi_convert_array_argument(_cffi_type(64), arg5, (char **)&x5,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg6, (char **)&x6);
+      _cffi_type(24), arg6, (char **)&x6);
   if (datasize != 0) {
     x6 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg6, (char **)&x6,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg6, (char **)&x6,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg7, (char **)&x7);
+      _cffi_type(24), arg7, (char **)&x7);
   if (datasize != 0) {
     x7 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg7, (char **)&x7,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg7, (char **)&x7,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1931,10 +2053,10 @@ _cffi_f_km_queue_free(PyObject *self, PyObject *arg0)
   struct _cffi_freeme_s *large_args_free = NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(48), arg0, (char **)&x0);
+      _cffi_type(59), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(48), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(59), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1973,19 +2095,19 @@ _cffi_f_km_queue_get_stats(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(145), arg0, (char **)&x0);
+      _cffi_type(162), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(145), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(162), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(159), arg1, (char **)&x1);
+      _cffi_type(176), arg1, (char **)&x1);
   if (datasize != 0) {
     x1 = ((size_t)datasize) <= 640 ? (struct km_queue_stats *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(159), arg1, (char **)&x1,
+    if (_cffi_convert_array_argument(_cffi_type(176), arg1, (char **)&x1,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2020,10 +2142,10 @@ _cffi_f_km_queue_len(PyObject *self, PyObject *arg0)
   PyObject *pyresult;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(145), arg0, (char **)&x0);
+      _cffi_type(162), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(145), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(162), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2076,7 +2198,7 @@ _cffi_f_km_queue_new(PyObject *self, PyObject *args)
   Py_END_ALLOW_THREADS
 
   (void)self; /* unused */
-  pyresult = _cffi_from_c_pointer((char *)result, _cffi_type(48));
+  pyresult = _cffi_from_c_pointer((char *)result, _cffi_type(59));
   return pyresult;
 }
 #else
@@ -2114,10 +2236,10 @@ _cffi_f_km_queue_push(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(48), arg0, (char **)&x0);
+      _cffi_type(59), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(48), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(59), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2163,10 +2285,10 @@ _cffi_f_km_queue_push(PyObject *self, PyObject *args)
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(64), arg6, (char **)&x6);
+      _cffi_type(75), arg6, (char **)&x6);
   if (datasize != 0) {
     x6 = ((size_t)datasize) <= 640 ? (uint32_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(64), arg6, (char **)&x6,
+    if (_cffi_convert_array_argument(_cffi_type(75), arg6, (char **)&x6,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2184,6 +2306,71 @@ _cffi_f_km_queue_push(PyObject *self, PyObject *args)
 }
 #else
 #  define _cffi_f_km_queue_push _cffi_d_km_queue_push
+#endif
+
+static long _cffi_d_km_remove_sorted_u64(size_t x0, uint64_t * x1, size_t x2, uint64_t const * x3)
+{
+  return km_remove_sorted_u64(x0, x1, x2, x3);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_remove_sorted_u64(PyObject *self, PyObject *args)
+{
+  size_t x0;
+  uint64_t * x1;
+  size_t x2;
+  uint64_t const * x3;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+
+  if (!PyArg_UnpackTuple(args, "km_remove_sorted_u64", 4, 4, &arg0, &arg1, &arg2, &arg3))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, size_t);
+  if (x0 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(24), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(24), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x2 = _cffi_to_c_int(arg2, size_t);
+  if (x2 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_remove_sorted_u64(x0, x1, x2, x3); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_remove_sorted_u64 _cffi_d_km_remove_sorted_u64
 #endif
 
 static long _cffi_d_km_runs_i32(size_t x0, int32_t const * x1, uint32_t * x2)
@@ -2222,10 +2409,10 @@ _cffi_f_km_runs_i32(PyObject *self, PyObject *args)
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(53), arg2, (char **)&x2);
+      _cffi_type(64), arg2, (char **)&x2);
   if (datasize != 0) {
     x2 = ((size_t)datasize) <= 640 ? (uint32_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(53), arg2, (char **)&x2,
+    if (_cffi_convert_array_argument(_cffi_type(64), arg2, (char **)&x2,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2276,10 +2463,10 @@ _cffi_f_km_samples_by_node(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(106), arg0, (char **)&x0);
+      _cffi_type(123), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(106), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(123), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2302,10 +2489,10 @@ _cffi_f_km_samples_by_node(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(116), arg4, (char **)&x4);
+      _cffi_type(133), arg4, (char **)&x4);
   if (datasize != 0) {
     x4 = ((size_t)datasize) <= 640 ? (uint8_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(116), arg4, (char **)&x4,
+    if (_cffi_convert_array_argument(_cffi_type(133), arg4, (char **)&x4,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2363,10 +2550,10 @@ _cffi_f_km_samples_filter(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(106), arg0, (char **)&x0);
+      _cffi_type(123), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(106), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(123), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2456,10 +2643,10 @@ _cffi_f_km_select_u64(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg4, (char **)&x4);
+      _cffi_type(24), arg4, (char **)&x4);
   if (datasize != 0) {
     x4 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg4, (char **)&x4,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg4, (char **)&x4,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2504,10 +2691,10 @@ _cffi_f_km_sort_unique_u64(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg1, (char **)&x1);
+      _cffi_type(24), arg1, (char **)&x1);
   if (datasize != 0) {
     x1 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg1, (char **)&x1,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg1, (char **)&x1,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2569,10 +2756,10 @@ _cffi_f_km_split_keys(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg3, (char **)&x3);
+      _cffi_type(24), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2652,10 +2839,10 @@ _cffi_f_km_status_tally(PyObject *self, PyObject *args)
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg3, (char **)&x3);
+      _cffi_type(24), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2665,10 +2852,10 @@ _cffi_f_km_status_tally(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(31), arg5, (char **)&x5);
+      _cffi_type(24), arg5, (char **)&x5);
   if (datasize != 0) {
     x5 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(31), arg5, (char **)&x5,
+    if (_cffi_convert_array_argument(_cffi_type(24), arg5, (char **)&x5,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2736,74 +2923,76 @@ static void _cffi_checkfld_struct_km_samples(struct km_samples *p)
 struct _cffi_align_struct_km_samples { char x; struct km_samples y; };
 
 static const struct _cffi_global_s _cffi_globals[] = {
-  { "km_cand_prepare", (void *)_cffi_f_km_cand_prepare, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 66), (void *)_cffi_d_km_cand_prepare },
-  { "km_cand_targets", (void *)_cffi_f_km_cand_targets, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 74), (void *)_cffi_d_km_cand_targets },
-  { "km_fill_i32", (void *)_cffi_f_km_fill_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 149), (void *)_cffi_d_km_fill_i32 },
-  { "km_idle_mark", (void *)_cffi_f_km_idle_mark, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 16), (void *)_cffi_d_km_idle_mark },
-  { "km_idle_test", (void *)_cffi_f_km_idle_test, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 21), (void *)_cffi_d_km_idle_test },
-  { "km_keys_for", (void *)_cffi_f_km_keys_for, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 90), (void *)_cffi_d_km_keys_for },
+  { "km_cand_prepare", (void *)_cffi_f_km_cand_prepare, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 77), (void *)_cffi_d_km_cand_prepare },
+  { "km_cand_targets", (void *)_cffi_f_km_cand_targets, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 85), (void *)_cffi_d_km_cand_targets },
+  { "km_fill_i32", (void *)_cffi_f_km_fill_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 166), (void *)_cffi_d_km_fill_i32 },
+  { "km_idle_mark", (void *)_cffi_f_km_idle_mark, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 27), (void *)_cffi_d_km_idle_mark },
+  { "km_idle_test", (void *)_cffi_f_km_idle_test, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 32), (void *)_cffi_d_km_idle_test },
+  { "km_keys_for", (void *)_cffi_f_km_keys_for, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 107), (void *)_cffi_d_km_keys_for },
   { "km_move_pages", (void *)_cffi_f_km_move_pages, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 8), (void *)_cffi_d_km_move_pages },
-  { "km_pagemap_pfns", (void *)_cffi_f_km_pagemap_pfns, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 132), (void *)_cffi_d_km_pagemap_pfns },
-  { "km_perf_drain", (void *)_cffi_f_km_perf_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 137), (void *)_cffi_d_km_perf_drain },
+  { "km_move_pages_batched", (void *)_cffi_f_km_move_pages_batched, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 16), (void *)_cffi_d_km_move_pages_batched },
+  { "km_pagemap_pfns", (void *)_cffi_f_km_pagemap_pfns, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 149), (void *)_cffi_d_km_pagemap_pfns },
+  { "km_perf_drain", (void *)_cffi_f_km_perf_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 154), (void *)_cffi_d_km_perf_drain },
   { "km_perf_enable", (void *)_cffi_f_km_perf_enable, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 4), (void *)_cffi_d_km_perf_enable },
-  { "km_perf_open", (void *)_cffi_f_km_perf_open, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 120), (void *)_cffi_d_km_perf_open },
-  { "km_perf_supported_sample_type", (void *)_cffi_f_km_perf_supported_sample_type, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_N, 147), (void *)_cffi_d_km_perf_supported_sample_type },
-  { "km_phys_to_node", (void *)_cffi_f_km_phys_to_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 168), (void *)_cffi_d_km_phys_to_node },
-  { "km_pread_words", (void *)_cffi_f_km_pread_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 27), (void *)_cffi_d_km_pread_words },
-  { "km_pwrite_words", (void *)_cffi_f_km_pwrite_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 33), (void *)_cffi_d_km_pwrite_words },
-  { "km_queue_capacity", (void *)_cffi_f_km_queue_capacity, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 144), (void *)_cffi_d_km_queue_capacity },
-  { "km_queue_drain", (void *)_cffi_f_km_queue_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 47), (void *)_cffi_d_km_queue_drain },
-  { "km_queue_free", (void *)_cffi_f_km_queue_free, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 154), (void *)_cffi_d_km_queue_free },
-  { "km_queue_get_stats", (void *)_cffi_f_km_queue_get_stats, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 157), (void *)_cffi_d_km_queue_get_stats },
-  { "km_queue_len", (void *)_cffi_f_km_queue_len, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 144), (void *)_cffi_d_km_queue_len },
+  { "km_perf_open", (void *)_cffi_f_km_perf_open, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 137), (void *)_cffi_d_km_perf_open },
+  { "km_perf_supported_sample_type", (void *)_cffi_f_km_perf_supported_sample_type, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_N, 164), (void *)_cffi_d_km_perf_supported_sample_type },
+  { "km_phys_to_node", (void *)_cffi_f_km_phys_to_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 185), (void *)_cffi_d_km_phys_to_node },
+  { "km_pread_words", (void *)_cffi_f_km_pread_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 38), (void *)_cffi_d_km_pread_words },
+  { "km_pwrite_words", (void *)_cffi_f_km_pwrite_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 44), (void *)_cffi_d_km_pwrite_words },
+  { "km_queue_capacity", (void *)_cffi_f_km_queue_capacity, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 161), (void *)_cffi_d_km_queue_capacity },
+  { "km_queue_drain", (void *)_cffi_f_km_queue_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 58), (void *)_cffi_d_km_queue_drain },
+  { "km_queue_free", (void *)_cffi_f_km_queue_free, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 171), (void *)_cffi_d_km_queue_free },
+  { "km_queue_get_stats", (void *)_cffi_f_km_queue_get_stats, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 174), (void *)_cffi_d_km_queue_get_stats },
+  { "km_queue_len", (void *)_cffi_f_km_queue_len, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 161), (void *)_cffi_d_km_queue_len },
   { "km_queue_new", (void *)_cffi_f_km_queue_new, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 0), (void *)_cffi_d_km_queue_new },
-  { "km_queue_push", (void *)_cffi_f_km_queue_push, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 57), (void *)_cffi_d_km_queue_push },
-  { "km_runs_i32", (void *)_cffi_f_km_runs_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 81), (void *)_cffi_d_km_runs_i32 },
-  { "km_samples_by_node", (void *)_cffi_f_km_samples_by_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 111), (void *)_cffi_d_km_samples_by_node },
-  { "km_samples_filter", (void *)_cffi_f_km_samples_filter, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 105), (void *)_cffi_d_km_samples_filter },
-  { "km_select_u64", (void *)_cffi_f_km_select_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 98), (void *)_cffi_d_km_select_u64 },
-  { "km_sort_unique_u64", (void *)_cffi_f_km_sort_unique_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 86), (void *)_cffi_d_km_sort_unique_u64 },
-  { "km_split_keys", (void *)_cffi_f_km_split_keys, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 161), (void *)_cffi_d_km_split_keys },
-  { "km_status_tally", (void *)_cffi_f_km_status_tally, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 39), (void *)_cffi_d_km_status_tally },
+  { "km_queue_push", (void *)_cffi_f_km_queue_push, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 68), (void *)_cffi_d_km_queue_push },
+  { "km_remove_sorted_u64", (void *)_cffi_f_km_remove_sorted_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 101), (void *)_cffi_d_km_remove_sorted_u64 },
+  { "km_runs_i32", (void *)_cffi_f_km_runs_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 92), (void *)_cffi_d_km_runs_i32 },
+  { "km_samples_by_node", (void *)_cffi_f_km_samples_by_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 128), (void *)_cffi_d_km_samples_by_node },
+  { "km_samples_filter", (void *)_cffi_f_km_samples_filter, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 122), (void *)_cffi_d_km_samples_filter },
+  { "km_select_u64", (void *)_cffi_f_km_select_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 115), (void *)_cffi_d_km_select_u64 },
+  { "km_sort_unique_u64", (void *)_cffi_f_km_sort_unique_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 97), (void *)_cffi_d_km_sort_unique_u64 },
+  { "km_split_keys", (void *)_cffi_f_km_split_keys, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 178), (void *)_cffi_d_km_split_keys },
+  { "km_status_tally", (void *)_cffi_f_km_status_tally, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 50), (void *)_cffi_d_km_status_tally },
 };
 
 static const struct _cffi_field_s _cffi_fields[] = {
   { "samples", offsetof(struct km_perf_stats, samples),
                sizeof(((struct km_perf_stats *)0)->samples),
-               _CFFI_OP(_CFFI_OP_NOOP, 29) },
+               _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "lost", offsetof(struct km_perf_stats, lost),
             sizeof(((struct km_perf_stats *)0)->lost),
-            _CFFI_OP(_CFFI_OP_NOOP, 29) },
+            _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "lost_records", offsetof(struct km_perf_stats, lost_records),
                     sizeof(((struct km_perf_stats *)0)->lost_records),
-                    _CFFI_OP(_CFFI_OP_NOOP, 29) },
+                    _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "throttled", offsetof(struct km_perf_stats, throttled),
                  sizeof(((struct km_perf_stats *)0)->throttled),
-                 _CFFI_OP(_CFFI_OP_NOOP, 29) },
+                 _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "unthrottled", offsetof(struct km_perf_stats, unthrottled),
                    sizeof(((struct km_perf_stats *)0)->unthrottled),
-                   _CFFI_OP(_CFFI_OP_NOOP, 29) },
+                   _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "unknown", offsetof(struct km_perf_stats, unknown),
                sizeof(((struct km_perf_stats *)0)->unknown),
-               _CFFI_OP(_CFFI_OP_NOOP, 29) },
+               _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "truncated", offsetof(struct km_perf_stats, truncated),
                  sizeof(((struct km_perf_stats *)0)->truncated),
-                 _CFFI_OP(_CFFI_OP_NOOP, 29) },
+                 _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "bytes", offsetof(struct km_perf_stats, bytes),
              sizeof(((struct km_perf_stats *)0)->bytes),
-             _CFFI_OP(_CFFI_OP_NOOP, 29) },
+             _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "pushed", offsetof(struct km_queue_stats, pushed),
               sizeof(((struct km_queue_stats *)0)->pushed),
-              _CFFI_OP(_CFFI_OP_NOOP, 29) },
+              _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "coalesced", offsetof(struct km_queue_stats, coalesced),
                  sizeof(((struct km_queue_stats *)0)->coalesced),
-                 _CFFI_OP(_CFFI_OP_NOOP, 29) },
+                 _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "dropped", offsetof(struct km_queue_stats, dropped),
                sizeof(((struct km_queue_stats *)0)->dropped),
-               _CFFI_OP(_CFFI_OP_NOOP, 29) },
+               _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "drained", offsetof(struct km_queue_stats, drained),
                sizeof(((struct km_queue_stats *)0)->drained),
-               _CFFI_OP(_CFFI_OP_NOOP, 29) },
+               _CFFI_OP(_CFFI_OP_NOOP, 40) },
   { "cap", offsetof(struct km_samples, cap),
            sizeof(((struct km_samples *)0)->cap),
            _CFFI_OP(_CFFI_OP_NOOP, 10) },
@@ -2821,37 +3010,37 @@ static const struct _cffi_field_s _cffi_fields[] = {
            _CFFI_OP(_CFFI_OP_NOOP, 13) },
   { "time", offsetof(struct km_samples, time),
             sizeof(((struct km_samples *)0)->time),
-            _CFFI_OP(_CFFI_OP_NOOP, 31) },
+            _CFFI_OP(_CFFI_OP_NOOP, 24) },
   { "addr", offsetof(struct km_samples, addr),
             sizeof(((struct km_samples *)0)->addr),
-            _CFFI_OP(_CFFI_OP_NOOP, 31) },
+            _CFFI_OP(_CFFI_OP_NOOP, 24) },
   { "phys_addr", offsetof(struct km_samples, phys_addr),
                  sizeof(((struct km_samples *)0)->phys_addr),
-                 _CFFI_OP(_CFFI_OP_NOOP, 31) },
+                 _CFFI_OP(_CFFI_OP_NOOP, 24) },
   { "weight", offsetof(struct km_samples, weight),
               sizeof(((struct km_samples *)0)->weight),
-              _CFFI_OP(_CFFI_OP_NOOP, 31) },
+              _CFFI_OP(_CFFI_OP_NOOP, 24) },
   { "data_src", offsetof(struct km_samples, data_src),
                 sizeof(((struct km_samples *)0)->data_src),
-                _CFFI_OP(_CFFI_OP_NOOP, 31) },
+                _CFFI_OP(_CFFI_OP_NOOP, 24) },
   { "ip", offsetof(struct km_samples, ip),
           sizeof(((struct km_samples *)0)->ip),
-          _CFFI_OP(_CFFI_OP_NOOP, 31) },
+          _CFFI_OP(_CFFI_OP_NOOP, 24) },
 };
 
 static const struct _cffi_struct_union_s _cffi_struct_unions[] = {
-  { "km_perf_stats", 178, _CFFI_F_CHECK_FIELDS,
+  { "km_perf_stats", 195, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_perf_stats), offsetof(struct _cffi_align_struct_km_perf_stats, y), 0, 8 },
-  { "km_queue", 176, _CFFI_F_OPAQUE,
+  { "km_queue", 193, _CFFI_F_OPAQUE,
     (size_t)-1, -1, -1, 0 /* opaque */ },
-  { "km_queue_stats", 179, _CFFI_F_CHECK_FIELDS,
+  { "km_queue_stats", 196, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_queue_stats), offsetof(struct _cffi_align_struct_km_queue_stats, y), 8, 4 },
-  { "km_samples", 180, _CFFI_F_CHECK_FIELDS,
+  { "km_samples", 197, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_samples), offsetof(struct _cffi_align_struct_km_samples, y), 12, 11 },
 };
 
 static const struct _cffi_typename_s _cffi_typenames[] = {
-  { "km_queue", 176 },
+  { "km_queue", 193 },
 };
 
 static const struct _cffi_type_context_s _cffi_type_context = {
@@ -2861,12 +3050,12 @@ static const struct _cffi_type_context_s _cffi_type_context = {
   _cffi_struct_unions,
   NULL,  /* no enums */
   _cffi_typenames,
-  29,  /* num_globals */
+  31,  /* num_globals */
   4,  /* num_struct_unions */
   0,  /* num_enums */
   1,  /* num_typenames */
   NULL,  /* no includes */
-  183,  /* num_types */
+  200,  /* num_types */
   0,  /* flags */
 };
 

@@ -139,6 +139,20 @@ long km_sort_unique_u64(size_t n, uint64_t *v)
 	return (long)j;
 }
 
+long km_remove_sorted_u64(size_t n, uint64_t *v, size_t m, const uint64_t *r)
+{
+	size_t i, j = 0, k = 0;
+
+	for (i = 0; i < n; i++) {
+		while (k < m && r[k] < v[i])
+			k++;
+		if (k < m && r[k] == v[i])
+			continue;
+		v[j++] = v[i];
+	}
+	return (long)j;
+}
+
 void km_split_keys(size_t n, const uint64_t *keys, uint64_t addr_mask,
                    uint64_t *addrs, int32_t *low)
 {

@@ -46,6 +46,12 @@ long km_keys_for(size_t n, const uint64_t *addrs, const int32_t *status,
 long km_sort_unique_u64(size_t n, uint64_t *v);
 
 /*
+ * Remove from the sorted array v (n values) every value that is in the sorted
+ * array r (m values), in place; returns the new length.
+ */
+long km_remove_sorted_u64(size_t n, uint64_t *v, size_t m, const uint64_t *r);
+
+/*
  * Split keys: addrs[i] = keys[i] & addr_mask and low[i] = keys[i] & ~addr_mask
  * (either output may be NULL).
  */

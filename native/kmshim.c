@@ -5,7 +5,9 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kmshim.h"
@@ -30,6 +32,53 @@ long km_move_pages(int pid, size_t count, const uint64_t *pages,
 	if (rc < 0)
 		return -errno;
 	return rc;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+long km_move_pages_batched(int pid, size_t count, const uint64_t *pages, int32_t node,
+                           int32_t *status, int flags, size_t batch,
+                           uint64_t *chunk_ns, size_t *done)
+{
+	int32_t *nodes;
+	size_t off = 0, k = 0, i, n;
+	long rc, not_migrated = 0;
+
+	*done = 0;
+	if (count == 0)
+		return 0;
+	if (batch == 0 || pages == NULL || status == NULL)
+		return -EINVAL;
+	n = count < batch ? count : batch;
+	nodes = malloc(n * sizeof(*nodes));	/* one target array, reused per call */
+	if (!nodes)
+		return -ENOMEM;
+	for (i = 0; i < n; i++)
+		nodes[i] = node;
+	while (off < count) {
+		uint64_t t0 = now_ns();
+
+		n = count - off < batch ? count - off : batch;
+		rc = km_move_pages(pid, n, pages + off, nodes, status + off, flags);
+		if (chunk_ns)
+			chunk_ns[k] = now_ns() - t0;
+		if (rc < 0) {
+			free(nodes);
+			return rc;
+		}
+		not_migrated += rc;
+		off += n;
+		*done = off;
+		k++;
+	}
+	free(nodes);
+	return not_migrated;
 }
 
 long km_status_tally(const int32_t *status, size_t count,

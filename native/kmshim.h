@@ -28,6 +28,19 @@ long km_move_pages(int pid, size_t count, const uint64_t *pages,
                    const int32_t *nodes, int32_t *status, int flags);
 
 /*
+ * move_pages(2) in calls of at most `batch` pages, back to back, all to `node`
+ * (the GIL stays released for the whole run: no Python between the calls).
+ * `chunk_ns[k]` (may be NULL; ceil(count / batch) slots) receives call k's
+ * duration in nanoseconds.  `*done` receives how many pages the calls that
+ * completed covered.  Returns the sum of the kernel's not-migrated counts, or
+ * -errno of the first whole-call failure (the calls before it stand; its
+ * statuses and those after are not written).
+ */
+long km_move_pages_batched(int pid, size_t count, const uint64_t *pages, int32_t node,
+                           int32_t *status, int flags, size_t batch,
+                           uint64_t *chunk_ns, size_t *done);
+
+/*
  * Tallies a status array into (value, count) pairs: keys[i] is a status value
  * (node id or -errno) and counts[i] how many pages had it, for the first
  * `max_out` distinct values in order of first appearance.  Returns the number

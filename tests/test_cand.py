@@ -55,3 +55,10 @@ def test_split_keys(keys: list[int]) -> None:
     addrs, low = shim.split_keys(array("Q", keys), PAGE_MASK)
     assert list(addrs) == [k & PAGE_MASK & (2**64 - 1) for k in keys]
     assert list(low) == [k & 0xFFF for k in keys]
+
+
+@given(st.lists(st.integers(0, 50)), st.lists(st.integers(0, 50)))
+def test_remove_sorted(values: list[int], remove: list[int]) -> None:
+    v = array("Q", sorted(set(values)))
+    shim.remove_sorted(v, array("Q", sorted(set(remove))))
+    assert list(v) == sorted(set(values) - set(remove))

@@ -174,3 +174,29 @@ def test_gil_is_released_during_the_call():
     body = src[src.index("_cffi_f_km_move_pages"):]
     body = body[:body.index("\n}\n")]
     assert "Py_BEGIN_ALLOW_THREADS" in body and "km_move_pages(" in body
+
+
+def test_move_batched_runs_the_calls_back_to_back(pages):
+    _, pages = pages
+    r = shim.move_batched(0, pages, 0, batch=7)
+    assert r.error is None and len(r.result.status) == len(pages)
+    assert set(r.result.status) == {0} and r.result.not_migrated == 0
+    assert len(r.call_seconds) == -(-len(pages) // 7) and min(r.call_seconds) > 0
+    assert set(shim.query_nodes(0, pages)) == {0}
+
+
+@pytest.mark.parametrize("pid,node,err", [(0, 1000, errno.ENODEV), (2**22 + 12345, 0, errno.ESRCH)])
+def test_move_batched_returns_a_whole_call_failure(pages, pid, node, err):
+    _, pages = pages
+    r = shim.move_batched(pid, pages, node, batch=4)
+    assert isinstance(r.error, MovePagesError) and r.error.errno == err
+    assert len(r.result.status) == 0 and len(r.call_seconds) == 1  # stopped at the first
+
+
+@pytest.mark.parametrize("kw,match", [({"batch": 0}, "batch"), ({"node": -1}, "node"),
+                                      ({"flags": 99}, "flags")])
+def test_move_batched_bad_arguments(pages, kw, match):
+    _, pages = pages
+    args = {"pid": 0, "addresses": pages, "node": 0, **kw}
+    with pytest.raises(ShimArgumentError, match=match):
+        shim.move_batched(**args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import os
 import shutil
 import time
 from array import array
@@ -485,3 +486,112 @@ def test_idle_worker_sleeps_until_a_push_wakes_it(fs):
     assert idle_rounds <= 2
     assert w.stats.promoted_pages == 64 and mover.on(5, addrs, 0) == 64
     assert woke_after < 0.5 and stop_after < 0.5  # not the 1 s idle wake-up
+
+
+class SlowMover(FakeMover):
+    """The kernel copy takes a while: pages still show their old node meanwhile."""
+
+    def move(self, pid, addrs, node, flags, threads):
+        time.sleep(0.2)
+        return super().move(pid, addrs, node, flags, threads)
+
+
+def test_pages_drained_again_while_their_batch_moves_are_not_moved_twice(fs):
+    mover, clock = SlowMover(), Clock()
+    w, q = make(fs, mover, clock, batch_pages=64)
+    a = pages(64)
+    b = pages(64, 1000)
+    mover.place(5, a + b, 1)
+
+    async def scenario() -> None:
+        offer(q, 5, a)
+        await w.fill()
+        assert w.inbox_pages == 64
+        offer(q, 5, a + b)  # the sampler sees the same pages again, and new ones
+        await w.promote_one(clock())  # moves a; meanwhile fills a (still on node 1) + b
+        assert sorted(w.inbox[5]) == [x | 1 for x in b]  # a taken out once moved
+        await w.promote_one(clock())
+
+    run(scenario())
+    assert [c[1] for c in mover.calls] == [64, 64]
+    assert w.stats.promoted_pages == 128 and w.stats.outcomes["moved"] == 128
+    assert mover.on(5, a + b, 0) == 128 and w.inbox_pages == 0
+
+
+class FailingMover(FakeMover):
+    """The n-th move call fails as a whole (6.12 returns -1/ENOMEM when the
+    target is full)."""
+
+    def __init__(self, fail_call: int, err: int) -> None:
+        super().__init__()
+        self.fail_call, self.err, self.n = fail_call, err, 0
+
+    def move(self, pid, addrs, node, flags, threads):
+        self.n += 1
+        if self.n == self.fail_call:
+            raise MovePagesError(self.err, os.strerror(self.err))
+        return super().move(pid, addrs, node, flags, threads)
+
+
+def test_whole_call_failure_inside_a_burst(fs):
+    """Three batches go to the executor as one job; the second call fails with
+    ENOMEM: the first is accounted, the second counted as a whole-call error, the
+    third goes back to the inbox, and the worker backs off before trying again."""
+    mover, clock = FailingMover(2, errno.ENOMEM), Clock()
+    w, q = make(fs, mover, clock, batch_pages=64, enomem_backoff_ms=500)
+    addrs = pages(192)
+    mover.place(5, addrs, 1)
+    offer(q, 5, addrs)
+
+    async def scenario() -> None:
+        await w.fill()
+        await w.promote_one(clock())
+
+    run(scenario())
+    assert [c[1] for c in mover.calls] == [64]  # the failing call is not recorded
+    assert w.stats.promoted_pages == 64 and w.stats.whole_call_errors["ENOMEM"] == 1
+    assert w.stats.batches == 2 and w.inbox_pages == 64
+    assert w.stats.enomem_backoff_seconds == 0.5
+    assert run(w.step()) is False  # backing off
+    clock.t += 1
+    run(steps(w, clock, 2))
+    assert w.stats.promoted_pages == 128 and mover.on(5, addrs[128:], 0) == 64
+
+
+class BatchedFakeMover(FakeMover):
+    """Offers move_batched as ShimMover does; call ``fail_call`` fails as a whole."""
+
+    def __init__(self, fail_call: int = 0, err: int = errno.ENOMEM) -> None:
+        super().__init__()
+        self.fail_call, self.err = fail_call, err
+        self.batched_calls: list[int] = []
+
+    def move_batched(self, pid, addrs, node, flags, batch):
+        self.batched_calls.append(len(addrs))
+        status, seconds = array("i"), []
+        for k, i in enumerate(range(0, len(addrs), batch)):
+            seconds.append(0.001)
+            if k + 1 == self.fail_call:
+                return shim.BatchedMove(shim.MoveResult(status, 0), seconds,
+                                        MovePagesError(self.err, os.strerror(self.err)))
+            status.extend(super().move(pid, addrs[i:i + batch], node, flags, 1).status)
+        return shim.BatchedMove(shim.MoveResult(status, 0), seconds, None)
+
+
+@pytest.mark.parametrize("fail_call", [0, 2])
+def test_burst_goes_to_the_kernel_in_one_batched_call(fs, fail_call):
+    mover, clock = BatchedFakeMover(fail_call), Clock()
+    w, q = make(fs, mover, clock, batch_pages=64)
+    addrs = pages(256)
+    mover.place(5, addrs, 1)
+    offer(q, 5, addrs)
+    run(w.fill())
+    run(w.promote_one(clock()))
+    assert mover.batched_calls == [256]  # four batches, one job, one C call
+    if not fail_call:
+        assert w.stats.batches == 4 and w.stats.batch_sizes == [64] * 4
+        assert w.stats.promoted_pages == 256 and mover.on(5, addrs, 0) == 256
+        assert len(w.stats.move_durations) == 4
+    else:
+        assert w.stats.promoted_pages == 64 and w.stats.whole_call_errors["ENOMEM"] == 1
+        assert w.inbox_pages == 128 and w.stats.enomem_backoff_seconds > 0
