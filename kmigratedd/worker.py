@@ -31,7 +31,7 @@ import errno
 import logging
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +55,21 @@ IDLE_WAKE_S = 1.0
 # Batches of one pid moved by one executor job, back to back: fewer round trips
 # through the event loop (each costs a thread hand-off and a wake-up).
 MAX_BURST = 4
+# Jobs queued on a worker's move thread at once: the next waits behind the one the
+# kernel is copying, so the thread never idles while the loop accounts and takes.
+PIPELINE_DEPTH = 2
+
+
+@dataclass
+class _Job:
+    """Batches of one pid queued on the move thread as one job."""
+
+    pid: int
+    since: float
+    keys: array[int]  # sorted: the batches' keys end to end
+    plan: list[tuple[array[int], int]]  # (batch keys, copy threads)
+    future: asyncio.Future[tuple[list[tuple[shim.MoveResult, float]], MovePagesError | None]]
+    refilled: bool = False  # the inbox took keys of this pid while it was queued
 
 GONE_ERRNOS = (errno.EFAULT, errno.ENOENT)
 
@@ -203,8 +218,9 @@ class NodeWorker:
         self._backoff_until = 0.0
         self._stopping = False
         self._wake: asyncio.Event | None = None
-        self._in_flight: int | None = None  # pid of the batch being moved
-        self._refilled_in_flight = False
+        self._jobs: deque[_Job] = deque()  # queued on the move thread, oldest first
+        self._move_pool: ThreadPoolExecutor | None = None
+        self.depth = PIPELINE_DEPTH
         self.configure(cfg)
         size = max(topology.nodes, default=0) + 1
         self.target_of_node = array("i", [-1]) * size
@@ -251,6 +267,12 @@ class NodeWorker:
                 worked = False
             if not worked:
                 await self._idle(wake)
+        # Stopping: the jobs already queued still run; account them before leaving.
+        while self._jobs:
+            await self._complete_oldest(fill=False)
+        if self._move_pool is not None:
+            self._move_pool.shutdown(wait=False)
+            self._move_pool = None
 
     async def _idle(self, wake: asyncio.Event) -> None:
         """Sleep until there may be work: a push into the queues, or a deadline.
@@ -363,8 +385,9 @@ class NodeWorker:
         """Take routed pages into this worker's inbox (bounded: oldest pid dropped)."""
         if not len(keys):
             return
-        if pid == self._in_flight:
-            self._refilled_in_flight = True
+        for job in self._jobs:
+            if job.pid == pid:
+                job.refilled = True
         have = self.inbox.get(pid)
         if have is None:
             self.inbox[pid] = keys
@@ -452,12 +475,40 @@ class NodeWorker:
         return int(ct)
 
     async def promote_one(self, now: float) -> bool:
+        """Keep up to ``depth`` jobs queued on the move thread, then complete the
+        oldest: while the kernel copies one job's pages the next job is already
+        queued behind it (no gap on the move thread for the loop's work), and the
+        loop takes the next candidates in."""
+        wait = 0.0
+        while len(self._jobs) < self.depth:
+            if self._jobs and self.inbox_pages < self.cfg.batch_pages:
+                break  # a second job only for a full batch; a partial one can wait
+            wait = self._submit_next(now)
+            if wait != 0.0:
+                break
+        if self._jobs:
+            await self._complete_oldest()
+        elif wait > 0:
+            await asyncio.sleep(wait)
+        return True
+
+    def _submit_next(self, now: float) -> float:
+        """Take the next job from the inbox and queue it on the move thread.
+
+        Returns 0.0 when it submitted a job (or, in dry-run, counted one), -1.0 when
+        there is nothing to take, and the seconds to wait when the headroom guard or
+        the rate limit holds the pages back (they go back to the inbox)."""
+        if not self.inbox_since:
+            return -1.0
         # The pid whose pages waited longest goes first.
         pid = min(self.inbox_since, key=self.inbox_since.__getitem__)
         since = self.inbox_since[pid]
-        # Up to MAX_BURST full batches of this pid go to the executor in one job.
+        # Up to MAX_BURST full batches of this pid go to the move thread as one job.
         full = len(self.inbox[pid]) // self.cfg.batch_pages
         keys = self._take(pid, self.cfg.batch_pages * max(1, min(MAX_BURST, full)))
+        for job in self._jobs:  # drained again while queued: moved once, by that job
+            if job.pid == pid:
+                shim.remove_sorted(keys, job.keys)
         page = self.page_size
         # Ping-pong: pages we promoted that are back on a slow node are held off.
         addrs, _ = shim.split_keys(keys, PAGE_MASK)
@@ -467,14 +518,14 @@ class NodeWorker:
             ok = set(allowed)
             keys = array("Q", [k for k in keys if k & PAGE_MASK in ok])
         if not len(keys):
-            return True
-        # Headroom on the target node.
-        allowance = self.headroom.allowance(self._free_bytes(now)) // page
+            return 0.0
+        # Headroom on the target node, counting what the queued jobs will use.
+        in_flight = sum(len(j.keys) for j in self._jobs) * page
+        allowance = self.headroom.allowance(self._free_bytes(now) - in_flight) // page
         if allowance <= 0:
             self._put_back(pid, keys, since)
             self.stats.headroom_blocked_seconds += self.poll_s
-            await asyncio.sleep(self.poll_s)
-            return True
+            return self.poll_s
         if allowance < len(keys):
             self._put_back(pid, keys[allowance:], since)
             keys = keys[:allowance]
@@ -487,8 +538,7 @@ class NodeWorker:
             wait = min(self.bucket.wait_for(len(keys) * page, now), self.cfg.max_wait_ms / 1000)
             wait = max(wait, 0.001)
             self.stats.rate_limited_seconds += wait
-            await asyncio.sleep(wait)
-            return True
+            return wait
         if granted < len(keys):
             self._put_back(pid, keys[granted:], since)
             keys = keys[:granted]
@@ -499,12 +549,43 @@ class NodeWorker:
                 self.stats.pages_attempted += n
                 self.stats.batch_sizes.append(n)
                 self.stats.dry_run_pages += n
-            return True
+            return 0.0
         flags = shim.MPOL_MF_MOVE_ALL if self.cfg.move_all else shim.MPOL_MF_MOVE
         chunks = [keys[i:i + self.cfg.batch_pages]
                   for i in range(0, len(keys), self.cfg.batch_pages)]
         plan = [(c, self.threads_for(len(c))) for c in chunks]
-        done, failure = await self._move_while_filling(pid, plan, flags)
+        if self._move_pool is None:
+            self._move_pool = ThreadPoolExecutor(1, f"kmigratedd-move{self.node}")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._move_pool, self._move_chunks, pid, plan, flags)
+        self._jobs.append(_Job(pid, since, keys, plan, future))
+        return 0.0
+
+    async def _complete_oldest(self, fill: bool = True) -> None:
+        """Wait for the oldest job, taking candidates in meanwhile, and account it.
+
+        A page of a queued job can be drained again meanwhile and still be reported
+        on its slow node; it is taken out of the inbox once its job is done, or a
+        later job would move it again and count it twice."""
+        job = self._jobs[0]
+        if fill and not job.future.done():
+            try:
+                if self.inbox_pages < self.inbox_limit:
+                    await self.fill()
+            except Exception:  # the moves still complete and are accounted
+                self.stats.whole_call_errors["internal"] += 1
+                log.exception("worker for node %d: fill during a move failed", self.node)
+        try:
+            done, failure = await job.future
+        finally:
+            self._jobs.popleft()
+        if job.refilled:
+            self._purge(job.pid, job.keys)
+        self._account_job(job, done, failure)
+
+    def _account_job(self, job: _Job, done: list[tuple[shim.MoveResult, float]],
+                     failure: MovePagesError | None) -> None:
+        pid, plan = job.pid, job.plan
         now = self.clock()
         for (chunk, threads), (result, dt) in zip(plan, done):
             self.stats.batches += 1
@@ -515,22 +596,23 @@ class NodeWorker:
             if threads > 1:
                 self.stats.parallel_batches += 1
             self._account(pid, chunk, result.status, now)
-        if failure is not None:
-            failed = chunks[len(done)]
-            self.stats.batches += 1
-            self.stats.pages_attempted += len(failed)
-            self.stats.batch_sizes.append(len(failed))
-            self.bucket.refund(sum(len(c) for c in chunks[len(done):]) * page)
-            self._count_whole_call(failure)
-            if failure.errno in (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES):
-                self._forget_pid(pid)
-            else:  # the batches after the failing one were not tried: back to the inbox
-                if failure.errno == errno.ENOMEM:  # 6.12 fails the whole call when full
-                    self._enomem_backoff(now)
-                rest = chunks[len(done) + 1:]
-                if rest:
-                    self._put_back(pid, array("Q", b"".join(c.tobytes() for c in rest)), since)
-        return True
+        if failure is None:
+            return
+        chunks = [c for c, _ in plan]
+        failed = chunks[len(done)]
+        self.stats.batches += 1
+        self.stats.pages_attempted += len(failed)
+        self.stats.batch_sizes.append(len(failed))
+        self.bucket.refund(sum(len(c) for c in chunks[len(done):]) * self.page_size)
+        self._count_whole_call(failure)
+        if failure.errno in (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES):
+            self._forget_pid(pid)
+            return
+        if failure.errno == errno.ENOMEM:  # 6.12 fails the whole call when full
+            self._enomem_backoff(now)
+        rest = chunks[len(done) + 1:]  # not tried: back to the inbox
+        if rest:
+            self._put_back(pid, array("Q", b"".join(c.tobytes() for c in rest)), job.since)
 
     def _move_chunks(self, pid: int, plan: list[tuple[array[int], int]], flags: int
                      ) -> tuple[list[tuple[shim.MoveResult, float]], MovePagesError | None]:
@@ -561,34 +643,6 @@ class NodeWorker:
                 return done, exc
             done.append((result, time.perf_counter() - t0))
         return done, None
-
-    async def _move_while_filling(self, pid: int, plan: list[tuple[array[int], int]], flags: int
-                                  ) -> tuple[list[tuple[shim.MoveResult, float]],
-                                             MovePagesError | None]:
-        """Move the batches off the loop and, while the kernel copies, take the next
-        candidates in (fill: drain, fold, query on a second executor thread): the
-        Python work of the next batches hides behind the copy of these.
-
-        A page of a batch in flight can be drained again meanwhile and still be
-        reported on its slow node; it is taken out of the inbox once the moves are
-        done, or a later batch would move it again and count it twice."""
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.executor, self._move_chunks, pid, plan, flags)
-        self._in_flight = pid
-        self._refilled_in_flight = False
-        try:
-            if self.inbox_pages < self.inbox_limit:
-                await self.fill()
-        except Exception:  # the moves still complete and are accounted
-            self.stats.whole_call_errors["internal"] += 1
-            log.exception("worker for node %d: fill during a move failed", self.node)
-        finally:
-            self._in_flight = None
-        done, failure = await fut
-        if self._refilled_in_flight:
-            for chunk, _ in plan:
-                self._purge(pid, chunk)
-        return done, failure
 
     def _purge(self, pid: int, done: array[int]) -> None:
         """Take the keys of a batch just moved (sorted) out of ``pid``'s inbox."""

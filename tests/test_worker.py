@@ -595,3 +595,28 @@ def test_burst_goes_to_the_kernel_in_one_batched_call(fs, fail_call):
     else:
         assert w.stats.promoted_pages == 64 and w.stats.whole_call_errors["ENOMEM"] == 1
         assert w.inbox_pages == 128 and w.stats.enomem_backoff_seconds > 0
+
+
+def test_two_jobs_queued_and_pages_drained_again_move_once(fs):
+    """Five batches: a job of four and a job of one queue on the move thread; the
+    sampler offers every page again while they run. Each page moves once."""
+    mover, clock = SlowMover(), Clock()
+    w, q = make(fs, mover, clock, batch_pages=64)
+    addrs = pages(320)
+    mover.place(5, addrs, 1)
+    offer(q, 5, addrs)
+
+    async def scenario() -> int:
+        await w.fill()
+        await w.fill()  # 256 + 64
+        offer(q, 5, addrs)
+        await w.promote_one(clock())
+        queued = len(w._jobs)
+        for _ in range(6):
+            await w.step()
+        return queued
+
+    assert run(scenario()) == 1  # the second job was still queued after the first
+    assert sum(c[1] for c in mover.calls) == 320
+    assert w.stats.promoted_pages == 320 and w.stats.outcomes["moved"] == 320
+    assert mover.on(5, addrs, 0) == 320 and w.inbox_pages == 0 and not w._jobs
