@@ -2,7 +2,7 @@
 kernel offers."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -13,4 +13,9 @@ pytestmark = pytest.mark.vm
 
 def test_e2e_debian_612(guest_pytest: Callable[..., vmrun.VMResult]) -> None:
     guest_pytest("test_daemon_e2e.py", topology="2node", kernel="debian-6.12", timeout=1500,
+                 pytest_args=["-s"])
+
+
+def test_e2e_idle_kernel(guest_pytest: Callable[..., vmrun.VMResult]) -> None:
+    guest_pytest("test_daemon_e2e.py", topology="2node", kernel="idle", timeout=1500,
                  pytest_args=["-s"])
