@@ -304,22 +304,26 @@ class NodeWorker:
         self.stats.rounds += 1
         self.stats.heartbeat = time.time()
         if self.paused:
+            if self._jobs:  # already handed to the kernel: let them finish
+                await self._complete_oldest(fill=False)
+                return True
             return False
         # With a full batch waiting, go straight to the move: the next candidates
-        # are taken in while the kernel copies (_move_while_filling).
+        # are taken in while the kernel copies (_complete_oldest).
         filled = 0
         if self.inbox_pages < self.cfg.batch_pages or self.clock() < self._backoff_until:
             filled = await self.fill()
         now = self.clock()
         self._requeue_retries(now)
-        if not self.inbox_pages:
-            return filled > 0
-        if now < self._backoff_until:
-            return False
-        oldest = min(self.inbox_since.values())
-        if self.inbox_pages < self.cfg.batch_pages and now - oldest < self.cfg.max_wait_ms / 1000:
-            return filled > 0
-        return await self.promote_one(now)
+        ready = self.inbox_pages > 0 and now >= self._backoff_until
+        if ready and self.inbox_pages < self.cfg.batch_pages:
+            ready = now - min(self.inbox_since.values()) >= self.cfg.max_wait_ms / 1000
+        if ready:
+            return await self.promote_one(now)
+        if self._jobs:  # nothing new to queue: finish what is queued
+            await self._complete_oldest()
+            return True
+        return filled > 0
 
     async def _offload(self, fn: Callable[..., object], *args: object) -> object:
         loop = asyncio.get_running_loop()
@@ -575,6 +579,12 @@ class NodeWorker:
             except Exception:  # the moves still complete and are accounted
                 self.stats.whole_call_errors["internal"] += 1
                 log.exception("worker for node %d: fill during a move failed", self.node)
+            # Queue the next job behind this one now, not after accounting it: the
+            # move thread goes on without waiting for the loop.
+            now = self.clock()
+            if (len(self._jobs) < self.depth and self.inbox_pages >= self.cfg.batch_pages
+                    and not self.paused and now >= self._backoff_until):
+                self._submit_next(now)
         try:
             done, failure = await job.future
         finally:
