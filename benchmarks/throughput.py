@@ -186,7 +186,10 @@ def render(data: dict[str, Any]) -> str:
                 "(real ShimMover, rate limit 0, headroom 0, default batch 512: it drains, sorts "
                 "and folds in C, queries each page's node, batches by pid, moves, tallies "
                 "statuses), against batched `shim.move` of the same number of fresh pages, 512 "
-                f"per call; {ratio['n']} alternating repetitions.", "",
+                f"per call; {ratio['n']} repetitions, alternating which goes first. The pages "
+                "belong to a forked idle process, as a workload's do. The worker hands up to 4 "
+                "batches at a time to its move thread, which runs them back to back in one C "
+                "call, and queues the next job behind the running one.", "",
                 md_table(["path", "pages/s median (min-max)"],
                          [["raw shim.move, batches of 512",
                            med_range(pipe["raw_pages_per_s"], "{:,.0f}")],
@@ -200,10 +203,8 @@ def render(data: dict[str, Any]) -> str:
                 "inbox bound, max(16 x batch_pages, 8192) = 8,192 pages): "
                 f"{b['promoted']:,} promoted, **{b['inbox_dropped']:,} dropped as "
                 "`inbox_full`**, " + ("all" if b["complete"] else f"only {b['on_node0']:,}")
-                + " on node 0 at the end. NodeWorker.fill() drains 4 x batch_pages candidates "
-                "whenever the inbox is below its bound, and accept() then drops the *whole* "
-                "inbox of the oldest pid when the bound is crossed — with one hot process, "
-                "that is every page it had queued.", ""]
+                + " on node 0 at the end: the worker drains only what its inbox can take, and "
+                "the rest waits in the (bounded) queues.", ""]
     idle = data.get("idle")
     hidle = data.get("host_idle") or data.get("host_worker_idle")
     if idle or hidle:
@@ -236,7 +237,8 @@ def render(data: dict[str, Any]) -> str:
             rows.append(["host, one idle NodeWorker (native)", f"{widle['seconds']:.0f}", "—",
                          f"{widle['cpu_percent_of_one']:.3f}%", "—",
                          f"the worker alone, empty queues: {widle['rounds_per_s']:.0f} "
-                         f"rounds/s (poll every {1000 * widle['poll_s']:.0f} ms)"])
+                         "rounds/s (it sleeps until a sampler pushes; wakes once a second "
+                         "for its heartbeat)"])
         out += [md_table(["where", "window s", "page faults/s", "daemon CPU", "kdamond CPU",
                           "note"], rows, [False, True, True, True, True, False]), "",
                 "CPU while promoting is in `quality.md` (per contender).", ""]
