@@ -1,9 +1,8 @@
 """Cost of the idle sampler's scan per GiB, against just reading pagemap and the bitmap.
 
-Runs in the tiered VM on the kernel with idle page tracking (needs root)::
-
-    python3 tests/vm/vmrun.py --topology 2node --kernel idle --timeout 1800 -- \\
-        .venv/bin/python benchmarks/idle_scan.py
+Run from the host: ``.venv/bin/python benchmarks/idle_scan.py`` boots the tiered VM
+on the kernel with idle page tracking (built and cached by tests/vm/build_kernel.sh),
+runs itself inside and writes benchmarks/results/idle_scan.md.
 
 A workload (tests/vm/guest/workload.py, flush_ms=10) keeps ``--hot-mib`` hot and
 ``--cold-mib`` cold on node 1.  In the steady state (every page marked idle one
@@ -170,7 +169,31 @@ def measure(w: Workload, args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
+def on_host() -> int:
+    """Boot the idle-kernel guest, run this script inside, keep the table."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import common
+
+    os.environ.setdefault("KMIGRATEDD_VM_TCG_THREAD", "multi")  # as the other benchmarks
+    print("== idle scan cost: booting the tiered VM (kernel idle; qemu TCG) ==", flush=True)
+    res = common.vmrun.run_in_vm([str(common.VENV_PY), str(Path(__file__).resolve()),
+                                  *sys.argv[1:]], topology="2node", kernel="idle",
+                                 timeout=2400, cwd=str(REPO), stream=sys.stdout)
+    if res.returncode != 0:
+        print(f"idle_scan: the guest run failed (exit {res.returncode}); console log "
+              f"{res.log_path}", file=sys.stderr)
+        return 1
+    out = res.output
+    table = out[out.index("\n$ "):].strip() if "\n$ " in out else out.strip()
+    common.write_result("idle_scan.md", "# Idle sampler scan cost vs reading pagemap + "
+                        "bitmap\n\nCommand: `.venv/bin/python benchmarks/idle_scan.py`. "
+                        + common.TCG_CAVEAT + "\n\n```\n" + table + "\n```\n")
+    return 0
+
+
 def main() -> int:
+    if os.environ.get("KMIGRATEDD_IN_VM") != "1":
+        return on_host()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hot-mib", type=float, default=64)
     ap.add_argument("--cold-mib", type=float, default=192)
@@ -181,8 +204,7 @@ def main() -> int:
     if not Path(BITMAP).exists():
         print(f"{BITMAP} missing: run on the idle kernel (--kernel idle)", file=sys.stderr)
         return 77
-    cmd = "python3 tests/vm/vmrun.py --topology 2node --kernel idle --timeout 1800 -- " + \
-        ".venv/bin/python benchmarks/idle_scan.py " + shlex.join(sys.argv[1:])
+    cmd = ".venv/bin/python benchmarks/idle_scan.py " + shlex.join(sys.argv[1:])
     rows = []
     for layout in args.layouts.split(","):
         with Workload(args.hot_mib, args.cold_mib, node=1, flush_ms=10) as w:
