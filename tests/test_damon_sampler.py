@@ -346,7 +346,8 @@ def test_round_turns_hot_regions_into_slow_page_candidates(tmp_path: Path) -> No
     assert s.stats() == {
         "rounds": 1, "regions_seen": 3, "hot_regions": 2, "candidates_offered": offered,
         "pages_queried": 12, "pages_not_on_slow_node": 8 - len(kept_a),
-        "pages_unconfirmed": 0, "pages_over_budget": 0, "pid_gone": 0, "errors": 0,
+        "pages_unconfirmed": 0, "pages_over_budget": 0, "pages_probed": 0,
+        "pages_skipped_on_fast": 0, "pid_gone": 0, "errors": 0,
         "kdamond_starts": 1, "kdamond_stops": 0, "commits": 0, "targets": 1, "kdamond_on": 1}
 
     # Second round, same scope: no target writes, only the update.
@@ -649,3 +650,28 @@ def test_stop_releases_a_round_stuck_in_the_kernel(tmp_path: Path) -> None:
     off = fs.writes.index((STATE, "off"))
     assert (STATE, "on") not in fs.writes[off:] and (STATE, "commit") not in fs.writes[off:]
     assert fs.writes[-1] == (f"{K}/nr_kdamonds", "0")
+
+
+def test_a_large_hot_region_on_the_fast_tier_is_probed_not_queried(tmp_path: Path) -> None:
+    """A 512-page hot region already on node 0 costs a probe of 16 pages a round; one
+    page demoted back to node 1 is found within PROBE_STRIDE rounds, and then the
+    whole region is queried and that page offered."""
+    make_tree(tmp_path)
+    put_regions(tmp_path, 0, [(A, A + 512 * PS, 9, 3)])
+    fs = FakeDamonFs(tmp_path)
+    ctx = make_ctx(fs)
+    nodes = dict.fromkeys(page_range(A, 512), 0)
+    query = FakeQuery(nodes)
+    s = DamonSampler(ctx, query_nodes=query, confirm_rounds=1, warmup_rounds=0)
+    assert s.run_round() == 0
+    assert [len(c[1]) for c in query.calls] == [512 // damon.PROBE_STRIDE]
+    st = s.stats()
+    assert st["pages_probed"] == 16 and st["pages_skipped_on_fast"] == 512
+    assert st["pages_queried"] == 0
+    nodes[A + 77 * PS] = 1  # demoted back
+    offered = []
+    for _ in range(damon.PROBE_STRIDE):
+        offered.append(s.run_round())
+    assert sum(offered) == 1  # found once its turn in the probe came
+    got = merge(ctx.queues.drain(100))
+    assert list(got.addrs) == [A + 77 * PS] and list(got.nodes) == [1]

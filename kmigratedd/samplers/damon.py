@@ -108,6 +108,10 @@ CONFIRM_ROUNDS = 2
 WARMUP_ROUNDS = 1
 # Pages per move_pages(2) query call.
 QUERY_BATCH = 1 << 14
+# Hot regions of at least this many pages are probed (1 page in PROBE_STRIDE) before
+# they are queried page by page; see DamonSampler._on_fast_tier.
+PROBE_MIN_PAGES = 256
+PROBE_STRIDE = 32
 # vaddr operations' update interval floor (see _write_context).
 UPDATE_US = 1_000_000
 # Processes watched at most: each costs DAMON a target and a scheme, and each scheme
@@ -239,8 +243,9 @@ class DamonSampler:
         self._closing = False
         self.c = dict.fromkeys(
             ("rounds", "regions_seen", "hot_regions", "candidates_offered", "pages_queried",
-             "pages_not_on_slow_node", "pages_unconfirmed", "pages_over_budget", "pid_gone",
-             "errors", "kdamond_starts", "kdamond_stops", "commits"), 0)
+             "pages_not_on_slow_node", "pages_unconfirmed", "pages_over_budget",
+             "pages_probed", "pages_skipped_on_fast", "pid_gone", "errors", "kdamond_starts",
+             "kdamond_stops", "commits"), 0)
 
     # --- probe ----------------------------------------------------------------
 
@@ -437,6 +442,9 @@ class DamonSampler:
         for region, pid in chosen:
             start = region.start
             pages = (region.end - start) // ps
+            if pages >= PROBE_MIN_PAGES and self._on_fast_tier(pid, start, pages):
+                self.c["pages_skipped_on_fast"] += pages
+                continue
             take = min(pages, budget)
             self.c["pages_over_budget"] += pages - take
             if take <= 0:
@@ -452,6 +460,24 @@ class DamonSampler:
             if offer is not None:
                 offers.append(offer)
         return offers
+
+    def _on_fast_tier(self, pid: int, start: int, pages: int) -> bool:
+        """Does a probe of 1 page in PROBE_STRIDE find no page of this hot region on a
+        slow node?  Then the region is skipped this round, not queried page by page: a
+        hot set that already sits on the fast tier (what it is once promoted) costs a
+        query of 1/PROBE_STRIDE of its pages per round, not of all of them.  The probe
+        starts one page further every round, so every page is looked at within
+        PROBE_STRIDE rounds (a page demoted back is found by then)."""
+        ps = self.page_size
+        off = self.c["rounds"] % PROBE_STRIDE
+        sample = array("Q", range(start + off * ps, start + pages * ps, PROBE_STRIDE * ps))
+        try:
+            status = self.query_nodes(pid, sample)
+        except OSError:
+            return False  # the full query (_offer) counts it
+        self.c["pages_probed"] += len(sample)
+        counts = shim.count_statuses(status)
+        return not any(counts.by_node.get(node, 0) for node in self.slow)
 
     def _offer(self, pid: int, addrs: array[int], weights: array[int]) -> Offer | None:
         cpu = last_cpu(self.fs, pid)
