@@ -17,6 +17,11 @@ from .config import ScopeConfig
 from .kernelfs import KernelFs
 
 PF_KTHREAD = 0x00200000  # include/linux/sched.h
+# Kernel threads found by a listing are remembered (a server has hundreds, and reading
+# each one's /proc/PID/stat every round was most of an idle daemon's CPU); a pid that
+# leaves the listing is forgotten, and the memory is rebuilt every this many listings
+# in case a pid was reused between two of them.
+KTHREAD_CACHE_LISTINGS = 60
 
 
 class Scope:
@@ -29,6 +34,8 @@ class Scope:
         self._pids = frozenset(cfg.pids)
         self._exclude_pids = frozenset(cfg.exclude_pids) | {self.self_pid}
         self._all = not (cfg.pids or cfg.cgroups or cfg.commands)
+        self._kthreads: set[int] = set()
+        self._listings = 0
 
     def _comm(self, pid: int) -> str | None:
         text = self.fs.read_optional(f"/proc/{pid}/comm")
@@ -56,9 +63,11 @@ class Scope:
 
     def contains(self, pid: int) -> bool:
         """Whether ``pid`` is watched now (False if it is gone)."""
-        if pid <= 0 or pid in self._exclude_pids:
+        if pid <= 0 or pid in self._exclude_pids or pid in self._kthreads:
             return False
         kthread = self.is_kernel_thread(pid)
+        if kthread:
+            self._kthreads.add(pid)
         if kthread is None or kthread:
             return False
         comm: str | None = None
@@ -85,6 +94,11 @@ class Scope:
             candidates = sorted(self._pids)
         else:
             candidates = sorted(int(n) for n in self.fs.listdir("/proc", r"\d+"))
+            self._listings += 1
+            if self._listings % KTHREAD_CACHE_LISTINGS == 0:
+                self._kthreads.clear()
+            else:
+                self._kthreads.intersection_update(candidates)
         for pid in candidates:
             if self.contains(pid):
                 yield pid

@@ -74,3 +74,29 @@ def test_by_cgroup():
         assert not Scope(ScopeConfig(cgroups=("/nonexistent.slice",)), KernelFs()).contains(a.pid)
     finally:
         a.kill(), a.wait()
+
+
+def test_kernel_threads_are_read_once_per_listing_cycle(monkeypatch):
+    """Kernel threads are remembered between listings: a second listing reads no
+    kernel thread's /proc/PID/stat again, only the user processes'."""
+    from kmigratedd import scope as scope_mod
+
+    fs = KernelFs()
+    s = Scope(ScopeConfig(), fs)
+    first = set(s.pids())
+    reads: list[str] = []
+    real = fs.read_optional
+
+    def counting(path: str):
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(fs, "read_optional", counting)
+    assert 2 not in set(s.pids()) and os.getppid() in first
+    kthread_reads = [r for r in reads if r.startswith("/proc/2/")]
+    assert kthread_reads == [] and 2 in s._kthreads
+    # every KTHREAD_CACHE_LISTINGS listings the memory is rebuilt
+    s._listings = scope_mod.KTHREAD_CACHE_LISTINGS - 1
+    reads.clear()
+    list(s.pids())
+    assert "/proc/2/stat" in reads
