@@ -173,7 +173,7 @@ def main() -> int:
             say(f"{now - t0:4.0f}s  {bar(hot)} {100 * hot:5.1f}% {100 * cold:5.1f}% "
                 f"{p:9,.0f} {rate:7.1f}")
             last_p, last_t = (p if p == p else last_p), now
-            if not shown_mid and 0.4 <= hot < 0.9 and rate > 0:
+            if not shown_mid and 0 < hot < 0.9 and rate > 0:
                 shown_mid = True  # once, while pages are moving
                 say("")
                 ctl_status("while it promotes")
