@@ -91,8 +91,11 @@ def test_thp_moves_as_huge_pages(slow_nodes: list[int]) -> None:
         ret, err, st = move_pages(0, heads, [FAST] * len(heads))
         assert (ret, err, st) == (0, 0, [FAST] * len(heads))
         assert set(query_nodes(b.pages())) == {FAST}
+        # This mapping's own AnonHugePages (smaps): unchanged, so no THP was split.  The
+        # system-wide figure is not compared: other processes' THPs come and go meanwhile
+        # (CI saw it grow by 6 MiB during the move).
         assert nr.smaps_anon_huge(b.addr) == size, "THPs were split by the move"
-        assert nr.meminfo()["AnonHugePages"] == huge_before
+        assert huge_before >= size
         assert nr.node_meminfo(FAST)["AnonHugePages"] >= size
         assert digest(b) == before
 
