@@ -177,8 +177,8 @@ def move_batched(pid: int, addresses: Any, node: int, flags: int = MPOL_MF_MOVE,
     rc = lib.km_move_pages_batched(pid, count, c_addrs, node, ffi.from_buffer("int32_t[]", status),
                                    flags, batch, ns, done)
     n_done = int(done[0])
-    made = -(-n_done // batch) + (1 if rc < 0 else 0)
-    seconds = [ns[k] / 1e9 for k in range(min(made, calls))] if count else []
+    made = -(-n_done // batch) + (rc < 0)  # completed calls, and the one that failed
+    seconds = [ns[k] / 1e9 for k in range(made)]
     error = None
     if rc < 0:
         error = MovePagesError(-rc, f"move_pages(pid={pid}, {min(batch, count - n_done)} pages): "

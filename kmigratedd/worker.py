@@ -47,7 +47,7 @@ from .topology import Topology, read_node_meminfo
 
 log = logging.getLogger("kmigratedd.worker")
 
-NODE_BITS = 0x3FF  # node ids < 1024 ride in a key's low bits
+# A key is a page address with the page's source node in its low 12 bits.
 PAGE_MASK = ~0xFFF
 # With nothing queued or waiting, a worker sleeps until a sampler pushes, waking this
 # often only to stamp its heartbeat.
@@ -334,7 +334,7 @@ class NodeWorker:
     async def fill(self) -> int:
         # Never drain more than the inbox can take: what stays in the queues is safe
         # (bounded there, and counted if dropped), what overflows an inbox is lost.
-        want = min(4 * self.cfg.batch_pages, self.inbox_limit - self.inbox_pages)
+        want = min(MAX_BURST * self.cfg.batch_pages, self.inbox_limit - self.inbox_pages)
         if want <= 0:
             return 0
         batches = self.queues.drain(want)
@@ -561,7 +561,8 @@ class NodeWorker:
         if self._move_pool is None:
             self._move_pool = ThreadPoolExecutor(1, f"kmigratedd-move{self.node}")
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._move_pool, self._move_chunks, pid, plan, flags)
+        future = loop.run_in_executor(self._move_pool, self._move_chunks, pid, keys, plan,
+                                      flags)
         self._jobs.append(_Job(pid, since, keys, plan, future))
         return 0.0
 
@@ -608,40 +609,40 @@ class NodeWorker:
             self._account(pid, chunk, result.status, now)
         if failure is None:
             return
-        chunks = [c for c, _ in plan]
-        failed = chunks[len(done)]
+        moved = sum(len(c) for c, _ in plan[:len(done)])  # keys the completed calls had
+        failed = len(plan[len(done)][0])
         self.stats.batches += 1
-        self.stats.pages_attempted += len(failed)
-        self.stats.batch_sizes.append(len(failed))
-        self.bucket.refund(sum(len(c) for c in chunks[len(done):]) * self.page_size)
+        self.stats.pages_attempted += failed
+        self.stats.batch_sizes.append(failed)
+        self.bucket.refund((len(job.keys) - moved) * self.page_size)
         self._count_whole_call(failure)
         if failure.errno in (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES):
             self._forget_pid(pid)
             return
         if failure.errno == errno.ENOMEM:  # 6.12 fails the whole call when full
             self._enomem_backoff(now)
-        rest = chunks[len(done) + 1:]  # not tried: back to the inbox
+        rest = job.keys[moved + failed:]  # not tried: back to the inbox
         if rest:
-            self._put_back(pid, array("Q", b"".join(c.tobytes() for c in rest)), job.since)
+            self._put_back(pid, rest, job.since)
 
-    def _move_chunks(self, pid: int, plan: list[tuple[array[int], int]], flags: int
+    def _move_chunks(self, pid: int, keys: array[int], plan: list[tuple[array[int], int]],
+                     flags: int
                      ) -> tuple[list[tuple[shim.MoveResult, float]], MovePagesError | None]:
-        """On an executor thread: one move_pages call per batch, back to back (no
-        round trip through the event loop between them); stops at a whole-call
-        failure, which it returns with the results so far."""
+        """On an executor thread: one move_pages call per batch of ``plan`` (whose
+        batches are ``keys`` end to end), back to back with no round trip through the
+        event loop; stops at a whole-call failure, returned with the results so far."""
         done: list[tuple[shim.MoveResult, float]] = []
         batched = getattr(self.mover, "move_batched", None)
         if batched is not None and all(threads == 1 for _, threads in plan):
             # One C call for them all: the GIL is not taken back between the calls
             # (the event loop thread holds it while it fills, up to 5 ms a time).
-            keys = plan[0][0] if len(plan) == 1 else array(
-                "Q", b"".join(c.tobytes() for c, _ in plan))
             bm: shim.BatchedMove = batched(pid, keys, self.node, flags, self.cfg.batch_pages)
             off = 0
             for (chunk, _), seconds in zip(plan, bm.call_seconds):
                 status = bm.result.status[off:off + len(chunk)]
                 if len(status) < len(chunk):
                     break  # the call that failed
+                # per-call not-migrated counts are not kept: _account reads the statuses
                 done.append((shim.MoveResult(status=status, not_migrated=0), seconds))
                 off += len(chunk)
             return done, bm.error

@@ -9,16 +9,13 @@ shutdown, and the workload's checksum verdict.
 from __future__ import annotations
 
 import argparse
-import re
-import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import gcommon as g
+from daemonproc import DaemonProcess
 from gcommon import say
 
 FAST, SLOW = 0, 1
@@ -45,58 +42,17 @@ def auto_choice() -> tuple[str | None, list[str]]:
     return None, skipped
 
 
-class Daemon:
-    """kmigratedd with no arguments (embedded default config), its log kept."""
+def echo(line: str) -> None:
+    """Show the daemon's start-up, sampler and stop lines, and every warning."""
+    if " INFO " not in line or "sampler" in line or "running" in line or "stopped" in line:
+        say(f"    [kmigratedd] {line.split(' ', 2)[-1]}")
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen([str(BIN / "kmigratedd")], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        self.port = 9477
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            line = line.rstrip("\n")
-            self.lines.append(line)
-            m = re.search(r"metrics on http://[^:]+:(\d+)/", line)
-            if m:
-                self.port = int(m.group(1))
-            if " INFO " not in line or "sampler" in line or "running" in line \
-                    or "stopped" in line:
-                say(f"    [kmigratedd] {line.split(' ', 2)[-1]}")
-
-    def wait_for(self, text: str, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if any(text in ln for ln in self.lines):
-                return True
-            if self.proc.poll() is not None:
-                return False
-            time.sleep(0.1)
-        return False
-
-    def promoted(self) -> float:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
-            return float("nan")
-        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-                   if ln.startswith("kmigratedd_promoted_pages_total{"))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._t.join(5)
-        return self.proc.returncode
+def promoted(d: DaemonProcess) -> float:
+    try:
+        return d.metric_sum("kmigratedd_promoted_pages_total")
+    except (OSError, AssertionError):  # /metrics not up (yet)
+        return float("nan")
 
 
 def bar(frac: float, width: int = 30) -> str:
@@ -152,9 +108,11 @@ def main() -> int:
         say(f"  workload pid {w.pid}: hot on node 0 {100 * w.fraction_on(w.hot, FAST):.0f}%, "
             f"cold on node 0 {100 * w.fraction_on(w.cold, FAST):.0f}%")
         say("starting kmigratedd with its embedded default config (no --config) ...")
-        d = Daemon()
-        if not d.wait_for("running (pid", 180):
-            say("kmigratedd did not start:\n" + "\n".join(d.lines[-20:]))
+        d = DaemonProcess(None, Path("/tmp"), echo=echo)  # no --config: the default
+        try:
+            d.wait_for("running (pid", 180)
+        except AssertionError as exc:
+            say(f"kmigratedd did not start: {exc}")
             return 1
         say("")
         say(f"{'time':>5}  {'hot set on node 0 (fast)':32} {'hot':>6} {'cold':>6} "
@@ -168,7 +126,7 @@ def main() -> int:
             now = time.monotonic()
             hot = w.fraction_on(w.hot, FAST)
             cold = w.fraction_on(w.cold, FAST)
-            p = d.promoted()
+            p = promoted(d)
             rate = (p - last_p) * g.PAGE / (now - last_t) / 1e6 if p == p else float("nan")
             say(f"{now - t0:4.0f}s  {bar(hot)} {100 * hot:5.1f}% {100 * cold:5.1f}% "
                 f"{p:9,.0f} {rate:7.1f}")

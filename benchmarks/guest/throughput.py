@@ -8,7 +8,7 @@ Inside the tiered guest (node 0 = DRAM + CPUs, node 1 = CPU-less slow node):
    by concurrent threads); memcpy of the same bytes node 1 -> node 0 with 1 and 2
    threads as the ceiling.  Repetitions interleave the configurations so host load
    drifts hit all of them alike.  The pages moved belong to a forked, idle,
-   single-threaded child (``Owner``), as a workload's pages do for the daemon.
+   single-threaded process (tests/vm/guest/workload.py), as a workload's pages do for the daemon.
 2. pipeline vs raw: N candidates pushed straight into CandidateQueues and drained
    by one real NodeWorker (ShimMover, rate limit 0, headroom 0) until every page
    is on node 0, against batched shim.move (512 per call) of N fresh pages.
@@ -48,56 +48,28 @@ SRC, DST = 1, 0
 # --- 1. move_pages through the shim ------------------------------------------------
 
 
-class Owner:
-    """A single-threaded child process whose ``n_pages`` sit on SRC: the pages the
-    daemon moves belong to another process, and so do these.  (Moving the
-    benchmark's own pages would charge the pipeline for the executor threads of
-    this process: every migration flushes the TLB of each CPU the mm is active on,
-    an IPI per move under TCG, which a single-threaded raw loop never pays.)"""
+def owner(n_pages: int, *, thp: bool = False) -> Any:
+    """Another process holding ``n_pages`` on SRC (tests/vm/guest/workload.py, idle:
+    no access loop), as a workload's pages are for the daemon.  Its ``cold`` array
+    holds the page addresses.  (Moving the benchmark's own pages would charge the
+    pipeline for the executor threads of this process: every migration flushes the
+    TLB of each CPU the mm is active on, which a single-threaded raw loop never
+    pays.)"""
+    from workload import Workload  # tests/vm/guest
 
-    def __init__(self, n_pages: int, *, thp: bool = False) -> None:
-        r, w = os.pipe()
-        self._hold_r, self._hold_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # child: allocate, report the address, wait, exit
-            try:
-                os.close(r)
-                os.close(self._hold_w)
-                b = Buffer(n_pages * PAGE, SRC, thp=thp)
-                os.write(w, b.addr.to_bytes(8, "little"))
-                os.read(self._hold_r, 1)  # until the parent closes its end
-            finally:
-                os._exit(0)
-        os.close(w)
-        os.close(self._hold_r)
-        self.addr = int.from_bytes(os.read(r, 8), "little")
-        os.close(r)
-        self.addrs = array("Q", range(self.addr, self.addr + n_pages * PAGE, PAGE))
-
-    def pages(self, step: int) -> array[int]:
-        return self.addrs[::step // PAGE]
-
-    def close(self) -> None:
-        os.close(self._hold_w)
-        os.waitpid(self.pid, 0)
-
-    def __enter__(self) -> "Owner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    return Workload(0, n_pages * PAGE / MiB, node=SRC, thp=thp, idle=True)
 
 
 def move_once(mover: ShimMover, kind: str, batch: int, threads: int, size: int) -> dict[str, Any]:
     thp = kind == "2M"
     step = HPAGE if thp else PAGE
-    with Owner(size // PAGE, thp=thp) as o:  # another process's pages, as the daemon moves
+    with owner(size // PAGE, thp=thp) as o:
         pid = o.pid
-        addrs = o.pages(step)
+        addrs = o.cold[::step // PAGE]
         before = g.nodes_of(pid, addrs)
         if before.get(SRC, 0) != len(addrs):
             raise RuntimeError(f"buffer not on node {SRC}: {before}")
-        huge_before = g.anon_huge_bytes(o.addr, str(pid)) if thp else 0
+        huge_before = g.anon_huge_bytes(o.cold[0], str(pid)) if thp else 0
         if thp and huge_before != size:
             raise RuntimeError(f"only {huge_before // MiB} of {size // MiB} MiB are THP-backed")
         chunks = [addrs[i:i + batch] for i in range(0, len(addrs), batch)]
@@ -107,7 +79,7 @@ def move_once(mover: ShimMover, kind: str, batch: int, threads: int, size: int) 
             not_migrated += mover.move(pid, c, DST, shim.MPOL_MF_MOVE, threads).not_migrated
         dt = time.perf_counter() - t0
         after = g.nodes_of(pid, addrs)
-        huge_after = g.anon_huge_bytes(o.addr, str(pid)) if thp else 0
+        huge_after = g.anon_huge_bytes(o.cold[0], str(pid)) if thp else 0
     moved = after.get(DST, 0)
     if moved != len(addrs) or not_migrated:
         raise RuntimeError(f"{kind} batch {batch} x{threads}: {moved}/{len(addrs)} moved, "
@@ -190,8 +162,8 @@ def bench_moves(a: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def raw_once(n_pages: int, batch: int) -> float:
-    with Owner(n_pages) as o:
-        addrs = o.addrs
+    with owner(n_pages) as o:
+        addrs = o.cold
         chunks = [addrs[i:i + batch] for i in range(0, n_pages, batch)]
         t0 = time.perf_counter()
         for c in chunks:
@@ -211,31 +183,29 @@ class TimedMover(ShimMover):
         self.call_seconds = 0.0
         self.last_end = 0.0
 
-    def move(self, pid: int, addrs: array[int], node: int, flags: int,
-             threads: int) -> shim.MoveResult:
+    def _timed(self, fn: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return super().move(pid, addrs, node, flags, threads)
+            return fn(*args)
         finally:
             self.last_end = time.perf_counter()
             self.call_seconds += self.last_end - t0
 
+    def move(self, pid: int, addrs: array[int], node: int, flags: int,
+             threads: int) -> shim.MoveResult:
+        return self._timed(super().move, pid, addrs, node, flags, threads)
+
     def move_batched(self, pid: int, addrs: array[int], node: int, flags: int,
                      batch: int) -> shim.BatchedMove:
-        t0 = time.perf_counter()
-        try:
-            return super().move_batched(pid, addrs, node, flags, batch)
-        finally:
-            self.last_end = time.perf_counter()
-            self.call_seconds += self.last_end - t0
+        return self._timed(super().move_batched, pid, addrs, node, flags, batch)
 
 
 def pipeline_once(n_pages: int, timeout: float) -> tuple[float, dict[str, Any]]:
     topo = discover(g.FS)
     cfg = dataclasses.replace(config.WorkersConfig(), rate_limit_mb_per_s=0, min_free_bytes=0,
                               resume_free_bytes=0)
-    with Owner(n_pages) as o:
-        pid, addrs = o.pid, o.addrs
+    with owner(n_pages) as o:
+        pid, addrs = o.pid, o.cold
         cpus = online_cpus(g.FS)
         queues = CandidateQueues(cpus, max(1 << 16, 2 * n_pages))
         # Spread the candidates over the CPUs' queues, as a sampler would.

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,13 +18,20 @@ KMIGRATEDD = str(Path(sys.executable).with_name("kmigratedd"))
 
 
 class DaemonProcess:
-    def __init__(self, config_text: str, workdir: Path, *args: str) -> None:
-        self.config = workdir / "kmigratedd.yaml"
-        self.config.write_text(config_text)
-        self.proc = subprocess.Popen([KMIGRATEDD, "--config", str(self.config), *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def __init__(self, config_text: str | None, workdir: Path, *args: str,
+                 echo: Callable[[str], None] | None = None) -> None:
+        """``config_text`` None runs it with no --config (the embedded default).  Each
+        log line goes to ``echo`` (default: our stderr, prefixed [kmigratedd])."""
+        cmd = [KMIGRATEDD]
+        if config_text is not None:
+            self.config = workdir / "kmigratedd.yaml"
+            self.config.write_text(config_text)
+            cmd += ["--config", str(self.config)]
+        self.proc = subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.port: int | None = None
+        self._echo = echo or (lambda line: sys.stderr.write(f"[kmigratedd] {line}\n"))
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
 
@@ -32,7 +40,7 @@ class DaemonProcess:
         for line in self.proc.stderr:
             line = line.rstrip("\n")
             self.lines.append(line)
-            sys.stderr.write(f"[kmigratedd] {line}\n")
+            self._echo(line)
             if "metrics on http://" in line:
                 self.port = int(line.rsplit(":", 1)[1].split("/")[0])
 

@@ -417,7 +417,6 @@ workers:
   min_free_bytes: 64MiB
   resume_free_bytes: 96MiB
 """)
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
 
     # systemd logs to the console (the guest's serial log); the unit's own output
     # goes to the journal and is printed by phase 2.
