@@ -562,7 +562,8 @@ def accel_args(accel: str) -> list[str]:
     """TCG runs its vCPUs in one host thread unless KMIGRATEDD_VM_TCG_THREAD=multi: under
     multi-threaded TCG a guest kernel that patches its own text (static keys flipped by perf
     events and the numa_balancing sysctl, text_poke_bp) now and then takes an int3 Oops on the
-    other vCPU mid-patch and panics ('Oops: int3', seen twice in ~40 boots)."""
+    other vCPU mid-patch and panics ('Oops: int3', seen once in CI and once here, in
+    do_user_addr_fault and sched_clock_idle_wakeup_event)."""
     if accel == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
     thread = os.environ.get("KMIGRATEDD_VM_TCG_THREAD", "single")
