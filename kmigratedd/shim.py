@@ -480,6 +480,89 @@ def idle_test(fd: int, pfns: Any, idle: Any) -> int:
     return int(rc)
 
 
+def _bytes_buffer(obj: Any, n: int, what: str, writable: bool = True) -> Any:
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        raise ShimArgumentError(f"{what}: needs a bytearray") from None
+    if view.itemsize != 1 or len(view) < n or (writable and view.readonly):
+        raise ShimArgumentError(f"{what}: needs a {'writable ' if writable else ''}buffer of "
+                                f"at least {n} bytes")
+    return ffi.from_buffer("uint8_t[]", obj, require_writable=writable)
+
+
+def idle_track(entries: Any, first_vpn: int, pfn_block_shift: int, block_node: array[int],
+               slow: bytes, huge_pages: int, kpageflags_fd: int | None, tracked: Any,
+               tags: Any, nodes: Any, counts: array[int]) -> int:
+    """Pagemap entries → the PFNs the idle sampler tracks (see native/kmidle.h).
+
+    ``tracked`` (8-byte), ``tags`` (bytes) and ``nodes`` (4-byte) get one entry
+    per pagemap entry; ``counts`` is ``array('Q')`` of [THP heads, hugetlbfs
+    slots] added to.  Returns the number of tracked pages.
+    """
+    c_e, n = _buffer(entries, 8, "entries")
+    c_t, m = _buffer(tracked, 8, "tracked")
+    c_n, k = _buffer(nodes, 4, "nodes")
+    if m < n or k < n:
+        raise ShimArgumentError(f"tracked/nodes: need {n} entries, have {m}/{k}")
+    if counts.typecode != "Q" or len(counts) < 2:
+        raise ShimArgumentError("counts: needs array('Q') of 2")
+    table = ffi.from_buffer("int32_t[]", block_node) if len(block_node) else ffi.NULL
+    return int(lib.km_idle_track(c_e, n, first_vpn, pfn_block_shift, table, len(block_node),
+                                 slow, len(slow), huge_pages,
+                                 -1 if kpageflags_fd is None else kpageflags_fd, c_t,
+                                 _bytes_buffer(tags, n, "tags"), c_n,
+                                 ffi.from_buffer("uint64_t[]", counts)))
+
+
+def idle_test_batch(fd: int, pfns: Any, idle: Any, again: Any, scratch: Any) -> tuple[int, bool]:
+    """Test a batch of PFNs against page_idle/bitmap, in PFN order if it is far from it.
+
+    ``idle[i]`` as :func:`idle_test`; ``again`` gets the PFNs found accessed (0
+    elsewhere), ready for :func:`idle_mark`; ``scratch`` holds ``2 * len(pfns)``
+    words.  Returns (pages found accessed, whether the batch was sorted).
+    """
+    c_p, n = _buffer(pfns, 8, "pfns")
+    c_a, m = _buffer(again, 8, "again")
+    c_s, k = _buffer(scratch, 8, "scratch")
+    if m < n or k < 2 * n:
+        raise ShimArgumentError(f"again/scratch: need {n}/{2 * n} words, have {m}/{k}")
+    sorted_ = ffi.new("int *")
+    rc = lib.km_idle_test_batch(fd, c_p, n, _bytes_buffer(idle, n, "idle"), c_a, c_s, sorted_)
+    if rc < 0:
+        raise OSError(-rc, f"page_idle/bitmap read: {os.strerror(-rc)}")
+    return int(rc), bool(sorted_[0])
+
+
+def idle_age(idle: Any, tags: Any, nodes: Any, hist: Any, chunk_tags: Any, history_rounds: int,
+             hot_rounds: int, addr: int, hot_addrs: Any, hot_nodes: Any, hot_weights: Any,
+             counts: array[int]) -> int:
+    """Fold a segment's test results into its aging history (see native/kmidle.h).
+
+    ``idle``, ``tags``, ``hist`` and ``chunk_tags`` are byte buffers, ``nodes``
+    4-byte, of one entry per page; the hot pages go to ``hot_addrs`` (8-byte),
+    ``hot_nodes`` (4-byte) and ``hot_weights`` (4-byte unsigned); ``counts`` is
+    ``array('Q')`` of [tracked pages, accesses counted] added to.  Returns the
+    number of hot pages.
+    """
+    if not 1 <= history_rounds <= 8 or hot_rounds < 0:
+        raise ShimArgumentError(f"history_rounds {history_rounds} / hot_rounds {hot_rounds}")
+    c_n, n = _buffer(nodes, 4, "nodes")
+    c_ha, a = _buffer(hot_addrs, 8, "hot_addrs")
+    c_hn, b = _buffer(hot_nodes, 4, "hot_nodes")
+    c_hw, c = _buffer(hot_weights, 4, "hot_weights")
+    if min(a, b, c) < n:
+        raise ShimArgumentError(f"hot_*: need room for {n} pages")
+    if counts.typecode != "Q" or len(counts) < 2:
+        raise ShimArgumentError("counts: needs array('Q') of 2")
+    return int(lib.km_idle_age(_bytes_buffer(idle, n, "idle", writable=False),
+                               _bytes_buffer(tags, n, "tags", writable=False), c_n, n,
+                               _bytes_buffer(hist, n, "hist"),
+                               _bytes_buffer(chunk_tags, n, "chunk_tags"), history_rounds,
+                               hot_rounds, addr, PAGE_SIZE, c_ha, c_hn,
+                               ffi.cast("uint32_t *", c_hw), ffi.from_buffer("uint64_t[]", counts)))
+
+
 # --- candidate batches (native/kmcand.c) ------------------------------------
 
 

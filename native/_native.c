@@ -589,23 +589,23 @@ static void (*_cffi_call_python_org)(struct _cffi_externpy_s *, char *);
 /************************************************************/
 
 static void *_cffi_types[] = {
-/*  0 */ _CFFI_OP(_CFFI_OP_FUNCTION, 59), // km_queue *()(uint32_t, unsigned int)
+/*  0 */ _CFFI_OP(_CFFI_OP_FUNCTION, 68), // km_queue *()(uint32_t, unsigned int)
 /*  1 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22), // uint32_t
 /*  2 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8), // unsigned int
 /*  3 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, int)
+/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, int)
 /*  5 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7), // int
 /*  6 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /*  7 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
+/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
 /*  9 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 10 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28), // size_t
-/* 11 */ _CFFI_OP(_CFFI_OP_POINTER, 40), // uint64_t const *
+/* 11 */ _CFFI_OP(_CFFI_OP_POINTER, 49), // uint64_t const *
 /* 12 */ _CFFI_OP(_CFFI_OP_POINTER, 20), // int32_t const *
 /* 13 */ _CFFI_OP(_CFFI_OP_POINTER, 20), // int32_t *
 /* 14 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 15 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, size_t, uint64_t const *, int32_t, int32_t *, int, size_t, uint64_t *, size_t *)
+/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, size_t, uint64_t const *, int32_t, int32_t *, int, size_t, uint64_t *, size_t *)
 /* 17 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 18 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 19 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
@@ -613,182 +613,223 @@ static void *_cffi_types[] = {
 /* 21 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 22 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 23 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 24 */ _CFFI_OP(_CFFI_OP_POINTER, 40), // uint64_t *
+/* 24 */ _CFFI_OP(_CFFI_OP_POINTER, 49), // uint64_t *
 /* 25 */ _CFFI_OP(_CFFI_OP_POINTER, 10), // size_t *
 /* 26 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, uint64_t const *, size_t)
+/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, uint64_t const *, size_t)
 /* 28 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 29 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 30 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 31 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 32 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, uint64_t const *, size_t, uint8_t *)
+/* 32 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, uint64_t const *, size_t, uint8_t *)
 /* 33 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 34 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 35 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 36 */ _CFFI_OP(_CFFI_OP_POINTER, 198), // uint8_t *
+/* 36 */ _CFFI_OP(_CFFI_OP_POINTER, 239), // uint8_t *
 /* 37 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 38 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, uint64_t, size_t, uint64_t *)
+/* 38 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, uint64_t const *, size_t, uint8_t *, uint64_t *, uint64_t *, int *)
 /* 39 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 40 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24), // uint64_t
+/* 40 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 41 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 42 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 43 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 44 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int, uint64_t, size_t, uint64_t const *)
-/* 45 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 46 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 47 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 48 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 49 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 50 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
-/* 51 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 52 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 53 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 54 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 55 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 56 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 57 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 58 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
-/* 59 */ _CFFI_OP(_CFFI_OP_POINTER, 193), // km_queue *
-/* 60 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 61 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 62 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 63 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 64 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t *
+/* 42 */ _CFFI_OP(_CFFI_OP_NOOP, 36),
+/* 43 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 44 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 45 */ _CFFI_OP(_CFFI_OP_POINTER, 5), // int *
+/* 46 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 47 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, uint64_t, size_t, uint64_t *)
+/* 48 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 49 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24), // uint64_t
+/* 50 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 51 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 52 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 53 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, uint64_t, size_t, uint64_t const *)
+/* 54 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 55 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 56 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 57 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 58 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 59 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
+/* 60 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 61 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 62 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 63 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 64 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 65 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 66 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 67 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 68 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
-/* 69 */ _CFFI_OP(_CFFI_OP_NOOP, 59),
-/* 70 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 71 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 72 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 73 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 74 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 75 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t const *
+/* 66 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 67 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
+/* 68 */ _CFFI_OP(_CFFI_OP_POINTER, 234), // km_queue *
+/* 69 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 70 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 71 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 72 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 73 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t *
+/* 74 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 75 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 76 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 77 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, int32_t *, uint64_t *, uint32_t *, uint32_t, uint64_t *)
-/* 78 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 79 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 80 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 81 */ _CFFI_OP(_CFFI_OP_NOOP, 64),
-/* 82 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 83 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 84 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 85 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, int32_t const *, int32_t const *, size_t, int32_t *)
-/* 86 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 87 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 88 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 89 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 90 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 91 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 92 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, int32_t const *, uint32_t *)
-/* 93 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 94 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 95 */ _CFFI_OP(_CFFI_OP_NOOP, 64),
-/* 96 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 97 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, uint64_t *)
+/* 77 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
+/* 78 */ _CFFI_OP(_CFFI_OP_NOOP, 68),
+/* 79 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 80 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 81 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 82 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 83 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 84 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t const *
+/* 85 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 86 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, int32_t *, uint64_t *, uint32_t *, uint32_t, uint64_t *)
+/* 87 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 88 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 89 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 90 */ _CFFI_OP(_CFFI_OP_NOOP, 73),
+/* 91 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 92 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 93 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 94 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, int32_t const *, int32_t const *, size_t, int32_t *)
+/* 95 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 96 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 97 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 98 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 99 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 99 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 100 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 101 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, uint64_t *, size_t, uint64_t const *)
+/* 101 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, int32_t const *, uint32_t *)
 /* 102 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 103 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 104 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 105 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 106 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 107 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, uint64_t const *, int32_t const *, int32_t const *, int32_t, uint64_t *)
-/* 108 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 109 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 110 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 111 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 112 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
-/* 113 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 114 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 115 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(size_t, uint64_t const *, int32_t const *, int32_t, uint64_t *)
-/* 116 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 117 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 118 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 119 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
-/* 120 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 121 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 122 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(struct km_samples *, int32_t const *, size_t, int)
-/* 123 */ _CFFI_OP(_CFFI_OP_POINTER, 197), // struct km_samples *
-/* 124 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 103 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 104 */ _CFFI_OP(_CFFI_OP_NOOP, 73),
+/* 105 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 106 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, uint64_t *)
+/* 107 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 108 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 109 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 110 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, uint64_t *, size_t, uint64_t const *)
+/* 111 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 112 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 113 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 114 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 115 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 116 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, uint64_t const *, int32_t const *, int32_t const *, int32_t, uint64_t *)
+/* 117 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 118 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 119 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 120 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 121 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
+/* 122 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 123 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 124 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, uint64_t const *, int32_t const *, int32_t, uint64_t *)
 /* 125 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 126 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 127 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 128 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(struct km_samples *, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, int32_t *)
-/* 129 */ _CFFI_OP(_CFFI_OP_NOOP, 123),
-/* 130 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
-/* 131 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 132 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 133 */ _CFFI_OP(_CFFI_OP_POINTER, 198), // uint8_t const *
+/* 126 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 127 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 128 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
+/* 129 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 130 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 131 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(struct km_samples *, int32_t const *, size_t, int)
+/* 132 */ _CFFI_OP(_CFFI_OP_POINTER, 238), // struct km_samples *
+/* 133 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 134 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 135 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 135 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 136 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 137 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
-/* 138 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 139 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 140 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 141 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 142 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 143 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 144 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 145 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
-/* 146 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 137 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(struct km_samples *, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, int32_t *)
+/* 138 */ _CFFI_OP(_CFFI_OP_NOOP, 132),
+/* 139 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 140 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 141 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 142 */ _CFFI_OP(_CFFI_OP_POINTER, 239), // uint8_t const *
+/* 143 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 144 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 145 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 146 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
 /* 147 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
-/* 148 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 149 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(uint64_t const *, size_t, uint64_t *)
-/* 150 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 151 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 152 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 153 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 154 */ _CFFI_OP(_CFFI_OP_FUNCTION, 194), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
-/* 155 */ _CFFI_OP(_CFFI_OP_POINTER, 199), // void *
-/* 156 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 157 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 158 */ _CFFI_OP(_CFFI_OP_NOOP, 123),
-/* 159 */ _CFFI_OP(_CFFI_OP_POINTER, 195), // struct km_perf_stats *
-/* 160 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 161 */ _CFFI_OP(_CFFI_OP_FUNCTION, 10), // size_t()(km_queue const *)
-/* 162 */ _CFFI_OP(_CFFI_OP_POINTER, 193), // km_queue const *
-/* 163 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 164 */ _CFFI_OP(_CFFI_OP_FUNCTION, 40), // uint64_t()(void)
-/* 165 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 166 */ _CFFI_OP(_CFFI_OP_FUNCTION, 199), // void()(int32_t *, size_t, int32_t)
-/* 167 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 168 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 169 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
-/* 170 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 171 */ _CFFI_OP(_CFFI_OP_FUNCTION, 199), // void()(km_queue *)
-/* 172 */ _CFFI_OP(_CFFI_OP_NOOP, 59),
-/* 173 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 174 */ _CFFI_OP(_CFFI_OP_FUNCTION, 199), // void()(km_queue const *, struct km_queue_stats *)
-/* 175 */ _CFFI_OP(_CFFI_OP_NOOP, 162),
-/* 176 */ _CFFI_OP(_CFFI_OP_POINTER, 196), // struct km_queue_stats *
-/* 177 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 178 */ _CFFI_OP(_CFFI_OP_FUNCTION, 199), // void()(size_t, uint64_t const *, uint64_t, uint64_t *, int32_t *)
-/* 179 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 180 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 181 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
-/* 182 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
-/* 183 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 184 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 185 */ _CFFI_OP(_CFFI_OP_FUNCTION, 199), // void()(uint64_t const *, size_t, unsigned int, int32_t const *, size_t, int32_t *)
-/* 186 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 187 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 188 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
-/* 189 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 190 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 148 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 149 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 150 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 151 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 152 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 153 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 154 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 155 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 156 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
+/* 157 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 158 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(uint64_t const *, size_t, uint64_t *)
+/* 159 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 160 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 161 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 162 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 163 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(uint64_t const *, size_t, uint64_t, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, unsigned int, int, uint64_t *, uint8_t *, int32_t *, uint64_t *)
+/* 164 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 165 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 166 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 167 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 168 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 169 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 170 */ _CFFI_OP(_CFFI_OP_NOOP, 142),
+/* 171 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 172 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 173 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
+/* 174 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 175 */ _CFFI_OP(_CFFI_OP_NOOP, 36),
+/* 176 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 177 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 178 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 179 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(uint8_t const *, uint8_t const *, int32_t const *, size_t, uint8_t *, uint8_t *, unsigned int, unsigned int, uint64_t, uint64_t, uint64_t *, int32_t *, uint32_t *, uint64_t *)
+/* 180 */ _CFFI_OP(_CFFI_OP_NOOP, 142),
+/* 181 */ _CFFI_OP(_CFFI_OP_NOOP, 142),
+/* 182 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 183 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 184 */ _CFFI_OP(_CFFI_OP_NOOP, 36),
+/* 185 */ _CFFI_OP(_CFFI_OP_NOOP, 36),
+/* 186 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 187 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 188 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 189 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 190 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 191 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 192 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 193 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
-/* 194 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
-/* 195 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
-/* 196 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
-/* 197 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
-/* 198 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
-/* 199 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
+/* 192 */ _CFFI_OP(_CFFI_OP_NOOP, 73),
+/* 193 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 194 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 195 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
+/* 196 */ _CFFI_OP(_CFFI_OP_POINTER, 240), // void *
+/* 197 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 198 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 199 */ _CFFI_OP(_CFFI_OP_NOOP, 132),
+/* 200 */ _CFFI_OP(_CFFI_OP_POINTER, 236), // struct km_perf_stats *
+/* 201 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 202 */ _CFFI_OP(_CFFI_OP_FUNCTION, 10), // size_t()(km_queue const *)
+/* 203 */ _CFFI_OP(_CFFI_OP_POINTER, 234), // km_queue const *
+/* 204 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 205 */ _CFFI_OP(_CFFI_OP_FUNCTION, 49), // uint64_t()(void)
+/* 206 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 207 */ _CFFI_OP(_CFFI_OP_FUNCTION, 240), // void()(int32_t *, size_t, int32_t)
+/* 208 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 209 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 210 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
+/* 211 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 212 */ _CFFI_OP(_CFFI_OP_FUNCTION, 240), // void()(km_queue *)
+/* 213 */ _CFFI_OP(_CFFI_OP_NOOP, 68),
+/* 214 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 215 */ _CFFI_OP(_CFFI_OP_FUNCTION, 240), // void()(km_queue const *, struct km_queue_stats *)
+/* 216 */ _CFFI_OP(_CFFI_OP_NOOP, 203),
+/* 217 */ _CFFI_OP(_CFFI_OP_POINTER, 237), // struct km_queue_stats *
+/* 218 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 219 */ _CFFI_OP(_CFFI_OP_FUNCTION, 240), // void()(size_t, uint64_t const *, uint64_t, uint64_t *, int32_t *)
+/* 220 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 221 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 222 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
+/* 223 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
+/* 224 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 225 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 226 */ _CFFI_OP(_CFFI_OP_FUNCTION, 240), // void()(uint64_t const *, size_t, unsigned int, int32_t const *, size_t, int32_t *)
+/* 227 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
+/* 228 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 229 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
+/* 230 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
+/* 231 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
+/* 232 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
+/* 233 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
+/* 234 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
+/* 235 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
+/* 236 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
+/* 237 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
+/* 238 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
+/* 239 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
+/* 240 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
 };
 
 static long _cffi_d_km_cand_prepare(size_t x0, int32_t * x1, uint64_t * x2, uint32_t * x3, uint32_t x4, uint64_t * x5)
@@ -842,10 +883,10 @@ _cffi_f_km_cand_prepare(PyObject *self, PyObject *args)
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(64), arg3, (char **)&x3);
+      _cffi_type(73), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (uint32_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(64), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(73), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1006,6 +1047,166 @@ _cffi_f_km_fill_i32(PyObject *self, PyObject *args)
 #  define _cffi_f_km_fill_i32 _cffi_d_km_fill_i32
 #endif
 
+static long _cffi_d_km_idle_age(uint8_t const * x0, uint8_t const * x1, int32_t const * x2, size_t x3, uint8_t * x4, uint8_t * x5, unsigned int x6, unsigned int x7, uint64_t x8, uint64_t x9, uint64_t * x10, int32_t * x11, uint32_t * x12, uint64_t * x13)
+{
+  return km_idle_age(x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_idle_age(PyObject *self, PyObject *args)
+{
+  uint8_t const * x0;
+  uint8_t const * x1;
+  int32_t const * x2;
+  size_t x3;
+  uint8_t * x4;
+  uint8_t * x5;
+  unsigned int x6;
+  unsigned int x7;
+  uint64_t x8;
+  uint64_t x9;
+  uint64_t * x10;
+  int32_t * x11;
+  uint32_t * x12;
+  uint64_t * x13;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+  PyObject *arg5;
+  PyObject *arg6;
+  PyObject *arg7;
+  PyObject *arg8;
+  PyObject *arg9;
+  PyObject *arg10;
+  PyObject *arg11;
+  PyObject *arg12;
+  PyObject *arg13;
+
+  if (!PyArg_UnpackTuple(args, "km_idle_age", 14, 14, &arg0, &arg1, &arg2, &arg3, &arg4, &arg5, &arg6, &arg7, &arg8, &arg9, &arg10, &arg11, &arg12, &arg13))
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(142), arg0, (char **)&x0);
+  if (datasize != 0) {
+    x0 = ((size_t)datasize) <= 640 ? (uint8_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(142), arg0, (char **)&x0,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(142), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (uint8_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(142), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(12), arg2, (char **)&x2);
+  if (datasize != 0) {
+    x2 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(12), arg2, (char **)&x2,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x3 = _cffi_to_c_int(arg3, size_t);
+  if (x3 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(36), arg4, (char **)&x4);
+  if (datasize != 0) {
+    x4 = ((size_t)datasize) <= 640 ? (uint8_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(36), arg4, (char **)&x4,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(36), arg5, (char **)&x5);
+  if (datasize != 0) {
+    x5 = ((size_t)datasize) <= 640 ? (uint8_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(36), arg5, (char **)&x5,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x6 = _cffi_to_c_int(arg6, unsigned int);
+  if (x6 == (unsigned int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x7 = _cffi_to_c_int(arg7, unsigned int);
+  if (x7 == (unsigned int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x8 = _cffi_to_c_int(arg8, uint64_t);
+  if (x8 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x9 = _cffi_to_c_int(arg9, uint64_t);
+  if (x9 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(24), arg10, (char **)&x10);
+  if (datasize != 0) {
+    x10 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(24), arg10, (char **)&x10,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(13), arg11, (char **)&x11);
+  if (datasize != 0) {
+    x11 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(13), arg11, (char **)&x11,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(73), arg12, (char **)&x12);
+  if (datasize != 0) {
+    x12 = ((size_t)datasize) <= 640 ? (uint32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(73), arg12, (char **)&x12,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(24), arg13, (char **)&x13);
+  if (datasize != 0) {
+    x13 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(24), arg13, (char **)&x13,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_idle_age(x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_idle_age _cffi_d_km_idle_age
+#endif
+
 static long _cffi_d_km_idle_mark(int x0, uint64_t const * x1, size_t x2)
 {
   return km_idle_mark(x0, x1, x2);
@@ -1123,6 +1324,254 @@ _cffi_f_km_idle_test(PyObject *self, PyObject *args)
 }
 #else
 #  define _cffi_f_km_idle_test _cffi_d_km_idle_test
+#endif
+
+static long _cffi_d_km_idle_test_batch(int x0, uint64_t const * x1, size_t x2, uint8_t * x3, uint64_t * x4, uint64_t * x5, int * x6)
+{
+  return km_idle_test_batch(x0, x1, x2, x3, x4, x5, x6);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_idle_test_batch(PyObject *self, PyObject *args)
+{
+  int x0;
+  uint64_t const * x1;
+  size_t x2;
+  uint8_t * x3;
+  uint64_t * x4;
+  uint64_t * x5;
+  int * x6;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+  PyObject *arg5;
+  PyObject *arg6;
+
+  if (!PyArg_UnpackTuple(args, "km_idle_test_batch", 7, 7, &arg0, &arg1, &arg2, &arg3, &arg4, &arg5, &arg6))
+    return NULL;
+
+  x0 = _cffi_to_c_int(arg0, int);
+  if (x0 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg1, (char **)&x1);
+  if (datasize != 0) {
+    x1 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg1, (char **)&x1,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x2 = _cffi_to_c_int(arg2, size_t);
+  if (x2 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(36), arg3, (char **)&x3);
+  if (datasize != 0) {
+    x3 = ((size_t)datasize) <= 640 ? (uint8_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(36), arg3, (char **)&x3,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(24), arg4, (char **)&x4);
+  if (datasize != 0) {
+    x4 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(24), arg4, (char **)&x4,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(24), arg5, (char **)&x5);
+  if (datasize != 0) {
+    x5 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(24), arg5, (char **)&x5,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(45), arg6, (char **)&x6);
+  if (datasize != 0) {
+    x6 = ((size_t)datasize) <= 640 ? (int *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(45), arg6, (char **)&x6,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_idle_test_batch(x0, x1, x2, x3, x4, x5, x6); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_idle_test_batch _cffi_d_km_idle_test_batch
+#endif
+
+static long _cffi_d_km_idle_track(uint64_t const * x0, size_t x1, uint64_t x2, unsigned int x3, int32_t const * x4, size_t x5, uint8_t const * x6, size_t x7, unsigned int x8, int x9, uint64_t * x10, uint8_t * x11, int32_t * x12, uint64_t * x13)
+{
+  return km_idle_track(x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13);
+}
+#ifndef PYPY_VERSION
+static PyObject *
+_cffi_f_km_idle_track(PyObject *self, PyObject *args)
+{
+  uint64_t const * x0;
+  size_t x1;
+  uint64_t x2;
+  unsigned int x3;
+  int32_t const * x4;
+  size_t x5;
+  uint8_t const * x6;
+  size_t x7;
+  unsigned int x8;
+  int x9;
+  uint64_t * x10;
+  uint8_t * x11;
+  int32_t * x12;
+  uint64_t * x13;
+  Py_ssize_t datasize;
+  struct _cffi_freeme_s *large_args_free = NULL;
+  long result;
+  PyObject *pyresult;
+  PyObject *arg0;
+  PyObject *arg1;
+  PyObject *arg2;
+  PyObject *arg3;
+  PyObject *arg4;
+  PyObject *arg5;
+  PyObject *arg6;
+  PyObject *arg7;
+  PyObject *arg8;
+  PyObject *arg9;
+  PyObject *arg10;
+  PyObject *arg11;
+  PyObject *arg12;
+  PyObject *arg13;
+
+  if (!PyArg_UnpackTuple(args, "km_idle_track", 14, 14, &arg0, &arg1, &arg2, &arg3, &arg4, &arg5, &arg6, &arg7, &arg8, &arg9, &arg10, &arg11, &arg12, &arg13))
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(11), arg0, (char **)&x0);
+  if (datasize != 0) {
+    x0 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(11), arg0, (char **)&x0,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x1 = _cffi_to_c_int(arg1, size_t);
+  if (x1 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x2 = _cffi_to_c_int(arg2, uint64_t);
+  if (x2 == (uint64_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x3 = _cffi_to_c_int(arg3, unsigned int);
+  if (x3 == (unsigned int)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(12), arg4, (char **)&x4);
+  if (datasize != 0) {
+    x4 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(12), arg4, (char **)&x4,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x5 = _cffi_to_c_int(arg5, size_t);
+  if (x5 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(142), arg6, (char **)&x6);
+  if (datasize != 0) {
+    x6 = ((size_t)datasize) <= 640 ? (uint8_t const *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(142), arg6, (char **)&x6,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  x7 = _cffi_to_c_int(arg7, size_t);
+  if (x7 == (size_t)-1 && PyErr_Occurred())
+    return NULL;
+
+  x8 = _cffi_to_c_int(arg8, unsigned int);
+  if (x8 == (unsigned int)-1 && PyErr_Occurred())
+    return NULL;
+
+  x9 = _cffi_to_c_int(arg9, int);
+  if (x9 == (int)-1 && PyErr_Occurred())
+    return NULL;
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(24), arg10, (char **)&x10);
+  if (datasize != 0) {
+    x10 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(24), arg10, (char **)&x10,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(36), arg11, (char **)&x11);
+  if (datasize != 0) {
+    x11 = ((size_t)datasize) <= 640 ? (uint8_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(36), arg11, (char **)&x11,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(13), arg12, (char **)&x12);
+  if (datasize != 0) {
+    x12 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(13), arg12, (char **)&x12,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  datasize = _cffi_prepare_pointer_call_argument(
+      _cffi_type(24), arg13, (char **)&x13);
+  if (datasize != 0) {
+    x13 = ((size_t)datasize) <= 640 ? (uint64_t *)alloca((size_t)datasize) : NULL;
+    if (_cffi_convert_array_argument(_cffi_type(24), arg13, (char **)&x13,
+            datasize, &large_args_free) < 0)
+      return NULL;
+  }
+
+  Py_BEGIN_ALLOW_THREADS
+  _cffi_restore_errno();
+  { result = km_idle_track(x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13); }
+  _cffi_save_errno();
+  Py_END_ALLOW_THREADS
+
+  (void)self; /* unused */
+  pyresult = _cffi_from_c_int(result, long);
+  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
+  return pyresult;
+}
+#else
+#  define _cffi_f_km_idle_track _cffi_d_km_idle_track
 #endif
 
 static long _cffi_d_km_keys_for(size_t x0, uint64_t const * x1, int32_t const * x2, int32_t const * x3, int32_t x4, uint64_t * x5)
@@ -1485,10 +1934,10 @@ _cffi_f_km_perf_drain(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(155), arg0, (char **)&x0);
+      _cffi_type(196), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (void *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(155), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(196), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1502,19 +1951,19 @@ _cffi_f_km_perf_drain(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(123), arg3, (char **)&x3);
+      _cffi_type(132), arg3, (char **)&x3);
   if (datasize != 0) {
     x3 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(123), arg3, (char **)&x3,
+    if (_cffi_convert_array_argument(_cffi_type(132), arg3, (char **)&x3,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(159), arg4, (char **)&x4);
+      _cffi_type(200), arg4, (char **)&x4);
   if (datasize != 0) {
     x4 = ((size_t)datasize) <= 640 ? (struct km_perf_stats *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(159), arg4, (char **)&x4,
+    if (_cffi_convert_array_argument(_cffi_type(200), arg4, (char **)&x4,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1903,10 +2352,10 @@ _cffi_f_km_queue_capacity(PyObject *self, PyObject *arg0)
   PyObject *pyresult;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(162), arg0, (char **)&x0);
+      _cffi_type(203), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(162), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(203), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1959,10 +2408,10 @@ _cffi_f_km_queue_drain(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(59), arg0, (char **)&x0);
+      _cffi_type(68), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(59), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(68), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -1999,10 +2448,10 @@ _cffi_f_km_queue_drain(PyObject *self, PyObject *args)
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(64), arg5, (char **)&x5);
+      _cffi_type(73), arg5, (char **)&x5);
   if (datasize != 0) {
     x5 = ((size_t)datasize) <= 640 ? (uint32_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(64), arg5, (char **)&x5,
+    if (_cffi_convert_array_argument(_cffi_type(73), arg5, (char **)&x5,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2053,10 +2502,10 @@ _cffi_f_km_queue_free(PyObject *self, PyObject *arg0)
   struct _cffi_freeme_s *large_args_free = NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(59), arg0, (char **)&x0);
+      _cffi_type(68), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(59), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(68), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2095,19 +2544,19 @@ _cffi_f_km_queue_get_stats(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(162), arg0, (char **)&x0);
+      _cffi_type(203), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(162), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(203), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(176), arg1, (char **)&x1);
+      _cffi_type(217), arg1, (char **)&x1);
   if (datasize != 0) {
     x1 = ((size_t)datasize) <= 640 ? (struct km_queue_stats *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(176), arg1, (char **)&x1,
+    if (_cffi_convert_array_argument(_cffi_type(217), arg1, (char **)&x1,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2142,10 +2591,10 @@ _cffi_f_km_queue_len(PyObject *self, PyObject *arg0)
   PyObject *pyresult;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(162), arg0, (char **)&x0);
+      _cffi_type(203), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(162), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(203), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2198,7 +2647,7 @@ _cffi_f_km_queue_new(PyObject *self, PyObject *args)
   Py_END_ALLOW_THREADS
 
   (void)self; /* unused */
-  pyresult = _cffi_from_c_pointer((char *)result, _cffi_type(59));
+  pyresult = _cffi_from_c_pointer((char *)result, _cffi_type(68));
   return pyresult;
 }
 #else
@@ -2236,10 +2685,10 @@ _cffi_f_km_queue_push(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(59), arg0, (char **)&x0);
+      _cffi_type(68), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (km_queue *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(59), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(68), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2285,10 +2734,10 @@ _cffi_f_km_queue_push(PyObject *self, PyObject *args)
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(75), arg6, (char **)&x6);
+      _cffi_type(84), arg6, (char **)&x6);
   if (datasize != 0) {
     x6 = ((size_t)datasize) <= 640 ? (uint32_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(75), arg6, (char **)&x6,
+    if (_cffi_convert_array_argument(_cffi_type(84), arg6, (char **)&x6,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2409,10 +2858,10 @@ _cffi_f_km_runs_i32(PyObject *self, PyObject *args)
   }
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(64), arg2, (char **)&x2);
+      _cffi_type(73), arg2, (char **)&x2);
   if (datasize != 0) {
     x2 = ((size_t)datasize) <= 640 ? (uint32_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(64), arg2, (char **)&x2,
+    if (_cffi_convert_array_argument(_cffi_type(73), arg2, (char **)&x2,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2463,10 +2912,10 @@ _cffi_f_km_samples_by_node(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(123), arg0, (char **)&x0);
+      _cffi_type(132), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(123), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(132), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2489,10 +2938,10 @@ _cffi_f_km_samples_by_node(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(133), arg4, (char **)&x4);
+      _cffi_type(142), arg4, (char **)&x4);
   if (datasize != 0) {
     x4 = ((size_t)datasize) <= 640 ? (uint8_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(133), arg4, (char **)&x4,
+    if (_cffi_convert_array_argument(_cffi_type(142), arg4, (char **)&x4,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2550,10 +2999,10 @@ _cffi_f_km_samples_filter(PyObject *self, PyObject *args)
     return NULL;
 
   datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(123), arg0, (char **)&x0);
+      _cffi_type(132), arg0, (char **)&x0);
   if (datasize != 0) {
     x0 = ((size_t)datasize) <= 640 ? (struct km_samples *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(123), arg0, (char **)&x0,
+    if (_cffi_convert_array_argument(_cffi_type(132), arg0, (char **)&x0,
             datasize, &large_args_free) < 0)
       return NULL;
   }
@@ -2923,76 +3372,79 @@ static void _cffi_checkfld_struct_km_samples(struct km_samples *p)
 struct _cffi_align_struct_km_samples { char x; struct km_samples y; };
 
 static const struct _cffi_global_s _cffi_globals[] = {
-  { "km_cand_prepare", (void *)_cffi_f_km_cand_prepare, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 77), (void *)_cffi_d_km_cand_prepare },
-  { "km_cand_targets", (void *)_cffi_f_km_cand_targets, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 85), (void *)_cffi_d_km_cand_targets },
-  { "km_fill_i32", (void *)_cffi_f_km_fill_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 166), (void *)_cffi_d_km_fill_i32 },
+  { "km_cand_prepare", (void *)_cffi_f_km_cand_prepare, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 86), (void *)_cffi_d_km_cand_prepare },
+  { "km_cand_targets", (void *)_cffi_f_km_cand_targets, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 94), (void *)_cffi_d_km_cand_targets },
+  { "km_fill_i32", (void *)_cffi_f_km_fill_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 207), (void *)_cffi_d_km_fill_i32 },
+  { "km_idle_age", (void *)_cffi_f_km_idle_age, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 179), (void *)_cffi_d_km_idle_age },
   { "km_idle_mark", (void *)_cffi_f_km_idle_mark, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 27), (void *)_cffi_d_km_idle_mark },
   { "km_idle_test", (void *)_cffi_f_km_idle_test, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 32), (void *)_cffi_d_km_idle_test },
-  { "km_keys_for", (void *)_cffi_f_km_keys_for, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 107), (void *)_cffi_d_km_keys_for },
+  { "km_idle_test_batch", (void *)_cffi_f_km_idle_test_batch, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 38), (void *)_cffi_d_km_idle_test_batch },
+  { "km_idle_track", (void *)_cffi_f_km_idle_track, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 163), (void *)_cffi_d_km_idle_track },
+  { "km_keys_for", (void *)_cffi_f_km_keys_for, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 116), (void *)_cffi_d_km_keys_for },
   { "km_move_pages", (void *)_cffi_f_km_move_pages, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 8), (void *)_cffi_d_km_move_pages },
   { "km_move_pages_batched", (void *)_cffi_f_km_move_pages_batched, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 16), (void *)_cffi_d_km_move_pages_batched },
-  { "km_pagemap_pfns", (void *)_cffi_f_km_pagemap_pfns, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 149), (void *)_cffi_d_km_pagemap_pfns },
-  { "km_perf_drain", (void *)_cffi_f_km_perf_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 154), (void *)_cffi_d_km_perf_drain },
+  { "km_pagemap_pfns", (void *)_cffi_f_km_pagemap_pfns, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 158), (void *)_cffi_d_km_pagemap_pfns },
+  { "km_perf_drain", (void *)_cffi_f_km_perf_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 195), (void *)_cffi_d_km_perf_drain },
   { "km_perf_enable", (void *)_cffi_f_km_perf_enable, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 4), (void *)_cffi_d_km_perf_enable },
-  { "km_perf_open", (void *)_cffi_f_km_perf_open, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 137), (void *)_cffi_d_km_perf_open },
-  { "km_perf_supported_sample_type", (void *)_cffi_f_km_perf_supported_sample_type, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_N, 164), (void *)_cffi_d_km_perf_supported_sample_type },
-  { "km_phys_to_node", (void *)_cffi_f_km_phys_to_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 185), (void *)_cffi_d_km_phys_to_node },
-  { "km_pread_words", (void *)_cffi_f_km_pread_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 38), (void *)_cffi_d_km_pread_words },
-  { "km_pwrite_words", (void *)_cffi_f_km_pwrite_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 44), (void *)_cffi_d_km_pwrite_words },
-  { "km_queue_capacity", (void *)_cffi_f_km_queue_capacity, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 161), (void *)_cffi_d_km_queue_capacity },
-  { "km_queue_drain", (void *)_cffi_f_km_queue_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 58), (void *)_cffi_d_km_queue_drain },
-  { "km_queue_free", (void *)_cffi_f_km_queue_free, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 171), (void *)_cffi_d_km_queue_free },
-  { "km_queue_get_stats", (void *)_cffi_f_km_queue_get_stats, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 174), (void *)_cffi_d_km_queue_get_stats },
-  { "km_queue_len", (void *)_cffi_f_km_queue_len, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 161), (void *)_cffi_d_km_queue_len },
+  { "km_perf_open", (void *)_cffi_f_km_perf_open, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 146), (void *)_cffi_d_km_perf_open },
+  { "km_perf_supported_sample_type", (void *)_cffi_f_km_perf_supported_sample_type, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_N, 205), (void *)_cffi_d_km_perf_supported_sample_type },
+  { "km_phys_to_node", (void *)_cffi_f_km_phys_to_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 226), (void *)_cffi_d_km_phys_to_node },
+  { "km_pread_words", (void *)_cffi_f_km_pread_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 47), (void *)_cffi_d_km_pread_words },
+  { "km_pwrite_words", (void *)_cffi_f_km_pwrite_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 53), (void *)_cffi_d_km_pwrite_words },
+  { "km_queue_capacity", (void *)_cffi_f_km_queue_capacity, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 202), (void *)_cffi_d_km_queue_capacity },
+  { "km_queue_drain", (void *)_cffi_f_km_queue_drain, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 67), (void *)_cffi_d_km_queue_drain },
+  { "km_queue_free", (void *)_cffi_f_km_queue_free, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 212), (void *)_cffi_d_km_queue_free },
+  { "km_queue_get_stats", (void *)_cffi_f_km_queue_get_stats, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 215), (void *)_cffi_d_km_queue_get_stats },
+  { "km_queue_len", (void *)_cffi_f_km_queue_len, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 202), (void *)_cffi_d_km_queue_len },
   { "km_queue_new", (void *)_cffi_f_km_queue_new, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 0), (void *)_cffi_d_km_queue_new },
-  { "km_queue_push", (void *)_cffi_f_km_queue_push, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 68), (void *)_cffi_d_km_queue_push },
-  { "km_remove_sorted_u64", (void *)_cffi_f_km_remove_sorted_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 101), (void *)_cffi_d_km_remove_sorted_u64 },
-  { "km_runs_i32", (void *)_cffi_f_km_runs_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 92), (void *)_cffi_d_km_runs_i32 },
-  { "km_samples_by_node", (void *)_cffi_f_km_samples_by_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 128), (void *)_cffi_d_km_samples_by_node },
-  { "km_samples_filter", (void *)_cffi_f_km_samples_filter, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 122), (void *)_cffi_d_km_samples_filter },
-  { "km_select_u64", (void *)_cffi_f_km_select_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 115), (void *)_cffi_d_km_select_u64 },
-  { "km_sort_unique_u64", (void *)_cffi_f_km_sort_unique_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 97), (void *)_cffi_d_km_sort_unique_u64 },
-  { "km_split_keys", (void *)_cffi_f_km_split_keys, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 178), (void *)_cffi_d_km_split_keys },
-  { "km_status_tally", (void *)_cffi_f_km_status_tally, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 50), (void *)_cffi_d_km_status_tally },
+  { "km_queue_push", (void *)_cffi_f_km_queue_push, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 77), (void *)_cffi_d_km_queue_push },
+  { "km_remove_sorted_u64", (void *)_cffi_f_km_remove_sorted_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 110), (void *)_cffi_d_km_remove_sorted_u64 },
+  { "km_runs_i32", (void *)_cffi_f_km_runs_i32, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 101), (void *)_cffi_d_km_runs_i32 },
+  { "km_samples_by_node", (void *)_cffi_f_km_samples_by_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 137), (void *)_cffi_d_km_samples_by_node },
+  { "km_samples_filter", (void *)_cffi_f_km_samples_filter, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 131), (void *)_cffi_d_km_samples_filter },
+  { "km_select_u64", (void *)_cffi_f_km_select_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 124), (void *)_cffi_d_km_select_u64 },
+  { "km_sort_unique_u64", (void *)_cffi_f_km_sort_unique_u64, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 106), (void *)_cffi_d_km_sort_unique_u64 },
+  { "km_split_keys", (void *)_cffi_f_km_split_keys, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 219), (void *)_cffi_d_km_split_keys },
+  { "km_status_tally", (void *)_cffi_f_km_status_tally, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 59), (void *)_cffi_d_km_status_tally },
 };
 
 static const struct _cffi_field_s _cffi_fields[] = {
   { "samples", offsetof(struct km_perf_stats, samples),
                sizeof(((struct km_perf_stats *)0)->samples),
-               _CFFI_OP(_CFFI_OP_NOOP, 40) },
+               _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "lost", offsetof(struct km_perf_stats, lost),
             sizeof(((struct km_perf_stats *)0)->lost),
-            _CFFI_OP(_CFFI_OP_NOOP, 40) },
+            _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "lost_records", offsetof(struct km_perf_stats, lost_records),
                     sizeof(((struct km_perf_stats *)0)->lost_records),
-                    _CFFI_OP(_CFFI_OP_NOOP, 40) },
+                    _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "throttled", offsetof(struct km_perf_stats, throttled),
                  sizeof(((struct km_perf_stats *)0)->throttled),
-                 _CFFI_OP(_CFFI_OP_NOOP, 40) },
+                 _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "unthrottled", offsetof(struct km_perf_stats, unthrottled),
                    sizeof(((struct km_perf_stats *)0)->unthrottled),
-                   _CFFI_OP(_CFFI_OP_NOOP, 40) },
+                   _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "unknown", offsetof(struct km_perf_stats, unknown),
                sizeof(((struct km_perf_stats *)0)->unknown),
-               _CFFI_OP(_CFFI_OP_NOOP, 40) },
+               _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "truncated", offsetof(struct km_perf_stats, truncated),
                  sizeof(((struct km_perf_stats *)0)->truncated),
-                 _CFFI_OP(_CFFI_OP_NOOP, 40) },
+                 _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "bytes", offsetof(struct km_perf_stats, bytes),
              sizeof(((struct km_perf_stats *)0)->bytes),
-             _CFFI_OP(_CFFI_OP_NOOP, 40) },
+             _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "pushed", offsetof(struct km_queue_stats, pushed),
               sizeof(((struct km_queue_stats *)0)->pushed),
-              _CFFI_OP(_CFFI_OP_NOOP, 40) },
+              _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "coalesced", offsetof(struct km_queue_stats, coalesced),
                  sizeof(((struct km_queue_stats *)0)->coalesced),
-                 _CFFI_OP(_CFFI_OP_NOOP, 40) },
+                 _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "dropped", offsetof(struct km_queue_stats, dropped),
                sizeof(((struct km_queue_stats *)0)->dropped),
-               _CFFI_OP(_CFFI_OP_NOOP, 40) },
+               _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "drained", offsetof(struct km_queue_stats, drained),
                sizeof(((struct km_queue_stats *)0)->drained),
-               _CFFI_OP(_CFFI_OP_NOOP, 40) },
+               _CFFI_OP(_CFFI_OP_NOOP, 49) },
   { "cap", offsetof(struct km_samples, cap),
            sizeof(((struct km_samples *)0)->cap),
            _CFFI_OP(_CFFI_OP_NOOP, 10) },
@@ -3029,18 +3481,18 @@ static const struct _cffi_field_s _cffi_fields[] = {
 };
 
 static const struct _cffi_struct_union_s _cffi_struct_unions[] = {
-  { "km_perf_stats", 195, _CFFI_F_CHECK_FIELDS,
+  { "km_perf_stats", 236, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_perf_stats), offsetof(struct _cffi_align_struct_km_perf_stats, y), 0, 8 },
-  { "km_queue", 193, _CFFI_F_OPAQUE,
+  { "km_queue", 234, _CFFI_F_OPAQUE,
     (size_t)-1, -1, -1, 0 /* opaque */ },
-  { "km_queue_stats", 196, _CFFI_F_CHECK_FIELDS,
+  { "km_queue_stats", 237, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_queue_stats), offsetof(struct _cffi_align_struct_km_queue_stats, y), 8, 4 },
-  { "km_samples", 197, _CFFI_F_CHECK_FIELDS,
+  { "km_samples", 238, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_samples), offsetof(struct _cffi_align_struct_km_samples, y), 12, 11 },
 };
 
 static const struct _cffi_typename_s _cffi_typenames[] = {
-  { "km_queue", 193 },
+  { "km_queue", 234 },
 };
 
 static const struct _cffi_type_context_s _cffi_type_context = {
@@ -3050,12 +3502,12 @@ static const struct _cffi_type_context_s _cffi_type_context = {
   _cffi_struct_unions,
   NULL,  /* no enums */
   _cffi_typenames,
-  31,  /* num_globals */
+  34,  /* num_globals */
   4,  /* num_struct_unions */
   0,  /* num_enums */
   1,  /* num_typenames */
   NULL,  /* no includes */
-  200,  /* num_types */
+  241,  /* num_types */
   0,  /* flags */
 };
 

@@ -3,6 +3,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "kmidle.h"
@@ -11,6 +12,18 @@
 #define PM_SWAP (1ull << 62)
 #define PM_PRESENT (1ull << 63)
 #define WINDOW 512	/* bitmap words read at once: 32768 pages */
+
+/* include/uapi/linux/kernel-page-flags.h */
+#define KPF_COMPOUND_HEAD (1ull << 15)
+#define KPF_HUGE (1ull << 17)
+#define KPF_THP (1ull << 22)
+
+/* km_idle_test_batch: test in PFN order beyond this many descents among every 16th PFN */
+#define DIRECT_DESCENTS 16
+#define ORDER_STRIDE 16
+/* sort keys: pfn << POS_BITS | position in the batch */
+#define POS_BITS 24
+#define POS_MASK ((1ull << POS_BITS) - 1)
 
 long km_pread_words(int fd, uint64_t first, size_t n, uint64_t *out)
 {
@@ -136,4 +149,182 @@ long km_idle_test(int fd, const uint64_t *pfns, size_t n, uint8_t *idle)
 		accessed += !idle[i];
 	}
 	return accessed;
+}
+
+/* 0x80 | the five low bytes of the PFN XOR-folded, 8 bits into 7: never 0. */
+static inline uint8_t pfn_tag(uint64_t p)
+{
+	uint8_t f = (uint8_t)(p ^ (p >> 8) ^ (p >> 16) ^ (p >> 24) ^ (p >> 32));
+
+	return (uint8_t)(((f ^ (f >> 7)) & 0x7F) | 0x80);
+}
+
+long km_idle_track(const uint64_t *entries, size_t n, uint64_t first_vpn,
+                   unsigned int pfn_block_shift, const int32_t *block_node, size_t nblocks,
+                   const uint8_t *slow, size_t nslow, unsigned int huge_pages,
+                   int kpageflags_fd, uint64_t *tracked, uint8_t *tags, int32_t *nodes,
+                   uint64_t *counts)
+{
+	size_t i, hp = huge_pages;
+	long count = 0;
+
+	for (i = 0; i < n; i++) {
+		uint64_t e = entries[i];
+		uint64_t pfn = ((e & PM_PRESENT) && !(e & PM_SWAP)) ? (e & PM_PFN_MASK) : 0;
+		uint64_t b = pfn >> pfn_block_shift;
+		int32_t node = (pfn && b < nblocks) ? block_node[b] : -1;
+
+		nodes[i] = node;
+		tracked[i] = (node >= 0 && (size_t)node < nslow && slow[node]) ? pfn : 0;
+	}
+	if (hp > 1 && n >= hp) {
+		for (i = (size_t)((hp - first_vpn % hp) % hp); i + hp <= n; i += hp) {
+			uint64_t head = tracked[i];
+
+			if (!head || head % hp || tracked[i + hp - 1] != head + hp - 1)
+				continue;
+			if (kpageflags_fd >= 0) {
+				uint64_t f;
+
+				if (km_pread_words(kpageflags_fd, head, 1, &f) != 1)
+					continue;
+				if (f & KPF_HUGE) {	/* hugetlbfs: never on an LRU */
+					memset(&tracked[i], 0, hp * sizeof(*tracked));
+					counts[1]++;
+					continue;
+				}
+				if (!((f & KPF_THP) && (f & KPF_COMPOUND_HEAD)))
+					continue;
+			}
+			memset(&tracked[i + 1], 0, (hp - 1) * sizeof(*tracked));
+			counts[0]++;
+		}
+	}
+	for (i = 0; i < n; i++) {
+		tags[i] = tracked[i] ? pfn_tag(tracked[i]) : 0;
+		count += tracked[i] != 0;
+	}
+	return count;
+}
+
+static size_t descents(const uint64_t *pfns, size_t n)
+{
+	uint64_t last = 0;
+	size_t i, d = 0;
+
+	for (i = 0; i < n; i += ORDER_STRIDE) {
+		if (!pfns[i])
+			continue;
+		d += pfns[i] < last;
+		last = pfns[i];
+	}
+	return d;
+}
+
+/* Stable LSD radix sort of keys by their PFN bits (8 a pass, up to max_pfn's top bit). */
+static void sort_by_pfn(uint64_t *keys, uint64_t *tmp, size_t n, uint64_t max_pfn)
+{
+	uint64_t *src = keys, *dst = tmp, *t;
+	unsigned int shift;
+
+	for (shift = POS_BITS; max_pfn >> (shift - POS_BITS); shift += 8) {
+		size_t count[256] = { 0 }, i, sum = 0;
+
+		for (i = 0; i < n; i++)
+			count[(src[i] >> shift) & 255]++;
+		for (i = 0; i < 256; i++) {
+			size_t c = count[i];
+
+			count[i] = sum;
+			sum += c;
+		}
+		for (i = 0; i < n; i++)
+			dst[count[(src[i] >> shift) & 255]++] = src[i];
+		t = src;
+		src = dst;
+		dst = t;
+	}
+	if (src != keys)
+		memcpy(keys, src, n * sizeof(*keys));
+}
+
+long km_idle_test_batch(int fd, const uint64_t *pfns, size_t n, uint8_t *idle,
+                        uint64_t *again, uint64_t *scratch, int *sorted)
+{
+	uint64_t max_pfn = 0, *keys = scratch;
+	uint8_t *sidle = (uint8_t *)(scratch + n);
+	size_t i, m = 0;
+	long accessed;
+
+	*sorted = 0;
+	if (descents(pfns, n) > DIRECT_DESCENTS && n <= POS_MASK + 1) {
+		for (i = 0; i < n; i++)
+			if (pfns[i] > max_pfn)
+				max_pfn = pfns[i];
+		*sorted = max_pfn >> (64 - POS_BITS) == 0;
+	}
+	if (!*sorted) {
+		accessed = km_idle_test(fd, pfns, n, idle);
+		if (accessed < 0)
+			return accessed;
+		for (i = 0; i < n; i++)
+			again[i] = idle[i] == 0 ? pfns[i] : 0;
+		return accessed;
+	}
+	for (i = 0; i < n; i++) {
+		if (pfns[i])
+			keys[m++] = pfns[i] << POS_BITS | i;
+		else
+			idle[i] = 2;
+	}
+	/* the second half of scratch is the sort's other buffer, then the results */
+	sort_by_pfn(keys, scratch + n, m, max_pfn);
+	for (i = 0; i < m; i++)
+		again[i] = keys[i] >> POS_BITS;
+	accessed = km_idle_test(fd, again, m, sidle);
+	if (accessed < 0)
+		return accessed;
+	for (i = 0; i < m; i++) {
+		idle[keys[i] & POS_MASK] = sidle[i];
+		if (sidle[i])
+			again[i] = 0;
+	}
+	memset(again + m, 0, (n - m) * sizeof(*again));
+	return accessed;
+}
+
+long km_idle_age(const uint8_t *idle, const uint8_t *tags, const int32_t *nodes, size_t n,
+                 uint8_t *hist, uint8_t *chunk_tags, unsigned int history_rounds,
+                 unsigned int hot_rounds, uint64_t addr, uint64_t page_size,
+                 uint64_t *hot_addrs, int32_t *hot_nodes, uint32_t *hot_weights,
+                 uint64_t *counts)
+{
+	unsigned int window = (1u << history_rounds) - 1;
+	long hot = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		uint8_t t = tags[i];
+		unsigned int access, h, w;
+
+		if (!t) {	/* not tracked: forget */
+			hist[i] = 0;
+			chunk_tags[i] = 0;
+			continue;
+		}
+		access = idle[i] == 0 && chunk_tags[i] == t;
+		h = ((unsigned int)hist[i] << 1 & window) | access;
+		hist[i] = (uint8_t)h;
+		chunk_tags[i] = t;
+		counts[0]++;
+		counts[1] += access;
+		w = (unsigned int)__builtin_popcount(h);
+		if (w >= hot_rounds) {
+			hot_addrs[hot] = addr + i * page_size;
+			hot_nodes[hot] = nodes[i];
+			hot_weights[hot] = w;
+			hot++;
+		}
+	}
+	return hot;
 }

@@ -4,20 +4,22 @@ Every round (``sampler.interval_ms``) the sampler walks the processes in scope
 and, for each one, the mappings of ``/proc/PID/maps`` it can promote from,
 within a scan budget; for each piece of a mapping it
 
-1. reads ``/proc/PID/pagemap`` for the range in one ``pread`` and turns the
-   entries into PFNs (present and not swapped; ``shim.pagemap_pfns``);
-2. keeps only the pages on a slower-tier node (PFN → memory block → node:
-   ``topology.block_node_table()`` and ``shim.phys_to_node``) — pages on the fast
-   tier are never tested, marked, nor remembered;
-3. collects their PFNs in a batch (up to :data:`BATCH_PAGES`), which is put in
-   **PFN order** if it is not nearly so already, then tested against
-   ``/sys/kernel/mm/page_idle/bitmap``
-   (``shim.idle_test``: was the idle bit set last round cleared by an access?);
-   the pages found accessed are marked idle again (``shim.idle_mark``) for the
-   next round — those found idle still are, and marking them again would only
-   repeat the rmap walk the test just did;
-4. folds the result into an aging history per page and offers the hot pages to
-   the candidate queues.
+1. reads ``/proc/PID/pagemap`` for the range in one ``pread``;
+2. keeps the pages that are present on a slower-tier node (PFN → memory block →
+   node: ``topology.block_node_table()``), the head only of a transparent huge
+   page, and appends their PFNs to a batch (``shim.idle_track``) — pages on the
+   fast tier are never tested, marked, nor remembered;
+3. tests the batch (up to :data:`BATCH_PAGES` pages) against
+   ``/sys/kernel/mm/page_idle/bitmap`` (``shim.idle_test_batch``: was the idle
+   bit set last round cleared by an access?), in **PFN order** if it is not
+   nearly so already; the pages found accessed are marked idle again
+   (``shim.idle_mark``) for the next round — those found idle still are, and
+   marking them again would only repeat the rmap walk the test just did;
+4. folds the result into an aging history per page and collects the hot pages
+   (``shim.idle_age``), which it offers to the candidate queues.
+
+Every per-page step is one C call over the whole piece or batch
+(native/kmidle.c); Python handles mappings, budget, state and failures.
 
 A page is **hot** when it was accessed in at least ``sampler.idle.hot_rounds`` of
 its last ``sampler.idle.history_rounds`` observations.  Hot pages are pushed into
@@ -73,10 +75,10 @@ tiered VM, tests/vm/guest/test_sampler_idle.py):
   re-walks every idle page in it — measured 16.6 s instead of 0.09 s for 32768
   pages in the VM.  So a batch whose PFNs descend more than 16 times (memory
   that has been reused or migrated) is sorted by PFN before it is tested and
-  marked (a C-level ``sorted()`` of keys PFN << 24 | position, packed on one
-  big integer), and the results are scattered back to address order by a
-  C-level ``map(bytearray.__setitem__, positions, results)``; a batch in
-  (nearly) ascending PFN order, as fresh memory is, is tested as it is.
+  marked (a radix sort of PFN << 24 | position in C, judged on every 16th PFN),
+  and the results are put back in address order; a batch in (nearly)
+  ascending PFN order, as fresh memory is, is tested as it is
+  (``batches_sorted`` counts the others).
 
 Budget: ``sampler.idle.scan_budget_pages_per_s`` bounds the pagemap entries read
 (virtual pages, present or not) per second; each round may read
@@ -102,6 +104,7 @@ reused by a new process (another start time) starts afresh.
 Counters (``stats()``): ``rounds``; ``passes`` (a pid scanned to its end);
 ``pages_scanned`` (pagemap entries read: what the budget bounds);
 ``pages_tested`` (slow-tier pages whose idle bit was read, a THP once);
+``batches_sorted`` (batches tested in PFN order);
 ``pages_accessed`` (tests that counted as an access); ``pages_marked``;
 ``huge_pages`` (THP heads tested); ``hugetlb_skipped`` (2 MiB slots);
 ``candidates_offered``; ``budget_exhausted`` (rounds cut by the budget);
@@ -126,12 +129,8 @@ import os
 import threading
 import time
 from array import array
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
-from itertools import compress, islice
-from operator import gt
 
 from .. import shim
 from ..kernelfs import KernelFs
@@ -145,7 +144,8 @@ KPAGEFLAGS = "/proc/kpageflags"
 HPAGE_PMD_SIZE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
 CAP_SYS_ADMIN = 21
 
-# include/uapi/linux/kernel-page-flags.h
+# include/uapi/linux/kernel-page-flags.h (native/kmidle.c tests them; kept here for the docs
+# and the tests' fake /proc/kpageflags)
 KPF_COMPOUND_HEAD = 1 << 15
 KPF_HUGE = 1 << 17
 KPF_THP = 1 << 22
@@ -154,93 +154,13 @@ PAGE_SIZE = shim.PAGE_SIZE
 PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
 # State and pagemap reads go by chunks of the address space (16 MiB of 4 KiB pages).
 CHUNK_PAGES = 4096
-# PFNs tested and marked together (sorted once): 256 MiB of tracked 4 KiB pages.
-# Bounds the sort (it holds the GIL) and the round's scratch memory.
+# PFNs tested and marked together (sorted once, in C, if out of order): 256 MiB of
+# tracked 4 KiB pages.  Bounds the round's scratch memory (about 40 bytes a page).
 BATCH_PAGES = 1 << 16
-# The sort keys pack a PFN into 40 bits (4 PiB of 4 KiB pages) and a position into 24.
-_POS_KEY_BITS = 24
-_MAX_SORTED = 1 << _POS_KEY_BITS
-# Up to this many descending steps in a batch's PFNs, test it as it is (each costs one
-# re-read of a 512-word bitmap window); beyond, sort it first.
-_DIRECT_DESCENTS = 16
-_ORDER_STRIDE = 16
 
 # Special mappings whose name is in brackets but that hold ordinary anonymous memory.
 _ANON_NAMES = ("[heap]", "[stack]")
 _ANON_PREFIXES = ("[anon:", "[stack:")
-
-
-def _table(fn: object) -> bytes:
-    return bytes(fn(b) for b in range(256))  # type: ignore[operator]
-
-
-# Byte-wise lookup tables for bytes.translate (one byte per page, no Python loop).
-_ACCESSED = _table(lambda b: 1 if b == 0 else 0)  # idle_test: 0 accessed, 1 idle, 2 no PFN
-_TAG = _table(lambda b: ((b ^ (b >> 7)) & 0x7F) | 0x80)  # folded PFN byte -> non-zero tag
-_ZERO = _table(lambda b: 0 if b else 1)
-_FF = _table(lambda b: 0xFF if b else 0)
-
-
-def _and(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "little") & int.from_bytes(b, "little")).to_bytes(len(a), "little")
-
-
-def _or(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "little") | int.from_bytes(b, "little")).to_bytes(len(a), "little")
-
-
-def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
-
-
-def _pfn_tag(pfns: bytes) -> bytes:
-    """One non-zero byte per 8-byte PFN: its five low bytes XOR-folded, then 8 bits into 7."""
-    p = int.from_bytes(pfns, "little")
-    fold = p ^ (p >> 8) ^ (p >> 16) ^ (p >> 24) ^ (p >> 32)  # byte 0 of each element
-    return fold.to_bytes(len(pfns), "little")[0::8].translate(_TAG)
-
-
-@dataclass(frozen=True)
-class _Masks:
-    """Big integers over n 8-byte elements, for packing sort keys."""
-
-    positions: int  # element i = i
-    pfn: int  # bits 24-63 of every element
-    pos: int  # bits 0-23
-    high: int  # bits 40-63 (a PFN that does not fit the key)
-
-
-@lru_cache(maxsize=4)
-def _masks(n: int) -> _Masks:
-    def every(pattern: bytes) -> int:
-        return int.from_bytes(pattern * n, "little")
-
-    return _Masks(int.from_bytes(array("Q", range(n)), "little"),
-                  every(b"\0\0\0\xff\xff\xff\xff\xff"), every(b"\xff\xff\xff\0\0\0\0\0"),
-                  every(b"\0\0\0\0\0\xff\xff\xff"))
-
-
-@lru_cache(maxsize=4)
-def _page_offsets(n: int) -> tuple[int, int]:
-    """(element i = i * PAGE_SIZE, element i = 1) over n 8-byte elements, as big integers."""
-    return (int.from_bytes(array("Q", range(0, n * PAGE_SIZE, PAGE_SIZE)), "little"),
-            int.from_bytes(b"\1\0\0\0\0\0\0\0" * n, "little"))
-
-
-def _addresses(base: int, n: int) -> array[int]:
-    """array('Q') of the n page addresses from ``base``, without a loop over them."""
-    offsets, ones = _page_offsets(n)
-    out = array("Q")
-    out.frombytes((offsets + base * ones).to_bytes(8 * n, "little"))
-    return out
-
-
-def _widen(mask_ff: bytes | bytearray) -> bytes:
-    """One 0x00/0xFF byte per page → eight (a mask for 8-byte words)."""
-    out = bytearray(8 * len(mask_ff))
-    for k in range(8):
-        out[k::8] = mask_ff
-    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -297,15 +217,14 @@ class _Proc:
 
 @dataclass
 class _Segment:
+    """A piece of a mapping whose pages sit in the batch at [pos, pos + n)."""
+
     proc: _Proc
     key: int  # chunk number (address >> chunk shift)
     off: int  # first page within the chunk
     n: int
     addr: int
-    pos: int  # first entry in the batch
-    tag: bytes
-    mask_ff: bytes | None  # 0xFF per tracked page; None: all tracked
-    nodes: array[int]
+    pos: int
 
 
 class _PidGone(Exception):
@@ -339,24 +258,31 @@ class IdleSampler:
         self.hot_rounds = cfg.hot_rounds
         self.budget_pages_per_s = cfg.scan_budget_pages_per_s
         self.interval_s = ctx.config.sampler.interval_ms / 1000
-        window = (1 << self.history_rounds) - 1
-        self._shift = _table(lambda b: (b << 1) & window)
-        self._weight = _table(lambda b: bin(b & window).count("1"))
-        self._hot = _table(lambda b: 1 if bin(b & window).count("1") >= self.hot_rounds else 0)
         block_shift, self._block_table = ctx.topology.block_node_table()
         self._pfn_block_shift = block_shift - PAGE_SHIFT
-        slow = set(ctx.topology.targets)
-        self._slow_nodes = slow
-        # Node ids in one byte (-1 → 0xFF) unless a machine has more than 255 nodes.
-        self._slow_table = (_table(lambda b: 1 if b in slow and b != 0xFF else 0)
-                            if max(ctx.topology.nodes, default=0) < 0xFF else None)
+        self._slow_nodes = set(ctx.topology.targets)
+        self._slow_mask = ctx.topology.slow_node_mask()
         hpage = ctx.fs.read_optional(HPAGE_PMD_SIZE)
         hpage_bytes = int(hpage) if hpage and hpage.strip().isdigit() else 2 << 20
         self.huge_pages = max(1, hpage_bytes // PAGE_SIZE)
         self.chunk_pages = max(CHUNK_PAGES, self.huge_pages)
         self._chunk_shift = (self.chunk_pages * PAGE_SIZE).bit_length() - 1
         self._entries = array("Q", bytes(8 * self.chunk_pages))
-        self._pfns = array("Q", bytes(8 * self.chunk_pages))
+        # The batch (a round's tracked pages, tested together) and its scratch, reused
+        # round after round: PFNs, tags and nodes written by shim.idle_track.
+        cap = BATCH_PAGES + self.chunk_pages
+        self._pfns = memoryview(array("Q", bytes(8 * cap)))
+        self._tags = memoryview(bytearray(cap))
+        self._nodes = memoryview(array("i", bytes(4 * cap)))
+        self._idle = memoryview(bytearray(cap))
+        self._again = memoryview(array("Q", bytes(8 * cap)))
+        self._scratch = array("Q", bytes(16 * cap))
+        self._hot_addrs = array("Q", bytes(8 * self.chunk_pages))
+        self._hot_nodes = array("i", bytes(4 * self.chunk_pages))
+        self._hot_weights = array("I", bytes(4 * self.chunk_pages))
+        self._batch_len = 0
+        self._huge = array("Q", [0, 0])  # THP heads, hugetlbfs slots
+        self._aged = array("Q", [0, 0])  # pages tested, accesses counted
         self._procs: dict[int, _Proc] = {}
         self._cursor: tuple[int, int] = (0, 0)
         self._credit = 0
@@ -369,13 +295,12 @@ class IdleSampler:
         self._tracked_pids = 0
         self._state_bytes = 0
         # round scratch
-        self._batch = array("Q")
         self._segments: list[_Segment] = []
         self._offers: dict[int, list[tuple[array[int], array[int], array[int]]]] = {}
         self.counters = dict.fromkeys(
-            ("rounds", "passes", "pages_scanned", "pages_tested", "pages_accessed", "pages_marked",
-             "huge_pages", "hugetlb_skipped", "candidates_offered", "pid_gone",
-             "permission_denied", "budget_exhausted", "errors"), 0)
+            ("rounds", "passes", "pages_scanned", "pages_marked", "batches_sorted",
+             "candidates_offered", "pid_gone", "permission_denied", "budget_exhausted",
+             "errors"), 0)
 
     # --- probe and lifecycle ----------------------------------------------------
 
@@ -453,8 +378,9 @@ class IdleSampler:
         self.close()
 
     def stats(self) -> dict[str, int]:
-        return {**self.counters, "tracked_pids": self._tracked_pids,
-                "state_bytes": self._state_bytes}
+        return {**self.counters, "pages_tested": self._aged[0], "pages_accessed": self._aged[1],
+                "huge_pages": self._huge[0], "hugetlb_skipped": self._huge[1],
+                "tracked_pids": self._tracked_pids, "state_bytes": self._state_bytes}
 
     def push(self, offers: list[Offer]) -> int:
         """Offer hot pages to the queues (on the event loop: the queues are not thread-safe)."""
@@ -481,7 +407,7 @@ class IdleSampler:
         else:
             self._credit = budget_pages
         self.counters["rounds"] += 1
-        self._batch = array("Q")
+        self._batch_len = 0
         self._segments = []
         self._offers = {}
         try:
@@ -595,7 +521,7 @@ class IdleSampler:
         return shim.pread_words(fd, addr >> PAGE_SHIFT, entries)
 
     def _scan_piece(self, proc: _Proc, fd: int, addr: int, n: int) -> None:
-        """Pagemap → PFNs → slow-tier mask → THP heads; queue the tracked PFNs for testing."""
+        """Pagemap → PFNs → slow-tier pages → THP heads, into the batch (shim.idle_track)."""
         entries = memoryview(self._entries)[:n]  # scratch, reused piece after piece
         got = self._read_pagemap(fd, addr, entries)
         self.counters["pages_scanned"] += n
@@ -605,63 +531,18 @@ class IdleSampler:
         key = addr >> self._chunk_shift
         off = (addr - (key << self._chunk_shift)) >> PAGE_SHIFT
         proc.visited.add(key)
-        pfns = memoryview(self._pfns)[:n]
-        if not shim.pagemap_pfns(entries, pfns):
+        pos = self._batch_len
+        end = pos + n
+        if not shim.idle_track(entries, addr >> PAGE_SHIFT, self._pfn_block_shift,
+                               self._block_table, self._slow_mask, self.huge_pages,
+                               self._kpageflags_fd, self._pfns[pos:end], self._tags[pos:end],
+                               self._nodes[pos:end], self._huge):
             self._forget(proc, key, off, n)
             return
-        nodes = array("i", bytes(4 * n))
-        shim.phys_to_node(pfns, self._pfn_block_shift, self._block_table, nodes)
-        if self._slow_table is not None:
-            mask = bytearray(memoryview(nodes).cast("B")[0::4].tobytes().translate(
-                self._slow_table))
-        else:
-            mask = bytearray(1 if x in self._slow_nodes else 0 for x in nodes)
-        if not mask.count(1):
-            self._forget(proc, key, off, n)
-            return
-        self._huge_slots(addr, n, pfns, mask)
-        if mask.count(0):
-            ff = bytes(mask).translate(_FF)
-            mask_ff: bytes | None = ff
-            masked = _and(pfns.tobytes(), _widen(ff))
-            tag = _and(_pfn_tag(masked), ff)
-        else:  # every page tracked (the common case on the slow tier): no masking
-            mask_ff = None
-            masked = pfns.tobytes()
-            tag = _pfn_tag(masked)
-        pos = len(self._batch)
-        self._batch.frombytes(masked)
-        self._segments.append(_Segment(proc, key, off, n, addr, pos, tag, mask_ff, nodes))
-        if len(self._batch) >= BATCH_PAGES:
+        self._batch_len = end
+        self._segments.append(_Segment(proc, key, off, n, addr, pos))
+        if end >= BATCH_PAGES:
             self._flush()
-
-    def _huge_slots(self, addr: int, n: int, pfns: memoryview, mask: bytearray) -> None:
-        """Keep only the head of each THP in ``mask``; drop hugetlbfs slots."""
-        hp = self.huge_pages
-        if hp <= 1 or n < hp:
-            return
-        first = (-(addr >> PAGE_SHIFT)) % hp  # index of the first huge-aligned page
-        kpf = self._kpageflags_fd
-        flags = array("Q", [0])
-        for i in range(first, n - hp + 1, hp):
-            head = pfns[i]
-            if not head or head % hp or not mask[i] or pfns[i + hp - 1] != head + hp - 1:
-                continue
-            if kpf is not None:
-                try:
-                    if shim.pread_words(kpf, head, flags) != 1:
-                        continue
-                except OSError:
-                    continue
-                f = flags[0]
-                if f & KPF_HUGE:
-                    mask[i:i + hp] = bytes(hp)
-                    self.counters["hugetlb_skipped"] += 1
-                    continue
-                if not (f & KPF_THP and f & KPF_COMPOUND_HEAD):
-                    continue
-            mask[i + 1:i + hp] = bytes(hp - 1)
-            self.counters["huge_pages"] += 1
 
     def _forget(self, proc: _Proc, key: int, off: int, n: int) -> None:
         chunk = proc.chunks.get(key)
@@ -681,104 +562,45 @@ class IdleSampler:
     # --- test, mark, age --------------------------------------------------------
 
     def _flush(self) -> None:
+        """Test the batch, mark the pages found accessed idle again, age every segment."""
         if not self._segments:
             return
-        batch, segments = self._batch, self._segments
-        self._batch, self._segments = array("Q"), []
-        try:
-            idle = self._test_and_mark(batch)
-        except OSError as exc:
-            self.counters["errors"] += 1
-            log.warning("idle sampler: %s: %d pages not tested this round", exc, len(batch))
-            return
-        for seg in segments:
-            self._age(seg, idle[seg.pos:seg.pos + seg.n])
-
-    def _test_and_mark(self, pfns: array[int]) -> bytes:
-        """idle_test then idle_mark, in PFN order; returns idle_test's bytes in batch order."""
+        n, segments = self._batch_len, self._segments
+        self._batch_len, self._segments = 0, []
         fd = self._bitmap_fd
         assert fd is not None
-        n = len(pfns)
-        # shim.idle_test re-reads a 512-word window whenever a PFN falls below the last
-        # one: harmless a few times, ruinous when PFNs descend or are scattered.  Judge
-        # the order on every 16th page (the pathology is at the scale of bitmap words).
-        sample = array("Q", filter(None, pfns[::_ORDER_STRIDE]))
-        descents = sum(map(gt, sample, islice(sample, 1, None)))
-        packed = 0
-        if descents > _DIRECT_DESCENTS and n <= _MAX_SORTED:
-            packed = int.from_bytes(pfns, "little")
-        if not packed or packed & _masks(n).high:
-            idle = bytearray(n)
-            self._test_then_mark(fd, pfns, idle)
-            return bytes(idle)
-        m = _masks(n)
-        # key = pfn << 24 | position in 8-byte elements, built on one big integer
-        keys = ((packed << _POS_KEY_BITS) | m.positions).to_bytes(8 * n, "little")
-        ordered = int.from_bytes(array("Q", sorted(memoryview(keys).cast("Q"))), "little")
-        sorted_pfns = array("Q")
-        sorted_pfns.frombytes(((ordered & m.pfn) >> _POS_KEY_BITS).to_bytes(8 * n, "little"))
-        sidle = bytearray(n)
-        self._test_then_mark(fd, sorted_pfns, sidle)
-        # back to batch order: idle[position] = result, scattered in C
-        positions = array("Q")
-        positions.frombytes((ordered & m.pos).to_bytes(8 * n, "little"))
-        idle = bytearray(n)
-        deque(map(idle.__setitem__, positions, sidle), maxlen=0)
-        return bytes(idle)
-
-    def _test_then_mark(self, fd: int, pfns: array[int], idle: bytearray) -> None:
-        """Test every page; mark again only those found accessed.  A page found idle
-        is still marked (PG_idle set, and the test's rmap walk found every PTE old):
-        marking it again would only repeat that walk, at the kernel's expense."""
-        shim.idle_test(fd, pfns, idle)
-        accessed = idle.translate(_ACCESSED)
-        count = accessed.count(1)
-        if not count:
+        try:
+            # Only the pages found accessed are marked again: those found idle still
+            # are (PG_idle set, every PTE old), and marking them would repeat the rmap
+            # walk the test just did, at the kernel's expense.
+            accessed, was_sorted = shim.idle_test_batch(fd, self._pfns[:n], self._idle,
+                                                        self._again, self._scratch)
+            self.counters["batches_sorted"] += was_sorted
+            if accessed:
+                shim.idle_mark(fd, self._again[:n])
+                self.counters["pages_marked"] += accessed
+        except OSError as exc:
+            self.counters["errors"] += 1
+            log.warning("idle sampler: %s: %d pages not tested this round", exc, n)
             return
-        again = pfns
-        if count < len(pfns):  # zero the PFNs of idle pages (idle_mark skips zeros)
-            again = array("Q")
-            again.frombytes(_and(pfns.tobytes(), _widen(accessed.translate(_FF))))
-        shim.idle_mark(fd, again)
-        self.counters["pages_marked"] += count
+        for seg in segments:
+            self._age(seg)
 
-    def _age(self, seg: _Segment, idle: bytes) -> None:
+    def _age(self, seg: _Segment) -> None:
         proc = seg.proc
         chunk = proc.chunks.get(seg.key)
         if chunk is None:
             chunk = proc.chunks[seg.key] = _Chunk(bytearray(self.chunk_pages),
                                                   bytearray(self.chunk_pages))
         lo, hi = seg.off, seg.off + seg.n
-        # A result counts only if the page was marked last time, as the same PFN (equal
-        # tags; an untracked page has tag 0 and reads 2 = "no PFN", so it never counts).
-        same = _xor(bytes(chunk.tag[lo:hi]), seg.tag).translate(_ZERO)
-        accessed = _and(idle.translate(_ACCESSED), same)
-        hist = _or(bytes(chunk.hist[lo:hi]).translate(self._shift), accessed)
-        if seg.mask_ff is not None:
-            hist = _and(hist, seg.mask_ff)  # untracked pages forget their history
-            self.counters["pages_tested"] += seg.mask_ff.count(0xFF)
-        else:
-            self.counters["pages_tested"] += seg.n
-        chunk.hist[lo:hi] = hist
-        chunk.tag[lo:hi] = seg.tag
-        self.counters["pages_accessed"] += accessed.count(1)
-        hot = hist.translate(self._hot)
-        nhot = hot.count(1)
-        if not nhot:
-            return
-        if nhot == seg.n:  # a run of hot pages (the hot set): no per-page selection
-            addrs = _addresses(seg.addr, seg.n)
-            wide = bytearray(4 * seg.n)
-            wide[0::4] = hist.translate(self._weight)
-            weights = array("I")
-            weights.frombytes(wide)
-            nodes = seg.nodes
-        else:
-            addrs = array("Q", compress(range(seg.addr, seg.addr + seg.n * PAGE_SIZE, PAGE_SIZE),
-                                        hot))
-            weights = array("I", compress(hist.translate(self._weight), hot))
-            nodes = array("i", compress(seg.nodes, hot))
-        self._offers.setdefault(proc.pid, []).append((addrs, nodes, weights))
+        p, q = seg.pos, seg.pos + seg.n
+        nhot = shim.idle_age(self._idle[p:q], self._tags[p:q], self._nodes[p:q],
+                             memoryview(chunk.hist)[lo:hi], memoryview(chunk.tag)[lo:hi],
+                             self.history_rounds, self.hot_rounds, seg.addr, self._hot_addrs,
+                             self._hot_nodes, self._hot_weights, self._aged)
+        if nhot:
+            self._offers.setdefault(proc.pid, []).append(
+                (self._hot_addrs[:nhot], self._hot_nodes[:nhot], self._hot_weights[:nhot]))
 
     def _collect(self) -> list[Offer]:
         out = []
