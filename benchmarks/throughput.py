@@ -210,9 +210,11 @@ def render(data: dict[str, Any]) -> str:
     if idle or hidle:
         out += ["## Daemon overhead when there is nothing to promote", "",
                 "kmigratedd with the named sampler (defaults otherwise) watching a workload "
-                f"whose pages are all on node 0 already; CPU = the daemon's utime+stime over "
-                "the window, as % of one CPU (target <= 0.5%). DAMON's kdamond kernel thread "
-                "is listed separately.", ""]
+                "whose pages are all on node 0 already; CPU = the daemon's utime+stime over "
+                "the window, which starts 15 s after the daemon is up, as % of one CPU "
+                "(target <= 0.5%). DAMON's kdamond kernel thread is listed separately; the "
+                "damon sampler is in quiet mode by then (intervals x10 after 10 rounds with "
+                "nothing to promote).", ""]
         rows = []
         for r in idle or []:
             if r.get("skipped"):
@@ -225,7 +227,8 @@ def render(data: dict[str, Any]) -> str:
             rows.append([f"VM, sampler {r['sampler']}", f"{r['seconds']:.0f}",
                          f"{r['faults_per_s']:,.0f}", f"{r['cpu_percent_of_one']:.2f}%",
                          f"{kd:.2f}%" if kd is not None else "—",
-                         f"workload {load}; RSS {r['rss_kib'] / 1024:.0f} MiB"])
+                         f"workload {load}; RSS {r['rss_kib'] / 1024:.0f} MiB"
+                         + ("; quiet mode" if r.get("quiet_entered") else "")])
         if data.get("host_idle"):
             hidle = data["host_idle"]
             pct = (f"{hidle['cpu_percent_of_one']:.3f}%" if hidle["cpu_seconds"] > 0 else

@@ -41,17 +41,35 @@ class KernelFs:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        # Paths are joined as strings: pathlib costs more than the read of a small
+        # sysfs file, and samplers read dozens of them every round.
+        root = str(self.root).rstrip("/")
+        self._prefix = root
+
+    def host(self, kpath: str) -> str:
+        """Host path of the kernel path ``kpath`` (absolute, e.g. ``/sys/...``), as a str."""
+        return self._prefix + "/" + kpath.lstrip("/")
 
     def path(self, kpath: str) -> Path:
         """Host path of the kernel path ``kpath`` (absolute, e.g. ``/sys/...``)."""
-        return self.root / kpath.lstrip("/")
+        return Path(self.host(kpath))
 
     def exists(self, kpath: str) -> bool:
-        return self.path(kpath).exists()
+        return os.path.exists(self.host(kpath))
 
     def read(self, kpath: str) -> str:
-        with open(self.path(kpath), encoding="ascii", errors="replace") as f:
-            return f.read()
+        fd = os.open(self.host(kpath), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 65536)
+            if data:
+                more = [data]
+                while chunk := os.read(fd, 65536):
+                    more.append(chunk)
+                if len(more) > 1:
+                    data = b"".join(more)
+        finally:
+            os.close(fd)
+        return data.decode("ascii", "replace")
 
     def read_optional(self, kpath: str) -> str | None:
         try:
@@ -65,7 +83,7 @@ class KernelFs:
     def listdir(self, kpath: str, pattern: str | None = None) -> list[str]:
         """Entries of a directory (sorted naturally); [] if it does not exist."""
         try:
-            names = os.listdir(self.path(kpath))
+            names = os.listdir(self.host(kpath))
         except (FileNotFoundError, NotADirectoryError):
             return []
         if pattern is not None:
@@ -73,12 +91,20 @@ class KernelFs:
             names = [n for n in names if rx.fullmatch(n)]
         return sorted(names, key=_natural_key)
 
+    def proc_pids(self) -> list[int]:
+        """The pids listed in /proc, in order ([] without /proc)."""
+        try:
+            names = os.listdir(self.host("/proc"))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
     def write(self, kpath: str, value: str) -> None:
         """Write ``value`` to a kernel file, or only record it."""
         self.writes.append((kpath, value))
         if self.record_writes:
             return
-        with open(self.path(kpath), "w", encoding="ascii") as f:
+        with open(self.host(kpath), "w", encoding="ascii") as f:
             f.write(value)
 
 

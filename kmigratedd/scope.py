@@ -17,10 +17,10 @@ from .config import ScopeConfig
 from .kernelfs import KernelFs
 
 PF_KTHREAD = 0x00200000  # include/linux/sched.h
-# Kernel threads found by a listing are remembered (a server has hundreds, and reading
-# each one's /proc/PID/stat every round was most of an idle daemon's CPU); a pid that
-# leaves the listing is forgotten, and the memory is rebuilt every this many listings
-# in case a pid was reused between two of them.
+# Whether a pid is a kernel thread or a user process is remembered (a server has
+# hundreds of kernel threads, and reading each one's /proc/PID/stat every round was most
+# of an idle daemon's CPU); a pid that leaves the listing is forgotten, and the memory
+# is rebuilt every this many listings in case a pid was reused between two of them.
 KTHREAD_CACHE_LISTINGS = 60
 
 
@@ -35,6 +35,7 @@ class Scope:
         self._exclude_pids = frozenset(cfg.exclude_pids) | {self.self_pid}
         self._all = not (cfg.pids or cfg.cgroups or cfg.commands)
         self._kthreads: set[int] = set()
+        self._users: set[int] = set()  # pids known not to be kernel threads
         self._listings = 0
 
     def _comm(self, pid: int) -> str | None:
@@ -61,15 +62,19 @@ class Scope:
                 return line[3:]
         return None
 
-    def contains(self, pid: int) -> bool:
-        """Whether ``pid`` is watched now (False if it is gone)."""
+    def contains(self, pid: int, listed: bool = False) -> bool:
+        """Whether ``pid`` is watched now (False if it is gone; with ``listed``, a pid
+        of this round's /proc listing, a user process known from an earlier listing
+        is taken as one without reading its stat again)."""
         if pid <= 0 or pid in self._exclude_pids or pid in self._kthreads:
             return False
-        kthread = self.is_kernel_thread(pid)
-        if kthread:
-            self._kthreads.add(pid)
-        if kthread is None or kthread:
-            return False
+        if not (listed and pid in self._users):
+            kthread = self.is_kernel_thread(pid)
+            if kthread is None:
+                return False
+            (self._kthreads if kthread else self._users).add(pid)
+            if kthread:
+                return False
         comm: str | None = None
         if self._exclude:
             comm = self._comm(pid)
@@ -90,15 +95,18 @@ class Scope:
 
     def pids(self) -> Iterator[int]:
         """Processes in scope now, in pid order."""
-        if not self._all and not (self.cfg.cgroups or self.cfg.commands):
+        listed = self._all or bool(self.cfg.cgroups or self.cfg.commands)
+        if not listed:
             candidates = sorted(self._pids)
         else:
-            candidates = sorted(int(n) for n in self.fs.listdir("/proc", r"\d+"))
+            candidates = self.fs.proc_pids()
             self._listings += 1
             if self._listings % KTHREAD_CACHE_LISTINGS == 0:
                 self._kthreads.clear()
+                self._users.clear()
             else:
                 self._kthreads.intersection_update(candidates)
+                self._users.intersection_update(candidates)
         for pid in candidates:
-            if self.contains(pid):
+            if self.contains(pid, listed):
                 yield pid

@@ -4,6 +4,7 @@ and tried regions turned into page candidates (the real kernel: tests/vm)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 from array import array
@@ -348,7 +349,8 @@ def test_round_turns_hot_regions_into_slow_page_candidates(tmp_path: Path) -> No
         "pages_queried": 12, "pages_not_on_slow_node": 8 - len(kept_a),
         "pages_unconfirmed": 0, "pages_over_budget": 0, "pages_probed": 0,
         "pages_skipped_on_fast": 0, "pid_gone": 0, "errors": 0,
-        "kdamond_starts": 1, "kdamond_stops": 0, "commits": 0, "targets": 1, "kdamond_on": 1}
+        "kdamond_starts": 1, "kdamond_stops": 0, "commits": 0, "quiet_entered": 0,
+        "quiet_left": 0, "targets": 1, "kdamond_on": 1, "quiet": 0}
 
     # Second round, same scope: no target writes, only the update.
     del fs.writes[:]
@@ -384,6 +386,70 @@ def test_nothing_on_a_slow_node_offers_nothing(tmp_path: Path) -> None:
     assert s.run_round() == 0
     assert len(ctx.queues) == 0
     assert s.stats()["pages_not_on_slow_node"] == 12
+
+
+def interval_writes(factor: int) -> list[tuple[str, str]]:
+    return [(f"{C}/monitoring_attrs/intervals/sample_us", str(5000 * factor)),
+            (f"{C}/monitoring_attrs/intervals/aggr_us", str(100_000 * factor))]
+
+
+def test_quiet_mode_slows_damon_down_until_there_is_something_to_promote(
+        tmp_path: Path) -> None:
+    """quiet_after_rounds (10) rounds with nothing on a slow node: intervals x10 and a
+    commit; the first round with pages to promote commits the configured ones."""
+    fs = regions_tree(tmp_path)
+    ctx = make_ctx(fs)
+    query = FakeQuery(dict.fromkeys(page_range(A, 8), 0))  # all on the fast node
+    s = DamonSampler(ctx, query_nodes=query, confirm_rounds=1, warmup_rounds=0)
+    for _ in range(9):
+        s.run_round()
+    assert s.stats()["quiet"] == 0
+    del fs.writes[:]
+    s.run_round()
+    assert fs.writes == ([(STATE, "update_schemes_tried_regions")] + interval_writes(10)
+                         + [(STATE, "commit")])
+    st = s.stats()
+    assert (st["quiet"], st["quiet_entered"], st["commits"]) == (1, 1, 0)
+    del fs.writes[:]
+    s.run_round()  # still nothing: no more writes
+    assert fs.writes == [(STATE, "update_schemes_tried_regions")]
+    query.nodes[A] = 1  # a hot page is on the slow node now
+    del fs.writes[:]
+    assert s.run_round() == 1
+    assert fs.writes == ([(STATE, "update_schemes_tried_regions")] + interval_writes(1)
+                         + [(STATE, "commit")])
+    st = s.stats()
+    assert (st["quiet"], st["quiet_left"], st["commits"]) == (0, 1, 0)
+
+
+def test_quiet_mode_ends_when_the_watched_processes_change(tmp_path: Path) -> None:
+    make_tree(tmp_path, pids={PID: 1, PID2: 3})
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(make_ctx(fs, pids=(PID, PID2)), query_nodes=FakeQuery())
+    for _ in range(10):
+        s.run_round()
+    assert s.stats()["quiet"] == 1
+    (tmp_path / f"proc/{PID}/stat").unlink()
+    del fs.writes[:]
+    s.run_round()
+    # the configured intervals go with the new targets in one commit
+    assert fs.writes[:3] == interval_writes(1) + target_writes([PID2])[:1]
+    assert fs.writes.count((STATE, "commit")) == 1
+    assert s.stats()["quiet"] == 0
+
+
+@pytest.mark.parametrize("after,slowdown", [(0, 10), (10, 1)])
+def test_quiet_mode_can_be_turned_off(tmp_path: Path, after: int, slowdown: int) -> None:
+    fs = regions_tree(tmp_path)
+    ctx = make_ctx(fs)
+    damon = dataclasses.replace(ctx.config.sampler.damon, quiet_after_rounds=after,
+                                quiet_slowdown=slowdown)
+    ctx = dataclasses.replace(ctx, config=dataclasses.replace(
+        ctx.config, sampler=dataclasses.replace(ctx.config.sampler, damon=damon)))
+    s = DamonSampler(ctx, query_nodes=FakeQuery(), confirm_rounds=1, warmup_rounds=0)
+    for _ in range(30):
+        s.run_round()
+    assert s.stats()["quiet_entered"] == 0 and (STATE, "commit") not in fs.writes
 
 
 def test_regions_are_attributed_by_scheme(tmp_path: Path) -> None:

@@ -76,9 +76,9 @@ def test_by_cgroup():
         a.kill(), a.wait()
 
 
-def test_kernel_threads_are_read_once_per_listing_cycle(monkeypatch):
-    """Kernel threads are remembered between listings: a second listing reads no
-    kernel thread's /proc/PID/stat again, only the user processes'."""
+def test_processes_are_read_once_per_listing_cycle(monkeypatch):
+    """Kernel threads and user processes are remembered between listings: a second
+    listing reads no /proc/PID/stat again, but a pid new to the listing is read."""
     from kmigratedd import scope as scope_mod
 
     fs = KernelFs()
@@ -92,11 +92,19 @@ def test_kernel_threads_are_read_once_per_listing_cycle(monkeypatch):
         return real(path)
 
     monkeypatch.setattr(fs, "read_optional", counting)
+    known = {f"/proc/{p}/stat" for p in first | s._kthreads}
     assert 2 not in set(s.pids()) and os.getppid() in first
-    kthread_reads = [r for r in reads if r.startswith("/proc/2/")]
-    assert kthread_reads == [] and 2 in s._kthreads
+    assert not known & set(reads) and 2 in s._kthreads  # (a process new since: read)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert child.pid in set(s.pids())
+        assert f"/proc/{child.pid}/stat" in reads and not known & set(reads)
+    finally:
+        child.kill(), child.wait()
+    assert child.pid not in set(s.pids())  # gone from the listing: forgotten
+    assert child.pid not in s._users
     # every KTHREAD_CACHE_LISTINGS listings the memory is rebuilt
     s._listings = scope_mod.KTHREAD_CACHE_LISTINGS - 1
     reads.clear()
     list(s.pids())
-    assert "/proc/2/stat" in reads
+    assert "/proc/2/stat" in reads and f"/proc/{os.getppid()}/stat" in reads

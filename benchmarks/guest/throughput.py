@@ -13,7 +13,8 @@ Inside the tiered guest (node 0 = DRAM + CPUs, node 1 = CPU-less slow node):
    by one real NodeWorker (ShimMover, rate limit 0, headroom 0) until every page
    is on node 0, against batched shim.move (512 per call) of N fresh pages.
 3. daemon idle: kmigratedd (each sampler this kernel offers) watching a workload
-   whose pages are all on node 0 already; CPU over a window.
+   whose pages are all on node 0 already; CPU over a window that starts 15 s after
+   the daemon is up (the damon sampler is quiet by then).
 
 Writes one JSON file (--out); the host renders tables and plots from it.
 """
@@ -354,6 +355,7 @@ def idle_once(name: str, flush_ms: int, a: argparse.Namespace) -> dict[str, Any]
             f1 = g.vmstat("pgfault")["pgfault"]
             kd1 = sum(sum(g.proc_cpu(p)) for p in kd)
             promoted = d.metric_sum("kmigratedd_promoted_pages_total")
+            quiet = d.metric_sum("kmigratedd_sampler_events_total", event="quiet_entered")
             rss = d.rss_kib()
             on_dst = w.fraction_on(w.hot, DST)
         finally:
@@ -363,7 +365,7 @@ def idle_once(name: str, flush_ms: int, a: argparse.Namespace) -> dict[str, Any]
            "cpu_percent_of_one": 100 * (c1 - c0) / dt,
            "kdamond_cpu_percent": 100 * (kd1 - kd0) / dt if kd else None,
            "faults_per_s": (f1 - f0) / dt, "rss_kib": rss, "promoted": promoted,
-           "hot_on_node0": on_dst, "rc": rc}
+           "hot_on_node0": on_dst, "rc": rc, "quiet_entered": quiet}
     say(f"  daemon idle ({name}, workload flush_ms={flush_ms}, {row['faults_per_s']:,.0f} "
         f"page faults/s): {row['cpu_percent_of_one']:.2f}% of one CPU over {dt:.0f} s"
         + (f", kdamond {row['kdamond_cpu_percent']:.2f}%" if kd else "")
@@ -405,7 +407,9 @@ def main() -> int:
     ap.add_argument("--backlog-mib", type=int, default=64)
     ap.add_argument("--pipeline-reps", type=int, default=8)
     ap.add_argument("--idle-s", type=float, default=30)
-    ap.add_argument("--idle-settle-s", type=float, default=5)
+    # The damon sampler goes quiet after sampler.damon.quiet_after_rounds (10) rounds
+    # with nothing to promote: measure the steady state after that.
+    ap.add_argument("--idle-settle-s", type=float, default=15)
     ap.add_argument("--idle-hot-mib", type=float, default=64)
     ap.add_argument("--idle-cold-mib", type=float, default=64)
     ap.add_argument("--skip", default="", help="comma list of: moves,pipeline,idle")

@@ -48,6 +48,15 @@ the VM):
    those on a slow node (the keys of ``topology.targets``) and push them into the
    queue of the CPU the process last ran on, weighted by the region's ``nr_accesses``.
 
+**Quiet mode.**  After ``sampler.damon.quiet_after_rounds`` rounds in a row that found
+nothing to promote (say, the hot set already sits on the fast tier), the sampling and
+aggregation intervals are multiplied by ``quiet_slowdown`` (the aggregation interval
+at most to :data:`QUIET_MAX_AGGR_MS`) and committed: the kdamond's CPU, most of the
+idle cost, falls by that factor (measured in the VM: 6.8% → 0.67% of a CPU with the
+default 10).  DAMON still sees the same hot regions, with as many samples per
+aggregation; the first round that finds pages to promote, or a change of the
+processes watched, commits the configured intervals again.
+
 ``stop()`` turns the kdamond off and writes ``nr_kdamonds`` back to the value found at
 start.  Writing ``nr_kdamonds`` rebuilds every kdamond directory, so a kdamond that is
 ``on`` belongs to someone else and makes the probe fail instead.
@@ -114,6 +123,9 @@ PROBE_MIN_PAGES = 256
 PROBE_STRIDE = 32
 # vaddr operations' update interval floor (see _write_context).
 UPDATE_US = 1_000_000
+# Quiet mode never makes the aggregation interval longer than this (a round waits for
+# one aggregation in the kernel; stop() waits for a round).
+QUIET_MAX_AGGR_MS = 10_000
 # Processes watched at most: each costs DAMON a target and a scheme, and each scheme
 # is checked against every region of every target each aggregation interval.
 MAX_TARGETS = 64
@@ -198,8 +210,9 @@ class DamonSampler:
     ``pages_over_budget`` (pages of hot regions left out by :data:`MAX_PAGES_PER_ROUND`);
     ``pid_gone`` (watched processes that exited); ``errors`` (sysfs or query failures,
     logged); ``kdamond_starts``, ``kdamond_stops`` (stopped by itself: every target
-    exited, or a commit named an exited pid), ``commits``; gauges ``targets`` and
-    ``kdamond_on``.
+    exited, or a commit named an exited pid), ``commits`` (of new targets);
+    ``quiet_entered`` and ``quiet_left`` (quiet mode, see the module docstring); gauges
+    ``targets``, ``kdamond_on`` and ``quiet``.
 
     ``query_nodes`` (pid, addrs) -> status array is injectable for tests; the real one is
     :func:`kmigratedd.shim.query_nodes`.
@@ -245,7 +258,9 @@ class DamonSampler:
             ("rounds", "regions_seen", "hot_regions", "candidates_offered", "pages_queried",
              "pages_not_on_slow_node", "pages_unconfirmed", "pages_over_budget",
              "pages_probed", "pages_skipped_on_fast", "pid_gone", "errors", "kdamond_starts",
-             "kdamond_stops", "commits"), 0)
+             "kdamond_stops", "commits", "quiet_entered", "quiet_left"), 0)
+        self._quiet = False
+        self._rounds_without_offers = 0
 
     # --- probe ----------------------------------------------------------------
 
@@ -352,7 +367,8 @@ class DamonSampler:
                 pass
 
     def stats(self) -> dict[str, int]:
-        return {**self.c, "targets": len(self._targets), "kdamond_on": int(self._running)}
+        return {**self.c, "targets": len(self._targets), "kdamond_on": int(self._running),
+                "quiet": int(self._quiet)}
 
     # --- one round ------------------------------------------------------------
 
@@ -396,7 +412,51 @@ class DamonSampler:
             chosen.extend((r, pid) for r in self._confirm(pid, hot))
         self._history = {p: h for p, h in self._history.items() if p in self._targets}
         chosen.sort(key=lambda rp: (-rp[0].nr_accesses, -rp[0].age, rp[1], rp[0].start))
-        return self._expand(chosen)
+        offers = self._expand(chosen)
+        self._pace(bool(offers))
+        return offers
+
+    # --- quiet mode -------------------------------------------------------------
+
+    def _quiet_factor(self) -> int:
+        aggr = self.cfg.aggregate_interval_ms
+        return max(1, min(self.cfg.quiet_slowdown, QUIET_MAX_AGGR_MS // aggr))
+
+    def _pace(self, offered: bool) -> None:
+        """Enter quiet mode after enough rounds without offers; leave it on an offer."""
+        if offered:
+            self._rounds_without_offers = 0
+            if self._quiet:
+                self._set_quiet(False)
+            return
+        self._rounds_without_offers += 1
+        after = self.cfg.quiet_after_rounds
+        if (not self._quiet and after and self._rounds_without_offers >= after
+                and self._quiet_factor() > 1):
+            self._set_quiet(True)
+
+    def _set_quiet(self, quiet: bool) -> None:
+        if self._closing or not self._running:
+            return
+        try:
+            self._write_intervals(self._quiet_factor() if quiet else 1)
+            self.fs.write(STATE, "commit")
+        except OSError as exc:
+            self._count_error("committing the monitoring intervals", exc)
+            return
+        self._quiet = quiet
+        self.c["quiet_entered" if quiet else "quiet_left"] += 1
+        log.info("damon sampler: %s", f"quiet after {self._rounds_without_offers} rounds with "
+                 f"nothing to promote: intervals x{self._quiet_factor()}" if quiet else
+                 "pages to promote: intervals back to the configured ones")
+
+    def _wake(self) -> None:
+        """Before a commit or start for new targets: back to the configured intervals
+        (written, not committed: the caller's commit or "on" applies them)."""
+        self._rounds_without_offers = 0
+        if self._quiet:
+            self._write_intervals(1)
+            self._quiet = False
 
     def _confirm(self, pid: int, hot: list[Region]) -> list[Region]:
         """The parts of this round's hot regions that were also hot in the previous
@@ -563,6 +623,7 @@ class DamonSampler:
             return
         before = self._targets
         try:
+            self._wake()
             self._write_targets(want)
             if running and not self._closing:
                 self.fs.write(STATE, "commit")
@@ -588,6 +649,7 @@ class DamonSampler:
     def _restart(self) -> None:
         pids = self._scope_pids()
         if pids:
+            self._wake()
             self._write_targets(pids)
             self._turn_on()
         else:
@@ -647,9 +709,7 @@ class DamonSampler:
                                           "(CONFIG_DAMON_VADDR)")
         fs.write(f"{CONTEXT}/operations", "vaddr")
         attrs = f"{CONTEXT}/monitoring_attrs"
-        aggr_us = cfg.aggregate_interval_ms * 1000
-        fs.write(f"{attrs}/intervals/sample_us", str(cfg.sample_interval_ms * 1000))
-        fs.write(f"{attrs}/intervals/aggr_us", str(aggr_us))
+        self._write_intervals(1)
         # How often vaddr re-fits its regions to the process's mappings (the kernel's
         # default is 60 s): every second, so new mappings and new targets (which a
         # commit leaves without regions until then) are watched within a second.
@@ -661,6 +721,11 @@ class DamonSampler:
             log.warning("sampler.damon.hot_min_accesses = %d, but DAMON counts at most %d "
                         "accesses per aggregation interval (aggregate/sample): no region "
                         "will be hot", cfg.hot_min_accesses, most)
+
+    def _write_intervals(self, factor: int) -> None:
+        intervals = f"{CONTEXT}/monitoring_attrs/intervals"
+        self.fs.write(f"{intervals}/sample_us", str(self.cfg.sample_interval_ms * 1000 * factor))
+        self.fs.write(f"{intervals}/aggr_us", str(self.cfg.aggregate_interval_ms * 1000 * factor))
 
     def _write_targets(self, pids: Sequence[int]) -> None:
         """Targets and one hot-region scheme per target (scheme i keeps target i only)."""

@@ -296,6 +296,85 @@ def test_a_commit_naming_an_exited_pid_restarts_the_kdamond(
     assert kdamond_threads() == []
 
 
+def kdamond_cpu_s() -> float:
+    total = 0
+    for entry in kdamond_threads():
+        pid = entry.split(":")[0]
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_quiet_mode_slows_the_kdamond_and_wakes_for_a_hot_set_on_the_slow_node(
+        damon_kernel: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """A hot set on the fast node gives nothing to promote: after quiet_after_rounds the
+    sampler commits intervals x quiet_slowdown (read back from sysfs).  Then the hot set
+    is moved to the slow node: the sampler finds it (>= 90% of its pages offered) and
+    commits the configured intervals again."""
+    from array import array
+
+    from kmigratedd import shim
+
+    intervals = "/sys/kernel/mm/damon/admin/kdamonds/0/contexts/0/monitoring_attrs/intervals"
+    with Workload(16, 16, node=0, flush_ms=10) as wl:
+        ctx = make_ctx((wl.pid,))
+        damon = dataclasses.replace(ctx.config.sampler.damon, quiet_after_rounds=3)
+        ctx = dataclasses.replace(ctx, config=dataclasses.replace(
+            ctx.config, sampler=dataclasses.replace(ctx.config.sampler, damon=damon)))
+        sampler = DamonSampler(ctx)
+        hot = set(wl.hot)
+
+        async def run() -> dict[str, float]:
+            marks: dict[str, float] = {}
+            await sampler.start()
+            try:
+                t0 = time.monotonic()
+                k0 = kdamond_cpu_s()
+                while not sampler.stats()["quiet"]:
+                    assert time.monotonic() - t0 < 60, sampler.stats()
+                    assert not drain(ctx), "nothing is on the slow node"
+                    await asyncio.sleep(0.2)
+                marks["quiet_after"] = time.monotonic() - t0
+                marks["kdamond_before"] = (kdamond_cpu_s() - k0) / marks["quiet_after"]
+                assert read(f"{intervals}/sample_us") == "50000"
+                assert read(f"{intervals}/aggr_us") == "1000000"
+                t1, k1 = time.monotonic(), kdamond_cpu_s()
+                await asyncio.sleep(10)
+                marks["kdamond_quiet"] = (kdamond_cpu_s() - k1) / (time.monotonic() - t1)
+                addrs = array("Q", sorted(hot))
+                for i in range(0, len(addrs), 1024):
+                    shim.move(wl.pid, addrs[i:i + 1024], SLOW)
+                assert wl.fraction_on(wl.hot, SLOW) == 1.0
+                t2 = time.monotonic()
+                seen: set[int] = set()
+                while fraction(seen, hot) < 0.9:
+                    assert time.monotonic() - t2 < COVERAGE_BOUND_S, sampler.stats()
+                    await asyncio.sleep(0.2)
+                    seen |= drain(ctx).get(wl.pid, set())
+                marks["found_after"] = time.monotonic() - t2
+                assert sampler.stats()["quiet"] == 0
+                assert read(f"{intervals}/sample_us") == "5000"
+                assert read(f"{intervals}/aggr_us") == "100000"
+                assert sampler._task is not None and not sampler._task.done()
+            finally:
+                await sampler.stop()
+            return marks
+
+        marks = asyncio.run(run())
+        stats = sampler.stats()
+        show(capsys, f"\nDAMON quiet mode: quiet after {marks['quiet_after']:.1f} s; kdamond "
+                     f"{100 * marks['kdamond_before']:.2f}% of a CPU before, "
+                     f"{100 * marks['kdamond_quiet']:.2f}% while quiet; hot set moved to node "
+                     f"{SLOW}: 90% offered after {marks['found_after']:.1f} s\n  stats {stats}")
+        assert stats["quiet_entered"] == 1 and stats["quiet_left"] == 1
+        assert stats["errors"] == 0
+        assert wl.verify()
+    assert kdamond_threads() == []
+
+
 def test_probe_says_why_on_an_old_kernel(kernel: str) -> None:
     if kernel != "debian-6.1":
         pytest.skip("only on debian-6.1")
