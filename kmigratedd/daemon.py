@@ -232,7 +232,7 @@ class Daemon:
             assert self.topology is not None
             self._update_rates(time.monotonic())
             for nid in self.topology.nodes:
-                self.free_bytes[nid] = read_node_meminfo(self.fs, nid).get("MemFree", 0)
+                self.free_bytes[nid] = read_node_meminfo(self.fs, nid, "MemFree").get("MemFree", 0)
             log.debug("free memory: %s", ", ".join(
                 f"node {n} {b >> 20} MiB" for n, b in self.free_bytes.items()))
             self.notifier.status(self.status_line())

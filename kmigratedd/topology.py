@@ -147,11 +147,20 @@ class Topology:
         return "\n".join(lines)
 
 
-def read_node_meminfo(fs: KernelFs, node: int) -> dict[str, int]:
-    """``node*/meminfo`` as a dict; kB values converted to bytes, counts as is."""
+def read_node_meminfo(fs: KernelFs, node: int, *keys: str) -> dict[str, int]:
+    """``node*/meminfo`` as a dict (only ``keys`` if given); kB values converted to
+    bytes, counts as is."""
     out: dict[str, int] = {}
     text = fs.read_optional(f"{NODE_DIR}/node{node}/meminfo") or ""
-    for line in text.splitlines():
+    lines = text.splitlines()
+    if keys:  # the lines of the keys asked for, found by search
+        lines = []
+        for k in keys:
+            i = text.find(f" {k}:")
+            if i >= 0:
+                end = text.find("\n", i)
+                lines.append(text[text.rfind("\n", 0, i) + 1:end if end >= 0 else None])
+    for line in lines:
         m = _MEMINFO_RX.match(line.strip())
         if m:
             value = int(m.group(2))

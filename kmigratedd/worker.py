@@ -460,7 +460,7 @@ class NodeWorker:
 
     def _free_bytes(self, now: float) -> int:
         if self._free is None or now - self._free[0] >= self.cfg.free_refresh_ms / 1000:
-            free = read_node_meminfo(self.fs, self.node).get("MemFree", 0)
+            free = read_node_meminfo(self.fs, self.node, "MemFree").get("MemFree", 0)
             self._free = (now, free)
         return self._free[1]
 

@@ -105,6 +105,9 @@ def test_node_meminfo_in_bytes(data_dir):
     info = read_node_meminfo(tree(data_dir, "cxl2"), 1)
     assert info["MemTotal"] == 4 * GiB and info["MemUsed"] == 96 << 20
     assert info["HugePages_Total"] == 0  # counts are not scaled
+    # only the keys asked for (found by search), with the same values
+    some = read_node_meminfo(tree(data_dir, "cxl2"), 1, "MemUsed", "HugePages_Total", "Nope")
+    assert some == {"MemUsed": info["MemUsed"], "HugePages_Total": 0}
 
 
 def test_describe_mentions_targets(data_dir):
@@ -147,3 +150,17 @@ def test_live_host_tree():
         pfn = entry & ((1 << 55) - 1)
         if entry >> 63 and pfn:
             assert t.pfn_to_node(pfn) == shim.query_nodes(0, array("Q", [addr]))[0]
+
+
+def test_vmstat_finds_the_counters_asked_for(tmp_path):
+    from kmigratedd.kernelfs import KernelFs
+    from kmigratedd.samplers.perf import vmstat
+
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/vmstat").write_text("nr_free_pages 7\npgpromote_success 12\n"
+                                          "pgpromote_success_later 3\nnuma_pte_updates 5")
+    fs = KernelFs(tmp_path)
+    assert vmstat(fs, "pgpromote_success", "numa_pte_updates", "nope") == {
+        "pgpromote_success": 12, "numa_pte_updates": 5}
+    assert vmstat(fs, "nr_free_pages") == {"nr_free_pages": 7}
+    assert vmstat(KernelFs(tmp_path / "missing"), "nr_free_pages") == {}
