@@ -70,6 +70,95 @@ def host_idle(seconds: float) -> dict[str, Any]:
             "rss_kib": rss, "rc": rc, "note": note.split("] ", 1)[-1]}
 
 
+def two_tier_root(dest: Path) -> Path:
+    """A root for ``kmigratedd --root``: the node, memory and tier sysfs of the checked-in
+    DRAM + CXL tree (tests/data/cxl2: node 1 promotes to node 0), the rest real
+    (/proc, /sys/kernel, the CPUs).  Every page of this one-node host is on node 0,
+    the fast node of that topology, so the daemon has nothing to promote."""
+    import shutil
+
+    cxl2 = common.REPO / "tests" / "data" / "cxl2" / "sys" / "devices"
+    (dest / "sys" / "devices" / "system").mkdir(parents=True)
+    for sub in ("system/node", "system/memory", "virtual/memory_tiering"):
+        shutil.copytree(cxl2 / sub, dest / "sys" / "devices" / sub, symlinks=True)
+    (dest / "sys" / "devices" / "system" / "cpu").symlink_to("/sys/devices/system/cpu")
+    (dest / "sys" / "kernel").symlink_to("/sys/kernel")
+    (dest / "proc").symlink_to("/proc")
+    return dest
+
+
+# A process that takes ~5,000 minor page faults a second (64 fresh pages at a time), as
+# the VM rows' TLB-flush helper does: the hint-fault sampler sees every fault system-wide.
+FAULTER = """
+import mmap, time
+t = time.monotonic()
+while True:
+    m = mmap.mmap(-1, 64 * 4096)
+    for i in range(0, 64 * 4096, 4096):
+        m[i] = 1
+    m.close()
+    t += 64 / 5000
+    time.sleep(max(0.0, t - time.monotonic()))
+"""
+
+
+def host_daemon_idle(seconds: float) -> list[dict[str, Any]]:
+    """The whole daemon natively with the hint-faults sampler (system-wide page-fault
+    events, sysctls, worker, metrics), on a fake two-tier topology: its idle cost on
+    real hardware, on a quiet host and with FAULTER running.  (DAMON on this host
+    belongs to another user, and its kernel has no idle page tracking: those samplers
+    are measured in the VM only.)"""
+    import subprocess
+
+    sys.path.insert(0, str(common.REPO / "tests" / "vm" / "guest"))
+    from daemonproc import DaemonProcess
+
+    def pgfault() -> int:
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            if line.startswith("pgfault "):
+                return int(line.split()[1])
+        return 0
+
+    rows = []
+    for faulter in (False, True):
+        print(f"== kmigratedd natively, hint-faults sampler, fake two-tier topology, "
+              f"{'~5,000 faults/s' if faulter else 'quiet host'} ({seconds:.0f} s) ==",
+              flush=True)
+        gen = subprocess.Popen([sys.executable, "-c", FAULTER]) if faulter else None
+        try:
+            with tempfile.TemporaryDirectory() as td:
+                tmp = Path(td)
+                root = two_tier_root(tmp / "root")
+                cfg = (f"sampler:\n  name: hint-faults\n  hint_faults:\n"
+                       f"    state_file: {tmp}/state.json\nmetrics:\n  port: 0\n"
+                       f"control:\n  socket_path: {tmp}/control.sock\n")
+                d = DaemonProcess(cfg, tmp, "--root", str(root))
+                try:
+                    d.wait_for("running (pid", 60)
+                    time.sleep(15)
+                    c0, t0, f0 = d.cpu_seconds(), time.monotonic(), pgfault()
+                    time.sleep(seconds)
+                    c1, t1, f1 = d.cpu_seconds(), time.monotonic(), pgfault()
+                    rss = d.rss_kib()
+                    samples = d.metric_sum("kmigratedd_sampler_samples_total")
+                    promoted = d.metric_sum("kmigratedd_promoted_pages_total")
+                finally:
+                    rc = d.stop()
+        finally:
+            if gen is not None:
+                gen.kill()
+                gen.wait()
+        dt = t1 - t0
+        row = {"seconds": dt, "cpu_seconds": c1 - c0, "cpu_percent_of_one": 100 * (c1 - c0) / dt,
+               "faults_per_s": (f1 - f0) / dt, "rss_kib": rss, "samples": samples,
+               "promoted": promoted, "rc": rc}
+        print(f"  daemon natively (hint-faults): {row['cpu_percent_of_one']:.3f}% of one CPU, "
+              f"{row['faults_per_s']:,.0f} page faults/s on the host, RSS {rss / 1024:.0f} MiB",
+              flush=True)
+        rows.append(row)
+    return rows
+
+
 def host_worker_idle(seconds: float) -> dict[str, Any]:
     """One NodeWorker with empty queues on this host, natively (no VM): what its polling
     loop costs when there is nothing to promote.  The host has one node, so the worker
@@ -235,6 +324,12 @@ def render(data: dict[str, Any]) -> str:
                    f"< {100 * 0.01 / hidle['seconds']:.3f}% (0 clock ticks)")
             rows.append(["host, one memory tier", f"{hidle['seconds']:.0f}", "—", pct, "—",
                          f"RSS {hidle['rss_kib'] / 1024:.0f} MiB (no sampler, no worker)"])
+        for didle in data.get("host_daemon_idle") or []:
+            rows.append(["host natively, sampler hint-faults", f"{didle['seconds']:.0f}",
+                         f"{didle['faults_per_s']:,.0f}", f"{didle['cpu_percent_of_one']:.3f}%",
+                         "—", "the whole daemon on a fake two-tier topology "
+                         "(tests/data/cxl2 sysfs; real /proc, perf events, sysctls); RSS "
+                         f"{didle['rss_kib'] / 1024:.0f} MiB, promoted {didle['promoted']:.0f}"])
         widle = data.get("host_worker_idle")
         if widle:
             rows.append(["host, one idle NodeWorker (native)", f"{widle['seconds']:.0f}", "—",
@@ -327,6 +422,7 @@ def main() -> int:
     if a.host_only:
         data = common.load_raw(RAW_NAME)
         data["host_idle"] = host_idle(a.idle_s)
+        data["host_daemon_idle"] = host_daemon_idle(a.idle_s)
         data["host_worker_idle"] = host_worker_idle(min(a.idle_s, 20))
         raw.write_text(__import__("json").dumps(data, indent=1) + "\n")
     elif not a.render:
@@ -343,12 +439,14 @@ def main() -> int:
         res = common.run_guest("throughput.py", args, kernel=a.kernel, timeout=a.timeout,
                                title="throughput")
         data = common.load_raw(RAW_NAME)
-        for section in ("moves", "pipeline", "idle", "host_idle", "host_worker_idle"):
+        for section in ("moves", "pipeline", "idle", "host_idle", "host_daemon_idle",
+                        "host_worker_idle"):
             if section not in data and section in prev:  # skipped: keep the last run's
                 data[section] = prev[section]
         data["host_load_after"] = res.host_load_after  # type: ignore[attr-defined]
         if "host-idle" not in skip:
             data["host_idle"] = host_idle(idle_s)
+            data["host_daemon_idle"] = host_daemon_idle(idle_s)
             data["host_worker_idle"] = host_worker_idle(min(idle_s, 20))
         raw.write_text(__import__("json").dumps(data, indent=1) + "\n")
     data = common.load_raw(RAW_NAME)
