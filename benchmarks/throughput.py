@@ -303,7 +303,10 @@ def render(data: dict[str, Any]) -> str:
                 "the window, which starts 15 s after the daemon is up, as % of one CPU "
                 "(target <= 0.5%). DAMON's kdamond kernel thread is listed separately; the "
                 "damon sampler is in quiet mode by then (intervals x10 after 10 rounds with "
-                "nothing to promote).", ""]
+                "nothing to promote), and the idle sampler reads a chunk holding no slow-tier "
+                "page every 8th pass only. The `idle` row comes from a second guest, on the "
+                "kernel built with idle page tracking. The host rows run natively on this "
+                "one-node machine.", ""]
         rows = []
         for r in idle or []:
             if r.get("skipped"):
@@ -313,7 +316,8 @@ def render(data: dict[str, Any]) -> str:
             kd = r.get("kdamond_cpu_percent")
             load = ("no TLB-flush helper" if not r.get("flush_ms") else
                     f"TLB-flush helper every {r['flush_ms']} ms")
-            rows.append([f"VM, sampler {r['sampler']}", f"{r['seconds']:.0f}",
+            kernel = " (idle kernel)" if r.get("kernel_name") == "idle" else ""
+            rows.append([f"VM, sampler {r['sampler']}{kernel}", f"{r['seconds']:.0f}",
                          f"{r['faults_per_s']:,.0f}", f"{r['cpu_percent_of_one']:.2f}%",
                          f"{kd:.2f}%" if kd is not None else "—",
                          f"workload {load}; RSS {r['rss_kib'] / 1024:.0f} MiB"
@@ -444,6 +448,17 @@ def main() -> int:
             if section not in data and section in prev:  # skipped: keep the last run's
                 data[section] = prev[section]
         data["host_load_after"] = res.host_load_after  # type: ignore[attr-defined]
+        if "idle" not in skip and a.kernel != "idle":
+            # The idle sampler needs CONFIG_IDLE_PAGE_TRACKING: its idle cost comes from
+            # the kernel built with it (tests/vm/build_kernel.sh), in a second guest.
+            raw_idle = common.RAW / "throughput-idle-kernel.json"
+            common.run_guest("throughput.py", ["--out", str(raw_idle), "--skip", "moves,pipeline",
+                                               "--idle-s", str(idle_s), "--idle-samplers",
+                                               "idle"], kernel="idle", timeout=a.timeout,
+                             title="throughput (idle sampler, idle kernel)")
+            extra = [{**r, "kernel_name": "idle"}
+                     for r in common.load_raw(raw_idle.name).get("idle") or []]
+            data["idle"] = [r for r in data.get("idle") or [] if not r.get("skipped")] + extra
         if "host-idle" not in skip:
             data["host_idle"] = host_idle(idle_s)
             data["host_daemon_idle"] = host_daemon_idle(idle_s)

@@ -361,7 +361,8 @@ def idle_once(name: str, flush_ms: int, a: argparse.Namespace) -> dict[str, Any]
         finally:
             rc = d.stop()
     dt = t1 - t0
-    row = {"sampler": name, "flush_ms": flush_ms, "seconds": dt, "cpu_seconds": c1 - c0,
+    row = {"sampler": name, "kernel": os.uname().release, "flush_ms": flush_ms, "seconds": dt,
+           "cpu_seconds": c1 - c0,
            "cpu_percent_of_one": 100 * (c1 - c0) / dt,
            "kdamond_cpu_percent": 100 * (kd1 - kd0) / dt if kd else None,
            "faults_per_s": (f1 - f0) / dt, "rss_kib": rss, "promoted": promoted,
@@ -375,7 +376,10 @@ def idle_once(name: str, flush_ms: int, a: argparse.Namespace) -> dict[str, Any]
 
 def bench_idle(a: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    wanted = set(filter(None, a.idle_samplers.split(",")))
     for name, why in available_samplers():
+        if wanted and name not in wanted:
+            continue
         if why:
             say(f"  daemon idle: sampler {name} skipped: {why}")
             rows.append({"sampler": name, "skipped": why})
@@ -412,6 +416,8 @@ def main() -> int:
     ap.add_argument("--idle-settle-s", type=float, default=15)
     ap.add_argument("--idle-hot-mib", type=float, default=64)
     ap.add_argument("--idle-cold-mib", type=float, default=64)
+    ap.add_argument("--idle-samplers", default="",
+                    help="comma list: measure only these samplers idle (default: all)")
     ap.add_argument("--skip", default="", help="comma list of: moves,pipeline,idle")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
