@@ -81,6 +81,17 @@ def _buffer(obj: Any, itemsize: int, what: str) -> tuple[Any, int]:
     return ffi.from_buffer("uint64_t[]" if itemsize == 8 else "int32_t[]", obj), len(view)
 
 
+def _bytes_buffer(obj: Any, n: int, what: str, writable: bool = True) -> Any:
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        raise ShimArgumentError(f"{what}: needs a bytearray") from None
+    if view.itemsize != 1 or len(view) < n or (writable and view.readonly):
+        raise ShimArgumentError(f"{what}: needs a {'writable ' if writable else ''}buffer of "
+                                f"at least {n} bytes")
+    return ffi.from_buffer("uint8_t[]", obj, require_writable=writable)
+
+
 def _check_pid(pid: int) -> None:
     if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0 or pid > 0x7FFFFFFF:
         raise ShimArgumentError(f"pid: must be an int >= 0 (0 = this process), got {pid!r}")
@@ -468,27 +479,10 @@ def idle_mark(fd: int, pfns: Any) -> int:
 def idle_test(fd: int, pfns: Any, idle: Any) -> int:
     """idle[i] = 1 if still idle, 0 if accessed, 2 if no PFN; returns accessed count."""
     c_p, n = _buffer(pfns, 8, "pfns")
-    try:
-        view = memoryview(idle)
-    except TypeError:
-        raise ShimArgumentError("idle: needs a bytearray") from None
-    if view.itemsize != 1 or len(view) != n or view.readonly:
-        raise ShimArgumentError(f"idle: needs a writable buffer of {n} bytes")
-    rc = lib.km_idle_test(fd, c_p, n, ffi.from_buffer("uint8_t[]", idle))
+    rc = lib.km_idle_test(fd, c_p, n, _bytes_buffer(idle, n, "idle"))
     if rc < 0:
         raise OSError(-rc, f"page_idle/bitmap read: {os.strerror(-rc)}")
     return int(rc)
-
-
-def _bytes_buffer(obj: Any, n: int, what: str, writable: bool = True) -> Any:
-    try:
-        view = memoryview(obj)
-    except TypeError:
-        raise ShimArgumentError(f"{what}: needs a bytearray") from None
-    if view.itemsize != 1 or len(view) < n or (writable and view.readonly):
-        raise ShimArgumentError(f"{what}: needs a {'writable ' if writable else ''}buffer of "
-                                f"at least {n} bytes")
-    return ffi.from_buffer("uint8_t[]", obj, require_writable=writable)
 
 
 def idle_track(entries: Any, first_vpn: int, pfn_block_shift: int, block_node: array[int],

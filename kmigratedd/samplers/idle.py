@@ -107,7 +107,9 @@ Memory: two bytes per tracked slow-tier page (history + PFN tag), kept in
 16 MiB-aligned chunks of the address space that hold at least one tracked page;
 the state of a pid that leaves the scope or exits, and of chunks no longer
 mapped or holding no slow-tier page at the end of a pass, is dropped.  A pid
-reused by a new process (another start time) starts afresh.
+reused by a new process (another start time) starts afresh.  Scratch buffers for one
+batch (PFNs, tags, nodes, results, sort space: about 40 bytes a page, 2.7 MiB with 4 KiB
+pages) are allocated once and reused round after round.
 
 Counters (``stats()``): ``rounds``; ``passes`` (a pid scanned to its end);
 ``pages_scanned`` (pagemap entries read: what the budget bounds);
