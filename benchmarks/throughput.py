@@ -43,31 +43,51 @@ from common import md_table, med_range  # noqa: E402
 RAW_NAME = "throughput.json"
 
 
-def host_idle(seconds: float) -> dict[str, Any]:
-    """kmigratedd on this host (one NUMA node: nothing to promote), CPU over ``seconds``."""
+def daemon_window(seconds: float, settle: float, sampler: str | None = None,
+                  two_tier: bool = False) -> dict[str, Any]:
+    """Run kmigratedd as a user would (a config file; ``sampler`` by name, or auto) and
+    measure, ``settle`` s after it is up, its CPU, RSS and the host's page faults over
+    ``seconds``.  ``two_tier``: on :func:`two_tier_root` (``--root``)."""
     sys.path.insert(0, str(common.REPO / "tests" / "vm" / "guest"))
     from daemonproc import DaemonProcess
 
-    print(f"== kmigratedd idle on the host ({seconds:.0f} s) ==", flush=True)
+    from kmigratedd.kernelfs import KernelFs
+    from kmigratedd.samplers.perf import vmstat
+
+    def pgfault() -> int:
+        return vmstat(KernelFs(), "pgfault").get("pgfault", 0)
+
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        cfg = (f"sampler:\n  hint_faults:\n    state_file: {tmp}/state.json\n"
+        args = ("--root", str(two_tier_root(tmp / "root"))) if two_tier else ()
+        cfg = ("sampler:\n" + (f"  name: {sampler}\n" if sampler else "")
+               + f"  hint_faults:\n    state_file: {tmp}/state.json\n"
                f"metrics:\n  port: 0\ncontrol:\n  socket_path: {tmp}/control.sock\n")
-        d = DaemonProcess(cfg, tmp)
+        d = DaemonProcess(cfg, tmp, *args)
         try:
             d.wait_for("running (pid", 60)
-            time.sleep(3)
-            c0, t0 = d.cpu_seconds(), time.monotonic()
+            time.sleep(settle)
+            c0, t0, f0 = d.cpu_seconds(), time.monotonic(), pgfault()
             time.sleep(seconds)
-            c1, t1 = d.cpu_seconds(), time.monotonic()
+            c1, t1, f1 = d.cpu_seconds(), time.monotonic(), pgfault()
             rss = d.rss_kib()
+            promoted = d.metric_sum("kmigratedd_promoted_pages_total")
             note = next((ln for ln in d.lines if "nothing to promote" in ln), "")
         finally:
             rc = d.stop()
-    pct = 100 * (c1 - c0) / (t1 - t0)
-    print(f"  host idle: {pct:.3f}% of one CPU, RSS {rss / 1024:.0f} MiB", flush=True)
-    return {"seconds": t1 - t0, "cpu_seconds": c1 - c0, "cpu_percent_of_one": pct,
-            "rss_kib": rss, "rc": rc, "note": note.split("] ", 1)[-1]}
+    dt = t1 - t0
+    return {"seconds": dt, "cpu_seconds": c1 - c0, "cpu_percent_of_one": 100 * (c1 - c0) / dt,
+            "faults_per_s": (f1 - f0) / dt, "rss_kib": rss, "promoted": promoted, "rc": rc,
+            "note": note.split("] ", 1)[-1]}
+
+
+def host_idle(seconds: float) -> dict[str, Any]:
+    """kmigratedd on this host (one NUMA node: nothing to promote), CPU over ``seconds``."""
+    print(f"== kmigratedd idle on the host ({seconds:.0f} s) ==", flush=True)
+    row = daemon_window(seconds, 3)
+    print(f"  host idle: {row['cpu_percent_of_one']:.3f}% of one CPU, "
+          f"RSS {row['rss_kib'] / 1024:.0f} MiB", flush=True)
+    return row
 
 
 def two_tier_root(dest: Path) -> Path:
@@ -110,15 +130,6 @@ def host_daemon_idle(seconds: float) -> list[dict[str, Any]]:
     are measured in the VM only.)"""
     import subprocess
 
-    sys.path.insert(0, str(common.REPO / "tests" / "vm" / "guest"))
-    from daemonproc import DaemonProcess
-
-    def pgfault() -> int:
-        for line in Path("/proc/vmstat").read_text().splitlines():
-            if line.startswith("pgfault "):
-                return int(line.split()[1])
-        return 0
-
     rows = []
     for faulter in (False, True):
         print(f"== kmigratedd natively, hint-faults sampler, fake two-tier topology, "
@@ -126,35 +137,14 @@ def host_daemon_idle(seconds: float) -> list[dict[str, Any]]:
               flush=True)
         gen = subprocess.Popen([sys.executable, "-c", FAULTER]) if faulter else None
         try:
-            with tempfile.TemporaryDirectory() as td:
-                tmp = Path(td)
-                root = two_tier_root(tmp / "root")
-                cfg = (f"sampler:\n  name: hint-faults\n  hint_faults:\n"
-                       f"    state_file: {tmp}/state.json\nmetrics:\n  port: 0\n"
-                       f"control:\n  socket_path: {tmp}/control.sock\n")
-                d = DaemonProcess(cfg, tmp, "--root", str(root))
-                try:
-                    d.wait_for("running (pid", 60)
-                    time.sleep(15)
-                    c0, t0, f0 = d.cpu_seconds(), time.monotonic(), pgfault()
-                    time.sleep(seconds)
-                    c1, t1, f1 = d.cpu_seconds(), time.monotonic(), pgfault()
-                    rss = d.rss_kib()
-                    samples = d.metric_sum("kmigratedd_sampler_samples_total")
-                    promoted = d.metric_sum("kmigratedd_promoted_pages_total")
-                finally:
-                    rc = d.stop()
+            row = daemon_window(seconds, 15, "hint-faults", two_tier=True)
         finally:
             if gen is not None:
                 gen.kill()
                 gen.wait()
-        dt = t1 - t0
-        row = {"seconds": dt, "cpu_seconds": c1 - c0, "cpu_percent_of_one": 100 * (c1 - c0) / dt,
-               "faults_per_s": (f1 - f0) / dt, "rss_kib": rss, "samples": samples,
-               "promoted": promoted, "rc": rc}
         print(f"  daemon natively (hint-faults): {row['cpu_percent_of_one']:.3f}% of one CPU, "
-              f"{row['faults_per_s']:,.0f} page faults/s on the host, RSS {rss / 1024:.0f} MiB",
-              flush=True)
+              f"{row['faults_per_s']:,.0f} page faults/s on the host, "
+              f"RSS {row['rss_kib'] / 1024:.0f} MiB", flush=True)
         rows.append(row)
     return rows
 

@@ -43,8 +43,7 @@ class KernelFs:
         self.root = Path(self.root)
         # Paths are joined as strings: pathlib costs more than the read of a small
         # sysfs file, and samplers read dozens of them every round.
-        root = str(self.root).rstrip("/")
-        self._prefix = root
+        self._prefix = str(self.root).rstrip("/")
 
     def host(self, kpath: str) -> str:
         """Host path of the kernel path ``kpath`` (absolute, e.g. ``/sys/...``), as a str."""
@@ -60,16 +59,12 @@ class KernelFs:
     def read(self, kpath: str) -> str:
         fd = os.open(self.host(kpath), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            data = os.read(fd, 65536)
-            if data:
-                more = [data]
-                while chunk := os.read(fd, 65536):
-                    more.append(chunk)
-                if len(more) > 1:
-                    data = b"".join(more)
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
         finally:
             os.close(fd)
-        return data.decode("ascii", "replace")
+        return b"".join(chunks).decode("ascii", "replace")
 
     def read_optional(self, kpath: str) -> str | None:
         try:
@@ -106,6 +101,17 @@ class KernelFs:
             return
         with open(self.host(kpath), "w", encoding="ascii") as f:
             f.write(value)
+
+
+def line_with(text: str, needle: str) -> str | None:
+    """The line of ``text`` holding the first ``needle`` (which may begin with the
+    newline before the line), without its newline; None if there is none.  Finds one
+    counter in /proc/vmstat or node meminfo without splitting every line."""
+    i = text.find(needle)
+    if i < 0:
+        return None
+    end = text.find("\n", i + 1)
+    return text[text.rfind("\n", 0, i + 1) + 1:end if end >= 0 else None]
 
 
 def _natural_key(name: str) -> tuple[str, int]:

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import TopologyError
-from .kernelfs import KernelFs, parse_cpulist
+from .kernelfs import KernelFs, line_with, parse_cpulist
 
 NODE_DIR = "/sys/devices/system/node"
 TIER_DIR = "/sys/devices/virtual/memory_tiering"
@@ -154,12 +154,7 @@ def read_node_meminfo(fs: KernelFs, node: int, *keys: str) -> dict[str, int]:
     text = fs.read_optional(f"{NODE_DIR}/node{node}/meminfo") or ""
     lines = text.splitlines()
     if keys:  # the lines of the keys asked for, found by search
-        lines = []
-        for k in keys:
-            i = text.find(f" {k}:")
-            if i >= 0:
-                end = text.find("\n", i)
-                lines.append(text[text.rfind("\n", 0, i) + 1:end if end >= 0 else None])
+        lines = [ln for k in keys if (ln := line_with(text, f" {k}:")) is not None]
     for line in lines:
         m = _MEMINFO_RX.match(line.strip())
         if m:

@@ -27,7 +27,7 @@ import re
 from array import array
 
 from .. import shim
-from ..kernelfs import KernelFs, parse_cpulist
+from ..kernelfs import KernelFs, line_with, parse_cpulist
 from ..sysctl import SysctlGuard
 from .base import SamplerContext
 
@@ -69,10 +69,9 @@ def vmstat(fs: KernelFs, *keys: str) -> dict[str, int]:
     text = "\n" + (fs.read_optional("/proc/vmstat") or "")
     out: dict[str, int] = {}
     for k in keys:
-        i = text.find(f"\n{k} ")
-        if i >= 0:
-            end = text.find("\n", i + 1)
-            out[k] = int(text[i + len(k) + 2:end if end >= 0 else None])
+        line = line_with(text, f"\n{k} ")
+        if line is not None:
+            out[k] = int(line[len(k) + 1:])
     return out
 
 

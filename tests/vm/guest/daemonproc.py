@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -78,10 +79,7 @@ class DaemonProcess:
         return 0
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        import os
-
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_seconds(self.proc.pid)
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
@@ -93,3 +91,9 @@ class DaemonProcess:
                 self.proc.wait()
         self._t.join(timeout=5)
         return self.proc.returncode
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (OSError once it is gone)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -26,6 +26,7 @@ from kmigratedd.samplers.base import SamplerContext
 from kmigratedd.samplers.damon import NR_KDAMONDS, STATE, DamonSampler
 from kmigratedd.samplers.perf import online_cpus
 from kmigratedd.scope import Scope
+from daemonproc import proc_cpu_seconds
 from workload import Workload
 
 SLOW = 1
@@ -297,15 +298,13 @@ def test_a_commit_naming_an_exited_pid_restarts_the_kdamond(
 
 
 def kdamond_cpu_s() -> float:
-    total = 0
+    total = 0.0
     for entry in kdamond_threads():
-        pid = entry.split(":")[0]
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += proc_cpu_seconds(int(entry.split(":")[0]))
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def test_quiet_mode_slows_the_kdamond_and_wakes_for_a_hot_set_on_the_slow_node(
