@@ -393,16 +393,6 @@ def samples_by_node(out: SampleBuffer, block_shift: int, block_node: array[int],
     return int(rc)
 
 
-def phys_to_node(phys: Any, block_shift: int, block_node: array[int], nodes: Any) -> None:
-    """Node of each physical address from a per-memory-block node table (-1 unknown)."""
-    c_phys, n = _buffer(phys, 8, "phys")
-    c_nodes, m = _buffer(nodes, 4, "nodes")
-    if m < n:
-        raise ShimArgumentError(f"nodes: has {m} entries for {n} addresses")
-    table = ffi.from_buffer("int32_t[]", block_node) if len(block_node) else ffi.NULL
-    lib.km_phys_to_node(c_phys, n, block_shift, table, len(block_node), c_nodes)
-
-
 def perf_open(type_: int, config: int, sample_type: int, *, cpu: int, pid: int = -1,
               sample_period: int = 1, config1: int = 0, precise_ip: int = 0,
               exclude_kernel: bool = False, wakeup_bytes: int = 0) -> int:

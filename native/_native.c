@@ -593,11 +593,11 @@ static void *_cffi_types[] = {
 /*  1 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22), // uint32_t
 /*  2 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8), // unsigned int
 /*  3 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, int)
+/*  4 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(int, int)
 /*  5 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7), // int
 /*  6 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /*  7 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
+/*  8 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(int, size_t, uint64_t const *, int32_t const *, int32_t *, int)
 /*  9 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 10 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28), // size_t
 /* 11 */ _CFFI_OP(_CFFI_OP_POINTER, 49), // uint64_t const *
@@ -605,7 +605,7 @@ static void *_cffi_types[] = {
 /* 13 */ _CFFI_OP(_CFFI_OP_POINTER, 20), // int32_t *
 /* 14 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 15 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, size_t, uint64_t const *, int32_t, int32_t *, int, size_t, uint64_t *, size_t *)
+/* 16 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(int, size_t, uint64_t const *, int32_t, int32_t *, int, size_t, uint64_t *, size_t *)
 /* 17 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 18 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 19 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
@@ -616,18 +616,18 @@ static void *_cffi_types[] = {
 /* 24 */ _CFFI_OP(_CFFI_OP_POINTER, 49), // uint64_t *
 /* 25 */ _CFFI_OP(_CFFI_OP_POINTER, 10), // size_t *
 /* 26 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, uint64_t const *, size_t)
+/* 27 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(int, uint64_t const *, size_t)
 /* 28 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 29 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 30 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 31 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 32 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, uint64_t const *, size_t, uint8_t *)
+/* 32 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(int, uint64_t const *, size_t, uint8_t *)
 /* 33 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 34 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 35 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 36 */ _CFFI_OP(_CFFI_OP_POINTER, 239), // uint8_t *
+/* 36 */ _CFFI_OP(_CFFI_OP_POINTER, 231), // uint8_t *
 /* 37 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 38 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, uint64_t const *, size_t, uint8_t *, uint64_t *, uint64_t *, int *)
+/* 38 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(int, uint64_t const *, size_t, uint8_t *, uint64_t *, uint64_t *, int *)
 /* 39 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 40 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 41 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
@@ -636,19 +636,19 @@ static void *_cffi_types[] = {
 /* 44 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 45 */ _CFFI_OP(_CFFI_OP_POINTER, 5), // int *
 /* 46 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 47 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, uint64_t, size_t, uint64_t *)
+/* 47 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(int, uint64_t, size_t, uint64_t *)
 /* 48 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 49 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24), // uint64_t
 /* 50 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 51 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 52 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 53 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int, uint64_t, size_t, uint64_t const *)
+/* 53 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(int, uint64_t, size_t, uint64_t const *)
 /* 54 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 55 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
 /* 56 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 57 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 58 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 59 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
+/* 59 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(int32_t const *, size_t, int32_t *, uint64_t *, size_t, uint64_t *)
 /* 60 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 61 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 62 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
@@ -656,8 +656,8 @@ static void *_cffi_types[] = {
 /* 64 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 65 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 66 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 67 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
-/* 68 */ _CFFI_OP(_CFFI_OP_POINTER, 234), // km_queue *
+/* 67 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(km_queue *, size_t, int32_t *, uint64_t *, int32_t *, uint32_t *, uint64_t *, uint64_t *)
+/* 68 */ _CFFI_OP(_CFFI_OP_POINTER, 226), // km_queue *
 /* 69 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 70 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 71 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
@@ -666,7 +666,7 @@ static void *_cffi_types[] = {
 /* 74 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 75 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 76 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 77 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
+/* 77 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(km_queue *, size_t, int32_t const *, uint64_t const *, int32_t const *, uint64_t const *, uint32_t const *)
 /* 78 */ _CFFI_OP(_CFFI_OP_NOOP, 68),
 /* 79 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 80 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
@@ -675,7 +675,7 @@ static void *_cffi_types[] = {
 /* 83 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 84 */ _CFFI_OP(_CFFI_OP_POINTER, 1), // uint32_t const *
 /* 85 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 86 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, int32_t *, uint64_t *, uint32_t *, uint32_t, uint64_t *)
+/* 86 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(size_t, int32_t *, uint64_t *, uint32_t *, uint32_t, uint64_t *)
 /* 87 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 88 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 89 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
@@ -683,29 +683,29 @@ static void *_cffi_types[] = {
 /* 91 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
 /* 92 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 93 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 94 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, int32_t const *, int32_t const *, size_t, int32_t *)
+/* 94 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(size_t, int32_t const *, int32_t const *, size_t, int32_t *)
 /* 95 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 96 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 97 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 98 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 99 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 100 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 101 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, int32_t const *, uint32_t *)
+/* 101 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(size_t, int32_t const *, uint32_t *)
 /* 102 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 103 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 104 */ _CFFI_OP(_CFFI_OP_NOOP, 73),
 /* 105 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 106 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, uint64_t *)
+/* 106 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(size_t, uint64_t *)
 /* 107 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 108 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 109 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 110 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, uint64_t *, size_t, uint64_t const *)
+/* 110 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(size_t, uint64_t *, size_t, uint64_t const *)
 /* 111 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 112 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 113 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 114 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 115 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 116 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, uint64_t const *, int32_t const *, int32_t const *, int32_t, uint64_t *)
+/* 116 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(size_t, uint64_t const *, int32_t const *, int32_t const *, int32_t, uint64_t *)
 /* 117 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 118 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 119 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
@@ -713,29 +713,29 @@ static void *_cffi_types[] = {
 /* 121 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
 /* 122 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 123 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 124 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(size_t, uint64_t const *, int32_t const *, int32_t, uint64_t *)
+/* 124 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(size_t, uint64_t const *, int32_t const *, int32_t, uint64_t *)
 /* 125 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 126 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 127 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 128 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
 /* 129 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 130 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 131 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(struct km_samples *, int32_t const *, size_t, int)
-/* 132 */ _CFFI_OP(_CFFI_OP_POINTER, 238), // struct km_samples *
+/* 131 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(struct km_samples *, int32_t const *, size_t, int)
+/* 132 */ _CFFI_OP(_CFFI_OP_POINTER, 230), // struct km_samples *
 /* 133 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 134 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 135 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 136 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 137 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(struct km_samples *, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, int32_t *)
+/* 137 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(struct km_samples *, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, int32_t *)
 /* 138 */ _CFFI_OP(_CFFI_OP_NOOP, 132),
 /* 139 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
 /* 140 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
 /* 141 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 142 */ _CFFI_OP(_CFFI_OP_POINTER, 239), // uint8_t const *
+/* 142 */ _CFFI_OP(_CFFI_OP_POINTER, 231), // uint8_t const *
 /* 143 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 144 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 145 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 146 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
+/* 146 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, uint32_t, int, int, int, uint32_t)
 /* 147 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
 /* 148 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
 /* 149 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
@@ -747,12 +747,12 @@ static void *_cffi_types[] = {
 /* 155 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 7),
 /* 156 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 22),
 /* 157 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 158 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(uint64_t const *, size_t, uint64_t *)
+/* 158 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(uint64_t const *, size_t, uint64_t *)
 /* 159 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 160 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 161 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 162 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 163 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(uint64_t const *, size_t, uint64_t, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, unsigned int, int, uint64_t *, uint8_t *, int32_t *, uint64_t *)
+/* 163 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(uint64_t const *, size_t, uint64_t, unsigned int, int32_t const *, size_t, uint8_t const *, size_t, unsigned int, int, uint64_t *, uint8_t *, int32_t *, uint64_t *)
 /* 164 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 165 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 166 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
@@ -768,7 +768,7 @@ static void *_cffi_types[] = {
 /* 176 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 177 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 178 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 179 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(uint8_t const *, uint8_t const *, int32_t const *, size_t, uint8_t *, uint8_t *, unsigned int, unsigned int, uint64_t, uint64_t, uint64_t *, int32_t *, uint32_t *, uint64_t *)
+/* 179 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(uint8_t const *, uint8_t const *, int32_t const *, size_t, uint8_t *, uint8_t *, unsigned int, unsigned int, uint64_t, uint64_t, uint64_t *, int32_t *, uint32_t *, uint64_t *)
 /* 180 */ _CFFI_OP(_CFFI_OP_NOOP, 142),
 /* 181 */ _CFFI_OP(_CFFI_OP_NOOP, 142),
 /* 182 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
@@ -784,52 +784,44 @@ static void *_cffi_types[] = {
 /* 192 */ _CFFI_OP(_CFFI_OP_NOOP, 73),
 /* 193 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 194 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 195 */ _CFFI_OP(_CFFI_OP_FUNCTION, 235), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
-/* 196 */ _CFFI_OP(_CFFI_OP_POINTER, 240), // void *
+/* 195 */ _CFFI_OP(_CFFI_OP_FUNCTION, 227), // long()(void *, size_t, uint64_t, struct km_samples *, struct km_perf_stats *)
+/* 196 */ _CFFI_OP(_CFFI_OP_POINTER, 232), // void *
 /* 197 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 198 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
 /* 199 */ _CFFI_OP(_CFFI_OP_NOOP, 132),
-/* 200 */ _CFFI_OP(_CFFI_OP_POINTER, 236), // struct km_perf_stats *
+/* 200 */ _CFFI_OP(_CFFI_OP_POINTER, 228), // struct km_perf_stats *
 /* 201 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
 /* 202 */ _CFFI_OP(_CFFI_OP_FUNCTION, 10), // size_t()(km_queue const *)
-/* 203 */ _CFFI_OP(_CFFI_OP_POINTER, 234), // km_queue const *
+/* 203 */ _CFFI_OP(_CFFI_OP_POINTER, 226), // km_queue const *
 /* 204 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
 /* 205 */ _CFFI_OP(_CFFI_OP_FUNCTION, 49), // uint64_t()(void)
 /* 206 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 207 */ _CFFI_OP(_CFFI_OP_FUNCTION, 240), // void()(int32_t *, size_t, int32_t)
+/* 207 */ _CFFI_OP(_CFFI_OP_FUNCTION, 232), // void()(int32_t *, size_t, int32_t)
 /* 208 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 209 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 210 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 21),
 /* 211 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 212 */ _CFFI_OP(_CFFI_OP_FUNCTION, 240), // void()(km_queue *)
+/* 212 */ _CFFI_OP(_CFFI_OP_FUNCTION, 232), // void()(km_queue *)
 /* 213 */ _CFFI_OP(_CFFI_OP_NOOP, 68),
 /* 214 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 215 */ _CFFI_OP(_CFFI_OP_FUNCTION, 240), // void()(km_queue const *, struct km_queue_stats *)
+/* 215 */ _CFFI_OP(_CFFI_OP_FUNCTION, 232), // void()(km_queue const *, struct km_queue_stats *)
 /* 216 */ _CFFI_OP(_CFFI_OP_NOOP, 203),
-/* 217 */ _CFFI_OP(_CFFI_OP_POINTER, 237), // struct km_queue_stats *
+/* 217 */ _CFFI_OP(_CFFI_OP_POINTER, 229), // struct km_queue_stats *
 /* 218 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 219 */ _CFFI_OP(_CFFI_OP_FUNCTION, 240), // void()(size_t, uint64_t const *, uint64_t, uint64_t *, int32_t *)
+/* 219 */ _CFFI_OP(_CFFI_OP_FUNCTION, 232), // void()(size_t, uint64_t const *, uint64_t, uint64_t *, int32_t *)
 /* 220 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
 /* 221 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
 /* 222 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 24),
 /* 223 */ _CFFI_OP(_CFFI_OP_NOOP, 24),
 /* 224 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
 /* 225 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 226 */ _CFFI_OP(_CFFI_OP_FUNCTION, 240), // void()(uint64_t const *, size_t, unsigned int, int32_t const *, size_t, int32_t *)
-/* 227 */ _CFFI_OP(_CFFI_OP_NOOP, 11),
-/* 228 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 229 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 8),
-/* 230 */ _CFFI_OP(_CFFI_OP_NOOP, 12),
-/* 231 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 28),
-/* 232 */ _CFFI_OP(_CFFI_OP_NOOP, 13),
-/* 233 */ _CFFI_OP(_CFFI_OP_FUNCTION_END, 0),
-/* 234 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
-/* 235 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
-/* 236 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
-/* 237 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
-/* 238 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
-/* 239 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
-/* 240 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
+/* 226 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 1), // km_queue
+/* 227 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 9), // long
+/* 228 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 0), // struct km_perf_stats
+/* 229 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 2), // struct km_queue_stats
+/* 230 */ _CFFI_OP(_CFFI_OP_STRUCT_UNION, 3), // struct km_samples
+/* 231 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 18), // uint8_t
+/* 232 */ _CFFI_OP(_CFFI_OP_PRIMITIVE, 0), // void
 };
 
 static long _cffi_d_km_cand_prepare(size_t x0, int32_t * x1, uint64_t * x2, uint32_t * x3, uint32_t x4, uint64_t * x5)
@@ -2137,86 +2129,6 @@ _cffi_f_km_perf_supported_sample_type(PyObject *self, PyObject *noarg)
 #  define _cffi_f_km_perf_supported_sample_type _cffi_d_km_perf_supported_sample_type
 #endif
 
-static void _cffi_d_km_phys_to_node(uint64_t const * x0, size_t x1, unsigned int x2, int32_t const * x3, size_t x4, int32_t * x5)
-{
-  km_phys_to_node(x0, x1, x2, x3, x4, x5);
-}
-#ifndef PYPY_VERSION
-static PyObject *
-_cffi_f_km_phys_to_node(PyObject *self, PyObject *args)
-{
-  uint64_t const * x0;
-  size_t x1;
-  unsigned int x2;
-  int32_t const * x3;
-  size_t x4;
-  int32_t * x5;
-  Py_ssize_t datasize;
-  struct _cffi_freeme_s *large_args_free = NULL;
-  PyObject *arg0;
-  PyObject *arg1;
-  PyObject *arg2;
-  PyObject *arg3;
-  PyObject *arg4;
-  PyObject *arg5;
-
-  if (!PyArg_UnpackTuple(args, "km_phys_to_node", 6, 6, &arg0, &arg1, &arg2, &arg3, &arg4, &arg5))
-    return NULL;
-
-  datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(11), arg0, (char **)&x0);
-  if (datasize != 0) {
-    x0 = ((size_t)datasize) <= 640 ? (uint64_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(11), arg0, (char **)&x0,
-            datasize, &large_args_free) < 0)
-      return NULL;
-  }
-
-  x1 = _cffi_to_c_int(arg1, size_t);
-  if (x1 == (size_t)-1 && PyErr_Occurred())
-    return NULL;
-
-  x2 = _cffi_to_c_int(arg2, unsigned int);
-  if (x2 == (unsigned int)-1 && PyErr_Occurred())
-    return NULL;
-
-  datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(12), arg3, (char **)&x3);
-  if (datasize != 0) {
-    x3 = ((size_t)datasize) <= 640 ? (int32_t const *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(12), arg3, (char **)&x3,
-            datasize, &large_args_free) < 0)
-      return NULL;
-  }
-
-  x4 = _cffi_to_c_int(arg4, size_t);
-  if (x4 == (size_t)-1 && PyErr_Occurred())
-    return NULL;
-
-  datasize = _cffi_prepare_pointer_call_argument(
-      _cffi_type(13), arg5, (char **)&x5);
-  if (datasize != 0) {
-    x5 = ((size_t)datasize) <= 640 ? (int32_t *)alloca((size_t)datasize) : NULL;
-    if (_cffi_convert_array_argument(_cffi_type(13), arg5, (char **)&x5,
-            datasize, &large_args_free) < 0)
-      return NULL;
-  }
-
-  Py_BEGIN_ALLOW_THREADS
-  _cffi_restore_errno();
-  { km_phys_to_node(x0, x1, x2, x3, x4, x5); }
-  _cffi_save_errno();
-  Py_END_ALLOW_THREADS
-
-  (void)self; /* unused */
-  if (large_args_free != NULL) _cffi_free_array_arguments(large_args_free);
-  Py_INCREF(Py_None);
-  return Py_None;
-}
-#else
-#  define _cffi_f_km_phys_to_node _cffi_d_km_phys_to_node
-#endif
-
 static long _cffi_d_km_pread_words(int x0, uint64_t x1, size_t x2, uint64_t * x3)
 {
   return km_pread_words(x0, x1, x2, x3);
@@ -3388,7 +3300,6 @@ static const struct _cffi_global_s _cffi_globals[] = {
   { "km_perf_enable", (void *)_cffi_f_km_perf_enable, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 4), (void *)_cffi_d_km_perf_enable },
   { "km_perf_open", (void *)_cffi_f_km_perf_open, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 146), (void *)_cffi_d_km_perf_open },
   { "km_perf_supported_sample_type", (void *)_cffi_f_km_perf_supported_sample_type, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_N, 205), (void *)_cffi_d_km_perf_supported_sample_type },
-  { "km_phys_to_node", (void *)_cffi_f_km_phys_to_node, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 226), (void *)_cffi_d_km_phys_to_node },
   { "km_pread_words", (void *)_cffi_f_km_pread_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 47), (void *)_cffi_d_km_pread_words },
   { "km_pwrite_words", (void *)_cffi_f_km_pwrite_words, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_V, 53), (void *)_cffi_d_km_pwrite_words },
   { "km_queue_capacity", (void *)_cffi_f_km_queue_capacity, _CFFI_OP(_CFFI_OP_CPYTHON_BLTN_O, 202), (void *)_cffi_d_km_queue_capacity },
@@ -3481,18 +3392,18 @@ static const struct _cffi_field_s _cffi_fields[] = {
 };
 
 static const struct _cffi_struct_union_s _cffi_struct_unions[] = {
-  { "km_perf_stats", 236, _CFFI_F_CHECK_FIELDS,
+  { "km_perf_stats", 228, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_perf_stats), offsetof(struct _cffi_align_struct_km_perf_stats, y), 0, 8 },
-  { "km_queue", 234, _CFFI_F_OPAQUE,
+  { "km_queue", 226, _CFFI_F_OPAQUE,
     (size_t)-1, -1, -1, 0 /* opaque */ },
-  { "km_queue_stats", 237, _CFFI_F_CHECK_FIELDS,
+  { "km_queue_stats", 229, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_queue_stats), offsetof(struct _cffi_align_struct_km_queue_stats, y), 8, 4 },
-  { "km_samples", 238, _CFFI_F_CHECK_FIELDS,
+  { "km_samples", 230, _CFFI_F_CHECK_FIELDS,
     sizeof(struct km_samples), offsetof(struct _cffi_align_struct_km_samples, y), 12, 11 },
 };
 
 static const struct _cffi_typename_s _cffi_typenames[] = {
-  { "km_queue", 234 },
+  { "km_queue", 226 },
 };
 
 static const struct _cffi_type_context_s _cffi_type_context = {
@@ -3502,12 +3413,12 @@ static const struct _cffi_type_context_s _cffi_type_context = {
   _cffi_struct_unions,
   NULL,  /* no enums */
   _cffi_typenames,
-  34,  /* num_globals */
+  33,  /* num_globals */
   4,  /* num_struct_unions */
   0,  /* num_enums */
   1,  /* num_typenames */
   NULL,  /* no includes */
-  241,  /* num_types */
+  233,  /* num_types */
   0,  /* flags */
 };
 

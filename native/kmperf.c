@@ -232,18 +232,6 @@ long km_samples_filter(struct km_samples *s, const int32_t *pids, size_t npids, 
 	return (long)i;
 }
 
-void km_phys_to_node(const uint64_t *phys, size_t n, unsigned int block_shift,
-                     const int32_t *block_node, size_t nblocks, int32_t *nodes)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		uint64_t b = phys[i] >> block_shift;
-
-		nodes[i] = (phys[i] && b < nblocks) ? block_node[b] : -1;
-	}
-}
-
 long km_samples_by_node(struct km_samples *s, unsigned int block_shift,
                         const int32_t *block_node, size_t nblocks,
                         const uint8_t *node_ok, size_t nnodes, int32_t *nodes_out)

@@ -66,13 +66,6 @@ long km_perf_drain(void *base, size_t map_size, uint64_t sample_type, struct km_
 long km_samples_filter(struct km_samples *s, const int32_t *pids, size_t npids, int allow);
 
 /*
- * Physical addresses to nodes: nodes[i] = block_node[phys[i] >> block_shift],
- * or -1 past the table or for phys 0.  (Memory block table from the topology.)
- */
-void km_phys_to_node(const uint64_t *phys, size_t n, unsigned int block_shift,
-                     const int32_t *block_node, size_t nblocks, int32_t *nodes);
-
-/*
  * PMU samples: map phys_addr to a node through the memory-block table and keep
  * only samples whose node has node_ok[node] != 0 (the slower tiers); the kept
  * samples' nodes go to nodes_out (compacted like `s`).  Returns samples removed.

@@ -280,7 +280,6 @@ class IdleSampler:
         self.interval_s = ctx.config.sampler.interval_ms / 1000
         block_shift, self._block_table = ctx.topology.block_node_table()
         self._pfn_block_shift = block_shift - PAGE_SHIFT
-        self._slow_nodes = set(ctx.topology.targets)
         self._slow_mask = ctx.topology.slow_node_mask()
         hpage = ctx.fs.read_optional(HPAGE_PMD_SIZE)
         hpage_bytes = int(hpage) if hpage and hpage.strip().isdigit() else 2 << 20
@@ -364,7 +363,7 @@ class IdleSampler:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kmigratedd-idle")
         log.info("idle sampler: every %d ms, up to %d pages/s, hot = accessed in %d of %d rounds, "
                  "slow nodes %s", round(self.interval_s * 1000), self.budget_pages_per_s,
-                 self.hot_rounds, self.history_rounds, sorted(self._slow_nodes))
+                 self.hot_rounds, self.history_rounds, sorted(self.ctx.topology.targets))
         self._task = asyncio.create_task(self._run(), name="sampler-idle")
 
     async def _run(self) -> None:
