@@ -379,7 +379,7 @@ def parse(text: str, source: str) -> Config:
 
 
 def default_text() -> str:
-    """The embedded default config (identical to deploy/kmigratedd.yaml)."""
+    """The embedded default config (deploy/kmigratedd.yaml links to it)."""
     return resources.files("kmigratedd").joinpath("default.yaml").read_text(encoding="utf-8")
 
 

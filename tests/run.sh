@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# The README's test command: set up (tests/setup.sh), then run every test,
-# host and tiered-memory VM tests alike.  Extra arguments go to pytest.
+# The README's test command: set up (tests/setup.sh: apt packages, the sdist and
+# the wheel, the wheel installed into a venv outside the source tree), then run
+# every test, host and tiered-memory VM tests alike, with that venv's python.
+# Extra arguments go to pytest; the quick loop is `tests/run.sh -m "not vm"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh
-exec .venv/bin/python -m pytest "$@"
+VENV=$(bash tests/setup.sh --print-venv)
+# -P and PYTHONSAFEPATH (inherited by every python the tests start, in the guest
+# too): never put the working directory, the source tree, on sys.path, so that
+# `import kmigratedd` finds the installed copy.
+export PYTHONSAFEPATH=1
+export KMIGRATEDD_TEST_DIST
+KMIGRATEDD_TEST_DIST="$(dirname "$VENV")/dist"
+exec "$VENV/bin/python" -P -m pytest "$@"

@@ -1,10 +1,29 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh Debian 12 machine, idempotently:
 # the apt packages (qemu and guest kernels for the tiered-memory VM tests, a C
-# toolchain for the native shim) and the project's venv in .venv.
+# toolchain for the native shim), then what a user gets: an sdist and a wheel
+# built from this checkout, and the wheel installed (not editable) into a venv
+# outside the source tree.  The tests run that venv's python and its
+# `kmigratedd`, on the host and in the guest.
+#
+#   bash tests/setup.sh               set up (rebuild only what changed)
+#   bash tests/setup.sh --print-venv  print the test venv's path only
+#
+# The test state lives in $KMIGRATEDD_TEST_HOME (default ~/.cache/kmigratedd-test),
+# one directory per checkout: dist/ (sdist + wheel) and venv/.  The artifacts are
+# rebuilt when a file that goes into them changes; KMIGRATEDD_FRESH_VENV=1 (set
+# by .ci/run) recreates the venv from nothing.
 # Used by tests/run.sh (the README's test command) and .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REPO=$(pwd -P)
+STATE="${KMIGRATEDD_TEST_HOME:-$HOME/.cache/kmigratedd-test}/$(printf %s "$REPO" | sha256sum | cut -c1-12)"
+VENV="$STATE/venv"
+DIST="$STATE/dist"
+if [ "${1:-}" = --print-venv ]; then
+  echo "$VENV"
+  exit 0
+fi
 
 APT_PACKAGES=(
   build-essential python3-dev python3-venv      # the cffi extension
@@ -34,8 +53,35 @@ if ((${#missing[@]})); then
   INITRD=No apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# What goes into the sdist (MANIFEST.in, setup.py, pyproject.toml) decides when to rebuild.
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+stamp=$( { cat pyproject.toml setup.py MANIFEST.in README.md;
+           find kmigratedd native -type f ! -name '*.pyc' ! -name '*.so' ! -name _native.c \
+             -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16)
+deps=$(sha256sum pyproject.toml | cut -c1-16)
+
+mkdir -p "$STATE"
+if [ "${KMIGRATEDD_FRESH_VENV:-0}" = 1 ] || [ ! -x "$VENV/bin/python" ] \
+   || [ "$(cat "$VENV/.kmigratedd-deps" 2>/dev/null)" != "$deps" ]; then
+  echo "tests/setup.sh: new venv $VENV"
+  rm -rf "$VENV" "$DIST"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check build
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+if [ "$(cat "$DIST/.stamp" 2>/dev/null)" != "$stamp" ]; then
+  echo "tests/setup.sh: building the sdist and the wheel (from the sdist) into $DIST"
+  rm -rf "$DIST"
+  # python -m build makes the sdist, then the wheel from the unpacked sdist, each in an
+  # isolated environment: what a user's pip does, with only a C compiler and Python headers.
+  "$VENV/bin/python" -m build -q --outdir "$DIST" . >"$STATE/build.log" 2>&1 \
+    || { cat "$STATE/build.log" >&2; echo "tests/setup.sh: build failed" >&2; exit 1; }
+  wheel=$(ls "$DIST"/kmigratedd-*.whl)
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps \
+    "$wheel"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$wheel[test]"
+  # The wheel and its dependencies, for installs with no network (the guest's systemd test
+  # follows the README's recipe with pip --no-index --find-links).
+  "$VENV/bin/python" -m pip download -q --disable-pip-version-check -d "$DIST/wheelhouse" "$wheel"
+  echo "$deps" >"$VENV/.kmigratedd-deps"
+  echo "$stamp" >"$DIST/.stamp"
+fi

@@ -206,7 +206,7 @@ def test_every_key_is_documented_in_the_shipped_yaml():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kmigratedd.cli", *args],
+    return subprocess.run([str(Path(sys.executable).with_name("kmigratedd")), *args],
                           capture_output=True, text=True, timeout=60)
 
 

@@ -14,6 +14,9 @@ import pytest
 import urllib.error
 
 
+# The installed console script, as a user starts it.
+KMIGRATEDD = str(Path(sys.executable).with_name("kmigratedd"))
+
 # Tests never take the default metrics port (a real daemon may be running).
 PORT0 = "metrics:\n  port: 0\n"
 
@@ -26,7 +29,7 @@ class Daemon:
             cfg = cwd / "port0.yaml"
             cfg.write_text(PORT0)
             args = ("--config", str(cfg), *args)
-        self.proc = subprocess.Popen([sys.executable, "-m", "kmigratedd.cli", *args], cwd=cwd,
+        self.proc = subprocess.Popen([KMIGRATEDD, *args], cwd=cwd,
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
         self.lines: list[str] = []

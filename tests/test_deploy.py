@@ -130,6 +130,22 @@ def test_unit_matches_the_daemon() -> None:
     assert "User" not in one and "DynamicUser" not in one  # root, trimmed capabilities
 
 
+def test_the_unit_runs_what_the_readme_recipe_installs() -> None:
+    """ExecStart names the command that the README's systemd recipe links into place from the
+    venv it creates (the guest's systemd test runs the recipe and the unit as shipped)."""
+    block = (REPO / "README.md").read_text().split("### systemd", 1)[1]
+    block = block.split("```sh\n", 1)[1].split("```", 1)[0]
+    venv = re.search(r"python3 -m venv (\S+) && sudo \1/bin/pip install \.$", block, re.M)
+    assert venv, block
+    link = re.search(r"^sudo ln -s (.+) (\S+)/$", block, re.M)
+    assert link, block
+    sources, target_dir = link.group(1).split(), link.group(2)
+    assert f"{venv.group(1)}/bin/kmigratedd" in sources
+    assert INSTALLED_EXEC.split()[0] == f"{target_dir}/kmigratedd"
+    assert "install -D -m 0644 deploy/kmigratedd.yaml /etc/kmigratedd/kmigratedd.yaml" in block
+    assert INSTALLED_EXEC.endswith("--config /etc/kmigratedd/kmigratedd.yaml")
+
+
 # --- Prometheus rules ---------------------------------------------------------------------
 
 
@@ -263,6 +279,26 @@ def test_daemonset() -> None:
         get = main[probe]["httpGet"]
         assert get["path"] == "/metrics"
         assert named.get(get["port"], get["port"]) == port, probe
+
+
+def test_containerfile_builds_the_image_from_the_wheel() -> None:
+    """No engine runs here, so the Containerfile is checked, not built: a build stage makes the
+    sdist, the wheel from it and the dependencies' wheels; the image installs only those,
+    checks the installed command and runs kmigratedd, which the DaemonSet's commands name."""
+    text = (K8S / "Containerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)", text, re.M)
+    assert len(stages) == 2 and all("python:3.11" in st for st in stages), stages
+    build, final = text.split("\nFROM ", 2)[1:]
+    assert "python -m build" in build and "pip wheel" in build and "gcc" in build
+    assert "COPY --from=build /wheels" in final
+    assert "pip install --no-cache-dir --no-index --find-links /wheels kmigratedd" in final
+    assert "kmigratedd --version" in final and "gcc" not in final
+    assert 'ENTRYPOINT ["kmigratedd"]' in final
+    ignore = (REPO / ".dockerignore").read_text().split()
+    assert {"tests", ".git", ".venv"} <= set(ignore)
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "Containerfile" in (K8S / "kustomization.yaml").read_text()
+    assert [i["name"] for i in kust["images"]] == ["kmigratedd"]
 
 
 # --- Grafana ------------------------------------------------------------------------------

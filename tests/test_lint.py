@@ -18,14 +18,14 @@ def tool(name: str) -> str:
     if not path.exists():
         found = shutil.which(name)
         if found is None:
-            pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+            pytest.fail(f"{name} is not installed: bash tests/setup.sh")
         return found
     return str(path)
 
 
 def test_ruff():
     r = subprocess.run([tool("ruff"), "check", "--output-format", "concise", "kmigratedd",
-                        "native/build_shim.py"], cwd=REPO, capture_output=True, text=True)
+                        "native/build_shim.py", "setup.py"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -33,9 +33,3 @@ def test_mypy_strict():
     r = subprocess.run([tool("mypy"), "kmigratedd"], cwd=REPO, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-def test_generated_cffi_wrapper_is_current():
-    r = subprocess.run([sys.executable, "native/build_shim.py", "--check"], cwd=REPO,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr

@@ -166,16 +166,6 @@ def test_count_statuses_tallies_in_c():
     assert c.unknown == 0
 
 
-def test_gil_is_released_during_the_call():
-    """The generated wrapper brackets every call with Py_BEGIN/END_ALLOW_THREADS."""
-    from pathlib import Path
-
-    src = (Path(__file__).resolve().parent.parent / "native" / "_native.c").read_text()
-    body = src[src.index("_cffi_f_km_move_pages"):]
-    body = body[:body.index("\n}\n")]
-    assert "Py_BEGIN_ALLOW_THREADS" in body and "km_move_pages(" in body
-
-
 def test_move_batched_runs_the_calls_back_to_back(pages):
     _, pages = pages
     r = shim.move_batched(0, pages, 0, batch=7)

@@ -34,10 +34,6 @@ else:
     collect_ignore = ["guest"]
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "vm: runs inside the tiered-memory qemu guest (tests/vm)")
-
-
 @pytest.fixture(scope="session")
 def vm_available() -> None:
     """Skip (only) when there is no qemu at all; a missing kernel is a failure, not a skip."""

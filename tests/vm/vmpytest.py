@@ -4,9 +4,11 @@
     res = run_pytest_in_vm("test_move_pages_raw.py", topology="2node", kernel="debian-6.12")
     assert_vm_ok(res)
 
-The guest runs `<sys.executable> -m pytest -p no:cacheprovider -p no:hypothesispytest <abs path>
--q -rfEs` with cwd = the repo root (shared read-write), so sys.executable (the venv python) and the
-installed project are the same inside and outside.
+The guest runs `<sys.executable> -P -m pytest -p no:cacheprovider -p no:hypothesispytest <abs path>
+-q -rfEs` with cwd = the repo root (shared read-write), so sys.executable (the test venv's python,
+outside the source tree, which the guest sees through the read-only host root) and the installed
+kmigratedd are the same inside and outside.  -P keeps the repo root off sys.path, so the guest
+imports the installed package, never ./kmigratedd (tests/conftest.py checks it).
 
 Loading hypothesis' pytest plugin costs 25-40 s per guest under TCG (measured: pytest --co of one
 guest module 32-47 s with it, 8.5 s without), so it is blocked by default; @given still works
@@ -89,7 +91,7 @@ def run_pytest_in_vm(
     root = Path(rootdir) if rootdir else REPO
     targets = [target] if isinstance(target, str) else list(target)
     paths = [_resolve(t, root) for t in targets]
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-P", "-m", "pytest", "-p", "no:cacheprovider"]
     for plugin in disable_plugins:
         cmd += ["-p", f"no:{plugin}"]
     cmd += [

@@ -688,7 +688,8 @@ def run_in_vm(
             "PYTHONUNBUFFERED": "1",
             "TMPDIR": "/tmp",
         }
-        for k in ("VIRTUAL_ENV", "PYENV_VERSION", "PYENV_ROOT"):
+        for k in ("VIRTUAL_ENV", "PYENV_VERSION", "PYENV_ROOT", "PYTHONSAFEPATH",
+                  "KMIGRATEDD_TEST_DIST"):
             if k in os.environ:
                 genv[k] = os.environ[k]
         genv.update(env or {})

@@ -381,26 +381,26 @@ def test_unit_under_systemd(tmp_path: Path) -> None:
     assert Path("/lib/systemd/systemd").exists()
     before = [Path(p).read_text().strip() for p in SYSCTLS]
 
-    # Install the unit as shipped, with ExecStart pointing at the venv's kmigratedd.
-    kmigratedd = Path(sys.executable).with_name("kmigratedd")
+    # Install as the README's systemd recipe says, in the guest's throw-away overlay root:
+    # a venv in /opt/kmigratedd, the commands linked into /usr/local/bin, the shipped config
+    # and the unit as shipped, ExecStart and all.
     unit = UNIT.read_text()
-    assert "ExecStart=/usr/local/bin/kmigratedd " in unit
-    unit = unit.replace("ExecStart=/usr/local/bin/kmigratedd ", f"ExecStart={kmigratedd} ")
-    etc = Path("/etc/systemd/system")  # the guest's / is a throw-away overlay
-    etc.mkdir(parents=True, exist_ok=True)
-    (etc / "kmigratedd.service").write_text(unit)
+    kmigratedd = Path("/usr/local/bin/kmigratedd")
+    assert f"ExecStart={kmigratedd} " in unit
+    install_as_the_readme_says()
+    assert kmigratedd.exists() and os.access(kmigratedd, os.X_OK), kmigratedd
+    etc = Path("/etc/systemd/system")
+    assert (etc / "kmigratedd.service").read_text() == unit
     # Test-only drop-in, nothing of the sandbox is relaxed but ProtectHome for the
     # interpreter: DefaultDependencies=no keeps sysinit.target out (it would run
     # systemd-tmpfiles --remove on the guest's /tmp, systemd-sysctl, udev...), and
     # when the venv's python lives under /root (pyenv) it is bound read-only into
     # the otherwise empty home directories.
-    python_prefix = Path(os.path.realpath(sys.executable)).parents[1]
+    venv_python = Path(os.path.realpath(kmigratedd)).with_name("python3")  # /opt/kmigratedd
+    python_prefix = Path(os.path.realpath(venv_python)).parents[1]
     home = ""
     if str(python_prefix).startswith(("/root/", "/home/")):
         home = f"ProtectHome=tmpfs\nBindReadOnlyPaths={python_prefix}\n"
-    # A checkout under /tmp (a CI clone there): PrivateTmp would hide the venv (203/EXEC).
-    if str(kmigratedd).startswith("/tmp/"):
-        home += "PrivateTmp=no\n"
     (etc / "kmigratedd.service.d").mkdir(exist_ok=True)
     (etc / "kmigratedd.service.d" / "test.conf").write_text(
         f"[Unit]\nDefaultDependencies=no\n[Service]\n{home}")
@@ -473,6 +473,33 @@ workers:
     assert not facts["state_file_after_stop"], facts
 
 
+def readme_systemd_recipe() -> list[str]:
+    """The shell lines of the README's systemd recipe, up to installing the unit."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("### systemd", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [ln.split("#", 1)[0].strip() for ln in block.splitlines()]
+    lines = [ln.replace("sudo ", "") for ln in lines if ln]
+    return [ln for ln in lines if "systemctl" not in ln]
+
+
+def install_as_the_readme_says() -> None:
+    """Run the README's recipe from the repo root.  The guest has no network: `pip install .`
+    takes the wheel tests/setup.sh built from this checkout, and its dependencies, from the
+    local wheelhouse tests/setup.sh filled (KMIGRATEDD_TEST_DIST)."""
+    dist = Path(os.environ["KMIGRATEDD_TEST_DIST"])
+    assert list(dist.glob("wheelhouse/kmigratedd-*.whl")), dist
+    offline = f"pip install --no-index --find-links {dist / 'wheelhouse'} kmigratedd"
+    python3 = os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
+    for line in readme_systemd_recipe():
+        assert "pip install ." in line or "pip install" not in line, line
+        cmd = line.replace("pip install .", offline)
+        cmd = cmd.replace("python3 -m venv", f"{python3} -m venv")
+        r = subprocess.run(cmd, shell=True, cwd=REPO, text=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=600)
+        print(f"$ {cmd}\n{r.stdout}", flush=True)
+        assert r.returncode == 0, (cmd, r.stdout)
+
+
 def _systemd_phase2(out: Path) -> None:
     """Runs inside systemd's pid/mount namespace: start the workload there, then the
     service, and write what was observed to ``out``."""
@@ -531,8 +558,7 @@ def _systemd_phase2(out: Path) -> None:
             facts["sysctls_running"] = [Path(p).read_text().strip() for p in SYSCTLS]
             state = Path("/var/lib/kmigratedd/sysctl-state.json")
             facts["state_file"] = state.read_text() if state.exists() else ""
-            facts["ctl_status_ok"] = "promoting" in sh(
-                f"{Path(sys.executable).with_name('kmigratedctl')} status")
+            facts["ctl_status_ok"] = "promoting" in sh("/usr/local/bin/kmigratedctl status")
             sh("systemctl reload kmigratedd.service")
             facts["reload_active"] = wait_active()
             time.sleep(1)
