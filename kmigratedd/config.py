@@ -397,6 +397,23 @@ def load(path: str | None) -> Config:
     return parse(text, path)
 
 
+# Sections a running daemon cannot change: they size the queues and hold the listening
+# sockets, built once at start.
+RESTART_SECTIONS = ("queues", "metrics", "control")
+
+
+def changed_keys(old: Config, new: Config, sections: tuple[str, ...] = RESTART_SECTIONS
+                 ) -> list[str]:
+    """The dotted keys of ``sections`` whose values differ between two configs."""
+    out: list[str] = []
+    a, b = old.to_dict(), new.to_dict()
+    for section in sections:
+        for key in sorted(set(a[section]) | set(b[section])):
+            if a[section].get(key) != b[section].get(key):
+                out.append(f"{section}.{key}")
+    return out
+
+
 def dump(config: Config) -> str:
     """The effective config as YAML (every key, defaults included)."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)

@@ -1,7 +1,13 @@
 """The composition root: builds every collaborator once and runs the daemon.
 
-    config → topology → per-CPU queues → sampler → node workers (one per fast node)
-                                  → metrics registry + /metrics endpoint → sd_notify
+    config → topology → per-CPU queues ← sampler
+                        per-CPU queues → router → inbox → node worker → move pipeline
+                                                  (one of each per fast node)
+           metrics registry + /metrics endpoint, control socket, sd_notify
+
+Thread pools are created here and nowhere else: one for work off the event loop (the
+router's location queries and the samplers' rounds), one move thread per worker, and
+the copy threads that split a batch for parallel copy.
 
 Lifecycle (as uvicorn): :meth:`Daemon.startup` → :meth:`Daemon.serve` →
 :meth:`Daemon.shutdown`. Shutdown stops the sampler first (restoring any sysctl
@@ -34,11 +40,14 @@ from .kernelfs import KernelFs
 from .metrics import Metrics, MetricsServer, MetricsSources
 from .queues import CandidateQueues
 from .samplers.base import Sampler, SamplerContext
+from .inbox import Inbox
+from .pipeline import IdleCpus, MovePipeline, Mover, ShimMover
+from .router import Router
 from .samplers.perf import online_cpus
 from .scope import Scope
 from .sdnotify import Notifier
 from .topology import Topology, discover, read_node_meminfo
-from .worker import IdleCpus, Mover, NodeWorker, ShimMover
+from .worker import NodeWorker, WorkerStats, inbox_limit
 
 log = logging.getLogger("kmigratedd")
 
@@ -54,6 +63,7 @@ class Daemon:
     queues: CandidateQueues | None = None
     sampler: Sampler | None = None
     workers: dict[int, NodeWorker] = field(default_factory=dict)
+    router: Router | None = None
     metrics: Metrics | None = None
     metrics_server: MetricsServer | None = None
     control: ControlServer | None = None
@@ -65,7 +75,8 @@ class Daemon:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _worker_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    _executor: ThreadPoolExecutor | None = None
+    _router_task: asyncio.Task[None] | None = None
+    _pools: list[ThreadPoolExecutor] = field(default_factory=list)
     _last_reload_error: str = ""
 
     # --- building ----------------------------------------------------------
@@ -93,7 +104,7 @@ class Daemon:
                                       topo.page_size)
         self.metrics = Metrics(MetricsSources(
             fs=self.fs, topology=lambda: self.topology, workers=lambda: self.workers,
-            queues=lambda: self.queues, sampler=lambda: self.sampler,
+            router=lambda: self.router, queues=lambda: self.queues, sampler=lambda: self.sampler,
             paused=lambda: self.paused, dry_run=lambda: self.config.workers.dry_run))
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.listen_address,
@@ -116,35 +127,46 @@ class Daemon:
             self._spawn(self._watchdog_loop(self.notifier.watchdog_s), "watchdog")
         self.notifier.ready(self.status_line())
 
+    def _pool(self, threads: int, name: str) -> ThreadPoolExecutor:
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._pools.append(pool)
+        return pool
+
     def _start_workers(self) -> None:
         assert self.topology is not None and self.queues is not None
-        fast = self.topology.fast_nodes
-        self._executor = ThreadPoolExecutor(max_workers=max(2, 2 * len(fast)),
-                                            thread_name_prefix="kmigratedd-move")
-        self.mover = self.mover or ShimMover()
+        cfg = self.config.workers
+        offload = self._pool(2, "kmigratedd-io")
+        self.mover = self.mover or ShimMover(self._pool(64, "kmigratedd-copy"))
         idle = IdleCpus(self.fs)
-        for node in fast:
-            self.workers[node] = NodeWorker(node, topology=self.topology, queues=self.queues,
-                                            mover=self.mover, cfg=self.config.workers,
-                                            fs=self.fs, executor=self._executor, idle_cpus=idle)
-        for w in self.workers.values():
-            w.peers = dict(self.workers)
+        inboxes: dict[int, Inbox] = {}
+        for node in self.topology.fast_nodes:
+            inboxes[node] = Inbox(inbox_limit(cfg))
+            pipeline = MovePipeline(node, self.mover, WorkerStats(),
+                                    self._pool(1, f"kmigratedd-move{node}"),
+                                    page_size=self.topology.page_size, idle_cpus=idle)
+            w = NodeWorker(node, topology=self.topology, inbox=inboxes[node], pipeline=pipeline,
+                           cfg=cfg, fs=self.fs)
             w.paused = self.paused
-            self._worker_tasks[w.node] = self._spawn(w.run(), f"worker-node{w.node}")
+            self.workers[node] = w
+            self._worker_tasks[node] = self._spawn(w.run(), f"worker-node{node}")
+        self.router = Router(self.queues, inboxes, self.topology, self.mover, cfg,
+                             executor=offload)
+        self.router.paused = self.paused
+        self._router_task = self._spawn(self.router.run(), "router")
 
     # --- running -----------------------------------------------------------
 
     def status_line(self) -> str:
         if not self.workers:
             return "idle: nothing to promote"
-        promoted = sum(w.stats.promoted_pages for w in self.workers.values())
+        promoted = sum(w.snapshot().promoted_pages for w in self.workers.values())
         state = "paused" if self.paused else ("dry-run" if self.config.workers.dry_run
                                               else "promoting")
         name = self.sampler.name if self.sampler else "-"
         return f"{state}; sampler {name}; {promoted} pages promoted"
 
     def _update_rates(self, now: float) -> None:
-        promoted = {n: w.stats.promoted_pages for n, w in self.workers.items()}
+        promoted = {n: w.snapshot().promoted_pages for n, w in self.workers.items()}
         if self._rate_snap is not None:
             then, before = self._rate_snap
             dt = max(now - then, 1e-6)
@@ -173,21 +195,22 @@ class Daemon:
             }
             w = self.workers.get(nid)
             if w is not None:
+                snap = w.snapshot()
                 pps, bps = self._rates.get(nid, (0.0, 0.0))
                 entry.update({
                     "worker": {
-                        "promoted_pages": w.stats.promoted_pages,
+                        "promoted_pages": snap.promoted_pages,
                         "promoted_pages_per_s": round(pps, 1),
                         "promoted_mb_per_s": round(bps / 1e6, 3),
-                        "inbox_pages": w.inbox_pages,
-                        "batches": w.stats.batches,
-                        "errors": {k: v for k, v in sorted(w.stats.outcomes.items())
+                        "inbox_pages": snap.inbox_pages,
+                        "batches": snap.batches,
+                        "errors": {k: v for k, v in sorted(snap.outcomes.items())
                                    if k not in ("moved",)} | {
-                            f"call:{k}": v for k, v in w.stats.whole_call_errors.items()},
-                        "headroom_blocked": w.headroom.blocked,
-                        "dry_run_pages": w.stats.dry_run_pages,
-                        "heartbeat_age_s": round(time.time() - w.stats.heartbeat, 3)
-                        if w.stats.heartbeat else None,
+                            f"call:{k}": v for k, v in snap.whole_call_errors.items()},
+                        "headroom_blocked": snap.headroom_blocked,
+                        "dry_run_pages": snap.dry_run_pages,
+                        "heartbeat_age_s": round(time.time() - snap.heartbeat, 3)
+                        if snap.heartbeat else None,
                     }})
             nodes[str(nid)] = entry
         return {
@@ -240,24 +263,32 @@ class Daemon:
 
     async def _watchdog_loop(self, period_s: float) -> None:
         while True:
-            # Only pet the watchdog while every worker is making rounds.
+            # Only pet the watchdog while the router and every worker are making rounds.
             now = time.time()
-            stale = [n for n, w in self.workers.items()
-                     if w.stats.heartbeat and now - w.stats.heartbeat > period_s]
+            beats = {f"worker for node {n}": w.snapshot().heartbeat
+                     for n, w in self.workers.items()}
+            if self.router is not None:
+                beats["router"] = self.router.stats.heartbeat
+            stale = [who for who, beat in beats.items() if beat and now - beat > period_s]
             if not stale:
                 self.notifier.watchdog()
             else:
-                log.error("worker(s) for node %s stalled; not petting the watchdog", stale)
+                log.error("%s stalled; not petting the watchdog", ", ".join(stale))
             await asyncio.sleep(period_s / 2)
 
     def pause(self) -> None:
         self.paused = True
+        if self.router is not None:
+            self.router.paused = True
         for w in self.workers.values():
             w.paused = True
         log.info("promotion paused")
 
     def resume(self) -> None:
         self.paused = False
+        if self.router is not None:
+            self.router.paused = False
+            self.router.wake()
         for w in self.workers.values():
             w.paused = False
             w.wake()
@@ -268,6 +299,10 @@ class Daemon:
         self.notifier.reloading()
         try:
             cfg = config_mod.load(self.config_path)
+            fixed = config_mod.changed_keys(self.config, cfg)
+            if fixed:
+                raise KmigratedError(f"{', '.join(fixed)}: changed; the running daemon cannot "
+                                     "apply that: restart it")
             topo = self._discover(cfg)
             if topo.targets != (self.topology.targets if self.topology else {}):
                 raise KmigratedError("topology.tiers/promotion_targets change the workers; "
@@ -300,6 +335,8 @@ class Daemon:
         for w in self.workers.values():
             w.configure(cfg.workers)
             w.wake()
+        if self.router is not None:
+            self.router.configure(cfg.workers)
         logsetup.set_level(cfg.log_level)
         log.info("config reloaded from %s", self.config_path or config_mod.DEFAULT_SOURCE)
         self.notifier.ready(self.status_line())
@@ -323,7 +360,9 @@ class Daemon:
                 log.warning("sampler did not stop within %.1fs", timeout)
             except Exception:  # keep shutting down
                 log.exception("sampler stop failed")
-        # Workers finish the batch in flight, then leave.
+        # The router stops taking candidates; workers finish the batch in flight, then leave.
+        if self.router is not None:
+            self.router.stop()
         for w in self.workers.values():
             w.stop()
         pending = [t for t in self._worker_tasks.values() if not t.done()]
@@ -341,12 +380,9 @@ class Daemon:
             await self.metrics_server.stop()
         if self.control is not None:
             await self.control.stop()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        close = getattr(self.mover, "close", None)
-        if close is not None:
-            close()
-        promoted = sum(w.stats.promoted_pages for w in self.workers.values())
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        promoted = sum(w.snapshot().promoted_pages for w in self.workers.values())
         log.info("stopped (%d pages promoted)", promoted)
         self.notifier.close()
 

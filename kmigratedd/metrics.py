@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -27,7 +27,9 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .kernelfs import KernelFs
+from .router import Router
 from .topology import NODE_DIR, Topology, read_node_meminfo
+from .worker import NodeWorker
 
 log = logging.getLogger("kmigratedd.metrics")
 
@@ -47,12 +49,12 @@ class MetricsSources:
 
     fs: KernelFs
     topology: Callable[[], Topology | None]
-    workers: Callable[[], dict[int, Any]] = dict
+    workers: Callable[[], Mapping[int, NodeWorker]] = dict
+    router: Callable[[], Router | None] = lambda: None
     queues: Callable[[], Any] = lambda: None
     sampler: Callable[[], Any] = lambda: None
     paused: Callable[[], bool] = lambda: False
     dry_run: Callable[[], bool] = lambda: False
-    extra: dict[str, Callable[[], float]] = field(default_factory=dict)
 
 
 def read_vmstat(fs: KernelFs, path: str) -> dict[str, int]:
@@ -100,11 +102,13 @@ class KmigratedCollector(Collector):
                                        "(moved, not_moved, or the errno name)",
                                        labels=["node", "reason"])
         whole = CounterMetricFamily("kmigratedd_move_call_errors",
-                                    "move_pages calls that failed as a whole, by errno name",
+                                    "move_pages calls that failed as a whole, by errno name "
+                                    "(node is empty for the router's location queries)",
                                     labels=["node", "reason"])
         dropped = CounterMetricFamily("kmigratedd_worker_dropped_pages",
-                                      "Candidates a worker dropped before moving, by reason",
-                                      labels=["node", "reason"])
+                                      "Candidates dropped before moving, by reason (node is "
+                                      "empty for the router's: below_threshold, on_fast_tier, "
+                                      "gone)", labels=["node", "reason"])
         batches = CounterMetricFamily("kmigratedd_batches", "move_pages batches issued",
                                       labels=["node", "mode"])
         rate_s = CounterMetricFamily("kmigratedd_rate_limited_seconds",
@@ -132,7 +136,7 @@ class KmigratedCollector(Collector):
                                     "1 while the target node is out of headroom",
                                     labels=["node"])
         for node, w in sorted(workers.items()):
-            n, s = str(node), w.stats
+            n, s = str(node), w.snapshot()
             for (src, dst), c in sorted(s.promoted.items()):
                 pages.add_metric([str(src), str(dst)], c)
                 nbytes.add_metric([str(src), str(dst)], c * page)
@@ -140,10 +144,7 @@ class KmigratedCollector(Collector):
                 outcomes.add_metric([n, reason], c)
             for reason, c in sorted(s.whole_call_errors.items()):
                 whole.add_metric([n, reason], c)
-            for reason, c in (("below_threshold", s.below_threshold),
-                              ("on_fast_tier", s.on_fast_tier),
-                              ("gone", s.gone_before_move), ("inbox_full", s.inbox_dropped)):
-                dropped.add_metric([n, reason], c)
+            dropped.add_metric([n, "inbox_full"], s.inbox_dropped)
             batches.add_metric([n, "single"], s.batches - s.parallel_batches)
             batches.add_metric([n, "parallel"], s.parallel_batches)
             rate_s.add_metric([n], s.rate_limited_seconds)
@@ -154,8 +155,17 @@ class KmigratedCollector(Collector):
             retried.add_metric([n, "retried"], s.busy_retried)
             retried.add_metric([n, "dropped"], s.busy_dropped)
             beat.add_metric([n], s.heartbeat)
-            inbox.add_metric([n], w.inbox_pages)
-            blocked.add_metric([n], int(w.headroom.blocked))
+            inbox.add_metric([n], s.inbox_pages)
+            blocked.add_metric([n], int(s.headroom_blocked))
+        router = self.src.router()
+        if router is not None:
+            # Dropped before routing: no target node yet (node="").
+            r = router.stats
+            for reason, c in (("below_threshold", r.below_threshold),
+                              ("on_fast_tier", r.on_fast_tier), ("gone", r.gone_before_move)):
+                dropped.add_metric(["", reason], c)
+            for reason, c in sorted(r.query_errors.items()):
+                whole.add_metric(["", reason], c)
         yield from (pages, nbytes, outcomes, whole, dropped, batches, rate_s, head_s, enomem_s,
                     dry, pingpong, retried, beat, inbox, blocked)
 
@@ -258,7 +268,7 @@ class Metrics:
     def observe(self) -> None:
         """Move the workers' batch observations into the histograms."""
         for node, w in self.sources.workers().items():
-            sizes, durations = w.stats.take_observations()
+            sizes, durations = w.take_observations()
             h1 = self.batch_pages.labels(str(node))
             h2 = self.move_seconds.labels(str(node))
             for v in sizes:

@@ -203,9 +203,6 @@ class RetryOnce:
             self.tried.clear()
         return out
 
-    def succeeded(self, pid: int, addr: int) -> None:
-        self.tried.discard((pid, addr))
-
     def forget_pid(self, pid: int) -> None:
         for key in [k for k in self.pending if k[0] == pid]:
             del self.pending[key]

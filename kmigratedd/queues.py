@@ -7,10 +7,16 @@ queue of the CPU whose ring buffer produced the sample; samplers that are not
 per-CPU (idle pages, DAMON) shard by the CPU the task last ran on. A page seen
 again folds into its candidate (count += weight); a full queue drops its oldest
 entry and counts it, so memory never grows past ``cpus * capacity`` entries.
+
+The native queues have no lock, and every cffi call releases the GIL, so only one
+thread may touch them: the event loop thread that created them. ``push`` and
+``drain`` check it and raise :class:`QueueThreadError` from any other thread;
+samplers compute in their executor and push on the loop.
 """
 
 from __future__ import annotations
 
+import threading
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,6 +27,10 @@ from .shim import PAGE_SIZE, CandidateBatch, NativeQueue, QueueStats
 
 # Bytes one queue entry costs in C: the ring entry plus two index slots.
 ENTRY_BYTES = 40 + 2 * 4
+
+
+class QueueThreadError(RuntimeError):
+    """The per-CPU queues were used from a thread other than their owner's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +56,16 @@ class CandidateQueues:
         self._order = ids
         self._next = 0  # round-robin start for drain fairness
         self._listeners: list[Callable[[], None]] = []
+        self._owner = threading.get_ident()
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._owner:
+            raise QueueThreadError("the candidate queues are used only from the thread "
+                                   "that created them (the event loop's)")
 
     def on_push(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` after every push that adds candidates (from whichever
-        thread pushed): how the node workers sleep until there is work."""
+        """Call ``listener()`` after every push that offers candidates (on the owner
+        thread): how the router sleeps until there is work."""
         self._listeners.append(listener)
 
     @property
@@ -65,6 +81,7 @@ class CandidateQueues:
 
     def push(self, cpu: int, pids: Any, addrs: Any, nodes: Any = None, times: Any = None,
              weights: Any = None) -> int:
+        self._check_thread()
         added = self.queue(cpu).push(pids, addrs, nodes, times, weights)
         if len(addrs):  # coalesced samples count too: they may cross min_samples
             for listener in self._listeners:
@@ -77,6 +94,7 @@ class CandidateQueues:
     def drain(self, max_entries: int) -> list[CandidateBatch]:
         """Take up to ``max_entries`` candidates, oldest first within each CPU, fairly
         across CPUs (each round starts one CPU further)."""
+        self._check_thread()
         batches: list[CandidateBatch] = []
         left = max_entries
         n = len(self._order)

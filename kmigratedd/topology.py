@@ -19,12 +19,11 @@ Debian's 6.1 without HMAT-driven tiers) and individual targets.
 
 from __future__ import annotations
 
-import bisect
 import os
 import re
 from array import array
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import TopologyError
 from .kernelfs import KernelFs, line_with, parse_cpulist
@@ -84,8 +83,6 @@ class Topology:
     targets: Mapping[int, int]  # slow node -> promotion target
     block_size_bytes: int
     page_size: int
-    _pfn_starts: tuple[int, ...] = field(repr=False, default=())
-    _pfn_nodes: tuple[int, ...] = field(repr=False, default=())
 
     def tier_of(self, node: int) -> Tier | None:
         for tier in self.tiers:
@@ -101,16 +98,6 @@ class Topology:
     @property
     def slow_nodes(self) -> tuple[int, ...]:
         return tuple(sorted(self.targets))
-
-    def pfn_to_node(self, pfn: int) -> int | None:
-        """Node holding ``pfn``, from the memory-block links; None if not in any block."""
-        i = bisect.bisect_right(self._pfn_starts, pfn) - 1
-        if i < 0:
-            return None
-        block_pages = self.block_size_bytes // self.page_size
-        if pfn >= self._pfn_starts[i] + block_pages:
-            return None
-        return self._pfn_nodes[i]
 
     def block_node_table(self) -> tuple[int, array[int]]:
         """(block_shift, node of each memory block or -1): PFN/phys → node in C."""
@@ -266,12 +253,6 @@ def _targets(nodes: Mapping[int, Node], tiers: Sequence[Tier],
     return dict(sorted(targets.items()))
 
 
-def _pfn_index(nodes: Mapping[int, Node], block_pages: int) -> tuple[tuple[int, ...],
-                                                                      tuple[int, ...]]:
-    pairs = sorted((b * block_pages, n.id) for n in nodes.values() for b in n.memory_blocks)
-    return tuple(p for p, _ in pairs), tuple(n for _, n in pairs)
-
-
 def discover(fs: KernelFs | None = None, *, tiers: Sequence[Sequence[int]] = (),
              promotion_targets: Mapping[int, int] | None = None,
              page_size: int | None = None) -> Topology:
@@ -294,7 +275,5 @@ def discover(fs: KernelFs | None = None, *, tiers: Sequence[Sequence[int]] = (),
     targets = _targets(nodes, tier_list, promotion_targets or {})
     block_text = fs.read_optional(f"{MEMORY_DIR}/block_size_bytes")
     block_size = int(block_text.strip(), 16) if block_text else 128 << 20
-    starts, owners = _pfn_index(nodes, block_size // page_size)
     return Topology(nodes=nodes, tiers=tuple(tier_list), tier_source=source, targets=targets,
-                    block_size_bytes=block_size, page_size=page_size,
-                    _pfn_starts=starts, _pfn_nodes=owners)
+                    block_size_bytes=block_size, page_size=page_size)

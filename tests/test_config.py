@@ -232,3 +232,11 @@ def test_daemon_refuses_bad_config_before_any_side_effect(tmp_path):
     path.write_text("unknown: 1\n")
     r = run_cli("--config", str(path))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_changed_keys_names_the_sections_a_reload_cannot_apply():
+    old = config.Config()
+    new = config.parse("metrics:\n  port: 9999\nqueues:\n  capacity_per_cpu: 1024\n"
+                       "workers:\n  batch_pages: 64\n", "new.yaml")
+    assert config.changed_keys(old, new) == ["queues.capacity_per_cpu", "metrics.port"]
+    assert config.changed_keys(old, old) == []

@@ -193,3 +193,21 @@ def test_second_daemon_refuses_a_live_socket(daemon, tmp_path):
     assert rc == 1
     assert any("another kmigratedd is listening" in line for line in other.lines)
     assert daemon.sock.exists() and daemon.proc.poll() is None
+
+
+def test_reload_refuses_keys_that_need_a_restart(daemon):
+    """metrics.*, control.* and queues.* are built once at start: a reload that changes one
+    is refused, naming the key, and the running config stays what it was."""
+    s = str(daemon.sock)
+    before = ctl("-s", s, "config").stdout
+    text = daemon.config.read_text()
+    assert "  port: 0\n" in text
+    for new, key in ((text + "queues:\n  capacity_per_cpu: 1024\n", "queues.capacity_per_cpu"),
+                     (text.replace("  port: 0\n", "  port: 0\n  listen_address: 127.0.0.2\n"),
+                      "metrics.listen_address")):
+        daemon.config.write_text(new)
+        r = ctl("-s", s, "reload")
+        assert r.returncode == 1 and f"{key}: changed" in r.stderr, (key, r.stderr)
+        assert ctl("-s", s, "config").stdout == before
+    daemon.config.write_text(text)
+    assert ctl("-s", s, "reload").returncode == 0

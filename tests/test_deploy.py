@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,7 +27,10 @@ from kmigratedd.kernelfs import KernelFs
 from kmigratedd.metrics import Metrics, MetricsSources
 from kmigratedd.queues import CandidateQueues
 from kmigratedd.topology import discover
-from kmigratedd.worker import WorkerStats
+from kmigratedd.inbox import Inbox
+from kmigratedd.pipeline import MovePipeline, ShimMover
+from kmigratedd.router import Router
+from kmigratedd.worker import NodeWorker, WorkerStats, inbox_limit
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -327,12 +331,18 @@ def exported_metric_names() -> set[str]:
     stats.whole_call_errors["ESRCH"] = 1
     stats.batch_sizes.append(3)
     stats.move_durations.append(0.001)
-    worker = SimpleNamespace(stats=stats, inbox_pages=0, headroom=SimpleNamespace(blocked=False))
+    cfg = config_mod.WorkersConfig()
+    pipeline = MovePipeline(0, ShimMover(), stats, ThreadPoolExecutor(1), page_size=4096)
+    inbox = Inbox(inbox_limit(cfg))
+    worker = NodeWorker(0, topology=topo, inbox=inbox, pipeline=pipeline, cfg=cfg, fs=fs)
     sampler = SimpleNamespace(name="hint-faults", stats=lambda: {
         "samples": 5, "samples_lost": 0, "candidates_offered": 3, "throttled": 0})
     queues = CandidateQueues([0, 1], 16, 4096)
+    router = Router(queues, {0: inbox}, topo, ShimMover(), cfg)
+    router.stats.below_threshold = 2
     metrics = Metrics(MetricsSources(fs=fs, topology=lambda: topo, workers=lambda: {0: worker},
-                                     queues=lambda: queues, sampler=lambda: sampler))
+                                     router=lambda: router, queues=lambda: queues,
+                                     sampler=lambda: sampler))
     text = metrics.render().decode()
     names = set()
     for fam in text_string_to_metric_families(text):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 import os
 import subprocess
 import sys
@@ -37,30 +38,20 @@ sys.stdin.readline()
 """
 
 
-class Drainer:
-    """Drains the rings every 2 ms, as the daemon's event loop does on wakeups, so a
-    busy machine (a compiler next door) cannot overflow them during the test."""
+def drain_while(rings: PerfRings, wait: Callable[[], str]) -> str:
+    """Run ``wait`` (a blocking read of the child's output) in a helper thread and drain the
+    rings every 2 ms meanwhile, on this thread, as the daemon's event loop does on wakeups,
+    so a busy machine (a compiler next door) cannot overflow them during the test.  The
+    queues belong to this thread: only their creator may push into them."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    def __init__(self, rings: PerfRings) -> None:
-        import threading
-
-        self.rings = rings
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.rings.drain_all()
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(wait)
+        while not result.done():
+            rings.drain_all()
             time.sleep(0.002)
-
-    def __enter__(self) -> "Drainer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.rings.drain_all()
+        rings.drain_all()
+        return result.result()
 
 
 def ctx_for(cfg: config.Config | None = None) -> SamplerContext:
@@ -92,10 +83,9 @@ def test_page_faults_of_a_child_land_in_the_queues():
                              stdout=subprocess.PIPE, text=True)
     try:
         rings.open()
-        with Drainer(rings):
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            addrs = set(json.loads(child.stdout.readline()))
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        addrs = set(json.loads(drain_while(rings, child.stdout.readline)))
         got = merge(ctx.queues.drain(1 << 20))
         mine = {a for p, a in zip(got.pids, got.addrs) if p == child.pid}
         assert len(mine & addrs) >= 0.99 * len(addrs)
@@ -119,10 +109,9 @@ def test_scope_allow_list_keeps_only_those_pids():
     try:
         rings.set_scope([child.pid])
         rings.open()
-        with Drainer(rings):
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            child.stdout.readline()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        drain_while(rings, child.stdout.readline)
         got = merge(ctx.queues.drain(1 << 20))
         assert set(got.pids) == {child.pid}
         assert rings.stats()["filtered"] >= 0

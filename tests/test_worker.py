@@ -1,4 +1,5 @@
-"""Node workers and policy, driven with a scripted fake mover and a fake clock."""
+"""The router, the node workers, their move pipelines and policy, driven with a scripted
+fake mover and a fake clock."""
 
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ from pathlib import Path
 import pytest
 
 from kmigratedd import config, shim
+from concurrent.futures import ThreadPoolExecutor
+
 from kmigratedd.errors import MovePagesError
+from kmigratedd.inbox import Inbox
 from kmigratedd.kernelfs import KernelFs
+from kmigratedd.pipeline import MovePipeline, ShimMover
 from kmigratedd.policy import HeadroomGuard, PingPongDamper, RetryOnce, TokenBucket
-from kmigratedd.queues import CandidateQueues
-from kmigratedd.topology import discover
-from kmigratedd.worker import NodeWorker, ShimMover
+from kmigratedd.queues import CandidateQueues, QueueThreadError
+from kmigratedd.router import Router
+from kmigratedd.topology import Topology, discover
+from kmigratedd.worker import NodeWorker, WorkerStats, inbox_limit
 
 PAGE = 4096
 BASE = 0x7F0000000000
@@ -87,15 +93,51 @@ def set_free(fs: KernelFs, node: int, free_bytes: int) -> None:
     p.write_text("\n".join(lines) + "\n")
 
 
-def make(fs: KernelFs, mover: FakeMover, clock: Clock, **overrides) -> tuple[NodeWorker,
+def worker(node: int, fs: KernelFs, topo: Topology, mover, cfg, clock) -> NodeWorker:
+    pipeline = MovePipeline(node, mover, WorkerStats(), ThreadPoolExecutor(1),
+                            page_size=topo.page_size)
+    return NodeWorker(node, topology=topo, inbox=Inbox(inbox_limit(cfg)), pipeline=pipeline,
+                      cfg=cfg, fs=fs, clock=clock)
+
+
+class Stage:
+    """A router and one worker for node 0, wired as the daemon wires them; ``step`` runs a
+    router round, then a worker round."""
+
+    def __init__(self, w: NodeWorker, router: Router) -> None:
+        self.w, self.router = w, router
+
+    def __getattr__(self, name: str):
+        return getattr(self.w, name)
+
+    @property
+    def inbox_pages(self) -> int:
+        return self.w.inbox.pages
+
+    async def step(self) -> bool:
+        await self.router.route_once()
+        return await self.w.step()
+
+    async def fill(self) -> int:
+        return await self.router.route_once()
+
+    async def promote_one(self, now: float) -> bool:
+        """The worker's round, with the router taking candidates in while the kernel
+        copies (in the daemon both run on the loop at once)."""
+        done, _ = await asyncio.gather(self.w.promote_one(now), self.router.route_once())
+        return done
+
+
+def make(fs: KernelFs, mover: FakeMover, clock: Clock, **overrides) -> tuple[Stage,
                                                                             CandidateQueues]:
     base = dict(max_wait_ms=100, rate_limit_mb_per_s=0, min_free_bytes=0, resume_free_bytes=0,
                 copy_threads=1)
     cfg = dataclasses.replace(config.WorkersConfig(), **{**base, **overrides})
     topo = discover(fs, page_size=PAGE)
     queues = CandidateQueues([0, 1], 1 << 16, page_size=PAGE)
-    w = NodeWorker(0, topology=topo, queues=queues, mover=mover, cfg=cfg, fs=fs, clock=clock)
-    return w, queues
+    w = worker(0, fs, topo, mover, cfg, clock)
+    router = Router(queues, {0: w.inbox}, topo, mover, cfg, clock=clock)
+    return Stage(w, router), queues
 
 
 def offer(queues: CandidateQueues, pid: int, addrs, cpu: int = 0, weight: int = 1) -> None:
@@ -111,7 +153,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def steps(w: NodeWorker, clock: Clock, n: int, dt: float = 0.0) -> None:
+async def steps(w: Stage, clock: Clock, n: int, dt: float = 0.0) -> None:
     for _ in range(n):
         await w.step()
         clock.t += dt
@@ -216,7 +258,7 @@ def test_candidates_on_the_fast_tier_or_gone_are_dropped(fs):
     offer(q, 5, pages(25))                  # 5 pages not mapped at all
     clock.t += 1
     run(steps(w, clock, 3, dt=1))
-    assert w.stats.on_fast_tier == 10 and w.stats.gone_before_move == 5
+    assert w.router.stats.on_fast_tier == 10 and w.router.stats.gone_before_move == 5
     assert w.stats.promoted_pages == 10
 
 
@@ -227,7 +269,7 @@ def test_hotness_threshold_folds_across_cpus(fs):
     offer(q, 5, pages(4), cpu=0, weight=2)   # 2 samples each...
     offer(q, 5, pages(2), cpu=1, weight=1)   # ...plus 1 for the first two pages
     run(steps(w, clock, 3, dt=1))
-    assert w.stats.promoted_pages == 2 and w.stats.below_threshold == 2
+    assert w.stats.promoted_pages == 2 and w.router.stats.below_threshold == 2
 
 
 def test_rate_limit(fs):
@@ -289,6 +331,22 @@ def test_pingpong_hold_off_in_the_worker(fs):
     assert w.stats.promoted_pages == 16
 
 
+def test_worker_expires_the_pingpong_table(fs):
+    """Promoted pages are remembered only for the ping-pong window: the worker forgets
+    older entries as its rounds go on, so the table does not grow without bound."""
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, pingpong_window_ms=2_000)
+    for i in range(5):
+        mover.place(5 + i, pages(100), 1)
+        offer(q, 5 + i, pages(100))
+        run(steps(w, clock, 2, dt=1))
+    assert w.stats.promoted_pages == 500
+    assert w.damper.size <= 200 and len(w.damper.promoted) <= 2
+    clock.t += 10
+    run(steps(w, clock, 2, dt=1))
+    assert w.damper.size == 0 and not w.damper.promoted
+
+
 def test_busy_retried_once_then_dropped(fs):
     mover, clock = FakeMover(), Clock()
     w, q = make(fs, mover, clock, busy_retry_ms=500)
@@ -336,7 +394,7 @@ def test_vanished_pid_is_forgotten_and_the_worker_goes_on(fs):
     offer(q, 5, pages(4))
     offer(q, 6, pages(4))
     run(steps(w, clock, 3, dt=1))
-    assert w.stats.pids_gone == 1 and w.stats.whole_call_errors["ESRCH"] == 1
+    assert w.router.stats.pids_gone == 1 and w.router.stats.query_errors["ESRCH"] == 1
     assert w.stats.promoted_pages == 4
 
 
@@ -357,10 +415,10 @@ def test_pause_and_resume(fs):
     w, q = make(fs, mover, clock)
     mover.place(5, pages(4), 1)
     offer(q, 5, pages(4))
-    w.paused = True
+    w.w.paused = w.router.paused = True
     run(steps(w, clock, 3, dt=1))
     assert mover.calls == [] and len(q) == 4         # candidates wait (bounded) in the queues
-    w.paused = False
+    w.w.paused = w.router.paused = False
     run(steps(w, clock, 3, dt=1))
     assert w.stats.promoted_pages == 4
 
@@ -375,7 +433,7 @@ def test_dry_run_counts_without_moving(fs):
     assert mover.on(5, pages(10), 1) == 10
 
 
-def test_two_targets_route_to_each_other(tmp_path, data_dir):
+def test_the_router_routes_each_page_to_its_target(tmp_path, data_dir):
     root = tmp_path / "root"
     shutil.copytree(data_dir / "twosocket", root, symlinks=True)
     fs = KernelFs(root)
@@ -384,35 +442,37 @@ def test_two_targets_route_to_each_other(tmp_path, data_dir):
     mover, clock = FakeMover(), Clock()
     cfg = dataclasses.replace(config.WorkersConfig(), rate_limit_mb_per_s=0, min_free_bytes=0,
                               resume_free_bytes=0, max_wait_ms=1)
-    w0 = NodeWorker(0, topology=topo, queues=q, mover=mover, cfg=cfg, fs=fs, clock=clock)
-    w1 = NodeWorker(1, topology=topo, queues=q, mover=mover, cfg=cfg, fs=fs, clock=clock)
-    w0.peers = w1.peers = {0: w0, 1: w1}
+    w0 = worker(0, fs, topo, mover, cfg, clock)
+    w1 = worker(1, fs, topo, mover, cfg, clock)
+    router = Router(q, {0: w0.inbox, 1: w1.inbox}, topo, mover, cfg, clock=clock)
     mover.place(5, pages(4), 2)        # node 2 promotes to node 0
     mover.place(5, pages(4, 4), 3)     # node 3 promotes to node 1
     offer(q, 5, pages(8))
-    run(w0.step())                     # w0 drains everything and routes node 3's pages to w1
+    run(router.route_once())           # one drain, each page to its target's inbox
+    assert w0.inbox.pages == 4 and w1.inbox.pages == 4
+    assert router.stats.routed == {0: 4, 1: 4}
     clock.t += 1
-    run(steps(w0, clock, 2, dt=1))
-    run(steps(w1, clock, 2, dt=1))
+    run(steps(Stage(w0, router), clock, 2, dt=1))
+    run(steps(Stage(w1, router), clock, 2, dt=1))
     assert w0.stats.promoted == {(2, 0): 4} and w1.stats.promoted == {(3, 1): 4}
-    assert w0.stats.routed_to_peer == 4
 
 
 def test_copy_threads_decision(fs):
     mover, clock = FakeMover(), Clock()
     w, _ = make(fs, mover, clock, parallel_min_pages=1024)
-    w.cfg = dataclasses.replace(w.cfg, copy_threads=4)
-    assert w.threads_for(512) == 1 and w.threads_for(4096) == 4
-    w.cfg = dataclasses.replace(w.cfg, copy_threads="auto")
+    p = w.pipeline
+    p.cfg = dataclasses.replace(p.cfg, copy_threads=4)
+    assert p.threads_for(512) == 1 and p.threads_for(4096) == 4
+    p.cfg = dataclasses.replace(p.cfg, copy_threads="auto")
 
     class Idle:
         def idle(self) -> int:
             return 1
 
-    w.idle_cpus = Idle()  # type: ignore[assignment]
-    assert w.threads_for(8192) == 1        # only one idle CPU: no parallel copy
-    w.idle_cpus.idle = lambda: 3           # type: ignore[method-assign]
-    assert w.threads_for(8192) == 3 and w.threads_for(1000) == 1
+    p.idle_cpus = Idle()  # type: ignore[assignment]
+    assert p.threads_for(8192) == 1        # only one idle CPU: no parallel copy
+    p.idle_cpus.idle = lambda: 3           # type: ignore[method-assign]
+    assert p.threads_for(8192) == 3 and p.threads_for(1000) == 1
 
 
 def test_shim_mover_parallel_slices_keep_order():
@@ -425,11 +485,11 @@ def test_shim_mover_parallel_slices_keep_order():
     base = ctypes.addressof(ctypes.c_char.from_buffer(m))
     addrs = array("Q", range(base, base + n * PAGE, PAGE))
     addrs[5] = 4096  # an unmapped page keeps its place in the combined statuses
-    mover = ShimMover()
+    pool = ThreadPoolExecutor(4)
     try:
-        r = mover.move(0, addrs, 0, shim.MPOL_MF_MOVE, threads=4)
+        r = ShimMover(pool).move(0, addrs, 0, shim.MPOL_MF_MOVE, threads=4)
     finally:
-        mover.close()
+        pool.shutdown()
     assert len(r.status) == n and r.status[5] in (-errno.EFAULT, -errno.ENOENT)
     assert [s for i, s in enumerate(r.status) if i != 5] == [0] * (n - 1)
 
@@ -444,48 +504,61 @@ def test_a_backlog_larger_than_the_inbox_is_not_lost(fs):
     offer(q, 5, addrs[:8192], cpu=0)
     offer(q, 5, addrs[8192:], cpu=1)
     run(steps(w, clock, 100, dt=0.2))
-    assert w.stats.inbox_dropped == 0
+    assert w.inbox.dropped == 0
     assert w.stats.promoted_pages == 16384 and mover.on(5, addrs, 0) == 16384
 
 
-def test_inbox_overflow_from_peers_drops_only_the_excess(fs):
-    mover, clock = FakeMover(), Clock()
-    w, _ = make(fs, mover, clock)
-    w.inbox_limit = 100
-    w.accept(5, array("Q", pages(80)), now=1.0)
-    w.accept(6, array("Q", pages(50, 100)), now=2.0)
-    assert w.inbox_pages == 100 and w.stats.inbox_dropped == 30
-    assert len(w.inbox[5]) == 50 and len(w.inbox[6]) == 50
+def test_inbox_overflow_drops_only_the_excess():
+    inbox = Inbox(100)
+    inbox.accept(5, array("Q", pages(80)), now=1.0)
+    inbox.accept(6, array("Q", pages(50, 100)), now=2.0)
+    assert inbox.pages == 100 and inbox.dropped == 30
+    assert len(inbox.keys[5]) == 50 and len(inbox.keys[6]) == 50
 
 
-def test_idle_worker_sleeps_until_a_push_wakes_it(fs):
-    """With nothing queued the loop does not poll: it sleeps until a sampler pushes
-    (from any thread), then promotes at once; stop() ends the sleep too."""
+def test_idle_stages_sleep_until_a_push_wakes_them(fs):
+    """With nothing queued neither the router nor the worker polls: they sleep until a
+    sampler pushes (on the loop), then promote at once; stop() ends the sleep too."""
     mover = FakeMover()
     w, q = make(fs, mover, time.monotonic, batch_pages=64, max_wait_ms=20)
     addrs = pages(64)
     mover.place(5, addrs, 1)
 
-    async def scenario() -> tuple[int, float, float]:
-        task = asyncio.create_task(w.run())
+    async def scenario() -> tuple[int, int, float, float]:
+        tasks = [asyncio.create_task(w.w.run()), asyncio.create_task(w.router.run())]
         await asyncio.sleep(0.5)
-        idle_rounds = w.stats.rounds  # one round, then asleep (no 20 ms polling)
-        loop = asyncio.get_running_loop()
+        # one round each, then asleep (no 20 ms polling)
+        idle_rounds = (w.stats.rounds, w.router.stats.rounds)
         t0 = time.monotonic()
-        # pushed from another thread, as the DAMON and idle samplers' scans do
-        await loop.run_in_executor(None, lambda: offer(q, 5, addrs))
+        offer(q, 5, addrs)
         while w.stats.promoted_pages < 64 and time.monotonic() - t0 < 5:
             await asyncio.sleep(0.001)
         woke_after = time.monotonic() - t0
         t1 = time.monotonic()
-        w.stop()
-        await asyncio.wait_for(task, 2)
-        return idle_rounds, woke_after, time.monotonic() - t1
+        w.w.stop()
+        w.router.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 2)
+        return *idle_rounds, woke_after, time.monotonic() - t1
 
-    idle_rounds, woke_after, stop_after = run(scenario())
-    assert idle_rounds <= 2
+    worker_rounds, router_rounds, woke_after, stop_after = run(scenario())
+    assert worker_rounds <= 2 and router_rounds <= 2
     assert w.stats.promoted_pages == 64 and mover.on(5, addrs, 0) == 64
     assert woke_after < 0.5 and stop_after < 0.5  # not the 1 s idle wake-up
+
+
+def test_queues_refuse_a_push_from_another_thread():
+    """The native queues have no lock: only the thread that created them may use them."""
+    q = CandidateQueues([0], 1 << 10, page_size=PAGE)
+    pool = ThreadPoolExecutor(1)
+    try:
+        with pytest.raises(QueueThreadError):
+            pool.submit(offer, q, 5, pages(4)).result()
+        with pytest.raises(QueueThreadError):
+            pool.submit(q.drain, 10).result()
+    finally:
+        pool.shutdown()
+    offer(q, 5, pages(4))
+    assert len(q) == 4
 
 
 class SlowMover(FakeMover):
@@ -510,7 +583,7 @@ def test_pages_drained_again_while_their_batch_moves_are_not_moved_twice(fs):
         offer(q, 5, a + b)  # the sampler sees the same pages again, and new ones
         await w.promote_one(clock())  # moves a; meanwhile fills a (still on node 1) + b
         # a taken out once moved; b waits (in the inbox, or queued as the next job)
-        waiting = list(w.inbox.get(5, [])) + [k for j in w._jobs for k in j.keys]
+        waiting = list(w.inbox.keys.get(5, [])) + [k for j in w.pipeline.jobs for k in j.keys]
         assert sorted(waiting) == [x | 1 for x in b]
         await w.promote_one(clock())
 
@@ -554,7 +627,7 @@ def test_whole_call_failure_inside_a_burst(fs):
     assert w.stats.promoted_pages == 64 and w.stats.whole_call_errors["ENOMEM"] == 1
     assert w.stats.batches == 2 and w.inbox_pages == 64
     assert w.stats.enomem_backoff_seconds == 0.5
-    assert run(w.step()) is False  # backing off
+    assert run(w.w.step()) is False  # backing off
     clock.t += 1
     run(steps(w, clock, 2))
     assert w.stats.promoted_pages == 128 and mover.on(5, addrs[128:], 0) == 64
@@ -613,7 +686,7 @@ def test_two_jobs_queued_and_pages_drained_again_move_once(fs):
         await w.fill()  # 256 + 64
         offer(q, 5, addrs)
         await w.promote_one(clock())
-        queued = len(w._jobs)
+        queued = len(w.pipeline.jobs)
         for _ in range(6):
             await w.step()
         return queued
@@ -621,4 +694,4 @@ def test_two_jobs_queued_and_pages_drained_again_move_once(fs):
     assert run(scenario()) == 1  # the second job was still queued after the first
     assert sum(c[1] for c in mover.calls) == 320
     assert w.stats.promoted_pages == 320 and w.stats.outcomes["moved"] == 320
-    assert mover.on(5, addrs, 0) == 320 and w.inbox_pages == 0 and not w._jobs
+    assert mover.on(5, addrs, 0) == 320 and w.inbox_pages == 0 and not w.pipeline.jobs

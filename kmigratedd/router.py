@@ -1,0 +1,183 @@
+"""The router: one per daemon, between the per-CPU queues and the node workers.
+
+One round (:meth:`Router.route_once`):
+
+1. **drain** up to a few batches of candidates from every CPU's queue, never more than
+   the inboxes have room for (what stays in the queues is bounded there and counted if
+   dropped);
+2. **fold** them in C: sort by (pid, page), add up the counts of a page seen on several
+   CPUs, and drop those below the hotness threshold (``workers.min_samples``);
+3. **locate** every page with one move_pages query per pid (in the executor). The
+   router owns page location: it is the only stage that asks where a page is, right
+   before the page is routed, so a page the kernel moved meanwhile is not counted as
+   promoted by us;
+4. **route** each page that sits on a node with a promotion target into the inbox of
+   that target's worker, with the source node in the key's low bits. Pages already on
+   the fast tier and pages that are gone are counted and dropped; a process that
+   exited is forgotten by every inbox.
+
+The queues and the inboxes live on the event loop thread; so does the router, except
+for the query, which runs in the executor on arrays the loop no longer touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from . import shim
+from .config import WorkersConfig
+from .errors import MovePagesError
+from .inbox import Inbox
+from .pipeline import Mover
+from .queues import CandidateQueues, merge
+from .topology import Topology
+
+log = logging.getLogger("kmigratedd.router")
+
+# With nothing queued the router sleeps until a sampler pushes, waking this often
+# only to stamp its heartbeat.
+IDLE_WAKE_S = 1.0
+# Batches drained per round: the router drains at most this many worker batches.
+MAX_BURST = 4
+
+
+@dataclass
+class RouterStats:
+    """Counters of the router (exported as metrics)."""
+
+    rounds: int = 0
+    candidates: int = 0            # drained from the queues
+    below_threshold: int = 0       # folded count under min_samples
+    on_fast_tier: int = 0          # already on a node with no target
+    gone_before_move: int = 0      # query said -EFAULT/-ENOENT
+    routed: Counter[int] = field(default_factory=Counter)  # target node -> pages
+    pids_gone: int = 0
+    query_errors: Counter[str] = field(default_factory=Counter)  # whole-call, by errno name
+    heartbeat: float = 0.0         # time.time() of the last round
+
+
+class Router:
+    def __init__(self, queues: CandidateQueues, inboxes: Mapping[int, Inbox], topology: Topology,
+                 mover: Mover, cfg: WorkersConfig, *, executor: Executor | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.queues = queues
+        self.inboxes = dict(inboxes)
+        self.mover = mover
+        self.executor = executor
+        self.clock = clock
+        self.cfg = cfg
+        self.stats = RouterStats()
+        size = max(topology.nodes, default=0) + 1
+        self.target_of_node = array("i", [-1]) * size
+        for src, dst in topology.targets.items():
+            self.target_of_node[src] = dst
+        self.paused = False  # while promotion is paused, candidates wait in the queues
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+
+    def configure(self, cfg: WorkersConfig) -> None:
+        self.cfg = cfg
+
+    async def run(self) -> None:
+        self._wake = wake = asyncio.Event()
+        self.queues.on_push(wake.set)
+        for inbox in self.inboxes.values():
+            inbox.on_room(wake.set)
+        while not self._stopping:
+            wake.clear()
+            try:
+                routed = await self.route_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the router never dies of one bad round
+                self.stats.query_errors["internal"] += 1
+                log.exception("router: round failed")
+                routed = 0
+            if routed and len(self.queues) and self._room():
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), IDLE_WAKE_S)
+            except TimeoutError:
+                pass
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake()
+
+    def _room(self) -> int:
+        return max((i.room for i in self.inboxes.values()), default=0)
+
+    async def route_once(self) -> int:
+        """Drain, fold, locate and route one burst; returns the candidates drained."""
+        self.stats.rounds += 1
+        self.stats.heartbeat = time.time()
+        want = min(MAX_BURST * self.cfg.batch_pages, self._room())
+        if want <= 0 or self.paused:
+            return 0
+        batches = self.queues.drain(want)
+        if not batches:
+            return 0
+        b = merge(batches)
+        n0 = len(b)
+        self.stats.candidates += n0
+        self.stats.below_threshold += shim.cand_prepare(b.pids, b.addrs, b.counts,
+                                                        self.cfg.min_samples)
+        pids, addrs = b.pids, b.addrs
+        if not len(pids):
+            return n0
+        starts = list(shim.runs(pids)) + [len(pids)]
+        runs = [(pids[starts[i]], addrs[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)]
+        loop = asyncio.get_running_loop()
+        queried = await loop.run_in_executor(self.executor, self._query_runs, runs)
+        now = self.clock()
+        for pid, run_addrs, status, err in queried:
+            if status is None:
+                self._count_query_error(pid, err)
+                continue
+            tgt = array("i", [0]) * len(status)
+            shim.cand_targets(status, self.target_of_node, tgt)
+            # Tally the targets in C: -1 (fast tier) and -2 (gone) land in by_errno.
+            counts = shim.count_statuses(tgt)
+            self.stats.on_fast_tier += counts.by_errno.get(1, 0)
+            self.stats.gone_before_move += counts.by_errno.get(2, 0)
+            for dst in counts.by_node:
+                inbox = self.inboxes.get(dst)
+                if inbox is None:
+                    continue
+                keys = shim.keys_for(run_addrs, status, tgt, dst)
+                self.stats.routed[dst] += len(keys)
+                inbox.accept(pid, keys, now)
+        return n0
+
+    def _query_runs(self, runs: list[tuple[int, array[int]]]
+                    ) -> list[tuple[int, array[int], array[int] | None, MovePagesError | None]]:
+        """On the executor: where each run's pages are now."""
+        out: list[tuple[int, array[int], array[int] | None, MovePagesError | None]] = []
+        for pid, addrs in runs:
+            try:
+                out.append((pid, addrs, self.mover.query(pid, addrs), None))
+            except MovePagesError as exc:
+                out.append((pid, addrs, None, exc))
+        return out
+
+    def _count_query_error(self, pid: int, exc: MovePagesError | None) -> None:
+        code = exc.errno if exc is not None else 0
+        self.stats.query_errors[errno.errorcode.get(code or 0, str(code))] += 1
+        self.stats.pids_gone += 1
+        for inbox in self.inboxes.values():
+            inbox.forget_pid(pid)
+        # A process that exited fails with ESRCH, or EINVAL while its mm is going away.
+        if code not in (errno.ESRCH, errno.EINVAL):
+            log.warning("router: move_pages query of pid %d: %s", pid, exc)
