@@ -34,25 +34,35 @@ class Daemon:
                                      text=True)
         self.lines: list[str] = []
         self._seen = 0
+        self._eof = False
+        self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
 
     def wait_for(self, text: str, timeout: float = 20) -> list[str]:
         """Wait for a new line containing ``text``; return the lines logged so far."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i in range(self._seen, len(self.lines)):
-                if text in self.lines[i]:
-                    self._seen = i + 1
-                    return list(self.lines)
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
+        with self._cond:
+            while True:
+                for i in range(self._seen, len(self.lines)):
+                    if text in self.lines[i]:
+                        self._seen = i + 1
+                        return list(self.lines)
+                self._seen = max(self._seen, len(self.lines))
+                left = deadline - time.monotonic()
+                if self._eof or left <= 0:
+                    break
+                self._cond.wait(left)
         raise AssertionError(f"{text!r} not logged; got:\n" + "\n".join(self.lines))
 
     def close(self) -> None:

@@ -11,17 +11,11 @@ from kmigratedd.scope import Scope
 
 
 def spawn(name: str) -> subprocess.Popen[bytes]:
-    # exec -a sets argv[0]; comm comes from the executable, so set it with prctl.
-    code = ("import ctypes,time; ctypes.CDLL(None).prctl(15, ctypes.c_char_p(%r), 0, 0, 0); "
-            "time.sleep(60)" % name.encode())
-    p = subprocess.Popen([sys.executable, "-c", code])
-    for _ in range(200):
-        try:
-            if open(f"/proc/{p.pid}/comm").read().strip() == name:
-                break
-        except FileNotFoundError:
-            pass
-        time.sleep(0.01)
+    """A child whose comm is ``name`` (prctl PR_SET_NAME); it says when it is set."""
+    code = ("import ctypes,sys,time; ctypes.CDLL(None).prctl(15, ctypes.c_char_p(%r), 0, 0, 0); "
+            "print('named', flush=True); time.sleep(60)" % name.encode())
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"named\n"
     return p
 
 

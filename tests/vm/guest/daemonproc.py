@@ -33,6 +33,8 @@ class DaemonProcess:
         self.lines: list[str] = []
         self.port: int | None = None
         self._echo = echo or (lambda line: sys.stderr.write(f"[kmigratedd] {line}\n"))
+        self._cond = threading.Condition()
+        self._eof = False
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
 
@@ -40,22 +42,30 @@ class DaemonProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             line = line.rstrip("\n")
-            self.lines.append(line)
             self._echo(line)
-            if "metrics on http://" in line:
-                self.port = int(line.rsplit(":", 1)[1].split("/")[0])
+            with self._cond:
+                if "metrics on http://" in line:
+                    self.port = int(line.rsplit(":", 1)[1].split("/")[0])
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
 
     def wait_for(self, text: str, timeout: float = 60) -> str:
+        """The first line logged so far that contains ``text``, waiting for it."""
         deadline = time.monotonic() + timeout
         seen = 0
-        while time.monotonic() < deadline:
-            for line in self.lines[seen:]:
-                if text in line:
-                    return line
-            seen = len(self.lines)
-            if self.proc.poll() is not None and not self._t.is_alive():
-                break
-            time.sleep(0.05)
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if text in line:
+                        return line
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if self._eof or left <= 0:
+                    break
+                self._cond.wait(left)
         raise AssertionError(f"{text!r} not logged:\n" + "\n".join(self.lines[-30:]))
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
