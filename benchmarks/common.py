@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".venv"
+
+
+def _test_venv() -> Path:
+    """The venv tests/setup.sh installs the wheel of this checkout into (outside the tree)."""
+    out = subprocess.run(["bash", str(REPO / "tests" / "setup.sh"), "--print-venv"],
+                         capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+VENV = _test_venv()
 VENV_PY = VENV / "bin" / "python"
 RESULTS = REPO / "benchmarks" / "results"
 RAW = RESULTS / "raw"
@@ -40,12 +49,14 @@ PASS_RATE_CAVEAT = (
 
 
 def ensure_venv() -> None:
-    """Re-run this script with the project's venv (the guest uses it too)."""
-    if not VENV_PY.exists() or not (VENV / "bin" / "kmigratedd").exists():
-        sys.exit(f"{REPO}/.venv with kmigratedd installed is missing: run "
-                 f"'sudo bash tests/setup.sh' once (apt packages for the VM, the venv)")
+    """Re-run this script with the venv that holds the installed kmigratedd of this
+    checkout (tests/setup.sh builds the wheel and installs it; the guest uses it too)."""
     if Path(sys.prefix).resolve() != VENV.resolve():
-        os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])
+        print("benchmarks: tests/setup.sh (apt packages for the VM, the wheel in "
+              f"{VENV})", flush=True)
+        subprocess.run(["bash", str(REPO / "tests" / "setup.sh")], check=True)
+        env = dict(os.environ, PYTHONSAFEPATH="1")
+        os.execve(str(VENV_PY), [str(VENV_PY), *sys.argv], env)
 
 
 def ensure_matplotlib() -> Any:
@@ -53,7 +64,7 @@ def ensure_matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
-        print("benchmarks: matplotlib is missing; installing it into .venv "
+        print(f"benchmarks: matplotlib is missing; installing it into {VENV} "
               "(pip install matplotlib)", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=True)
         import matplotlib

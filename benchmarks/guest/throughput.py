@@ -41,7 +41,10 @@ from kmigratedd import config, shim
 from kmigratedd.queues import CandidateQueues
 from kmigratedd.samplers.perf import online_cpus
 from kmigratedd.topology import discover
-from kmigratedd.worker import NodeWorker, ShimMover
+from kmigratedd.inbox import Inbox
+from kmigratedd.pipeline import MovePipeline, ShimMover
+from kmigratedd.router import Router
+from kmigratedd.worker import NodeWorker, WorkerStats, inbox_limit
 
 SRC, DST = 1, 0
 
@@ -108,12 +111,13 @@ def memcpy_once(size: int, threads: int) -> dict[str, Any]:
 
 
 def effective_threads(kind: str, batch: int, threads: int) -> int:
-    """ShimMover splits only batches of at least 2 pages per thread (worker.py)."""
+    """ShimMover splits only batches of at least 2 pages per thread (pipeline.py)."""
     return threads if batch >= 2 * threads else 1
 
 
 def bench_moves(a: argparse.Namespace) -> list[dict[str, Any]]:
-    mover = ShimMover(max_threads=max(a.threads))
+    copy_pool = ThreadPoolExecutor(max(a.threads), thread_name_prefix="bench-copy")
+    mover = ShimMover(copy_pool)
     # Warm the copy-thread pool so its creation is not timed.
     with Buffer(64 * PAGE, SRC) as w:
         mover.move(0, w.pages(), DST, shim.MPOL_MF_MOVE, 2)
@@ -145,7 +149,7 @@ def bench_moves(a: argparse.Namespace) -> list[dict[str, Any]]:
             say(f"  [{done:3d}/{total}] rep {rep + 1}/{a.reps} {kind:6} batch {batch:5d} "
                 f"threads {th}: {r['bytes'] / MiB:4.0f} MiB in {r['seconds']:7.3f} s = "
                 f"{gbs:6.3f} GB/s  ({time.monotonic() - t_start:5.0f} s)")
-    mover.close()
+    copy_pool.shutdown()
     rows = []
     for (kind, batch, th), rs in samples.items():
         gbs = [r["bytes"] / r["seconds"] / 1e9 for r in rs]
@@ -159,7 +163,7 @@ def bench_moves(a: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-# --- 2. pipeline (queues + NodeWorker) vs raw shim -------------------------------------
+# --- 2. pipeline (queues + router + NodeWorker) vs raw shim ----------------------------
 
 
 def raw_once(n_pages: int, batch: int) -> float:
@@ -215,13 +219,18 @@ def pipeline_once(n_pages: int, timeout: float) -> tuple[float, dict[str, Any]]:
             part = addrs[i * per:(i + 1) * per]
             queues.push(cpu, array("i", [pid]) * len(part), part, array("i", [SRC]) * len(part))
         mover = TimedMover()
-        executor = ThreadPoolExecutor(2, thread_name_prefix="bench-worker")  # as the daemon
-        worker = NodeWorker(DST, topology=topo, queues=queues, mover=mover, cfg=cfg, fs=g.FS,
-                            executor=executor)
+        # The stages and thread pools as the daemon builds them.
+        offload = ThreadPoolExecutor(2, thread_name_prefix="bench-io")
+        move_thread = ThreadPoolExecutor(1, thread_name_prefix="bench-move")
+        inbox = Inbox(inbox_limit(cfg))
+        worker = NodeWorker(DST, topology=topo, inbox=inbox, cfg=cfg, fs=g.FS,
+                            pipeline=MovePipeline(DST, mover, WorkerStats(), move_thread,
+                                                  page_size=topo.page_size))
+        router = Router(queues, {DST: inbox}, topo, mover, cfg, executor=offload)
 
         async def drive() -> float:
             t0 = time.perf_counter()
-            task = asyncio.create_task(worker.run())
+            tasks = [asyncio.create_task(worker.run()), asyncio.create_task(router.run())]
             deadline = t0 + timeout
             idle_since = None
             # Polled coarsely (every poll wakes the loop the worker runs on); the
@@ -229,7 +238,7 @@ def pipeline_once(n_pages: int, timeout: float) -> tuple[float, dict[str, Any]]:
             while worker.stats.promoted_pages < n_pages and time.perf_counter() < deadline:
                 await asyncio.sleep(0.02)
                 # Everything drained and nothing waiting: the rest was dropped.
-                if len(queues) == 0 and worker.inbox_pages == 0:
+                if len(queues) == 0 and inbox.pages == 0:
                     idle_since = idle_since or time.perf_counter()
                     if time.perf_counter() - idle_since > 2.0:
                         break
@@ -239,16 +248,17 @@ def pipeline_once(n_pages: int, timeout: float) -> tuple[float, dict[str, Any]]:
             if worker.stats.promoted_pages >= n_pages:
                 dt = mover.last_end - t0
             worker.stop()
-            await task
+            router.stop()
+            await asyncio.gather(*tasks)
             return dt
 
         dt = asyncio.run(drive())
-        executor.shutdown()
-        mover.close()
+        offload.shutdown()
+        move_thread.shutdown()
         on_dst = g.count_on(pid, addrs, DST)
         s = worker.stats
         info = {"pages": n_pages, "promoted": s.promoted_pages, "on_node0": on_dst,
-                "inbox_dropped": s.inbox_dropped, "batches": s.batches, "rounds": s.rounds,
+                "inbox_dropped": inbox.dropped, "batches": s.batches, "rounds": s.rounds,
                 "move_seconds": s.move_seconds, "call_seconds": mover.call_seconds,
                 "seconds": dt, "outcomes": dict(s.outcomes),
                 "complete": on_dst == n_pages}
@@ -273,7 +283,7 @@ def bench_pipeline(a: argparse.Namespace) -> dict[str, Any]:
         raw.append(r)
         pipe.append(p)
         say(f"  pipeline rep {rep + 1}/{a.pipeline_reps}: raw shim.move x512 {r:8.0f} pages/s, "
-            f"queues + NodeWorker {p:8.0f} pages/s, ratio {p / r:.3f} "
+            f"queues + router + NodeWorker {p:8.0f} pages/s, ratio {p / r:.3f} "
             f"(worker: {info['batches']} batches, {info['call_seconds']:.2f} s in move_pages "
             f"calls, {info['move_seconds']:.2f} s awaiting them, of {info['seconds']:.2f} s; "
             f"raw: {n / r:.2f} s)")
@@ -428,7 +438,7 @@ def main() -> int:
         out["moves"] = bench_moves(a)
         g.dump(a.out, out)
     if "pipeline" not in skip:
-        say("== pipeline (CandidateQueues + NodeWorker) vs raw batched shim.move ==")
+        say("== pipeline (CandidateQueues + Router + NodeWorker) vs raw batched shim.move ==")
         out["pipeline"] = bench_pipeline(a)
         g.dump(a.out, out)
     if "idle" not in skip:
