@@ -408,12 +408,6 @@ def perf_open(type_: int, config: int, sample_type: int, *, cpu: int, pid: int =
     return int(fd)
 
 
-def perf_enable(fd: int, enable: bool = True) -> None:
-    rc = lib.km_perf_enable(fd, int(enable))
-    if rc < 0:
-        raise OSError(-rc, f"perf ioctl {'enable' if enable else 'disable'}: {os.strerror(-rc)}")
-
-
 def perf_drain(ring: Any, sample_type: int, out: SampleBuffer, stats: Any) -> int:
     """Decode records from a perf ring (an mmap or any writable buffer) into ``out``.
 

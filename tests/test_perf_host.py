@@ -16,10 +16,11 @@ import pytest
 from kmigratedd import config, samplers, shim
 from kmigratedd.errors import SamplerUnavailableError
 from kmigratedd.kernelfs import KernelFs
+from kmigratedd.procfs import online_cpus
 from kmigratedd.queues import CandidateQueues, merge
 from kmigratedd.samplers.base import SamplerContext
 from kmigratedd.samplers.perf import (HINT_FAULT_SAMPLE_TYPE, PERF_COUNT_SW_PAGE_FAULTS,
-                                      PERF_TYPE_SOFTWARE, PerfRings, online_cpus)
+                                      PERF_TYPE_SOFTWARE, PerfRings)
 from kmigratedd.scope import Scope
 from kmigratedd.topology import discover
 

@@ -81,7 +81,7 @@ from typing import Any
 from .. import shim
 from ..errors import SamplerUnavailableError
 from ..kernelfs import KernelFs
-from ..queues import last_cpu
+from ..procfs import last_cpu
 from .base import SamplerContext
 
 log = logging.getLogger("kmigratedd.sampler")

@@ -23,7 +23,7 @@ Every per-page step is one C call over the whole piece or batch
 
 A page is **hot** when it was accessed in at least ``sampler.idle.hot_rounds`` of
 its last ``sampler.idle.history_rounds`` observations.  Hot pages are pushed into
-the queue of the CPU the task last ran on (``queues.last_cpu``), with the node
+the queue of the CPU the task last ran on (``procfs.last_cpu``), with the node
 they are on and weight = the number of accessed rounds in the history.  The
 sampler never migrates anything.
 
@@ -145,8 +145,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .. import shim
-from ..kernelfs import KernelFs
-from ..queues import last_cpu
+from ..procfs import has_capability, last_cpu, start_time
 from .base import SamplerContext
 
 log = logging.getLogger("kmigratedd.sampler")
@@ -227,7 +226,7 @@ class _Chunk:
 @dataclass
 class _Proc:
     pid: int
-    start_time: str
+    start_time: int
     chunks: dict[int, _Chunk] = field(default_factory=dict)
     visited: set[int] = field(default_factory=set)  # chunks seen since the pass began
     slow_seen: set[int] = field(default_factory=set)  # ... holding a slow-tier page
@@ -331,7 +330,7 @@ class IdleSampler:
                     f"{BITMAP} is missing")
         if not os.access(ctx.fs.path(BITMAP), os.R_OK | os.W_OK):
             return f"reading and writing {BITMAP} needs root"
-        if not _has_cap(ctx.fs, CAP_SYS_ADMIN):
+        if not has_capability(ctx.fs, CAP_SYS_ADMIN):
             return ("/proc/PID/pagemap hides PFNs without CAP_SYS_ADMIN: run kmigratedd as root "
                     "or grant it CAP_SYS_ADMIN")
         if not ctx.topology.targets:
@@ -341,11 +340,10 @@ class IdleSampler:
     def open(self) -> None:
         """Open the bitmap (and kpageflags if there is one); start() does this."""
         if self._bitmap_fd is None:
-            self._bitmap_fd = os.open(self.ctx.fs.path(BITMAP), os.O_RDWR | os.O_CLOEXEC)
+            self._bitmap_fd = self.ctx.fs.open(BITMAP, os.O_RDWR)
         if self._kpageflags_fd is None:
             try:
-                self._kpageflags_fd = os.open(self.ctx.fs.path(KPAGEFLAGS),
-                                              os.O_RDONLY | os.O_CLOEXEC)
+                self._kpageflags_fd = self.ctx.fs.open(KPAGEFLAGS, os.O_RDONLY)
             except OSError as exc:
                 log.info("idle sampler: %s unreadable (%s): huge pages are recognised by their "
                          "PFN pattern alone", KPAGEFLAGS, exc.strerror)
@@ -471,12 +469,14 @@ class IdleSampler:
         """Scan [lo, hi) of pid's mappings; returns where the budget stopped it, or None."""
         fs = self.ctx.fs
         try:
-            start_time = _start_time(fs, pid)
+            started = start_time(fs, pid)
+            if started is None:
+                raise _PidGone
             proc = self._procs.get(pid)
-            if proc is None or proc.start_time != start_time:
-                proc = self._procs[pid] = _Proc(pid, start_time)
+            if proc is None or proc.start_time != started:
+                proc = self._procs[pid] = _Proc(pid, started)
             maps = parse_maps(fs.read(f"/proc/{pid}/maps"))
-            fd = os.open(fs.path(f"/proc/{pid}/pagemap"), os.O_RDONLY | os.O_CLOEXEC)
+            fd = fs.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
         except (FileNotFoundError, ProcessLookupError, _PidGone):
             self._gone(pid)
             return None
@@ -666,23 +666,3 @@ class IdleSampler:
         self.counters["errors"] += 1
         log.debug("idle sampler: pid %d: %s", pid, exc)
 
-
-def _start_time(fs: KernelFs, pid: int) -> str:
-    """Field 22 of /proc/PID/stat (tells a reused pid from the process we knew)."""
-    text = fs.read_optional(f"/proc/{pid}/stat")
-    if text is None:
-        raise _PidGone
-    fields = text[text.rfind(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else ""
-
-
-def _has_cap(fs: KernelFs, cap: int) -> bool:
-    """Whether this process has ``cap`` in its effective set (True if it cannot tell)."""
-    text = fs.read_optional("/proc/self/status") or ""
-    for line in text.splitlines():
-        if line.startswith("CapEff:"):
-            try:
-                return bool(int(line.split()[1], 16) >> cap & 1)
-            except (IndexError, ValueError):
-                return True
-    return True

@@ -27,7 +27,8 @@ import re
 from array import array
 
 from .. import shim
-from ..kernelfs import KernelFs, line_with, parse_cpulist
+from ..kernelfs import KernelFs
+from ..procfs import online_cpus, vmstat
 from ..sysctl import SysctlGuard
 from .base import SamplerContext
 
@@ -56,23 +57,6 @@ def perf_error_hint(err: int) -> str:
     if err == errno.EMFILE:
         return "out of file descriptors (one event per CPU): raise LimitNOFILE"
     return os.strerror(err)
-
-
-def online_cpus(fs: KernelFs) -> list[int]:
-    text = fs.read_optional("/sys/devices/system/cpu/online")
-    return sorted(parse_cpulist(text)) if text else list(range(os.cpu_count() or 1))
-
-
-def vmstat(fs: KernelFs, *keys: str) -> dict[str, int]:
-    """The named counters of /proc/vmstat (found by search: the file has ~180 lines and
-    the hint-fault sampler reads it every second)."""
-    text = "\n" + (fs.read_optional("/proc/vmstat") or "")
-    out: dict[str, int] = {}
-    for k in keys:
-        line = line_with(text, f"\n{k} ")
-        if line is not None:
-            out[k] = int(line[len(k) + 1:])
-    return out
 
 
 class PerfRings:
