@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -38,30 +38,17 @@ sys.stdin.readline()
 """
 
 
-class Drainer:
-    """Drains the rings every 2 ms, as the daemon's event loop does on wakeups, so a
-    busy machine (a compiler next door) cannot overflow them during the test."""
-
-    def __init__(self, rings: PerfRings) -> None:
-        import threading
-
-        self.rings = rings
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.rings.drain_all()
-            time.sleep(0.002)
-
-    def __enter__(self) -> "Drainer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.rings.drain_all()
+def drain_until_line(rings: PerfRings, child: subprocess.Popen[str]) -> str:
+    """Drain the rings every 2 ms until the child prints a line, and return it.  The
+    queues are pushed from one thread only, this one, as the daemon's event loop does
+    on wakeups; draining this often keeps a busy machine (a compiler next door) from
+    overflowing the rings during the test."""
+    assert child.stdout is not None
+    while not select.select([child.stdout], [], [], 0.002)[0]:
+        rings.drain_all()
+    line = child.stdout.readline()
+    rings.drain_all()
+    return line
 
 
 def ctx_for(cfg: config.Config | None = None) -> SamplerContext:
@@ -93,10 +80,9 @@ def test_page_faults_of_a_child_land_in_the_queues():
                              stdout=subprocess.PIPE, text=True)
     try:
         rings.open()
-        with Drainer(rings):
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            addrs = set(json.loads(child.stdout.readline()))
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        addrs = set(json.loads(drain_until_line(rings, child)))
         got = merge(ctx.queues.drain(1 << 20))
         mine = {a for p, a in zip(got.pids, got.addrs) if p == child.pid}
         assert len(mine & addrs) >= 0.99 * len(addrs)
@@ -120,10 +106,9 @@ def test_scope_allow_list_keeps_only_those_pids():
     try:
         rings.set_scope([child.pid])
         rings.open()
-        with Drainer(rings):
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            child.stdout.readline()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        drain_until_line(rings, child)
         got = merge(ctx.queues.drain(1 << 20))
         assert set(got.pids) == {child.pid}
         assert rings.stats()["filtered"] >= 0
