@@ -18,8 +18,8 @@ from .config import ScopeConfig
 from .kernelfs import KernelFs
 
 # Whether a pid is a kernel thread or a user process is remembered (a server has
-# hundreds of kernel threads, and reading each one's /proc/PID/stat every round was most
-# of an idle daemon's CPU); a pid that leaves the listing is forgotten, and the memory
+# hundreds of kernel threads, and reading each one's /proc/PID/stat every round would be
+# most of an idle daemon's CPU); a pid that leaves the listing is forgotten, and the memory
 # is rebuilt every this many listings in case a pid was reused between two of them.
 KTHREAD_CACHE_LISTINGS = 60
 

@@ -27,8 +27,8 @@ the queue of the CPU the task last ran on (``procfs.last_cpu``), with the node
 they are on and weight = the number of accessed rounds in the history.  The
 sampler never migrates anything.
 
-Kernel behaviour it is built around (mm/page_idle.c, Linux 6.12; measured in the
-tiered VM, tests/vm/guest/test_sampler_idle.py):
+Kernel behaviour it is built around (mm/page_idle.c, Linux 6.12; shown in the
+tiered VM by tests/vm/guest/test_sampler_idle.py):
 
 - **Only LRU folios take the idle bit, and only through their head page.**
   ``page_idle_get_folio()`` returns nothing for a tail page or a folio that is
@@ -72,8 +72,8 @@ tiered VM, tests/vm/guest/test_sampler_idle.py):
   ``shim.idle_test`` reads windows of 512 bitmap words starting at the first PFN
   it needs: given PFNs in virtual-address order that *descend* (common once
   memory has been reused), every step re-reads an overlapping window and
-  re-walks every idle page in it — measured 16.6 s instead of 0.09 s for 32768
-  pages in the VM.  So a batch whose PFNs descend more than 16 times (memory
+  re-walks every idle page in it (benchmarks/results/samplers.md has the
+  figures).  So a batch whose PFNs descend more than 16 times (memory
   that has been reused or migrated) is sorted by PFN before it is tested and
   marked (a radix sort of PFN << 24 | position in C, judged on every 16th PFN),
   and the results are put back in address order; a batch in (nearly)
