@@ -4,12 +4,16 @@ asynchronously and in batches.
 Map of the package (data flows one way: sampler → queues → workers → shim):
 
 - ``kernelfs.py``  the seam for /sys and /proc (root as a parameter, recorded writes)
+- ``procfs.py``    readers of /proc over it: PID stat fields, vmstat, online CPUs
 - ``topology.py``  nodes, memory tiers, HMAT, PFN → node, promotion targets
 - ``shim.py``      the only importer of the native extension (``native/``): batched
                    move_pages(2), statuses as data, whole-call failures as OSError
-- ``samplers/``    the Sampler protocol and name → factory table with ``auto``
-                   (``base.py``, ``__init__.py``); ``perf.py``: hint-faults, pebs, ibs;
-                   ``damon.py``; ``idle.py``.  Samplers only produce candidates.
+- ``samplers/``    the name → factory table with ``auto`` (``__init__.py``); the Sampler
+                   protocol and SamplerBase, the lifecycle every sampler shares
+                   (``base.py``); ``perf.py``: hint-faults, pebs, ibs; ``idle.py``;
+                   ``damon.py`` (policy) over ``damon_model.py`` (what DAMON is asked
+                   for) and ``damon_sysfs.py`` (writing it).  Samplers only produce
+                   candidates.
 - ``scope.py``     which processes are watched;  ``sysctl.py``: saved/restored sysctls
 - ``queues.py``    per-CPU bounded, coalescing candidate queues (native)
 - ``worker.py``    one node worker per fast node: route, batch, move, count
