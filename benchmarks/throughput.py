@@ -52,7 +52,7 @@ def daemon_window(seconds: float, settle: float, sampler: str | None = None,
     from daemonproc import DaemonProcess
 
     from kmigratedd.kernelfs import KernelFs
-    from kmigratedd.samplers.perf import vmstat
+    from kmigratedd.procfs import vmstat
 
     def pgfault() -> int:
         return vmstat(KernelFs(), "pgfault").get("pgfault", 0)

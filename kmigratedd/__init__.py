@@ -1,18 +1,32 @@
 """kmigratedd: userspace kmigrated — promote hot pages to the fast memory tier,
 asynchronously and in batches.
 
-Map of the package (data flows one way: sampler → queues → workers → shim):
+Map of the package. Data flows one way, one stage per module:
 
-- ``kernelfs.py``  the seam for /sys and /proc (root as a parameter, recorded writes)
+    sampler → per-CPU queues → router → inbox → node worker → move pipeline → shim
+
+
+- ``kernelfs.py``  the seam for /sys and /proc: the only module that opens them (root as
+                   a parameter, recorded writes)
+- ``procfs.py``    readers of /proc over it: PID stat fields, vmstat, /proc/stat, CPUs
 - ``topology.py``  nodes, memory tiers, HMAT, PFN → node, promotion targets
 - ``shim.py``      the only importer of the native extension (``native/``): batched
                    move_pages(2), statuses as data, whole-call failures as OSError
-- ``samplers/``    the Sampler protocol and name → factory table with ``auto``
-                   (``base.py``, ``__init__.py``); ``perf.py``: hint-faults, pebs, ibs;
-                   ``damon.py``; ``idle.py``.  Samplers only produce candidates.
+- ``samplers/``    the name → factory table with ``auto`` (``__init__.py``); the Sampler
+                   protocol and SamplerBase, the lifecycle every sampler shares
+                   (``base.py``); ``perf.py``: hint-faults, pebs, ibs; ``idle.py``;
+                   ``damon.py`` (policy) over ``damon_model.py`` (what DAMON is asked
+                   for) and ``damon_sysfs.py`` (writing it).  Samplers only produce
+                   candidates.
 - ``scope.py``     which processes are watched;  ``sysctl.py``: saved/restored sysctls
-- ``queues.py``    per-CPU bounded, coalescing candidate queues (native)
-- ``worker.py``    one node worker per fast node: route, batch, move, count
+- ``queues.py``    per-CPU bounded, coalescing candidate queues (native; loop thread only)
+- ``router.py``    one per daemon: drain the queues, fold, locate each page once
+                   (move_pages query), route it to its target's inbox
+- ``inbox.py``     a worker's bounded pages-to-promote, by pid
+- ``worker.py``    one node worker per fast node: policy (pause, ping-pong, headroom,
+                   rate limit, retries, back-off) and a typed stats snapshot
+- ``pipeline.py``  a worker's move pipeline: submit batches to its move thread, complete
+                   them, count every page's outcome; the Mover seam; parallel copy
 - ``policy.py``    token bucket, headroom hysteresis, ping-pong damping, busy retry
 - ``metrics.py``   Prometheus registry and /metrics on the event loop
 - ``control.py``   JSON-RPC control socket;  ``sdnotify.py``: systemd notifications

@@ -38,12 +38,12 @@ from .control import ControlServer
 from .errors import KmigratedError
 from .kernelfs import KernelFs
 from .metrics import Metrics, MetricsServer, MetricsSources
+from .procfs import online_cpus
 from .queues import CandidateQueues
 from .samplers.base import Sampler, SamplerContext
 from .inbox import Inbox
 from .pipeline import IdleCpus, MovePipeline, Mover, ShimMover
 from .router import Router
-from .samplers.perf import online_cpus
 from .scope import Scope
 from .sdnotify import Notifier
 from .topology import Topology, discover, read_node_meminfo

@@ -2,6 +2,8 @@
 
 Every reader takes a :class:`KernelFs` whose ``root`` stands for ``/``; tests hand
 in a checked-in fake tree (tests/data/*/) and real runs use ``KernelFs("/")``.
+Files read word by word from C (the page_idle bitmap, /proc/kpageflags,
+/proc/PID/pagemap) are opened by :meth:`KernelFs.open`, which hands back the fd.
 Writes (sysctls, DAMON, page_idle) go through :meth:`KernelFs.write`, which can
 record them instead of doing them (``record_writes=True``) so a test can assert
 the exact ordered list of writes, as damo's ``_damo_fs`` does.
@@ -56,8 +58,13 @@ class KernelFs:
     def exists(self, kpath: str) -> bool:
         return os.path.exists(self.host(kpath))
 
+    def open(self, kpath: str, flags: int) -> int:
+        """Open a kernel file with ``os.open`` ``flags`` (O_CLOEXEC is added); returns
+        the fd, which the caller closes."""
+        return os.open(self.host(kpath), flags | os.O_CLOEXEC)
+
     def read(self, kpath: str) -> str:
-        fd = os.open(self.host(kpath), os.O_RDONLY | os.O_CLOEXEC)
+        fd = self.open(kpath, os.O_RDONLY)
         try:
             chunks = []
             while chunk := os.read(fd, 65536):

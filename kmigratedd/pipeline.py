@@ -35,6 +35,7 @@ from .config import WorkersConfig
 from .errors import MovePagesError
 from .inbox import PAGE_MASK
 from .kernelfs import KernelFs
+from .procfs import cpu_times
 
 if TYPE_CHECKING:
     from .worker import WorkerStats
@@ -94,24 +95,21 @@ class IdleCpus:
         self._last: tuple[int, int] | None = None
         self._at = 0.0
         self.value = 0
-        self.ncpus = max(1, len([ln for ln in self._lines() if ln[:3] == "cpu" and ln[3:4] != " "]))
-
-    def _lines(self) -> list[str]:
-        return (self.fs.read_optional("/proc/stat") or "").splitlines()
+        times = cpu_times(fs)
+        self.ncpus = max(1, times[2] if times else 1)
 
     def idle(self) -> int:
         now = self.clock()
         if self._last is not None and now - self._at < 1.0:
             return self.value
-        for line in self._lines():
-            if line.startswith("cpu "):
-                f = [int(x) for x in line.split()[1:]]
-                total, idle = sum(f[:8]), f[3] + (f[4] if len(f) > 4 else 0)
-                if self._last is not None and total > self._last[0]:
-                    frac = (idle - self._last[1]) / (total - self._last[0])
-                    self.value = int(frac * self.ncpus + 0.25)
-                self._last, self._at = (total, idle), now
-                break
+        times = cpu_times(self.fs)
+        if times is None:
+            return self.value
+        total, idle, _ = times
+        if self._last is not None and total > self._last[0]:
+            frac = (idle - self._last[1]) / (total - self._last[0])
+            self.value = int(frac * self.ncpus + 0.25)
+        self._last, self._at = (total, idle), now
         return self.value
 
 

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .kernelfs import KernelFs
 from .shim import PAGE_SIZE, CandidateBatch, NativeQueue, QueueStats
 
 # Bytes one queue entry costs in C: the ring entry plus two index slots.
@@ -125,19 +124,6 @@ class CandidateQueues:
     def memory_bytes(self) -> int:
         """Upper bound of the queues' native memory (fixed at creation)."""
         return len(self._queues) * self.capacity_per_cpu * ENTRY_BYTES
-
-
-def last_cpu(fs: KernelFs, pid: int) -> int | None:
-    """CPU the task last ran on (field 39 of /proc/PID/stat), or None if it is gone."""
-    text = fs.read_optional(f"/proc/{pid}/stat")
-    if text is None:
-        return None
-    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = text[text.rfind(")") + 2:].split()
-    try:
-        return int(fields[36])
-    except (IndexError, ValueError):
-        return None
 
 
 def merge(batches: list[CandidateBatch]) -> CandidateBatch:

@@ -13,13 +13,13 @@ import os
 import re
 from collections.abc import Iterator
 
+from . import procfs
 from .config import ScopeConfig
 from .kernelfs import KernelFs
 
-PF_KTHREAD = 0x00200000  # include/linux/sched.h
 # Whether a pid is a kernel thread or a user process is remembered (a server has
-# hundreds of kernel threads, and reading each one's /proc/PID/stat every round was most
-# of an idle daemon's CPU); a pid that leaves the listing is forgotten, and the memory
+# hundreds of kernel threads, and reading each one's /proc/PID/stat every round would be
+# most of an idle daemon's CPU); a pid that leaves the listing is forgotten, and the memory
 # is rebuilt every this many listings in case a pid was reused between two of them.
 KTHREAD_CACHE_LISTINGS = 60
 
@@ -44,14 +44,7 @@ class Scope:
 
     def is_kernel_thread(self, pid: int) -> bool | None:
         """True for kernel threads, None if the process is gone."""
-        text = self.fs.read_optional(f"/proc/{pid}/stat")
-        if text is None:
-            return None
-        fields = text[text.rfind(")") + 2:].split()
-        try:
-            return bool(int(fields[6]) & PF_KTHREAD)
-        except (IndexError, ValueError):
-            return None
+        return procfs.is_kernel_thread(self.fs, pid)
 
     def _cgroup(self, pid: int) -> str | None:
         text = self.fs.read_optional(f"/proc/{pid}/cgroup")

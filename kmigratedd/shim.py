@@ -408,12 +408,6 @@ def perf_open(type_: int, config: int, sample_type: int, *, cpu: int, pid: int =
     return int(fd)
 
 
-def perf_enable(fd: int, enable: bool = True) -> None:
-    rc = lib.km_perf_enable(fd, int(enable))
-    if rc < 0:
-        raise OSError(-rc, f"perf ioctl {'enable' if enable else 'disable'}: {os.strerror(-rc)}")
-
-
 def perf_drain(ring: Any, sample_type: int, out: SampleBuffer, stats: Any) -> int:
     """Decode records from a perf ring (an mmap or any writable buffer) into ``out``.
 
@@ -520,14 +514,14 @@ def idle_test_batch(fd: int, pfns: Any, idle: Any, again: Any, scratch: Any) -> 
 
 def idle_age(idle: Any, tags: Any, nodes: Any, hist: Any, chunk_tags: Any, history_rounds: int,
              hot_rounds: int, addr: int, hot_addrs: Any, hot_nodes: Any, hot_weights: Any,
-             counts: array[int]) -> int:
+             counts: array[int], page_size: int = PAGE_SIZE) -> int:
     """Fold a segment's test results into its aging history (see native/kmidle.h).
 
     ``idle``, ``tags``, ``hist`` and ``chunk_tags`` are byte buffers, ``nodes``
     4-byte, of one entry per page; the hot pages go to ``hot_addrs`` (8-byte),
     ``hot_nodes`` (4-byte) and ``hot_weights`` (4-byte unsigned); ``counts`` is
     ``array('Q')`` of [tracked pages, accesses counted] added to.  Returns the
-    number of hot pages.
+    number of hot pages, whose addresses are ``addr`` + their index * ``page_size``.
     """
     if not 1 <= history_rounds <= 8 or hot_rounds < 0:
         raise ShimArgumentError(f"history_rounds {history_rounds} / hot_rounds {hot_rounds}")
@@ -543,7 +537,7 @@ def idle_age(idle: Any, tags: Any, nodes: Any, hist: Any, chunk_tags: Any, histo
                                _bytes_buffer(tags, n, "tags", writable=False), c_n, n,
                                _bytes_buffer(hist, n, "hist"),
                                _bytes_buffer(chunk_tags, n, "chunk_tags"), history_rounds,
-                               hot_rounds, addr, PAGE_SIZE, c_ha, c_hn,
+                               hot_rounds, addr, page_size, c_ha, c_hn,
                                ffi.cast("uint32_t *", c_hw), ffi.from_buffer("uint64_t[]", counts)))
 
 

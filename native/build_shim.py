@@ -31,7 +31,7 @@ EXPORTED = frozenset({
     "km_move_pages", "km_move_pages_batched", "km_fill_i32", "km_status_tally",
     "km_queue_new", "km_queue_free", "km_queue_len", "km_queue_get_stats", "km_queue_push",
     "km_queue_drain",
-    "km_perf_supported_sample_type", "km_perf_open", "km_perf_enable", "km_perf_drain",
+    "km_perf_supported_sample_type", "km_perf_open", "km_perf_drain",
     "km_samples_filter", "km_samples_by_node",
     "km_pread_words", "km_pagemap_pfns", "km_idle_mark", "km_idle_test", "km_idle_track",
     "km_idle_test_batch", "km_idle_age",

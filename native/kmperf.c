@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <linux/perf_event.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -55,13 +54,6 @@ long km_perf_open(uint32_t type, uint64_t config, uint64_t config1, uint64_t sam
 	}
 	fd = syscall(SYS_perf_event_open, &attr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
 	return fd < 0 ? -errno : fd;
-}
-
-long km_perf_enable(int fd, int enable)
-{
-	if (ioctl(fd, enable ? PERF_EVENT_IOC_ENABLE : PERF_EVENT_IOC_DISABLE, 0) < 0)
-		return -errno;
-	return 0;
 }
 
 /* Parse one PERF_RECORD_SAMPLE body (after the header) of `len` bytes. */

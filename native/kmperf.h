@@ -45,9 +45,6 @@ long km_perf_open(uint32_t type, uint64_t config, uint64_t config1, uint64_t sam
                   uint64_t sample_type, uint32_t precise_ip, int exclude_kernel, int pid,
                   int cpu, uint32_t wakeup_bytes);
 
-/* PERF_EVENT_IOC_ENABLE / DISABLE; 0 or -errno. */
-long km_perf_enable(int fd, int enable);
-
 /*
  * Decode the records between data_tail and data_head of the ring at `base`
  * (the mmap of 1 + 2^n pages), append samples to `out` until it is full, and

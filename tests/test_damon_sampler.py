@@ -1,5 +1,6 @@
 """DAMON sampler against a fake DAMON sysfs tree: the exact writes, the probe messages,
-and tried regions turned into page candidates (the real kernel: tests/vm)."""
+and tried regions turned into page candidates (the real kernel: tests/vm); the data
+model and the sysfs backend on their own."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from kmigratedd import config
 from kmigratedd.errors import MovePagesError, SamplerUnavailableError
 from kmigratedd.kernelfs import KernelFs
 from kmigratedd.queues import CandidateQueues, merge
-from kmigratedd.samplers import damon
+from kmigratedd.samplers import damon, damon_model
 from kmigratedd.samplers.base import SamplerContext
 from kmigratedd.samplers.damon import DamonSampler
+from kmigratedd.samplers.damon_sysfs import DamonSysfs
 from kmigratedd.scope import Scope
 from kmigratedd.topology import Topology
 
@@ -321,7 +323,7 @@ def regions_tree(tmp_path: Path) -> FakeDamonFs:
 A_NODES = [1, 0, EFAULT, 1, 1, -errno.ENOENT, 0, 1]
 
 
-def test_round_turns_hot_regions_into_slow_page_candidates(tmp_path: Path) -> None:
+def test_round_turns_hot_regions_into_page_candidates(tmp_path: Path) -> None:
     fs = regions_tree(tmp_path)
     ctx = make_ctx(fs)
     nodes = dict(zip(page_range(A, 8), A_NODES)) | dict.fromkeys(page_range(B, 4), 1)
@@ -332,22 +334,22 @@ def test_round_turns_hot_regions_into_slow_page_candidates(tmp_path: Path) -> No
     # First round: targets written and the kdamond turned on, then one update.
     assert fs.writes == target_writes([PID]) + [(STATE, "on"),
                                                 (STATE, "update_schemes_tried_regions")]
-    # Hottest region first (B, its unaligned ends widened to whole pages), then A; one
-    # query call for the pid; the cold region C is never expanded.
-    assert query.calls == [(PID, page_range(B, 4) + page_range(A, 8))]
-    kept_a = [a for a, n in zip(page_range(A, 8), A_NODES) if n == 1]
-    assert offered == 4 + len(kept_a)
+    # Hottest region first (B, its unaligned ends widened to whole pages), then A, each
+    # probed (regions this small: every page); the cold region C is never expanded.
+    assert query.calls == [(PID, page_range(B, 4)), (PID, page_range(A, 8))]
+    # Both have pages on the slow node: every page of both is offered, the node left
+    # to the router (-1).
+    assert offered == 12
     # Everything lands in the queue of the CPU the task last ran on (2).
     assert [len(ctx.queues.queue(c)) for c in range(4)] == [0, 0, offered, 0]
     got = merge(ctx.queues.drain(100))
     rows = sorted(zip(got.pids, got.addrs, got.nodes, got.counts))
-    want = sorted([(PID, a, 1, 12) for a in page_range(B, 4)] +
-                  [(PID, a, 1, 5) for a in kept_a])
+    want = sorted([(PID, a, -1, 12) for a in page_range(B, 4)] +
+                  [(PID, a, -1, 5) for a in page_range(A, 8)])
     assert rows == want
     assert s.stats() == {
         "rounds": 1, "regions_seen": 3, "hot_regions": 2, "candidates_offered": offered,
-        "pages_queried": 12, "pages_not_on_slow_node": 8 - len(kept_a),
-        "pages_unconfirmed": 0, "pages_over_budget": 0, "pages_probed": 0,
+        "pages_unconfirmed": 0, "pages_over_budget": 0, "pages_probed": 12,
         "pages_skipped_on_fast": 0, "pid_gone": 0, "errors": 0,
         "kdamond_starts": 1, "kdamond_stops": 0, "commits": 0, "quiet_entered": 0,
         "quiet_left": 0, "targets": 1, "kdamond_on": 1, "quiet": 0}
@@ -364,18 +366,29 @@ def test_page_budget_takes_the_hottest_pages_first(tmp_path: Path) -> None:
     s = DamonSampler(make_ctx(fs), query_nodes=query, max_pages_per_round=6,
                      confirm_rounds=1, warmup_rounds=0)
     assert s.run_round() == 6
-    assert query.calls == [(PID, page_range(B, 4) + page_range(A, 2))]
+    got = merge(s.ctx.queues.drain(100))
+    assert sorted(got.addrs) == page_range(A, 2) + page_range(B, 4)
     assert s.stats()["pages_over_budget"] == 6
     assert s.stats()["hot_regions"] == 2
 
 
-def test_queries_go_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(damon, "QUERY_BATCH", 5)
-    fs = regions_tree(tmp_path)
-    query = FakeQuery(dict.fromkeys(page_range(A, 8) + page_range(B, 4), 1))
+@pytest.mark.parametrize("pages,stride", [(4, 1), (8, 1), (64, 8), (200, 25), (256, 32),
+                                          (4096, 32)])
+def test_the_probe_asks_1_page_in_32_and_at_least_8(tmp_path: Path, pages: int,
+                                                     stride: int) -> None:
+    make_tree(tmp_path)
+    put_regions(tmp_path, 0, [(A, A + pages * PS, 9, 0)])
+    fs = FakeDamonFs(tmp_path)
+    query = FakeQuery()  # nothing on a slow node
     s = DamonSampler(make_ctx(fs), query_nodes=query, confirm_rounds=1, warmup_rounds=0)
-    assert s.run_round() == 12
-    assert [len(c[1]) for c in query.calls] == [5, 5, 2]
+    for _ in range(stride + 1):
+        assert s.run_round() == 0
+    # One page further every round (the round count modulo the stride), back to the
+    # start after ``stride`` rounds: every page is looked at.
+    for rnd, (_, addrs) in enumerate(query.calls, start=1):
+        first = A + rnd % stride * PS
+        assert addrs == list(range(first, A + pages * PS, stride * PS))
+    assert {a for _, addrs in query.calls for a in addrs} == set(page_range(A, pages))
 
 
 def test_nothing_on_a_slow_node_offers_nothing(tmp_path: Path) -> None:
@@ -385,7 +398,7 @@ def test_nothing_on_a_slow_node_offers_nothing(tmp_path: Path) -> None:
                      confirm_rounds=1, warmup_rounds=0)
     assert s.run_round() == 0
     assert len(ctx.queues) == 0
-    assert s.stats()["pages_not_on_slow_node"] == 12
+    assert s.stats()["pages_skipped_on_fast"] == 12
 
 
 def interval_writes(factor: int) -> list[tuple[str, str]]:
@@ -413,9 +426,9 @@ def test_quiet_mode_slows_damon_down_until_there_is_something_to_promote(
     del fs.writes[:]
     s.run_round()  # still nothing: no more writes
     assert fs.writes == [(STATE, "update_schemes_tried_regions")]
-    query.nodes[A] = 1  # a hot page is on the slow node now
+    query.nodes[A] = 1  # a hot page is on the slow node now: its region is offered
     del fs.writes[:]
-    assert s.run_round() == 1
+    assert s.run_round() == 8
     assert fs.writes == ([(STATE, "update_schemes_tried_regions")] + interval_writes(1)
                          + [(STATE, "commit")])
     st = s.stats()
@@ -470,13 +483,36 @@ def test_regions_are_attributed_by_scheme(tmp_path: Path) -> None:
 
 
 def test_intersect() -> None:
-    R = damon.Region
+    R = damon_model.Region
     regions = [R(0, 10, 5, 1), R(10, 20, 7, 2), R(30, 40, 1, 0)]
-    assert damon.intersect(regions, []) == []
-    assert damon.intersect(regions, [(0, 100)]) == regions
-    assert damon.intersect(regions, [(5, 12), (15, 16), (18, 35)]) == [
+    assert damon_model.intersect(regions, []) == []
+    assert damon_model.intersect(regions, [(0, 100)]) == regions
+    assert damon_model.intersect(regions, [(5, 12), (15, 16), (18, 35)]) == [
         R(5, 10, 5, 1), R(10, 12, 7, 2), R(15, 16, 7, 2), R(18, 20, 7, 2), R(30, 35, 1, 0)]
-    assert damon.aligned(R(4097, 8193, 3, 4), 4096) == R(4096, 12288, 3, 4)
+    assert damon_model.aligned(R(4097, 8193, 3, 4), 4096) == R(4096, 12288, 3, 4)
+
+
+def test_the_model_and_the_sysfs_backend(tmp_path: Path) -> None:
+    """The model is data (one target and one filtered hot scheme per pid); the backend
+    writes exactly what it holds, in damo's order, and reads tried regions back."""
+    attrs = damon_model.MonitoringAttrs(damon_model.Intervals(5000, 100_000, 1_000_000),
+                                        10, 1000)
+    ctx = damon_model.hot_regions_context(attrs, [PID, PID2], 1)
+    assert [t.pid for t in ctx.targets] == [PID, PID2]
+    assert [s.filters for s in ctx.schemes] == [
+        (damon_model.TargetFilter(0, matching=False),),
+        (damon_model.TargetFilter(1, matching=False),)]
+    assert attrs.intervals.slowed(10) == damon_model.Intervals(50_000, 1_000_000, 1_000_000)
+    make_tree(tmp_path)
+    put_regions(tmp_path, 1, [(A, A + PS, 3, 1), (B, B + 2 * PS, 7, 0)])
+    fs = KernelFs(tmp_path, record_writes=True)
+    DamonSysfs(fs).write_targets(ctx)
+    assert fs.writes == target_writes([PID, PID2])
+    errors: list[str] = []
+    assert DamonSysfs(fs).tried_regions(1, lambda what, exc: errors.append(what)) == [
+        damon_model.Region(A, A + PS, 3, 1), damon_model.Region(B, B + 2 * PS, 7, 0)]
+    assert DamonSysfs(fs).tried_regions(0, lambda what, exc: errors.append(what)) == []
+    assert errors == []
 
 
 def test_the_first_round_after_start_warms_up(tmp_path: Path) -> None:
@@ -718,10 +754,10 @@ def test_stop_releases_a_round_stuck_in_the_kernel(tmp_path: Path) -> None:
     assert fs.writes[-1] == (f"{K}/nr_kdamonds", "0")
 
 
-def test_a_large_hot_region_on_the_fast_tier_is_probed_not_queried(tmp_path: Path) -> None:
+def test_a_large_hot_region_on_the_fast_tier_is_probed_not_offered(tmp_path: Path) -> None:
     """A 512-page hot region already on node 0 costs a probe of 16 pages a round; one
     page demoted back to node 1 is found within PROBE_STRIDE rounds, and then the
-    whole region is queried and that page offered."""
+    region is offered."""
     make_tree(tmp_path)
     put_regions(tmp_path, 0, [(A, A + 512 * PS, 9, 3)])
     fs = FakeDamonFs(tmp_path)
@@ -733,11 +769,10 @@ def test_a_large_hot_region_on_the_fast_tier_is_probed_not_queried(tmp_path: Pat
     assert [len(c[1]) for c in query.calls] == [512 // damon.PROBE_STRIDE]
     st = s.stats()
     assert st["pages_probed"] == 16 and st["pages_skipped_on_fast"] == 512
-    assert st["pages_queried"] == 0
     nodes[A + 77 * PS] = 1  # demoted back
     offered = []
     for _ in range(damon.PROBE_STRIDE):
         offered.append(s.run_round())
-    assert sum(offered) == 1  # found once its turn in the probe came
-    got = merge(ctx.queues.drain(100))
-    assert list(got.addrs) == [A + 77 * PS] and list(got.nodes) == [1]
+    assert sorted(offered) == [0] * (damon.PROBE_STRIDE - 1) + [512]  # found once its
+    got = merge(ctx.queues.drain(1000))                                # turn came
+    assert sorted(got.addrs) == page_range(A, 512) and set(got.nodes) == {-1}

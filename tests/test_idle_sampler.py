@@ -666,18 +666,24 @@ def test_pid_gone_between_scan_and_push(kern: FakeKernel, monkeypatch: pytest.Mo
 
 
 class DenyingFs(KernelFs):
-    """Like the real kernel for a daemon without CAP_SYS_PTRACE: other users' maps are EACCES."""
+    """Like the real kernel for a daemon without CAP_SYS_PTRACE: other users' maps are
+    EACCES to read, their pagemap EPERM to open."""
 
     deny: set[str] = set()
+    deny_open: set[str] = set()
 
     def read(self, kpath: str) -> str:
         if kpath in self.deny:
             raise PermissionError(errno.EACCES, "Permission denied", kpath)
         return super().read(kpath)
 
+    def open(self, kpath: str, flags: int) -> int:
+        if kpath in self.deny_open:
+            raise PermissionError(errno.EPERM, "Operation not permitted", kpath)
+        return super().open(kpath, flags)
 
-def test_permission_denied_is_counted_and_skipped(kern: FakeKernel,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_permission_denied_is_counted_and_skipped(kern: FakeKernel) -> None:
     a = kern.process(100)
     b = kern.process(101)
     c = kern.process(102)
@@ -687,17 +693,9 @@ def test_permission_denied_is_counted_and_skipped(kern: FakeKernel,
     c.map(0x10000000, 64, [NODE1 + 64 * 802 + i for i in range(64)])
     fs = DenyingFs(kern.root)
     fs.deny = {"/proc/101/maps"}
+    fs.deny_open = {"/proc/102/pagemap"}
     ctx = make_ctx(kern.root, (100, 101, 102), fs=fs, hot=1)
     s = IdleSampler(ctx)
-    real_open = os.open
-    denied_pagemap = str(kern.root / "proc/102/pagemap")
-
-    def fake_open(path: object, flags: int, *a: object) -> int:
-        if str(path) == denied_pagemap:
-            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
-        return real_open(path, flags, *a)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(idle_mod.os, "open", fake_open)
     s.open()
     try:
         round_(s)

@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 import os
+import select
 import subprocess
 import sys
-import time
 
 import pytest
 
 from kmigratedd import config, samplers, shim
 from kmigratedd.errors import SamplerUnavailableError
 from kmigratedd.kernelfs import KernelFs
+from kmigratedd.procfs import online_cpus
 from kmigratedd.queues import CandidateQueues, merge
 from kmigratedd.samplers.base import SamplerContext
 from kmigratedd.samplers.perf import (HINT_FAULT_SAMPLE_TYPE, PERF_COUNT_SW_PAGE_FAULTS,
-                                      PERF_TYPE_SOFTWARE, PerfRings, online_cpus)
+                                      PERF_TYPE_SOFTWARE, PerfRings)
 from kmigratedd.scope import Scope
 from kmigratedd.topology import discover
 
@@ -38,20 +38,17 @@ sys.stdin.readline()
 """
 
 
-def drain_while(rings: PerfRings, wait: Callable[[], str]) -> str:
-    """Run ``wait`` (a blocking read of the child's output) in a helper thread and drain the
-    rings every 2 ms meanwhile, on this thread, as the daemon's event loop does on wakeups,
-    so a busy machine (a compiler next door) cannot overflow them during the test.  The
-    queues belong to this thread: only their creator may push into them."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        result = pool.submit(wait)
-        while not result.done():
-            rings.drain_all()
-            time.sleep(0.002)
+def drain_until_line(rings: PerfRings, child: subprocess.Popen[str]) -> str:
+    """Drain the rings every 2 ms until the child prints a line, and return it.  The
+    queues are pushed from one thread only, this one, as the daemon's event loop does
+    on wakeups; draining this often keeps a busy machine (a compiler next door) from
+    overflowing the rings during the test."""
+    assert child.stdout is not None
+    while not select.select([child.stdout], [], [], 0.002)[0]:
         rings.drain_all()
-        return result.result()
+    line = child.stdout.readline()
+    rings.drain_all()
+    return line
 
 
 def ctx_for(cfg: config.Config | None = None) -> SamplerContext:
@@ -85,7 +82,7 @@ def test_page_faults_of_a_child_land_in_the_queues():
         rings.open()
         child.stdin.write("go\n")
         child.stdin.flush()
-        addrs = set(json.loads(drain_while(rings, child.stdout.readline)))
+        addrs = set(json.loads(drain_until_line(rings, child)))
         got = merge(ctx.queues.drain(1 << 20))
         mine = {a for p, a in zip(got.pids, got.addrs) if p == child.pid}
         assert len(mine & addrs) >= 0.99 * len(addrs)
@@ -111,7 +108,7 @@ def test_scope_allow_list_keeps_only_those_pids():
         rings.open()
         child.stdin.write("go\n")
         child.stdin.flush()
-        drain_while(rings, child.stdout.readline)
+        drain_until_line(rings, child)
         got = merge(ctx.queues.drain(1 << 20))
         assert set(got.pids) == {child.pid}
         assert rings.stats()["filtered"] >= 0

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kmigratedd.queues import CandidateQueues, last_cpu, merge
-from kmigratedd.kernelfs import KernelFs
+from kmigratedd.queues import CandidateQueues, merge
 from kmigratedd.shim import NativeQueue
 from kmigratedd.errors import ShimArgumentError
 
@@ -129,12 +128,3 @@ def test_unknown_cpu_maps_to_a_known_queue():
     qs = CandidateQueues([0, 1], capacity_per_cpu=4, page_size=PAGE)
     qs.push(17, array("i", [1]), array("Q", [0]))
     assert len(qs) == 1
-
-
-def test_last_cpu_of_self_and_of_a_gone_pid():
-    import os
-
-    fs = KernelFs()
-    cpu = last_cpu(fs, os.getpid())
-    assert cpu is not None and cpu in os.sched_getaffinity(0) | {cpu}
-    assert last_cpu(fs, 2**22 + 99) is None

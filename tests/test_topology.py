@@ -158,17 +158,3 @@ def test_live_host_tree():
         pfn = entry & ((1 << 55) - 1)
         if entry >> 63 and pfn:
             assert pfn_to_node(t, pfn) == shim.query_nodes(0, array("Q", [addr]))[0]
-
-
-def test_vmstat_finds_the_counters_asked_for(tmp_path):
-    from kmigratedd.kernelfs import KernelFs
-    from kmigratedd.samplers.perf import vmstat
-
-    (tmp_path / "proc").mkdir()
-    (tmp_path / "proc/vmstat").write_text("nr_free_pages 7\npgpromote_success 12\n"
-                                          "pgpromote_success_later 3\nnuma_pte_updates 5")
-    fs = KernelFs(tmp_path)
-    assert vmstat(fs, "pgpromote_success", "numa_pte_updates", "nope") == {
-        "pgpromote_success": 12, "numa_pte_updates": 5}
-    assert vmstat(fs, "nr_free_pages") == {"nr_free_pages": 7}
-    assert vmstat(KernelFs(tmp_path / "missing"), "nr_free_pages") == {}

@@ -38,8 +38,8 @@ import gcommon as g
 from gcommon import HPAGE, MiB, PAGE, Buffer, say
 
 from kmigratedd import config, shim
+from kmigratedd.procfs import online_cpus
 from kmigratedd.queues import CandidateQueues
-from kmigratedd.samplers.perf import online_cpus
 from kmigratedd.topology import discover
 from kmigratedd.inbox import Inbox
 from kmigratedd.pipeline import MovePipeline, ShimMover

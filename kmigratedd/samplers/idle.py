@@ -23,12 +23,12 @@ Every per-page step is one C call over the whole piece or batch
 
 A page is **hot** when it was accessed in at least ``sampler.idle.hot_rounds`` of
 its last ``sampler.idle.history_rounds`` observations.  Hot pages are pushed into
-the queue of the CPU the task last ran on (``queues.last_cpu``), with the node
+the queue of the CPU the task last ran on (``procfs.last_cpu``), with the node
 they are on and weight = the number of accessed rounds in the history.  The
 sampler never migrates anything.
 
-Kernel behaviour it is built around (mm/page_idle.c, Linux 6.12; measured in the
-tiered VM, tests/vm/guest/test_sampler_idle.py):
+Kernel behaviour it is built around (mm/page_idle.c, Linux 6.12; shown in the
+tiered VM by tests/vm/guest/test_sampler_idle.py):
 
 - **Only LRU folios take the idle bit, and only through their head page.**
   ``page_idle_get_folio()`` returns nothing for a tail page or a folio that is
@@ -72,8 +72,8 @@ tiered VM, tests/vm/guest/test_sampler_idle.py):
   ``shim.idle_test`` reads windows of 512 bitmap words starting at the first PFN
   it needs: given PFNs in virtual-address order that *descend* (common once
   memory has been reused), every step re-reads an overlapping window and
-  re-walks every idle page in it — measured 16.6 s instead of 0.09 s for 32768
-  pages in the VM.  So a batch whose PFNs descend more than 16 times (memory
+  re-walks every idle page in it (benchmarks/results/samplers.md has the
+  figures).  So a batch whose PFNs descend more than 16 times (memory
   that has been reused or migrated) is sorted by PFN before it is tested and
   marked (a radix sort of PFN << 24 | position in C, judged on every 16th PFN),
   and the results are put back in address order; a batch in (nearly)
@@ -134,20 +134,15 @@ kmigratedd) at the same time: they share the per-page idle flags.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
-import threading
-import time
 from array import array
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .. import shim
-from ..kernelfs import KernelFs
-from ..queues import last_cpu
-from .base import SamplerContext
+from ..procfs import has_capability, last_cpu, start_time
+from .base import Offer, SamplerBase, SamplerContext
 
 log = logging.getLogger("kmigratedd.sampler")
 
@@ -162,8 +157,6 @@ KPF_COMPOUND_HEAD = 1 << 15
 KPF_HUGE = 1 << 17
 KPF_THP = 1 << 22
 
-PAGE_SIZE = shim.PAGE_SIZE
-PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
 # State and pagemap reads go by chunks of the address space (16 MiB of 4 KiB pages).
 CHUNK_PAGES = 4096
 # PFNs tested and marked together (sorted once, in C, if out of order): 256 MiB of
@@ -227,7 +220,7 @@ class _Chunk:
 @dataclass
 class _Proc:
     pid: int
-    start_time: str
+    start_time: int
     chunks: dict[int, _Chunk] = field(default_factory=dict)
     visited: set[int] = field(default_factory=set)  # chunks seen since the pass began
     slow_seen: set[int] = field(default_factory=set)  # ... holding a slow-tier page
@@ -255,37 +248,29 @@ class _Stopping(Exception):
     pass
 
 
-@dataclass
-class Offer:
-    """Hot pages of one pid, ready for queues.push."""
-
-    cpu: int
-    pid: int
-    addrs: array[int]
-    nodes: array[int]
-    weights: array[int]
-
-
-class IdleSampler:
+class IdleSampler(SamplerBase[list[Offer]]):
     """Scans page_idle bits of slow-tier pages; see the module docstring."""
 
     name = "idle"
 
     def __init__(self, ctx: SamplerContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx, ("rounds", "passes", "pages_scanned", "pages_skipped_fast",
+                               "pages_marked", "batches_sorted", "candidates_offered",
+                               "pid_gone", "permission_denied", "budget_exhausted"))
         cfg = ctx.config.sampler.idle
         self.history_rounds = cfg.history_rounds
         self.hot_rounds = cfg.hot_rounds
         self.budget_pages_per_s = cfg.scan_budget_pages_per_s
-        self.interval_s = ctx.config.sampler.interval_ms / 1000
+        self.page_size = ps = ctx.topology.page_size
+        self.page_shift = ps.bit_length() - 1
         block_shift, self._block_table = ctx.topology.block_node_table()
-        self._pfn_block_shift = block_shift - PAGE_SHIFT
+        self._pfn_block_shift = block_shift - self.page_shift
         self._slow_mask = ctx.topology.slow_node_mask()
         hpage = ctx.fs.read_optional(HPAGE_PMD_SIZE)
         hpage_bytes = int(hpage) if hpage and hpage.strip().isdigit() else 2 << 20
-        self.huge_pages = max(1, hpage_bytes // PAGE_SIZE)
+        self.huge_pages = max(1, hpage_bytes // ps)
         self.chunk_pages = max(CHUNK_PAGES, self.huge_pages)
-        self._chunk_shift = (self.chunk_pages * PAGE_SIZE).bit_length() - 1
+        self._chunk_shift = (self.chunk_pages * ps).bit_length() - 1
         self._entries = array("Q", bytes(8 * self.chunk_pages))
         # The batch (a round's tracked pages, tested together) and its scratch, reused
         # round after round: PFNs, tags and nodes written by shim.idle_track.
@@ -307,20 +292,12 @@ class IdleSampler:
         self._credit = 0
         self._bitmap_fd: int | None = None
         self._kpageflags_fd: int | None = None
-        self._stopping = threading.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._warned: set[int] = set()
         self._tracked_pids = 0
         self._state_bytes = 0
         # round scratch
         self._segments: list[_Segment] = []
         self._offers: dict[int, list[tuple[array[int], array[int], array[int]]]] = {}
-        self.counters = dict.fromkeys(
-            ("rounds", "passes", "pages_scanned", "pages_skipped_fast", "pages_marked",
-             "batches_sorted",
-             "candidates_offered", "pid_gone", "permission_denied", "budget_exhausted",
-             "errors"), 0)
 
     # --- probe and lifecycle ----------------------------------------------------
 
@@ -331,7 +308,7 @@ class IdleSampler:
                     f"{BITMAP} is missing")
         if not os.access(ctx.fs.path(BITMAP), os.R_OK | os.W_OK):
             return f"reading and writing {BITMAP} needs root"
-        if not _has_cap(ctx.fs, CAP_SYS_ADMIN):
+        if not has_capability(ctx.fs, CAP_SYS_ADMIN):
             return ("/proc/PID/pagemap hides PFNs without CAP_SYS_ADMIN: run kmigratedd as root "
                     "or grant it CAP_SYS_ADMIN")
         if not ctx.topology.targets:
@@ -340,12 +317,15 @@ class IdleSampler:
 
     def open(self) -> None:
         """Open the bitmap (and kpageflags if there is one); start() does this."""
+        log.info("idle sampler: every %d ms, up to %d pages/s, hot = accessed in %d of %d "
+                 "rounds, slow nodes %s", round(self.interval_s * 1000),
+                 self.budget_pages_per_s, self.hot_rounds, self.history_rounds,
+                 sorted(self.ctx.topology.targets))
         if self._bitmap_fd is None:
-            self._bitmap_fd = os.open(self.ctx.fs.path(BITMAP), os.O_RDWR | os.O_CLOEXEC)
+            self._bitmap_fd = self.ctx.fs.open(BITMAP, os.O_RDWR)
         if self._kpageflags_fd is None:
             try:
-                self._kpageflags_fd = os.open(self.ctx.fs.path(KPAGEFLAGS),
-                                              os.O_RDONLY | os.O_CLOEXEC)
+                self._kpageflags_fd = self.ctx.fs.open(KPAGEFLAGS, os.O_RDONLY)
             except OSError as exc:
                 log.info("idle sampler: %s unreadable (%s): huge pages are recognised by their "
                          "PFN pattern alone", KPAGEFLAGS, exc.strerror)
@@ -357,61 +337,16 @@ class IdleSampler:
                 os.close(fd)
                 setattr(self, attr, None)
 
-    async def start(self) -> None:
-        self.open()
-        self._stopping.clear()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kmigratedd-idle")
-        log.info("idle sampler: every %d ms, up to %d pages/s, hot = accessed in %d of %d rounds, "
-                 "slow nodes %s", round(self.interval_s * 1000), self.budget_pages_per_s,
-                 self.hot_rounds, self.history_rounds, sorted(self.ctx.topology.targets))
-        self._task = asyncio.create_task(self._run(), name="sampler-idle")
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._executor is not None
-        while True:
-            t0 = loop.time()
-            try:
-                offers = await loop.run_in_executor(self._executor, self.scan_round)
-                self.push(offers)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.counters["errors"] += 1
-                log.exception("idle sampler round failed")
-            await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - t0)))
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        if self._executor is not None:
-            # The round in flight sees _stopping between pieces; wait for it before
-            # closing the fds it uses.
-            executor, self._executor = self._executor, None
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
-        self.close()
-
-    def stats(self) -> dict[str, int]:
-        return {**self.counters, "pages_tested": self._aged[0], "pages_accessed": self._aged[1],
+    def extra_stats(self) -> dict[str, int]:
+        return {"pages_tested": self._aged[0], "pages_accessed": self._aged[1],
                 "huge_pages": self._huge[0], "hugetlb_skipped": self._huge[1],
                 "tracked_pids": self._tracked_pids, "state_bytes": self._state_bytes}
 
-    def push(self, offers: list[Offer]) -> int:
-        """Offer hot pages to the queues (on the event loop: the queues are not thread-safe)."""
-        added = 0
-        now = time.monotonic_ns()
-        for o in offers:
-            n = len(o.addrs)
-            added += self.ctx.queues.push(o.cpu, array("i", [o.pid]) * n, o.addrs, o.nodes,
-                                          array("Q", [now]) * n, o.weights)
-            self.counters["candidates_offered"] += n
-        return added
+    def collect(self) -> list[Offer]:
+        return self.scan_round()
+
+    def deliver(self, result: list[Offer]) -> None:
+        self.push(result)
 
     # --- one round --------------------------------------------------------------
 
@@ -422,7 +357,7 @@ class IdleSampler:
         if self._bitmap_fd is None:
             raise RuntimeError("IdleSampler.open() first")
         if budget_pages is None:
-            per_round = max(1, int(self.budget_pages_per_s * self.interval_s))
+            per_round = int(self.budget_pages_per_s * self.interval_s)
             self._credit = min(self._credit + per_round, max(per_round, self.chunk_pages))
         else:
             self._credit = budget_pages
@@ -471,12 +406,14 @@ class IdleSampler:
         """Scan [lo, hi) of pid's mappings; returns where the budget stopped it, or None."""
         fs = self.ctx.fs
         try:
-            start_time = _start_time(fs, pid)
+            started = start_time(fs, pid)
+            if started is None:
+                raise _PidGone
             proc = self._procs.get(pid)
-            if proc is None or proc.start_time != start_time:
-                proc = self._procs[pid] = _Proc(pid, start_time)
+            if proc is None or proc.start_time != started:
+                proc = self._procs[pid] = _Proc(pid, started)
             maps = parse_maps(fs.read(f"/proc/{pid}/maps"))
-            fd = os.open(fs.path(f"/proc/{pid}/pagemap"), os.O_RDONLY | os.O_CLOEXEC)
+            fd = fs.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
         except (FileNotFoundError, ProcessLookupError, _PidGone):
             self._gone(pid)
             return None
@@ -519,13 +456,14 @@ class IdleSampler:
 
     def _scan_range(self, proc: _Proc, fd: int, start: int, end: int) -> int | None:
         chunk_bytes = 1 << self._chunk_shift
-        huge_bytes = self.huge_pages * PAGE_SIZE
+        ps, shift = self.page_size, self.page_shift
+        huge_bytes = self.huge_pages * ps
         addr = start
         while addr < end:
-            if self._stopping.is_set():
+            if self.stopping:
                 raise _Stopping
             piece_end = min(end, (addr // chunk_bytes + 1) * chunk_bytes)
-            n = (piece_end - addr) >> PAGE_SHIFT
+            n = (piece_end - addr) >> shift
             key = addr >> self._chunk_shift
             if key in proc.fast and (proc.passes + key) % FAST_RECHECK_PASSES:
                 proc.visited.add(key)  # mapped still; not read this pass
@@ -534,17 +472,17 @@ class IdleSampler:
                 continue
             if n > self._credit:
                 # Stop at a huge-page boundary so a THP is never split between rounds.
-                cut = (addr + self._credit * PAGE_SIZE) // huge_bytes * huge_bytes
+                cut = (addr + self._credit * ps) // huge_bytes * huge_bytes
                 if cut <= addr:
                     return addr
-                piece_end, n = cut, (cut - addr) >> PAGE_SHIFT
+                piece_end, n = cut, (cut - addr) >> shift
             self._credit -= n
             self._scan_piece(proc, fd, addr, n)
             addr = piece_end
         return None
 
     def _read_pagemap(self, fd: int, addr: int, entries: memoryview) -> int:
-        return shim.pread_words(fd, addr >> PAGE_SHIFT, entries)
+        return shim.pread_words(fd, addr >> self.page_shift, entries)
 
     def _scan_piece(self, proc: _Proc, fd: int, addr: int, n: int) -> None:
         """Pagemap → PFNs → slow-tier pages → THP heads, into the batch (shim.idle_track)."""
@@ -555,11 +493,11 @@ class IdleSampler:
             # pagemap reads nothing once the mm is gone (the process exited).
             raise _PidGone
         key = addr >> self._chunk_shift
-        off = (addr - (key << self._chunk_shift)) >> PAGE_SHIFT
+        off = (addr - (key << self._chunk_shift)) >> self.page_shift
         proc.visited.add(key)
         pos = self._batch_len
         end = pos + n
-        if not shim.idle_track(entries, addr >> PAGE_SHIFT, self._pfn_block_shift,
+        if not shim.idle_track(entries, addr >> self.page_shift, self._pfn_block_shift,
                                self._block_table, self._slow_mask, self.huge_pages,
                                self._kpageflags_fd, self._pfns[pos:end], self._tags[pos:end],
                                self._nodes[pos:end], self._huge):
@@ -626,7 +564,8 @@ class IdleSampler:
         nhot = shim.idle_age(self._idle[p:q], self._tags[p:q], self._nodes[p:q],
                              memoryview(chunk.hist)[lo:hi], memoryview(chunk.tag)[lo:hi],
                              self.history_rounds, self.hot_rounds, seg.addr, self._hot_addrs,
-                             self._hot_nodes, self._hot_weights, self._aged)
+                             self._hot_nodes, self._hot_weights, self._aged,
+                             page_size=self.page_size)
         if nhot:
             self._offers.setdefault(proc.pid, []).append(
                 (self._hot_addrs[:nhot], self._hot_nodes[:nhot], self._hot_weights[:nhot]))
@@ -644,7 +583,7 @@ class IdleSampler:
                 addrs.extend(a)
                 nodes.extend(n)
                 weights.extend(w)
-            out.append(Offer(cpu, pid, addrs, nodes, weights))
+            out.append(Offer(pid, cpu, addrs, nodes, weights))
         return out
 
     # --- failures ---------------------------------------------------------------
@@ -666,23 +605,3 @@ class IdleSampler:
         self.counters["errors"] += 1
         log.debug("idle sampler: pid %d: %s", pid, exc)
 
-
-def _start_time(fs: KernelFs, pid: int) -> str:
-    """Field 22 of /proc/PID/stat (tells a reused pid from the process we knew)."""
-    text = fs.read_optional(f"/proc/{pid}/stat")
-    if text is None:
-        raise _PidGone
-    fields = text[text.rfind(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else ""
-
-
-def _has_cap(fs: KernelFs, cap: int) -> bool:
-    """Whether this process has ``cap`` in its effective set (True if it cannot tell)."""
-    text = fs.read_optional("/proc/self/status") or ""
-    for line in text.splitlines():
-        if line.startswith("CapEff:"):
-            try:
-                return bool(int(line.split()[1], 16) >> cap & 1)
-            except (IndexError, ValueError):
-                return True
-    return True

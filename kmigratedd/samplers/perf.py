@@ -6,7 +6,7 @@ wakeup watermark is readable) and a timer drains what stays below the watermark;
 the native shim decodes records into flat arrays, filters them and pushes them
 into that CPU's candidate queue — no Python loop per sample.
 
-``hint-faults`` (seed 004's signal): with ``kernel.numa_balancing = 2`` the kernel
+``hint-faults``: with ``kernel.numa_balancing = 2`` the kernel
 makes only slow-tier pages take a NUMA hinting fault on their next touch, and the
 software page-fault event with PERF_SAMPLE_ADDR records exactly those pages.
 ``numa_balancing_promote_rate_limit_MBps = 0`` stops the kernel from promoting
@@ -27,9 +27,10 @@ import re
 from array import array
 
 from .. import shim
-from ..kernelfs import KernelFs, line_with, parse_cpulist
+from ..kernelfs import KernelFs
+from ..procfs import online_cpus, vmstat
 from ..sysctl import SysctlGuard
-from .base import SamplerContext
+from .base import SamplerBase, SamplerContext
 
 log = logging.getLogger("kmigratedd.sampler")
 
@@ -58,23 +59,6 @@ def perf_error_hint(err: int) -> str:
     return os.strerror(err)
 
 
-def online_cpus(fs: KernelFs) -> list[int]:
-    text = fs.read_optional("/sys/devices/system/cpu/online")
-    return sorted(parse_cpulist(text)) if text else list(range(os.cpu_count() or 1))
-
-
-def vmstat(fs: KernelFs, *keys: str) -> dict[str, int]:
-    """The named counters of /proc/vmstat (found by search: the file has ~180 lines and
-    the hint-fault sampler reads it every second)."""
-    text = "\n" + (fs.read_optional("/proc/vmstat") or "")
-    out: dict[str, int] = {}
-    for k in keys:
-        line = line_with(text, f"\n{k} ")
-        if line is not None:
-            out[k] = int(line[len(k) + 1:])
-    return out
-
-
 class PerfRings:
     """One perf event and ring per CPU, drained into the candidate queues."""
 
@@ -91,27 +75,27 @@ class PerfRings:
         self.cpus = online_cpus(ctx.fs)
         self.fds: dict[int, int] = {}
         self.maps: dict[int, mmap.mmap] = {}
-        ring_bytes = ring_pages * shim.PAGE_SIZE
+        self.page_size = ctx.topology.page_size
+        ring_bytes = ring_pages * self.page_size
         # A sample record is at least 8 + 4 fields * 8 bytes; size the output for a full ring.
         self.buf = shim.SampleBuffer(max(1024, ring_bytes // 40))
         self.nodes = array("i", [0]) * self.buf.capacity
         self.stats_c = shim.new_perf_stats()
-        self.filtered = 0
-        self.pushed = 0
+        self.counters = {"filtered": 0, "candidates_offered": 0}
         self.deny = array("i", sorted({os.getpid(), *ctx.config.scope.exclude_pids}))
         self.allow: array[int] | None = None
         self._block_shift, self._block_table = ctx.topology.block_node_table()
         self._slow_mask = ctx.topology.slow_node_mask()
 
     def open(self) -> None:
-        wakeup = self.ring_pages * shim.PAGE_SIZE // 4
+        wakeup = self.ring_pages * self.page_size // 4
         try:
             for cpu in self.cpus:
                 fd = shim.perf_open(self.type_, self.config, self.sample_type, cpu=cpu,
                                     sample_period=self.sample_period, config1=self.config1,
                                     precise_ip=self.precise_ip, wakeup_bytes=wakeup)
                 self.fds[cpu] = fd
-                self.maps[cpu] = mmap.mmap(fd, (1 + self.ring_pages) * shim.PAGE_SIZE,
+                self.maps[cpu] = mmap.mmap(fd, (1 + self.ring_pages) * self.page_size,
                                            mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError:
             self.close()
@@ -137,20 +121,20 @@ class PerfRings:
             if n == 0:
                 return added
             if self.allow is not None:
-                self.filtered += shim.samples_filter(self.buf, self.allow, allow=True)
+                filtered = shim.samples_filter(self.buf, self.allow, allow=True)
             else:
-                self.filtered += shim.samples_filter(self.buf, self.deny, allow=False)
+                filtered = shim.samples_filter(self.buf, self.deny, allow=False)
             nodes = None
             if self.by_phys_node:
-                self.filtered += shim.samples_by_node(self.buf, self._block_shift,
-                                                      self._block_table, self._slow_mask,
-                                                      self.nodes)
+                filtered += shim.samples_by_node(self.buf, self._block_shift, self._block_table,
+                                                 self._slow_mask, self.nodes)
                 nodes = memoryview(self.nodes)[: self.buf.n]
+            self.counters["filtered"] += filtered
             if self.buf.n:
                 added += self.ctx.queues.push(cpu, self.buf.column("pid"),
                                               self.buf.column("addr"), nodes,
                                               self.buf.column("time"))
-                self.pushed += self.buf.n
+                self.counters["candidates_offered"] += self.buf.n
             if n < self.buf.capacity:
                 return added
 
@@ -172,21 +156,21 @@ class PerfRings:
         s = shim.read_perf_stats(self.stats_c)
         return {"samples": s.samples, "samples_lost": s.lost, "lost_records": s.lost_records,
                 "throttled": s.throttled, "truncated": s.truncated,
-                "unknown_records": s.unknown, "filtered": self.filtered,
-                "candidates_offered": self.pushed}
+                "unknown_records": s.unknown, **self.counters}
 
 
-class _PerfSampler:
-    """Common lifecycle: open rings, watch fds, drain on a timer, refresh the scope."""
+class _PerfSampler(SamplerBase[list[int] | None]):
+    """The rings are drained on the event loop (``add_reader`` wakeups, and every
+    round for what stays below the watermark); a round's executor part reads the
+    scope and whatever a subclass watches (:meth:`tick`)."""
 
     name = "perf"
 
-    def __init__(self, ctx: SamplerContext, rings: PerfRings) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: SamplerContext, rings: PerfRings,
+                 counters: tuple[str, ...] = ()) -> None:
+        super().__init__(ctx, counters)
         self.rings = rings
-        self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.errors = 0
 
     def _scope_pids(self) -> list[int] | None:
         scope = self.ctx.config.scope
@@ -194,42 +178,31 @@ class _PerfSampler:
             return None
         return list(self.ctx.scope.pids())
 
-    async def start(self) -> None:
+    def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.rings.set_scope(self._scope_pids())
         self.rings.open()
         self.rings.watch(self._loop)
-        self._task = asyncio.create_task(self._tick_loop(), name=f"sampler-{self.name}")
 
-    async def _tick_loop(self) -> None:
-        interval = self.ctx.config.sampler.interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.rings.drain_all()
-                self.rings.set_scope(self._scope_pids())
-                self.tick()
-            except Exception:  # a sampler never dies of one bad round
-                self.errors += 1
-                log.exception("%s sampler round failed", self.name)
+    def collect(self) -> list[int] | None:
+        self.tick()
+        return self._scope_pids()
+
+    def deliver(self, result: list[int] | None) -> None:
+        self.rings.drain_all()
+        self.rings.set_scope(result)
 
     def tick(self) -> None:
-        """Per-interval work of a subclass."""
+        """Per-round kernel reads of a subclass (in the executor)."""
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+    def close(self) -> None:
         if self.rings.fds:
             self.rings.drain_all()
         self.rings.close(self._loop)
+        self._loop = None
 
     def stats(self) -> dict[str, int]:
-        return {**self.rings.stats(), "errors": self.errors}
+        return {**self.rings.stats(), **super().stats()}
 
 
 class HintFaultSampler(_PerfSampler):
@@ -240,10 +213,9 @@ class HintFaultSampler(_PerfSampler):
         rings = PerfRings(ctx, type_=PERF_TYPE_SOFTWARE, config=PERF_COUNT_SW_PAGE_FAULTS,
                           config1=0, sample_type=HINT_FAULT_SAMPLE_TYPE, sample_period=1,
                           precise_ip=0, ring_pages=cfg.ring_pages, by_phys_node=False)
-        super().__init__(ctx, rings)
+        super().__init__(ctx, rings, ("kernel_promoted_pages",))
         self.guard = SysctlGuard(ctx.fs, cfg.state_file,
                                  {NUMA_BALANCING: "2", PROMOTE_RATE_LIMIT: "0"})
-        self.kernel_promoted = 0
         self.kernel_promoting = False
         self._last_promote: int | None = None
 
@@ -267,13 +239,13 @@ class HintFaultSampler(_PerfSampler):
             return f"perf_event_open(page-faults): {perf_error_hint(exc.errno or 0)}"
         return None
 
-    async def start(self) -> None:
+    def open(self) -> None:
         self.guard.recover()
         self.guard.apply()
         try:
             self._last_promote = vmstat(self.ctx.fs, "pgpromote_success").get(
                 "pgpromote_success")
-            await super().start()
+            super().open()
         except BaseException:
             self.guard.restore()
             raise
@@ -285,7 +257,7 @@ class HintFaultSampler(_PerfSampler):
         delta = now - self._last_promote
         self._last_promote = now
         if delta > 0:
-            self.kernel_promoted += delta
+            self.counters["kernel_promoted_pages"] += delta
             if not self.kernel_promoting:
                 log.warning(
                     "the kernel is promoting pages itself (%d in the last interval): a fast "
@@ -296,15 +268,14 @@ class HintFaultSampler(_PerfSampler):
             log.info("the kernel stopped promoting pages itself")
             self.kernel_promoting = False
 
-    async def stop(self) -> None:
+    def close(self) -> None:
         try:
-            await super().stop()
+            super().close()
         finally:
             self.guard.restore()
 
-    def stats(self) -> dict[str, int]:
-        return {**super().stats(), "kernel_promoted_pages": self.kernel_promoted,
-                "kernel_promoting": int(self.kernel_promoting)}
+    def extra_stats(self) -> dict[str, int]:
+        return {"kernel_promoting": int(self.kernel_promoting)}
 
 
 def _pmu_event(fs: KernelFs, pmu: str, event: str) -> tuple[int, int, int] | None:

@@ -9,8 +9,8 @@ from array import array
 from kmigratedd import config
 from kmigratedd.kernelfs import KernelFs
 from kmigratedd.queues import CandidateQueues, merge
+from kmigratedd.procfs import online_cpus
 from kmigratedd.samplers.base import SamplerContext
-from kmigratedd.samplers.perf import online_cpus
 from kmigratedd.scope import Scope
 from kmigratedd.topology import discover
 

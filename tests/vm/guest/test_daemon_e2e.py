@@ -18,7 +18,8 @@ import pytest
 
 from daemonproc import DaemonProcess
 from kmigratedd.kernelfs import KernelFs
-from kmigratedd.samplers.perf import NUMA_BALANCING, PROMOTE_RATE_LIMIT, vmstat
+from kmigratedd.procfs import vmstat
+from kmigratedd.samplers.perf import NUMA_BALANCING, PROMOTE_RATE_LIMIT
 from workload import Workload, fill_node, node_free_mib
 
 FS = KernelFs()

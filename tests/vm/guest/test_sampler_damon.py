@@ -21,10 +21,11 @@ import pytest
 
 from kmigratedd import config, topology
 from kmigratedd.kernelfs import KernelFs
+from kmigratedd.procfs import online_cpus
 from kmigratedd.queues import CandidateQueues, merge
 from kmigratedd.samplers.base import SamplerContext
-from kmigratedd.samplers.damon import NR_KDAMONDS, STATE, DamonSampler
-from kmigratedd.samplers.perf import online_cpus
+from kmigratedd.samplers.damon import DamonSampler
+from kmigratedd.samplers.damon_sysfs import NR_KDAMONDS, STATE
 from kmigratedd.scope import Scope
 from daemonproc import proc_cpu_seconds
 from workload import Workload

@@ -1,0 +1,94 @@
+"""Readers of /proc (and the online-CPU list of /sys) over :class:`~kmigratedd.kernelfs.KernelFs`.
+
+/proc/PID/stat is parsed here and nowhere else: its second field (``comm``, in
+parentheses) may hold spaces and parentheses, so the fields are split after the
+last ``)`` (proc(5)).  Field numbers below are proc(5)'s, counting from 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .kernelfs import KernelFs, line_with, parse_cpulist
+
+PF_KTHREAD = 0x00200000  # include/linux/sched.h
+
+
+def stat_fields(fs: KernelFs, pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after ``comm``: index 0 is field 3 (state); None
+    if the process is gone."""
+    text = fs.read_optional(f"/proc/{pid}/stat")
+    if text is None:
+        return None
+    return text[text.rfind(")") + 2:].split()
+
+
+def _field(fields: list[str] | None, number: int) -> int | None:
+    if fields is None:
+        return None
+    try:
+        return int(fields[number - 3])
+    except (IndexError, ValueError):
+        return None
+
+
+def last_cpu(fs: KernelFs, pid: int) -> int | None:
+    """CPU the task last ran on (field 39, ``processor``), or None if it is gone."""
+    return _field(stat_fields(fs, pid), 39)
+
+
+def start_time(fs: KernelFs, pid: int) -> int | None:
+    """Field 22 (``starttime``, clock ticks after boot): tells a reused pid from the
+    process known before; None if it is gone."""
+    return _field(stat_fields(fs, pid), 22)
+
+
+def is_kernel_thread(fs: KernelFs, pid: int) -> bool | None:
+    """Whether ``pid`` is a kernel thread (PF_KTHREAD in field 9, ``flags``); None if
+    it is gone."""
+    flags = _field(stat_fields(fs, pid), 9)
+    return None if flags is None else bool(flags & PF_KTHREAD)
+
+
+def has_capability(fs: KernelFs, cap: int) -> bool:
+    """Whether this process has ``cap`` in its effective set (True if it cannot tell)."""
+    line = line_with("\n" + (fs.read_optional("/proc/self/status") or ""), "\nCapEff:")
+    if line is None:
+        return True
+    try:
+        return bool(int(line.split()[1], 16) >> cap & 1)
+    except (IndexError, ValueError):
+        return True
+
+
+def vmstat(fs: KernelFs, *keys: str) -> dict[str, int]:
+    """The named counters of /proc/vmstat (found by search, not by splitting every
+    line: the hint-fault sampler reads it every interval)."""
+    text = "\n" + (fs.read_optional("/proc/vmstat") or "")
+    out: dict[str, int] = {}
+    for k in keys:
+        line = line_with(text, f"\n{k} ")
+        if line is not None:
+            out[k] = int(line[len(k) + 1:])
+    return out
+
+
+def online_cpus(fs: KernelFs) -> list[int]:
+    """The online CPUs (/sys/devices/system/cpu/online), or 0..cpu_count-1 without it."""
+    text = fs.read_optional("/sys/devices/system/cpu/online")
+    return sorted(parse_cpulist(text)) if text else list(range(os.cpu_count() or 1))
+
+
+def cpu_times(fs: KernelFs) -> tuple[int, int, int] | None:
+    """From /proc/stat: (total jiffies, idle + iowait jiffies, CPUs listed), or None."""
+    text = fs.read_optional("/proc/stat")
+    if text is None:
+        return None
+    ncpus, total = 0, None
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            f = [int(x) for x in line.split()[1:]]
+            total = (sum(f[:8]), f[3] + (f[4] if len(f) > 4 else 0))
+        elif line.startswith("cpu"):
+            ncpus += 1
+    return None if total is None else (total[0], total[1], ncpus)

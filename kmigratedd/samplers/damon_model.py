@@ -1,0 +1,135 @@
+"""What the DAMON sampler asks DAMON for, as data: no I/O (``damon_sysfs.py`` writes it).
+
+The shapes follow DAMON's own objects (include/linux/damon.h, and damo's ``_damon.py``):
+a :class:`Context` of ``vaddr`` operations with its :class:`MonitoringAttrs`, one
+:class:`Target` per process and the :class:`Scheme` list; a :class:`Region` is one
+tried region read back.  :func:`hot_regions_context` builds the context the sampler
+uses: one ``stat`` scheme per target whose access pattern selects hot regions and
+whose single ``target`` filter (``matching`` false: drop what matches) keeps that
+target's regions only.  The tried regions of a scheme carry no target index (6.12
+reports the regions of every target of a context in one list), so this filter is
+what attributes a region to its pid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+# Largest values an access pattern takes: sz is an unsigned long, nr_accesses and age
+# unsigned ints (struct damos_access_pattern).  Every max in sysfs starts at 0, which
+# matches nothing.
+ULONG_MAX = (1 << 64) - 1
+UINT_MAX = (1 << 32) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Intervals:
+    """Monitoring intervals in microseconds (``monitoring_attrs/intervals``)."""
+
+    sample_us: int
+    aggr_us: int
+    update_us: int
+
+    def slowed(self, factor: int) -> Intervals:
+        """Sampling and aggregation ``factor`` times longer (the update interval as is)."""
+        return replace(self, sample_us=self.sample_us * factor, aggr_us=self.aggr_us * factor)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringAttrs:
+    intervals: Intervals
+    min_regions: int
+    max_regions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """An inclusive [min, max] of an access pattern."""
+
+    min: int
+    max: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPattern:
+    sz: Range
+    nr_accesses: Range
+    age: Range
+
+
+@dataclass(frozen=True, slots=True)
+class TargetFilter:
+    """A DAMOS filter of type ``target``: regions of target ``target_idx`` match."""
+
+    target_idx: int
+    matching: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    action: str
+    access_pattern: AccessPattern
+    filters: tuple[TargetFilter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    operations: str
+    attrs: MonitoringAttrs
+    targets: tuple[Target, ...] = ()
+    schemes: tuple[Scheme, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Region:
+    """One DAMON tried region: [start, end) with its access count and age."""
+
+    start: int
+    end: int
+    nr_accesses: int
+    age: int
+
+
+def hot_scheme(target_idx: int, hot_min_accesses: int) -> Scheme:
+    """A ``stat`` scheme selecting the regions of target ``target_idx`` accessed at
+    least ``hot_min_accesses`` times per aggregation, of any size and age."""
+    pattern = AccessPattern(sz=Range(0, ULONG_MAX), nr_accesses=Range(hot_min_accesses, UINT_MAX),
+                            age=Range(0, UINT_MAX))
+    # matching false: filter out the regions that do NOT belong to target_idx.
+    return Scheme("stat", pattern, (TargetFilter(target_idx, matching=False),))
+
+
+def hot_regions_context(attrs: MonitoringAttrs, pids: Sequence[int],
+                        hot_min_accesses: int) -> Context:
+    """A vaddr context watching ``pids``: scheme i reports target i's hot regions."""
+    return Context("vaddr", attrs, tuple(Target(p) for p in pids),
+                   tuple(hot_scheme(i, hot_min_accesses) for i in range(len(pids))))
+
+
+def aligned(r: Region, page_size: int) -> Region:
+    """``r`` widened to whole pages."""
+    return Region(r.start - r.start % page_size, -(-r.end // page_size) * page_size,
+                  r.nr_accesses, r.age)
+
+
+def intersect(regions: list[Region], ranges: Sequence[tuple[int, int]]) -> list[Region]:
+    """The parts of ``regions`` inside ``ranges`` (both sorted, neither overlapping
+    itself), keeping each region's counts."""
+    out: list[Region] = []
+    j = 0
+    for r in regions:
+        while j < len(ranges) and ranges[j][1] <= r.start:
+            j += 1
+        k = j
+        while k < len(ranges) and ranges[k][0] < r.end:
+            lo, hi = max(r.start, ranges[k][0]), min(r.end, ranges[k][1])
+            if lo < hi:
+                out.append(Region(lo, hi, r.nr_accesses, r.age))
+            k += 1
+    return out
