@@ -55,8 +55,7 @@ def ensure_venv() -> None:
         print("benchmarks: tests/setup.sh (apt packages for the VM, the wheel in "
               f"{VENV})", flush=True)
         subprocess.run(["bash", str(REPO / "tests" / "setup.sh")], check=True)
-        env = dict(os.environ, PYTHONSAFEPATH="1")
-        os.execve(str(VENV_PY), [str(VENV_PY), *sys.argv], env)
+        os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])
 
 
 def ensure_matplotlib() -> Any:

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import errno
 import os
+import re
 from array import array
 from collections.abc import Callable
 from pathlib import Path
@@ -161,6 +162,35 @@ def target_writes(pids: list[int]) -> list[tuple[str, str]]:
     return out
 
 
+def same_writes(got: list[tuple[str, str]], want: list[tuple[str, str]]) -> None:
+    """The same sysfs writes, compared where order does not matter: every file ends with
+    the same value; the kdamond state commands come in the same order, each seeing the
+    same values written before it (a command acts on them); and a directory's ``nr_*``
+    file is written before anything inside the numbered directories it creates."""
+    def end_state(ws: list[tuple[str, str]]) -> dict[str, str]:
+        return {p: v for p, v in ws if p != STATE}
+
+    def commands(ws: list[tuple[str, str]]) -> list[tuple[str, dict[str, str]]]:
+        out, before = [], {}
+        for p, v in ws:
+            if p == STATE:
+                out.append((v, dict(before)))
+            else:
+                before[p] = v
+        return out
+
+    assert end_state(got) == end_state(want)
+    assert commands(got) == commands(want)
+    created: set[str] = set()
+    for p, _ in got:
+        parent, name = p.rsplit("/", 1)
+        if name.startswith("nr_"):
+            created.add(parent)
+        m = re.match(r"(.*)/\d+/", p)
+        if m and any(q.startswith(m.group(1) + "/nr_") for q, _ in got):
+            assert m.group(1) in created, f"{p} written before {m.group(1)}/nr_*"
+
+
 # --- probe ----------------------------------------------------------------------
 
 
@@ -249,8 +279,8 @@ def test_start_and_stop_write_exactly_this(tmp_path: Path) -> None:
         await s.stop()  # idempotent
         return started
 
-    assert run(go) == START_WRITES
-    assert fs.writes == START_WRITES + [(STATE, "off"), (f"{K}/nr_kdamonds", "0")]
+    same_writes(run(go), START_WRITES)
+    same_writes(fs.writes, START_WRITES + [(STATE, "off"), (f"{K}/nr_kdamonds", "0")])
 
 
 def test_stop_restores_nr_kdamonds_as_found(tmp_path: Path) -> None:
@@ -332,8 +362,8 @@ def test_round_turns_hot_regions_into_page_candidates(tmp_path: Path) -> None:
     offered = s.run_round()
 
     # First round: targets written and the kdamond turned on, then one update.
-    assert fs.writes == target_writes([PID]) + [(STATE, "on"),
-                                                (STATE, "update_schemes_tried_regions")]
+    same_writes(fs.writes, target_writes([PID]) + [(STATE, "on"),
+                                                   (STATE, "update_schemes_tried_regions")])
     # Hottest region first (B, its unaligned ends widened to whole pages), then A, each
     # probed (regions this small: every page); the cold region C is never expanded.
     assert query.calls == [(PID, page_range(B, 4)), (PID, page_range(A, 8))]
@@ -419,8 +449,8 @@ def test_quiet_mode_slows_damon_down_until_there_is_something_to_promote(
     assert s.stats()["quiet"] == 0
     del fs.writes[:]
     s.run_round()
-    assert fs.writes == ([(STATE, "update_schemes_tried_regions")] + interval_writes(10)
-                         + [(STATE, "commit")])
+    same_writes(fs.writes, [(STATE, "update_schemes_tried_regions")] + interval_writes(10)
+                + [(STATE, "commit")])
     st = s.stats()
     assert (st["quiet"], st["quiet_entered"], st["commits"]) == (1, 1, 0)
     del fs.writes[:]
@@ -429,8 +459,8 @@ def test_quiet_mode_slows_damon_down_until_there_is_something_to_promote(
     query.nodes[A] = 1  # a hot page is on the slow node now: its region is offered
     del fs.writes[:]
     assert s.run_round() == 8
-    assert fs.writes == ([(STATE, "update_schemes_tried_regions")] + interval_writes(1)
-                         + [(STATE, "commit")])
+    same_writes(fs.writes, [(STATE, "update_schemes_tried_regions")] + interval_writes(1)
+                + [(STATE, "commit")])
     st = s.stats()
     assert (st["quiet"], st["quiet_left"], st["commits"]) == (0, 1, 0)
 
@@ -507,7 +537,7 @@ def test_the_model_and_the_sysfs_backend(tmp_path: Path) -> None:
     put_regions(tmp_path, 1, [(A, A + PS, 3, 1), (B, B + 2 * PS, 7, 0)])
     fs = KernelFs(tmp_path, record_writes=True)
     DamonSysfs(fs).write_targets(ctx)
-    assert fs.writes == target_writes([PID, PID2])
+    same_writes(fs.writes, target_writes([PID, PID2]))
     errors: list[str] = []
     assert DamonSysfs(fs).tried_regions(1, lambda what, exc: errors.append(what)) == [
         damon_model.Region(A, A + PS, 3, 1), damon_model.Region(B, B + 2 * PS, 7, 0)]
@@ -581,8 +611,8 @@ def test_a_pid_that_exits_is_counted_and_dropped_from_the_targets(tmp_path: Path
     del fs.writes[:]
     s.run_round()
     # Rewritten without it and committed while DAMON runs.
-    assert fs.writes == target_writes([PID2]) + [(STATE, "commit"),
-                                                 (STATE, "update_schemes_tried_regions")]
+    same_writes(fs.writes, target_writes([PID2]) + [(STATE, "commit"),
+                                                    (STATE, "update_schemes_tried_regions")])
     st = s.stats()
     assert (st["pid_gone"], st["commits"], st["targets"], st["errors"]) == (1, 1, 1, 0)
     s.run_round()
@@ -612,8 +642,8 @@ def test_a_commit_that_stops_the_kdamond_restarts_it(tmp_path: Path) -> None:
     fs.commit_stops = True  # as 6.12 does when a committed pid has exited meanwhile
     del fs.writes[:]
     s.run_round()
-    assert fs.writes == (target_writes([PID2]) + [(STATE, "commit")] + target_writes([PID2])
-                         + [(STATE, "on"), (STATE, "update_schemes_tried_regions")])
+    same_writes(fs.writes, target_writes([PID2]) + [(STATE, "commit")] + target_writes([PID2])
+                + [(STATE, "on"), (STATE, "update_schemes_tried_regions")])
     st = s.stats()
     assert (st["kdamond_stops"], st["kdamond_starts"], st["kdamond_on"]) == (1, 2, 1)
 
@@ -627,13 +657,13 @@ def test_a_commit_that_stops_the_kdamond_a_bit_later(tmp_path: Path) -> None:
     fs.commit_stops_late = True
     del fs.writes[:]
     s.run_round()  # the update finds it stopped: not an error
-    assert fs.writes == target_writes([PID2]) + [(STATE, "commit"),
-                                                 (STATE, "update_schemes_tried_regions")]
+    same_writes(fs.writes, target_writes([PID2]) + [(STATE, "commit"),
+                                                    (STATE, "update_schemes_tried_regions")])
     assert s.stats()["errors"] == 0
     del fs.writes[:]
     s.run_round()  # restarted
-    assert fs.writes == target_writes([PID2]) + [(STATE, "on"),
-                                                 (STATE, "update_schemes_tried_regions")]
+    same_writes(fs.writes, target_writes([PID2]) + [(STATE, "on"),
+                                                    (STATE, "update_schemes_tried_regions")])
     st = s.stats()
     assert (st["kdamond_stops"], st["kdamond_starts"], st["errors"]) == (1, 2, 0)
 
@@ -645,8 +675,8 @@ def test_a_kdamond_that_stopped_by_itself_is_restarted(tmp_path: Path) -> None:
     fs.path(STATE).write_text("off\n")  # e.g. every target had exited
     del fs.writes[:]
     s.run_round()
-    assert fs.writes == target_writes([PID]) + [(STATE, "on"),
-                                                (STATE, "update_schemes_tried_regions")]
+    same_writes(fs.writes, target_writes([PID]) + [(STATE, "on"),
+                                                   (STATE, "update_schemes_tried_regions")])
     assert s.stats()["kdamond_stops"] == 1
 
 
