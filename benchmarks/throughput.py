@@ -10,11 +10,11 @@ guest half (benchmarks/guest/throughput.py) measures:
 
 * move_pages(2) node 1 -> node 0 through ``kmigratedd.shim.move`` — 4 KiB pages in
   batches of 1..4096 and 2 MiB THP in batches of 1, 8, 64 huge pages, with 1 and 2
-  copy threads (``kmigratedd.worker.ShimMover``: N threads each call move_pages on a
+  copy threads (``kmigratedd.pipeline.ShimMover``: N threads each call move_pages on a
   slice; the kernel copies in the calling thread) — the shape of the tables in
   seeds 000/001 — beside memcpy of the same bytes node 1 -> node 0 (the ceiling);
   medians of --reps repetitions with their min-max;
-* the daemon's pipeline (CandidateQueues + one NodeWorker with the real ShimMover,
+* the daemon's pipeline (CandidateQueues + the Router + one NodeWorker with the real ShimMover,
   no rate limit, no headroom) against raw batched shim.move (512 per call) over
   the same number of pages: the ratio is what queueing, sorting, the position query
   and accounting cost (target >= 0.9);
@@ -150,10 +150,10 @@ def host_daemon_idle(seconds: float) -> list[dict[str, Any]]:
 
 
 def host_worker_idle(seconds: float) -> dict[str, Any]:
-    """One NodeWorker with empty queues on this host, natively (no VM): what its polling
-    loop costs when there is nothing to promote.  The host has one node, so the worker
-    gets a topology that pretends node 1 (a copy of node 0) promotes to node 0; it is
-    never asked to move anything."""
+    """The router and one NodeWorker with empty queues on this host, natively (no VM): what
+    their loops cost when there is nothing to promote.  The host has one node, so they get
+    a topology that pretends node 1 (a copy of node 0) promotes to node 0; nothing is ever
+    moved."""
     import asyncio
     import dataclasses
     import os
@@ -161,36 +161,48 @@ def host_worker_idle(seconds: float) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     from kmigratedd import config
+    from kmigratedd.inbox import Inbox
     from kmigratedd.kernelfs import KernelFs
+    from kmigratedd.pipeline import MovePipeline, ShimMover
     from kmigratedd.queues import CandidateQueues
+    from kmigratedd.router import Router
     from kmigratedd.topology import discover
-    from kmigratedd.worker import NodeWorker, ShimMover
+    from kmigratedd.worker import NodeWorker, WorkerStats, inbox_limit
 
-    print(f"== one idle NodeWorker on the host, natively ({seconds:.0f} s) ==", flush=True)
+    print(f"== an idle router and NodeWorker on the host, natively ({seconds:.0f} s) ==",
+          flush=True)
     fs = KernelFs()
     topo = discover(fs)
     n0 = min(topo.nodes)
     topo = dataclasses.replace(topo, targets={n0 + 1: n0},
                                nodes={**topo.nodes, n0 + 1: topo.nodes[n0]})
-    queues = CandidateQueues(list(range(os.cpu_count() or 1)), 65536)
-    w = NodeWorker(n0, topology=topo, queues=queues, mover=ShimMover(),
-                   cfg=config.WorkersConfig(), fs=fs, executor=ThreadPoolExecutor(1))
+    cfg = config.WorkersConfig()
+    mover = ShimMover()
 
-    async def run() -> tuple[float, float, int]:
-        task = asyncio.create_task(w.run())
+    async def run() -> tuple[float, float, int, Any]:
+        queues = CandidateQueues(list(range(os.cpu_count() or 1)), 65536)
+        inbox = Inbox(inbox_limit(cfg))
+        w = NodeWorker(n0, topology=topo, inbox=inbox, cfg=cfg, fs=fs,
+                       pipeline=MovePipeline(n0, mover, WorkerStats(), ThreadPoolExecutor(1),
+                                             page_size=topo.page_size))
+        router = Router(queues, {n0: inbox}, topo, mover, cfg, executor=ThreadPoolExecutor(1))
+        tasks = [asyncio.create_task(w.run()), asyncio.create_task(router.run())]
         await asyncio.sleep(1)
-        r0, t0, k0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), w.stats.rounds
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        k0 = w.stats.rounds + router.stats.rounds
         await asyncio.sleep(seconds)
-        r1, t1, k1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), w.stats.rounds
+        r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        k1 = w.stats.rounds + router.stats.rounds
         w.stop()
-        await task
-        return (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime), t1 - t0, k1 - k0
+        router.stop()
+        await asyncio.gather(*tasks)
+        return (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime), t1 - t0, k1 - k0, w
 
     import uvloop
 
-    cpu, dt, rounds = uvloop.run(run())
-    print(f"  idle NodeWorker: {rounds / dt:.1f} rounds/s, {100 * cpu / dt:.3f}% of one CPU",
-          flush=True)
+    cpu, dt, rounds, w = uvloop.run(run())
+    print(f"  idle router + NodeWorker: {rounds / dt:.1f} rounds/s, "
+          f"{100 * cpu / dt:.3f}% of one CPU", flush=True)
     return {"seconds": dt, "cpu_seconds": cpu, "cpu_percent_of_one": 100 * cpu / dt,
             "rounds_per_s": rounds / dt, "poll_s": w.poll_s}
 

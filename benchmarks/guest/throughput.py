@@ -4,13 +4,13 @@ Inside the tiered guest (node 0 = DRAM + CPUs, node 1 = CPU-less slow node):
 
 1. move_pages(2) node 1 -> node 0 through kmigratedd's shim: 4 KiB pages by batch
    size, 2 MiB THP by batch size (one address per huge page), with 1 and 2 copy
-   threads (kmigratedd.worker.ShimMover splits a batch into contiguous slices moved
+   threads (kmigratedd.pipeline.ShimMover splits a batch into contiguous slices moved
    by concurrent threads); memcpy of the same bytes node 1 -> node 0 with 1 and 2
    threads as the ceiling.  Repetitions interleave the configurations so host load
    drifts hit all of them alike.  The pages moved belong to a forked, idle,
    single-threaded process (tests/vm/guest/workload.py), as a workload's pages do for the daemon.
 2. pipeline vs raw: N candidates pushed straight into CandidateQueues and drained
-   by one real NodeWorker (ShimMover, rate limit 0, headroom 0) until every page
+   by the Router and one real NodeWorker (ShimMover, rate limit 0, headroom 0) until every page
    is on node 0, against batched shim.move (512 per call) of N fresh pages.
 3. daemon idle: kmigratedd (each sampler this kernel offers) watching a workload
    whose pages are all on node 0 already; CPU over a window that starts 15 s after
