@@ -28,13 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def bootstrap() -> None:
     """First use on a fresh machine: tests/setup.sh installs the apt packages (qemu, the
-    guest kernel, busybox...) and creates .venv with kmigratedd."""
-    venv_ok = (REPO / ".venv" / "bin" / "kmigratedd").exists()
+    guest kernel, busybox...) and the venv with this checkout's wheel installed."""
+    venv_ok = (common.VENV / "bin" / "kmigratedd").exists()
     qemu_ok = any(os.access(os.path.join(p, "qemu-system-x86_64"), os.X_OK)
                   for p in os.environ.get("PATH", "").split(os.pathsep))
     if venv_ok and qemu_ok:
         return
-    print("demo: first run — running tests/setup.sh (apt packages for the VM, .venv with "
+    print("demo: first run — running tests/setup.sh (apt packages for the VM, the venv with "
           "kmigratedd; needs root for apt)", flush=True)
     r = subprocess.run(["bash", str(REPO / "tests" / "setup.sh")])
     if r.returncode != 0:

@@ -1,6 +1,6 @@
 """Cost of the idle sampler's scan per GiB, against just reading pagemap and the bitmap.
 
-Run from the host: ``.venv/bin/python benchmarks/idle_scan.py`` boots the tiered VM
+Run from the host: ``$(bash tests/setup.sh --print-venv)/bin/python benchmarks/idle_scan.py`` boots the tiered VM
 on the kernel with idle page tracking (built and cached by tests/vm/build_kernel.sh),
 runs itself inside and writes benchmarks/results/idle_scan.md.
 
@@ -200,7 +200,7 @@ def on_host() -> int:
     out = res.output
     table = out[out.index("\n$ "):].strip() if "\n$ " in out else out.strip()
     common.write_result("idle_scan.md", "# Idle sampler scan cost vs reading pagemap + "
-                        "bitmap\n\nCommand: `.venv/bin/python benchmarks/idle_scan.py`. "
+                        "bitmap\n\nCommand: `$(bash tests/setup.sh --print-venv)/bin/python benchmarks/idle_scan.py`. "
                         + common.TCG_CAVEAT + "\n\n```\n" + table + "\n```\n")
     return 0
 
@@ -218,7 +218,7 @@ def main() -> int:
     if not Path(BITMAP).exists():
         print(f"{BITMAP} missing: run on the idle kernel (--kernel idle)", file=sys.stderr)
         return 77
-    cmd = ".venv/bin/python benchmarks/idle_scan.py " + shlex.join(sys.argv[1:])
+    cmd = "$(bash tests/setup.sh --print-venv)/bin/python benchmarks/idle_scan.py " + shlex.join(sys.argv[1:])
     rows = []
     for layout in args.layouts.split(","):
         with Workload(args.hot_mib, args.cold_mib, node=1, flush_ms=10) as w:

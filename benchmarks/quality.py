@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Promotion quality: kmigratedd vs numa_balancing=2 vs DAMON migrate_hot, side by side.
 
-    .venv/bin/python benchmarks/quality.py               # ~15-25 min: two VM boots
-    .venv/bin/python benchmarks/quality.py --cases dense --bound-s 60
-    .venv/bin/python benchmarks/quality.py --render      # re-render from raw JSON
+    python3 benchmarks/quality.py               # ~15-25 min: two VM boots
+    python3 benchmarks/quality.py --cases dense --bound-s 60
+    python3 benchmarks/quality.py --render      # re-render from raw JSON
 
 For each case (``dense``: 128 MiB hot + 128 MiB cold; ``sparse``: the same with only
 1 page in 16 of the hot region hot, the other 15 cold and interleaved) the tiered
@@ -172,7 +172,7 @@ def plot(data: dict[str, Any], path: Path, title: str) -> None:
 
 def render(found: list[tuple[str, str, dict[str, Any]]]) -> str:
     out = ["# Promotion quality: kmigratedd vs numa_balancing=2 vs DAMON migrate_hot", "",
-           "Command: `.venv/bin/python benchmarks/quality.py` (raw data: "
+           "Command: `python3 benchmarks/quality.py` (raw data: "
            "`benchmarks/results/raw/quality-*.json`).", ""]
     if found:
         out += [common.machine_line(found[0][2]["guest"], found[0][2]), ""]

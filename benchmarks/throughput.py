@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Migration throughput of kmigratedd's move path, its pipeline, and its idle cost.
 
-    .venv/bin/python benchmarks/throughput.py            # ~6-10 min: boots the tiered VM
-    .venv/bin/python benchmarks/throughput.py --quick    # fewer repetitions
-    .venv/bin/python benchmarks/throughput.py --render   # tables/plots from the last raw JSON
+    python3 benchmarks/throughput.py            # ~6-10 min: boots the tiered VM
+    python3 benchmarks/throughput.py --quick    # fewer repetitions
+    python3 benchmarks/throughput.py --render   # tables/plots from the last raw JSON
 
 In the tiered guest (qemu TCG; node 1 CPU-less, a lower memory tier by HMAT) the
 guest half (benchmarks/guest/throughput.py) measures:
@@ -24,7 +24,8 @@ guest half (benchmarks/guest/throughput.py) measures:
 and on the host: kmigratedd idling with one memory tier (nothing to promote).
 
 Writes benchmarks/results/throughput.md, throughput.png and raw/throughput.json.
-Needs matplotlib in .venv for the plot (installed on first use).
+Runs with the venv tests/setup.sh installs this checkout's wheel into (it re-executes
+itself there); matplotlib is installed into it for the plot on first use.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def render(data: dict[str, Any]) -> str:
     moves = data.get("moves", [])
     threads = sorted({r["threads"] for r in moves}) or [1, 2]
     out = ["# Migration throughput (node 1 -> node 0) and daemon overhead", "",
-           "Command: `.venv/bin/python benchmarks/throughput.py` (raw data: "
+           "Command: `python3 benchmarks/throughput.py` (raw data: "
            "`benchmarks/results/raw/throughput.json`).", "",
            common.machine_line(guest, data), "", f"> {common.TCG_CAVEAT}", ""]
     if moves:

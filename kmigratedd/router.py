@@ -38,13 +38,11 @@ from .errors import MovePagesError
 from .inbox import Inbox
 from .pipeline import Mover
 from .queues import CandidateQueues, merge
+from .stage import LoopStage
 from .topology import Topology
 
 log = logging.getLogger("kmigratedd.router")
 
-# With nothing queued the router sleeps until a sampler pushes, waking this often
-# only to stamp its heartbeat.
-IDLE_WAKE_S = 1.0
 # Batches drained per round: the router drains at most this many worker batches.
 MAX_BURST = 4
 
@@ -64,10 +62,11 @@ class RouterStats:
     heartbeat: float = 0.0         # time.time() of the last round
 
 
-class Router:
+class Router(LoopStage):
     def __init__(self, queues: CandidateQueues, inboxes: Mapping[int, Inbox], topology: Topology,
                  mover: Mover, cfg: WorkersConfig, *, executor: Executor | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.queues = queues
         self.inboxes = dict(inboxes)
         self.mover = mover
@@ -80,14 +79,14 @@ class Router:
         for src, dst in topology.targets.items():
             self.target_of_node[src] = dst
         self.paused = False  # while promotion is paused, candidates wait in the queues
-        self._wake: asyncio.Event | None = None
-        self._stopping = False
 
     def configure(self, cfg: WorkersConfig) -> None:
         self.cfg = cfg
 
     async def run(self) -> None:
-        self._wake = wake = asyncio.Event()
+        """Route while there are candidates and room; else sleep until a sampler pushes
+        or a worker takes pages."""
+        wake = self._event()
         self.queues.on_push(wake.set)
         for inbox in self.inboxes.values():
             inbox.on_room(wake.set)
@@ -103,18 +102,7 @@ class Router:
                 routed = 0
             if routed and len(self.queues) and self._room():
                 continue
-            try:
-                await asyncio.wait_for(wake.wait(), IDLE_WAKE_S)
-            except TimeoutError:
-                pass
-
-    def wake(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.wake()
+            await self._sleep()
 
     def _room(self) -> int:
         return max((i.room for i in self.inboxes.values()), default=0)

@@ -33,13 +33,11 @@ from .inbox import PAGE_MASK, Inbox
 from .kernelfs import KernelFs
 from .pipeline import MovePipeline, Settled
 from .policy import HeadroomGuard, PingPongDamper, RetryOnce, TokenBucket
+from .stage import LoopStage
 from .topology import Topology, read_node_meminfo
 
 log = logging.getLogger("kmigratedd.worker")
 
-# With nothing waiting, a worker sleeps until the router hands it pages, waking this
-# often only to stamp its heartbeat.
-IDLE_WAKE_S = 1.0
 # Batches of one pid moved by one job, back to back: fewer round trips through the
 # event loop (each costs a thread hand-off and a wake-up).
 MAX_BURST = 4
@@ -106,10 +104,11 @@ class WorkerSnapshot:
     heartbeat: float
 
 
-class NodeWorker:
+class NodeWorker(LoopStage):
     def __init__(self, node: int, *, topology: Topology, inbox: Inbox, pipeline: MovePipeline,
                  cfg: WorkersConfig, fs: KernelFs,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.node = node
         self.topology = topology
         self.inbox = inbox
@@ -124,8 +123,6 @@ class NodeWorker:
         self._free: tuple[float, int] | None = None
         self._backoff_until = 0.0
         self._expired_at = 0.0
-        self._stopping = False
-        self._wake: asyncio.Event | None = None
         self.configure(cfg)
 
     def configure(self, cfg: WorkersConfig) -> None:
@@ -167,7 +164,7 @@ class NodeWorker:
     async def run(self) -> None:
         log.info("worker for node %d: promoting from node(s) %s", self.node,
                  ",".join(str(s) for s, d in self.topology.targets.items() if d == self.node))
-        self._wake = wake = asyncio.Event()
+        wake = self._event()
         self.inbox.on_accept(wake.set)
         while not self._stopping:
             try:
@@ -188,25 +185,12 @@ class NodeWorker:
         """Sleep until there may be work: pages arriving, or a deadline.
 
         Pages waiting (inbox, retries, a back-off) are looked at every ``poll_s``; with
-        nothing waiting the worker sleeps until the router hands it pages, waking every
-        ``IDLE_WAKE_S`` only to stamp its heartbeat."""
+        nothing waiting the worker sleeps until the router hands it pages."""
         wake.clear()
         if not self.paused and (self.inbox.pages or self.retry.pending):
             await asyncio.sleep(self.poll_s)
             return
-        try:
-            await asyncio.wait_for(wake.wait(), IDLE_WAKE_S)
-        except TimeoutError:
-            pass
-
-    def wake(self) -> None:
-        """Look again now (on the event loop: resume, reload)."""
-        if self._wake is not None:
-            self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.wake()
+        await self._sleep()
 
     async def step(self) -> bool:
         """One round; returns True when it did work (so the loop does not sleep)."""

@@ -127,9 +127,9 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] =
          [(rate("kmigratedd_batches_total", IN, "instance, node, mode"),
            "{{instance}} node {{node}} batches {{mode}}"),
           (call_errors, "{{instance}} node {{node}} error {{reason}}")]),
-        ("timeseries", "Candidates dropped by the workers", "pages/s",
-         "Before any move: below the hotness threshold (workers.min_samples), already on "
-         "the fast tier, gone, or the worker's inbox was full.",
+        ("timeseries", "Candidates dropped before a move", "pages/s",
+         "By the router (node empty): below the hotness threshold (workers.min_samples), "
+         "already on the fast tier, or gone; by a worker: its inbox was full.",
          [(rate("kmigratedd_worker_dropped_pages_total", IN, "instance, node, reason"),
            "{{instance}} node {{node}} {{reason}}")]),
         ("timeseries", "Busy retries and ping-pong hold-offs", "pages/s",

@@ -47,14 +47,17 @@ def vm_available() -> None:
 def guest_pytest(
     vm_available: None, request: pytest.FixtureRequest
 ) -> Callable[..., vmrun.VMResult]:
-    """guest_pytest("test_topology_raw.py", topology="2node", kernel="debian-6.12", timeout=...)
-    runs the guest module under pytest inside a fresh guest and fails with the guest output unless
-    it passed."""
+    """guest_pytest("test_topology_raw.py", passed=10, topology="2node", kernel="debian-6.12",
+    timeout=...) runs the guest module under pytest inside a fresh guest and fails with the
+    guest output unless it passed with exactly ``passed`` tests passed and ``skipped``
+    (default 0) skipped: a guest module that skips itself entirely fails its wrapper."""
     live = request.config.getoption("capture") == "no"
 
-    def run(target: str | list[str], **kw: object) -> vmrun.VMResult:
+    def run(target: str | list[str], *, passed: int, skipped: int = 0,
+            **kw: object) -> vmrun.VMResult:
         res = vmpytest.run_pytest_in_vm(target, stream=sys.stdout if live else None, **kw)  # type: ignore[arg-type]
         vmpytest.assert_vm_ok(res)
+        vmpytest.assert_counts(res, passed=passed, skipped=skipped)
         return res
 
     return run

@@ -151,6 +151,25 @@ def assert_vm_ok(res: vmrun.VMResult) -> None:
     )
 
 
+def counts(output: str) -> dict[str, int]:
+    """The outcome counts of pytest's final summary line ("2 passed, 1 skipped in 3.1s")."""
+    return {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|"
+                                                   r"xfailed|xpassed|deselected)",
+                                                   _summary(output))}
+
+
+def assert_counts(res: vmrun.VMResult, *, passed: int, skipped: int = 0) -> None:
+    """Fail unless the guest run passed exactly ``passed`` tests and skipped ``skipped``."""
+    got = counts(res.output)
+    if got.get("passed", 0) == passed and got.get("skipped", 0) == skipped:
+        return
+    import pytest
+
+    pytest.fail(f"guest run: expected {passed} passed, {skipped} skipped; got "
+                f"{_summary(res.output)!r}\n--- guest output ---\n{res.output[-5000:]}",
+                pytrace=False)
+
+
 def summary_lines() -> list[str]:
     head = f"{'guest module(s)':34} {'topology':8} {'kernel':12} {'accel':5}"
     lines = [f"{head} {'boot s':>6} {'wall s':>6}  result"]
