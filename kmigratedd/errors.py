@@ -45,3 +45,8 @@ class NativeUnavailableError(KmigratedError, ImportError):
 class SamplerUnavailableError(KmigratedError, RuntimeError):
     """A sampler cannot run here; the message says what is missing (PMU event,
     kernel option, capability) and what to do."""
+
+
+class SysctlStateError(KmigratedError, OSError):
+    """The sysctl state cannot be kept safely: the state directory is writable by
+    others or not root's, or a sysctl shows a value outside its valid range."""

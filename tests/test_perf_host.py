@@ -156,7 +156,7 @@ def test_pmu_event_parsing_from_a_fake_sysfs(tmp_path):
 
 
 def test_sysctl_guard_saves_before_and_restores(tmp_path):
-    from kmigratedd.sysctl import SysctlGuard
+    from kmigratedd.sysctl import SysctlGuard, recover
 
     root = tmp_path / "root"
     (root / "proc/sys/kernel").mkdir(parents=True)
@@ -173,10 +173,10 @@ def test_sysctl_guard_saves_before_and_restores(tmp_path):
     assert json.loads(state.read_text()) == {"/proc/sys/kernel/numa_balancing": "1",
                                              "/proc/sys/kernel/numa_balancing_promote_rate_limit_MBps": "65536"}
     assert nb.read_text() == "2" and rl.read_text() == "0"
-    # A crash: a new guard at the next start restores from the state file first.
+    # A crash: the daemon's next start restores from the state file first.
+    assert recover(fs, state).restored == {"kernel.numa_balancing": "1",
+                                           "kernel.numa_balancing_promote_rate_limit_MBps": "65536"}
     g2 = SysctlGuard(fs, state, wanted)
-    assert g2.recover() == {"/proc/sys/kernel/numa_balancing": "1",
-                            "/proc/sys/kernel/numa_balancing_promote_rate_limit_MBps": "65536"}
     assert nb.read_text() == "1" and rl.read_text() == "65536" and not state.exists()
     g2.apply()
     g2.restore()

@@ -26,7 +26,7 @@ import os
 import re
 from array import array
 
-from .. import shim
+from .. import shim, sysctl
 from ..kernelfs import KernelFs
 from ..procfs import online_cpus, vmstat
 from ..sysctl import SysctlGuard
@@ -38,8 +38,8 @@ PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_PAGE_FAULTS = 2
 PERF_TYPE_RAW = 4
 
-NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
-PROMOTE_RATE_LIMIT = "/proc/sys/kernel/numa_balancing_promote_rate_limit_MBps"
+NUMA_BALANCING = sysctl.NUMA_BALANCING.kpath
+PROMOTE_RATE_LIMIT = sysctl.PROMOTE_RATE_LIMIT.kpath
 PMU_DIR = "/sys/bus/event_source/devices"
 
 HINT_FAULT_SAMPLE_TYPE = (shim.PERF_SAMPLE_TID | shim.PERF_SAMPLE_TIME | shim.PERF_SAMPLE_ADDR
@@ -240,7 +240,8 @@ class HintFaultSampler(_PerfSampler):
         return None
 
     def open(self) -> None:
-        self.guard.recover()
+        # The daemon ran sysctl.recover() at its start; apply() keeps the originals
+        # of a state file that is still there (a restore that failed).
         self.guard.apply()
         try:
             self._last_promote = vmstat(self.ctx.fs, "pgpromote_success").get(
@@ -275,7 +276,8 @@ class HintFaultSampler(_PerfSampler):
             self.guard.restore()
 
     def extra_stats(self) -> dict[str, int]:
-        return {"kernel_promoting": int(self.kernel_promoting)}
+        return {"kernel_promoting": int(self.kernel_promoting),
+                "sysctl_originals_unknown": len(self.guard.unknown)}
 
 
 def _pmu_event(fs: KernelFs, pmu: str, event: str) -> tuple[int, int, int] | None:
