@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import __version__, logsetup, samplers
+from . import __version__, logsetup, samplers, sysctl
 from . import config as config_mod
 from .config import Config
 from .control import ControlServer
@@ -97,6 +97,8 @@ class Daemon:
 
     async def startup(self) -> None:
         cfg = self.config
+        # Whatever the sampler: a killed hint-faults run may have left sysctls changed.
+        sysctl.recover(self.fs, cfg.sampler.hint_faults.state_file)
         self.topology = topo = self._discover(cfg)
         for line in topo.describe().splitlines():
             log.info("%s", line)
