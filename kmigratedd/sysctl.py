@@ -310,8 +310,12 @@ def recover(fs: KernelFs, state_path: str | Path) -> Recovery:
     """Restore the values a daemon that did not exit cleanly left in the state file,
     then remove the file.  Raises :class:`SysctlStateError` for an unsafe directory."""
     state = StateFile(state_path)
-    found = state.load()
     out = Recovery()
+    try:
+        found = state.load()
+    except PermissionError as exc:  # not root: it could not restore a sysctl anyway
+        log.warning("not restoring sysctls: cannot read %s: %s", state.dir, exc.strerror)
+        return out
     if found.problem:
         _corrupt(state, found.problem)
         out.corrupt = 1
