@@ -261,11 +261,14 @@ class _StrictLoader(yaml.SafeLoader):
         return node
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        # Scalars the resolver accepts can still fail to build: int() of more than 4300
-        # digits, a date such as 2024-13-45.
+        # Scalars can still fail to build, with whatever PyYAML's code for them hits: int()
+        # of more than 4300 digits, a date such as 2024-13-45, "!!int" with no digits
+        # (IndexError).
         try:
             return super().construct_object(node, deep)
-        except (ValueError, OverflowError, TypeError) as exc:
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
             what = brief(node.value, 40) if isinstance(node, yaml.ScalarNode) else node.tag
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {what}: {exc}", node.start_mark) from None
