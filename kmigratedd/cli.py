@@ -35,16 +35,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    fs = KernelFs(Path(args.root))
     try:
+        # --check-config and start accept the same configs: the file and what it names on
+        # this machine (config_mod.load_checked), checked before any side effect.
         if args.check_config is not None:
-            cfg = config_mod.load(args.check_config or args.config)
+            cfg, _ = config_mod.load_checked(args.check_config or args.config, fs)
             sys.stdout.write(config_mod.dump(cfg))
             return 0
         from .daemon import run, with_overrides
 
-        cfg = with_overrides(config_mod.load(args.config), dry_run=args.dry_run)
+        cfg, _ = config_mod.load_checked(args.config, fs)
+        cfg = with_overrides(cfg, dry_run=args.dry_run)
         logsetup.setup(cfg.log_level, debug=args.debug)
-        return run(cfg, args.config, KernelFs(Path(args.root)))
+        return run(cfg, args.config, fs)
     except ConfigError as exc:
         print(f"kmigratedd: {exc}", file=sys.stderr)
         return EXIT_CONFIG

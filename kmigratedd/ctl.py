@@ -164,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         print(format_status(result))
     elif args.command == "config":
-        print(config_mod.dump(config_mod.parse(json.dumps(result), "running config")), end="")
+        # JSON made the node ids keying topology.promotion_targets strings; from_json
+        # turns them back, so the YAML printed loads as the running config.
+        try:
+            text = config_mod.dump(config_mod.from_json(result, "running config"))
+        except ConfigError as exc:
+            print(f"kmigratedctl: {exc}", file=sys.stderr)
+            return 2
+        print(text, end="")
     else:
         print(", ".join(f"{k}: {v}" for k, v in result.items()))
     return 0

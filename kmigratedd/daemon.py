@@ -297,15 +297,30 @@ class Daemon:
         log.info("promotion resumed")
 
     async def reload(self) -> bool:
-        """Re-read the config file; on any error keep the running config."""
+        """Re-read the config file; on any error keep the running config.
+
+        Accepts what ``--check-config`` and start accept (``config.load_checked``), and
+        always ends with READY=1 after its RELOADING=1, whatever happens in between.
+        """
         self.notifier.reloading()
         try:
-            cfg = config_mod.load(self.config_path)
+            return await self._reload()
+        except Exception as exc:  # a bug: say so, keep running on the current config
+            log.exception("reload failed, keeping the running config")
+            self._last_reload_error = f"reload failed: {type(exc).__name__}: {exc}"[:200]
+            return False
+        finally:
+            self.notifier.ready(self.status_line())
+
+    async def _reload(self) -> bool:
+        try:
+            # Off the event loop: up to 1 MiB of YAML, a DNS lookup, the sysfs topology.
+            cfg, topo = await asyncio.to_thread(config_mod.load_checked, self.config_path,
+                                                self.fs)
             fixed = config_mod.changed_keys(self.config, cfg)
             if fixed:
                 raise KmigratedError(f"{', '.join(fixed)}: changed; the running daemon cannot "
                                      "apply that: restart it")
-            topo = self._discover(cfg)
             if topo.targets != (self.topology.targets if self.topology else {}):
                 raise KmigratedError("topology.tiers/promotion_targets change the workers; "
                                      "restart the daemon to apply that")
@@ -313,10 +328,9 @@ class Daemon:
             if (cfg.sampler, cfg.scope) != (self.config.sampler, self.config.scope) and \
                     self.workers:
                 new_sampler = samplers.create(cfg.sampler.name, self._sampler_context(cfg))
-        except KmigratedError as exc:
+        except (KmigratedError, OSError) as exc:
             log.error("reload rejected, keeping the running config: %s", exc)
             self._last_reload_error = str(exc)
-            self.notifier.ready(self.status_line())
             return False
         if new_sampler is not None:
             old = self.sampler
@@ -331,7 +345,6 @@ class Daemon:
                 self._last_reload_error = f"new sampler failed: {exc}"
                 if old is not None:
                     await old.start()
-                self.notifier.ready(self.status_line())
                 return False
         self.config = cfg
         for w in self.workers.values():
@@ -341,7 +354,6 @@ class Daemon:
             self.router.configure(cfg.workers)
         logsetup.set_level(cfg.log_level)
         log.info("config reloaded from %s", self.config_path or config_mod.DEFAULT_SOURCE)
-        self.notifier.ready(self.status_line())
         return True
 
     def stop(self) -> None:

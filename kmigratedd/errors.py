@@ -7,6 +7,8 @@ one line and show a traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import reprlib
+
 
 class KmigratedError(Exception):
     """Base of every kmigratedd error."""
@@ -24,6 +26,27 @@ class ConfigError(KmigratedError, ValueError):
         self.problem = problem
         where = f"{source}: {path}" if path else source
         super().__init__(f"{where}: {problem}")
+
+
+class _Brief(reprlib.Repr):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = self.maxlong = limit
+
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() of an int over 4300 digits raises ValueError (sys.int_info); say its size.
+        if x.bit_length() > 256:
+            return f"<{'-' if x < 0 else ''}{int(x.bit_length() * 0.30103) + 1}-digit integer>"
+        return repr(x)
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message: one line of at most ``limit`` characters,
+    in bounded time however long, wide or deep ``value`` is."""
+    text = _Brief(limit).repr(value)
+    text = " ".join(text.split())  # repr escapes newlines in str; other types may not
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class TopologyError(KmigratedError, RuntimeError):

@@ -11,6 +11,8 @@ import math
 import re
 from typing import Final
 
+from .errors import brief
+
 _SIZE_UNITS: Final = {
     "B": 1,
     "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
@@ -29,17 +31,19 @@ class UnitError(ValueError):
 def parse_bytes(value: object) -> int:
     """Bytes from an int or a string such as ``"200MiB"``, ``"1.5 GiB"``, ``"4096B"``."""
     if isinstance(value, bool):
-        raise UnitError(f"expected a size, got {value!r}")
+        raise UnitError(f"expected a size, got {brief(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
         m = _NUMBER_UNIT.fullmatch(value)
         if m and m.group(2) in _SIZE_UNITS:
             number = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+            if not math.isfinite(number):  # float("9" * 400) is inf
+                raise UnitError(f"size {brief(value)} is too large")
             if number != math.floor(number):
-                raise UnitError(f"size {value!r} is not a whole number of bytes")
+                raise UnitError(f"size {brief(value)} is not a whole number of bytes")
             return int(number)
-    raise UnitError(f"bad size {value!r}: use a number of bytes or a number with one of "
+    raise UnitError(f"bad size {brief(value)}: use a number of bytes or a number with one of "
                     f"{', '.join(_SIZE_UNITS)} (e.g. '200MiB')")
 
 
@@ -49,30 +53,33 @@ def parse_duration(value: object) -> float:
         m = _NUMBER_UNIT.fullmatch(value)
         if m and m.group(2) in _DURATION_UNITS:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise UnitError(f"bad duration {value!r}: use a number with one of "
+    raise UnitError(f"bad duration {brief(value)}: use a number with one of "
                     f"{', '.join(_DURATION_UNITS)} (e.g. '100ms')")
 
 
 def in_unit(value: object, unit: str) -> float:
     """A config value in ``unit`` (``ms``, ``s``, ``bytes``, ``mb_per_s``...).
 
-    A bare number is already in that unit; a string must carry its own unit.
+    A bare number is already in that unit (an int stays an int: exact, however large);
+    a string must carry its own unit.  The result may be inf or nan: the caller checks
+    the range.
     """
     if isinstance(value, bool):
-        raise UnitError(f"expected a number in {unit}, got {value!r}")
+        raise UnitError(f"expected a number in {unit}, got {brief(value)}")
     if isinstance(value, int | float):
-        return float(value)
+        return value
     if not isinstance(value, str):
-        raise UnitError(f"expected a number in {unit}, got {value!r}")
+        raise UnitError(f"expected a number in {unit}, got {brief(value)}")
     if unit in ("ms", "s", "us"):
         scale = {"ms": 1e3, "s": 1.0, "us": 1e6}[unit]
         return parse_duration(value) * scale
     if unit == "bytes":
-        return float(parse_bytes(value))
+        return parse_bytes(value)
     if unit == "mb_per_s" and isinstance(value, str):
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(MB/s|MiB/s|GB/s|GiB/s)\s*", value)
         if m:
             factor = {"MB/s": 1.0, "MiB/s": 1.048576, "GB/s": 1000.0, "GiB/s": 1073.741824}
             return float(m.group(1)) * factor[m.group(2)]
-        raise UnitError(f"bad rate {value!r}: use a number in MB/s or e.g. '200MB/s', '1GiB/s'")
-    raise UnitError(f"expected a number in {unit}, got {value!r}")
+        raise UnitError(f"bad rate {brief(value)}: use a number in MB/s or e.g. '200MB/s', "
+                        "'1GiB/s'")
+    raise UnitError(f"expected a number in {unit}, got {brief(value)}")
