@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from . import config as config_mod
+from .control import socket_path_problem
 from .errors import ConfigError, KmigratedError
 from .kernelfs import KernelFs
 from .topology import Topology, discover
@@ -35,6 +37,9 @@ class CtlError(KmigratedError, RuntimeError):
 
 def call(path: str, method: str, timeout: float = 30.0) -> Any:
     """One JSON-RPC call; raises CtlError with a one-line reason."""
+    problem = socket_path_problem(path)
+    if problem:
+        raise CtlError(f"--socket {problem}")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -47,9 +52,13 @@ def call(path: str, method: str, timeout: float = 30.0) -> Any:
         raise CtlError(f"permission denied on {path}: run as root or as a member of the "
                        "group set in control.group") from None
     except OSError as exc:
-        raise CtlError(f"cannot connect to {path}: {exc.strerror}") from None
+        raise CtlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
     try:
-        s.sendall((json.dumps({"jsonrpc": "2.0", "id": 1, "method": method}) + "\n").encode())
+        try:
+            s.sendall((json.dumps({"jsonrpc": "2.0", "id": 1, "method": method}) + "\n")
+                      .encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon refused us and closed; its reply says why
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
@@ -64,12 +73,15 @@ def call(path: str, method: str, timeout: float = 30.0) -> Any:
         s.close()
     if not buf:
         raise CtlError(f"kmigratedd closed the connection without answering {method}")
-    reply = json.loads(buf)
+    try:
+        reply = json.loads(buf)
+    except ValueError:
+        raise CtlError(f"{method}: kmigratedd sent a reply that is not JSON") from None
     if "error" in reply:
         err = reply["error"]
         if err.get("code") == -32001:
-            raise CtlError(f"permission denied by kmigratedd on {path}: run as root or as a "
-                           "member of the group set in control.group")
+            raise CtlError(f"{err.get('message')} on {path}: run as root or with the group "
+                           "set in control.group (primary or supplementary)")
         raise CtlError(f"{method}: {err.get('message')}")
     return reply["result"]
 
@@ -126,9 +138,11 @@ def _topology_json(topo: Topology) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kmigratedctl", description=__doc__.splitlines()[0],
+    doc = __doc__.replace("``", "")  # reST literals, plain in --help
+    p = argparse.ArgumentParser(prog="kmigratedctl", description=doc.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
+                                epilog="\n".join(doc.splitlines()[2:]))
+    p.add_argument("--version", action="version", version=f"kmigratedctl {__version__}")
     p.add_argument("-s", "--socket", default=DEFAULT_SOCKET, help=f"default {DEFAULT_SOCKET}")
     p.add_argument("--json", action="store_true", help="print JSON")
     sub = p.add_subparsers(dest="command", required=True)

@@ -114,7 +114,8 @@ class Daemon:
             await self.metrics_server.start()
         self.control = ControlServer(cfg.control.socket_path, {
             "status": self._rpc_status, "pause": self._rpc_pause, "resume": self._rpc_resume,
-            "reload": self._rpc_reload, "config": self._rpc_config}, cfg.control.group)
+            "reload": self._rpc_reload, "config": self._rpc_config}, cfg.control.group,
+            source=self.config_path or config_mod.DEFAULT_SOURCE, fs=self.fs)
         await self.control.start()
         if topo.targets:
             self.sampler = samplers.create(cfg.sampler.name, self._sampler_context(cfg))

@@ -281,14 +281,31 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsServer:
-    """GET /metrics over HTTP/1.0 on the event loop (bounded request, time-outs)."""
+# Deadlines of one /metrics request: the request line and headers must arrive within
+# HEADER_TIMEOUT_S of the connection, and the whole exchange (the reply written too)
+# must end within TOTAL_TIMEOUT_S; then the connection is closed.  A client trickling
+# bytes cannot hold a connection longer.
+HEADER_TIMEOUT_S = 5.0
+TOTAL_TIMEOUT_S = 10.0
+MAX_HEADER_LINES = 100
+MAX_CLIENTS = 64
 
-    def __init__(self, metrics: Metrics, address: str, port: int) -> None:
+
+class MetricsServer:
+    """GET /metrics over HTTP/1.0 on the event loop: bounded request size, header and total
+    deadlines, at most :data:`MAX_CLIENTS` connections at once."""
+
+    def __init__(self, metrics: Metrics, address: str, port: int, *,
+                 header_timeout_s: float = HEADER_TIMEOUT_S,
+                 total_timeout_s: float = TOTAL_TIMEOUT_S) -> None:
         self.metrics = metrics
         self.address = address
         self.port = port
+        self.header_timeout_s = header_timeout_s
+        self.total_timeout_s = total_timeout_s
         self.server: asyncio.base_events.Server | None = None
+        self.clients = 0
+        self.timed_out = 0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, self.address, self.port,
@@ -297,26 +314,40 @@ class MetricsServer:
         self.port = sock[1]
         log.info("metrics on http://%s:%d/metrics", self.address, self.port)
 
+    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """The request line, the headers read and dropped."""
+        request = await reader.readline()
+        for _ in range(MAX_HEADER_LINES):
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                return request
+        raise ValueError("too many header lines")
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients += 1
         try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while True:  # skip the headers
-                line = await asyncio.wait_for(reader.readline(), 5)
-                if line in (b"\r\n", b"\n", b""):
-                    break
-            parts = request.decode("latin-1").split()
-            if len(parts) >= 2 and parts[0] in ("GET", "HEAD") and \
-                    parts[1].split("?")[0] in ("/metrics", "/"):
-                body = self.metrics.render()
-                head = (f"HTTP/1.0 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n")
-                writer.write(head.encode() + (body if parts[0] == "GET" else b""))
-            else:
-                writer.write(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-            await asyncio.wait_for(writer.drain(), 10)
-        except (TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
+            if self.clients > MAX_CLIENTS:
+                return
+            async with asyncio.timeout(self.total_timeout_s):
+                request = await asyncio.wait_for(self._read_request(reader),
+                                                 self.header_timeout_s)
+                parts = request.decode("latin-1").split()
+                if len(parts) >= 2 and parts[0] in ("GET", "HEAD") and \
+                        parts[1].split("?")[0] in ("/metrics", "/"):
+                    body = self.metrics.render()
+                    head = (f"HTTP/1.0 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+                            f"Content-Length: {len(body)}\r\n\r\n")
+                    writer.write(head.encode() + (body if parts[0] == "GET" else b""))
+                else:
+                    writer.write(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except TimeoutError:
+            self.timed_out += 1
+            writer.transport.abort()  # do not wait to flush to a client that stalls
+        except (asyncio.LimitOverrunError, ValueError, ConnectionError):
             pass
         finally:
+            self.clients -= 1
             writer.close()
 
     async def stop(self) -> None:

@@ -92,3 +92,20 @@ def cpu_times(fs: KernelFs) -> tuple[int, int, int] | None:
         elif line.startswith("cpu"):
             ncpus += 1
     return None if total is None else (total[0], total[1], ncpus)
+
+
+def peer_ids(fs: KernelFs, pid: int) -> tuple[frozenset[int], frozenset[int]] | None:
+    """From /proc/PID/status: (the real, effective, saved and filesystem uids, the
+    supplementary groups), or None if the process is gone (proc(5): ``Uid:``, ``Groups:``)."""
+    text = fs.read_optional(f"/proc/{pid}/status")
+    if text is None:
+        return None
+    text = "\n" + text
+    uid_line, groups_line = line_with(text, "\nUid:"), line_with(text, "\nGroups:")
+    if uid_line is None or groups_line is None:
+        return None
+    try:
+        return (frozenset(int(x) for x in uid_line.split()[1:]),
+                frozenset(int(x) for x in groups_line.split()[1:]))
+    except ValueError:
+        return None

@@ -101,13 +101,16 @@ long km_perf_drain(void *base, size_t map_size, uint64_t sample_type, struct km_
 
 	if (sample_type & ~(uint64_t)SUPPORTED)
 		return -EINVAL;
+	if (map_size < sizeof(*meta))	/* not even the control page */
+		return -EINVAL;
 	off = meta->data_offset;
 	size = meta->data_size;
 	if (size == 0) {	/* kernels before 4.1: data follows the first page */
 		off = (uint64_t)sysconf(_SC_PAGESIZE);
 		size = map_size - off;
 	}
-	if (off + size > map_size || size == 0 || (size & (size - 1)))
+	/* Written so that a data_offset or data_size near 2^64 cannot wrap around. */
+	if (off > map_size || size > map_size - off || size == 0 || (size & (size - 1)))
 		return -EINVAL;
 	data = (const uint8_t *)base + off;
 	head = __atomic_load_n(&meta->data_head, __ATOMIC_ACQUIRE);
@@ -129,7 +132,9 @@ long km_perf_drain(void *base, size_t map_size, uint64_t sample_type, struct km_
 			memcpy(&hdr, data + pos, first);
 			memcpy((uint8_t *)&hdr + first, data, sizeof(hdr) - first);
 		}
-		if (hdr.size < sizeof(hdr) || hdr.size > avail || (hdr.size & 7))
+		/* A record larger than the ring cannot be real, and copying it would read
+		 * past the data area. */
+		if (hdr.size < sizeof(hdr) || hdr.size > avail || hdr.size > size || (hdr.size & 7))
 			goto corrupt;
 		if (hdr.type == PERF_RECORD_SAMPLE || hdr.type == PERF_RECORD_LOST) {
 			if (hdr.size > MAX_RECORD) {

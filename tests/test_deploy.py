@@ -205,7 +205,8 @@ def test_kustomization_lists_every_manifest() -> None:
     manifests = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(kust["resources"]) == manifests
     objs = k8s_objects()
-    assert set(objs) == {"Namespace", "ServiceAccount", "ConfigMap", "DaemonSet"}
+    assert set(objs) == {"Namespace", "ServiceAccount", "ConfigMap", "DaemonSet",
+                         "NetworkPolicy"}
     assert objs["Namespace"]["metadata"]["name"] == kust["namespace"]
     # Privileged pods need a namespace that Pod Security Admission lets them into.
     assert objs["Namespace"]["metadata"]["labels"][
@@ -283,6 +284,29 @@ def test_daemonset() -> None:
         get = main[probe]["httpGet"]
         assert get["path"] == "/metrics"
         assert named.get(get["port"], get["port"]) == port, probe
+
+
+def test_network_policy_admits_only_prometheus_to_the_metrics_port() -> None:
+    """The ConfigMap listens on 0.0.0.0: the NetworkPolicy selects the daemon's pods, isolates
+    their ingress and lets in only TCP to the metrics port, only from pods that match both a
+    namespace and a pod selector (one `from` entry: AND), none of them empty."""
+    objs = k8s_objects()
+    pol = objs["NetworkPolicy"]
+    assert pol["apiVersion"] == "networking.k8s.io/v1"
+    spec = pol["spec"]
+    labels = objs["DaemonSet"]["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"namespaceSelector", "podSelector"}
+    assert peer["namespaceSelector"]["matchLabels"] and peer["podSelector"]["matchLabels"]
+    assert "ipBlock" not in peer
+    port = config_mod.parse(configmap_config(objs), "configmap").metrics.port
+    assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+    text = (K8S / "networkpolicy.yaml").read_text()
+    for label in ("kubernetes.io/metadata.name", "app.kubernetes.io/name"):
+        assert label in text.split("apiVersion:")[0], f"{label} not documented"
 
 
 def test_containerfile_builds_the_image_from_the_wheel() -> None:
