@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from .config import MAX_SOCKET_PATH_BYTES
 from .errors import ConfigError
 from .kernelfs import KernelFs
 from .procfs import peer_ids
@@ -49,8 +50,6 @@ MAX_LINE = 64 * 1024
 MAX_DEPTH = 32
 IDLE_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 5.0
-# sun_path of struct sockaddr_un (unix(7)): a pathname longer than this cannot be bound.
-SUN_PATH_MAX = 108
 # socket(7): SO_PEERGROUPS (Linux 4.13) returns the peer's supplementary groups as they
 # were at connect(2); Python's socket module does not name it.
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
@@ -102,9 +101,10 @@ def json_depth_exceeds(data: bytes, limit: int) -> bool:
 def socket_path_problem(path: str) -> str | None:
     """Why ``path`` cannot be a unix socket's path, or None."""
     n = len(os.fsencode(path))
-    if n > SUN_PATH_MAX:
+    if n > MAX_SOCKET_PATH_BYTES:
         return (f"{path}: {n} bytes long; a unix socket path holds at most "
-                f"{SUN_PATH_MAX} bytes (sun_path, unix(7)): choose a shorter path")
+                f"{MAX_SOCKET_PATH_BYTES} bytes (sun_path with its NUL, unix(7)): "
+                "choose a shorter path")
     return None
 
 

@@ -26,8 +26,9 @@ KMIGRATEDD = str(Path(sys.executable).with_name("kmigratedd"))
 
 
 @pytest.mark.parametrize("name,before,run", cases.CASES, ids=[c[0] for c in cases.CASES])
-def test_case_exits_2_with_one_line(name, before, run):
+def test_case_exits_2_with_one_line(name, before, run, hardening_row):
     now = run()
+    hardening_row(name, before, now)
     assert now.startswith("exit 2: kmigratedd: "), now
     assert "more lines" not in now, now
     assert cases.EXPECT[name] in now, now

@@ -79,8 +79,10 @@ def test_every_case_has_an_expected_outcome() -> None:
 
 
 @pytest.mark.parametrize("name,before,run", CASES, ids=[c[0] for c in CASES])
-def test_case(name: str, before: str, run) -> None:
-    assert run() == SAFE[name]
+def test_case(name: str, before: str, run, hardening_row) -> None:
+    now = run()
+    hardening_row(name, before, now)
+    assert now == SAFE[name]
 
 
 # --- the validation table -------------------------------------------------------

@@ -11,5 +11,5 @@ pytestmark = pytest.mark.vm
 
 
 def test_daemon_faults(guest_pytest: Callable[..., vmrun.VMResult]) -> None:
-    guest_pytest("test_daemon_faults.py", topology="2node", kernel="debian-6.12", timeout=1500,
+    guest_pytest("test_daemon_faults.py", passed=4, topology="2node", kernel="debian-6.12", timeout=1500,
                  pytest_args=["-s"])

@@ -12,12 +12,13 @@ pytestmark = pytest.mark.vm
 
 
 def test_page_idle_on_idle_kernel(guest_pytest: Callable[..., vmrun.VMResult]) -> None:
-    guest_pytest("test_page_idle_raw.py", topology="2node", kernel="idle", timeout=1800)
+    guest_pytest("test_page_idle_raw.py", passed=5, topology="2node", kernel="idle", timeout=1800)
 
 
 def test_topology_on_idle_kernel(guest_pytest: Callable[..., vmrun.VMResult]) -> None:
-    guest_pytest("test_topology_raw.py", topology="3node", kernel="idle", timeout=300)
+    guest_pytest("test_topology_raw.py", passed=10, topology="3node", kernel="idle", timeout=300)
 
 
 def test_page_idle_absent_on_debian(guest_pytest: Callable[..., vmrun.VMResult]) -> None:
-    guest_pytest("test_page_idle_raw.py", topology="2node", kernel="debian-6.12", timeout=300)
+    guest_pytest("test_page_idle_raw.py", passed=2, skipped=3, topology="2node",
+                 kernel="debian-6.12", timeout=300)

@@ -12,4 +12,4 @@ pytestmark = pytest.mark.vm
 
 @pytest.mark.parametrize("kernel", ["debian-6.12", "debian-6.1"])
 def test_move_pages_2node(guest_pytest: Callable[..., vmrun.VMResult], kernel: str) -> None:
-    guest_pytest("test_move_pages_raw.py", topology="2node", kernel=kernel, timeout=600)
+    guest_pytest("test_move_pages_raw.py", passed=6, topology="2node", kernel=kernel, timeout=600)

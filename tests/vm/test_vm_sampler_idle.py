@@ -12,5 +12,5 @@ pytestmark = pytest.mark.vm
 
 
 def test_idle_sampler(guest_pytest: Callable[..., vmrun.VMResult]) -> None:
-    guest_pytest("test_sampler_idle.py", topology="2node", kernel="idle", timeout=1800,
+    guest_pytest("test_sampler_idle.py", passed=6, topology="2node", kernel="idle", timeout=1800,
                  pytest_args=["-s"])

@@ -19,4 +19,4 @@ pytestmark = pytest.mark.vm
     ],
 )
 def test_topology(guest_pytest: Callable[..., vmrun.VMResult], topology: str, kernel: str) -> None:
-    guest_pytest("test_topology_raw.py", topology=topology, kernel=kernel, timeout=300)
+    guest_pytest("test_topology_raw.py", passed=10, topology=topology, kernel=kernel, timeout=300)
