@@ -43,12 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg, _ = config_mod.load_checked(args.check_config or args.config, fs)
             sys.stdout.write(config_mod.dump(cfg))
             return 0
-        from .daemon import run, with_overrides
+        from .daemon import run
 
         cfg, _ = config_mod.load_checked(args.config, fs)
-        cfg = with_overrides(cfg, dry_run=args.dry_run)
         logsetup.setup(cfg.log_level, debug=args.debug)
-        return run(cfg, args.config, fs)
+        return run(cfg, args.config, fs, dry_run=args.dry_run)
     except ConfigError as exc:
         print(f"kmigratedd: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -64,6 +64,8 @@ class Daemon:
     sampler: Sampler | None = None
     workers: dict[int, NodeWorker] = field(default_factory=dict)
     router: Router | None = None
+    # --dry-run on the command line: it holds across reloads too.
+    dry_run_override: bool | None = None
     metrics: Metrics | None = None
     metrics_server: MetricsServer | None = None
     control: ControlServer | None = None
@@ -318,6 +320,7 @@ class Daemon:
             # Off the event loop: up to 1 MiB of YAML, a DNS lookup, the sysfs topology.
             cfg, topo = await asyncio.to_thread(config_mod.load_checked, self.config_path,
                                                 self.fs)
+            cfg = with_overrides(cfg, dry_run=self.dry_run_override)
             fixed = config_mod.changed_keys(self.config, cfg)
             if fixed:
                 raise KmigratedError(f"{', '.join(fixed)}: changed; the running daemon cannot "
@@ -425,12 +428,14 @@ async def _main(daemon: Daemon) -> int:
     return 0
 
 
-def run(cfg: Config, config_path: str | None, fs: KernelFs) -> int:
+def run(cfg: Config, config_path: str | None, fs: KernelFs, *,
+        dry_run: bool | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT, on uvloop."""
     import uvloop
 
     async def main() -> int:
-        return await _main(Daemon(config=cfg, config_path=config_path, fs=fs))
+        return await _main(Daemon(config=with_overrides(cfg, dry_run=dry_run),
+                                  config_path=config_path, fs=fs, dry_run_override=dry_run))
 
     return uvloop.run(main())
 

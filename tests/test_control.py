@@ -211,3 +211,22 @@ def test_reload_refuses_keys_that_need_a_restart(daemon):
         assert ctl("-s", s, "config").stdout == before
     daemon.config.write_text(text)
     assert ctl("-s", s, "reload").returncode == 0
+
+
+def test_dry_run_from_the_command_line_holds_across_a_reload(tmp_path):
+    """--dry-run overrides workers.dry_run of the file at start and at every reload."""
+    sockdir = tmp_path / "run"
+    sockdir.mkdir()
+    os.chmod(tmp_path, 0o755)
+    sock = sockdir / "control.sock"
+    d = DaemonProcess(f"metrics:\n  port: 0\ncontrol:\n  socket_path: {sock}\n"
+                      "workers:\n  dry_run: false\n", tmp_path, "--dry-run")
+    try:
+        d.wait_for("running (pid", 30)
+        assert json.loads(ctl("-s", str(sock), "status", "--json").stdout)["dry_run"] is True
+        r = ctl("-s", str(sock), "reload")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(ctl("-s", str(sock), "status", "--json").stdout)["dry_run"] is True
+        assert "dry_run: true" in ctl("-s", str(sock), "config").stdout
+    finally:
+        assert d.stop() == 0
