@@ -142,6 +142,16 @@ class WorkersConfig:
     dry_run: bool = False
 
 
+DemotionMethod = Literal["auto", "off", "damon"]
+
+
+@dataclass(frozen=True)
+class DemotionConfig:
+    method: DemotionMethod = "auto"
+    rate_limit_mb_per_s: float = field(default=256.0, metadata=_spec("mb_per_s", 0, 1_000_000))
+    cold_age_ms: int = field(default=5000, metadata=_spec("ms", 100, 86_400_000))
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True
@@ -168,6 +178,7 @@ class Config:
     scope: ScopeConfig = field(default_factory=ScopeConfig)
     queues: QueuesConfig = field(default_factory=QueuesConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    demotion: DemotionConfig = field(default_factory=DemotionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)

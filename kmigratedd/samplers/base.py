@@ -45,6 +45,12 @@ class SamplerContext:
     topology: Topology
     queues: CandidateQueues
     scope: Scope
+    # Demotion candidates (cold pages a sampler saw on the fast tier) go to their own
+    # queues; None when demotion is off or no sampler offers them.
+    demote_queues: CandidateQueues | None = None
+    # Bytes of fast-tier room promotion needs now, summed over the fast nodes: a sampler
+    # offers cold pages only while this is > 0.
+    room_needed: Callable[[], int] = lambda: 0
 
 
 class Sampler(Protocol):
@@ -197,6 +203,23 @@ class SamplerBase(Generic[RoundT]):
                                  array("Q", [now]) * n, o.weights)
             offered += n
         self.counters["candidates_offered"] += offered
+        return offered
+
+    def push_cold(self, offers: Iterable[Offer]) -> int:
+        """Offer demotion candidates (cold pages on the fast tier) to the demotion queues
+        (event-loop thread only); returns how many."""
+        queues = self.ctx.demote_queues
+        if queues is None:
+            return 0
+        now = time.monotonic_ns()
+        offered = 0
+        for o in offers:
+            n = len(o.addrs)
+            queues.push(o.cpu, array("i", [o.pid]) * n, o.addrs, o.nodes,
+                        array("Q", [now]) * n, o.weights)
+            offered += n
+        self.counters["demotion_candidates_offered"] = (
+            self.counters.get("demotion_candidates_offered", 0) + offered)
         return offered
 
     def stats(self) -> dict[str, int]:
