@@ -115,6 +115,10 @@ def format_status(st: dict[str, Any]) -> str:
                 errors += " (headroom: blocked)"
             row += (f" {w['promoted_pages_per_s']:>9,.0f} {w['promoted_mb_per_s']:>8.1f} "
                     f"{w['promoted_pages']:>10,} {w['inbox_pages']:>7}  {errors}")
+            if w.get("room_needed_bytes") or w.get("demoted_pages"):
+                row += (f"\n{'':>4} exchange: room needed {_mib(w['room_needed_bytes'])}, "
+                        f"{w['demoted_pages']:,} cold pages demoted, "
+                        f"{w['demote_inbox_pages']:,} waiting")
         lines.append(row.rstrip())
     lines.append(f"(rates over the last {st['rate_interval_s']:g}s)")
     return "\n".join(lines)

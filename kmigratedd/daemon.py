@@ -51,6 +51,9 @@ from .worker import NodeWorker, WorkerStats, inbox_limit
 
 log = logging.getLogger("kmigratedd")
 
+# Samplers that see accesses on the fast tier and offer its cold pages for demotion.
+DEMOTING_SAMPLERS = ("damon",)
+
 
 @dataclass
 class Daemon:
@@ -64,6 +67,7 @@ class Daemon:
     sampler: Sampler | None = None
     workers: dict[int, NodeWorker] = field(default_factory=dict)
     router: Router | None = None
+    demote_queues: CandidateQueues | None = None
     # --dry-run on the command line: it holds across reloads too.
     dry_run_override: bool | None = None
     metrics: Metrics | None = None
@@ -89,7 +93,32 @@ class Daemon:
 
     def _sampler_context(self, cfg: Config) -> SamplerContext:
         assert self.topology is not None and self.queues is not None
-        return SamplerContext(cfg, self.fs, self.topology, self.queues, Scope(cfg.scope, self.fs))
+        return SamplerContext(cfg, self.fs, self.topology, self.queues, Scope(cfg.scope, self.fs),
+                              demote_queues=self.demote_queues, room_needed=self.room_needed)
+
+    def room_needed(self) -> int:
+        """Bytes of fast-tier room promotion needs now, over every fast node."""
+        now = time.monotonic()
+        return sum(w.room_needed(now) for w in self.workers.values())
+
+    def _demotion_queues(self, cfg: Config, sampler: str) -> CandidateQueues | None:
+        """Queues for the sampler's demotion candidates, when this sampler demotes."""
+        method = cfg.demotion.method
+        if method == "off":
+            return None
+        if sampler not in DEMOTING_SAMPLERS:
+            if method != "auto":
+                log.warning("demotion.method %s needs the %s sampler, not %s: no demotion",
+                            method, method, sampler)
+            else:
+                log.info("demotion: the %s sampler does not see the fast tier: no demotion",
+                         sampler)
+            return None
+        assert self.topology is not None
+        log.info("demotion: cold pages from the %s sampler make room on a full fast tier",
+                 sampler)
+        return CandidateQueues(online_cpus(self.fs), cfg.queues.capacity_per_cpu,
+                               self.topology.page_size)
 
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
@@ -120,7 +149,9 @@ class Daemon:
             source=self.config_path or config_mod.DEFAULT_SOURCE, fs=self.fs)
         await self.control.start()
         if topo.targets:
-            self.sampler = samplers.create(cfg.sampler.name, self._sampler_context(cfg))
+            ctx = self._sampler_context(cfg)
+            self.sampler = samplers.create(cfg.sampler.name, ctx)
+            ctx.demote_queues = self.demote_queues = self._demotion_queues(cfg, self.sampler.name)
             await self.sampler.start()
             log.info("sampler %s started", self.sampler.name)
             self._start_workers()
@@ -144,18 +175,26 @@ class Daemon:
         self.mover = self.mover or ShimMover(self._pool(64, "kmigratedd-copy"))
         idle = IdleCpus(self.fs)
         inboxes: dict[int, Inbox] = {}
+        cold: dict[int, Inbox] = {}
         for node in self.topology.fast_nodes:
             inboxes[node] = Inbox(inbox_limit(cfg))
+            # Demotion goes to the nearest slower node that promotes to this one.
+            down = self.topology.demotion_target(node)
+            if self.demote_queues is not None and down is not None:
+                cold[node] = Inbox(inbox_limit(cfg))
             pipeline = MovePipeline(node, self.mover, WorkerStats(),
                                     self._pool(1, f"kmigratedd-move{node}"),
                                     page_size=self.topology.page_size, idle_cpus=idle)
             w = NodeWorker(node, topology=self.topology, inbox=inboxes[node], pipeline=pipeline,
-                           cfg=cfg, fs=self.fs)
+                           cfg=cfg, fs=self.fs, demote_inbox=cold.get(node),
+                           demote_to=down if node in cold else None,
+                           demotion=self.config.demotion)
             w.paused = self.paused
             self.workers[node] = w
             self._worker_tasks[node] = self._spawn(w.run(), f"worker-node{node}")
         self.router = Router(self.queues, inboxes, self.topology, self.mover, cfg,
-                             executor=offload)
+                             executor=offload, demote_queues=self.demote_queues,
+                             cold_inboxes=cold)
         self.router.paused = self.paused
         self._router_task = self._spawn(self.router.run(), "router")
 
@@ -213,6 +252,10 @@ class Daemon:
                                    if k not in ("moved",)} | {
                             f"call:{k}": v for k, v in snap.whole_call_errors.items()},
                         "headroom_blocked": snap.headroom_blocked,
+                        "room_needed_bytes": snap.room_needed_bytes,
+                        "demoted_pages": snap.demoted_pages,
+                        "demote_inbox_pages": snap.demote_inbox_pages,
+                        "demotion_refused": snap.demote_refused,
                         "dry_run_pages": snap.dry_run_pages,
                         "heartbeat_age_s": round(time.time() - snap.heartbeat, 3)
                         if snap.heartbeat else None,
@@ -322,6 +365,8 @@ class Daemon:
                                                 self.fs)
             cfg = with_overrides(cfg, dry_run=self.dry_run_override)
             fixed = config_mod.changed_keys(self.config, cfg)
+            if cfg.demotion.method != self.config.demotion.method:
+                fixed.append("demotion.method")
             if fixed:
                 raise KmigratedError(f"{', '.join(fixed)}: changed; the running daemon cannot "
                                      "apply that: restart it")
@@ -353,6 +398,7 @@ class Daemon:
         self.config = cfg
         for w in self.workers.values():
             w.configure(cfg.workers)
+            w.configure_demotion(cfg.demotion)
             w.wake()
         if self.router is not None:
             self.router.configure(cfg.workers)

@@ -134,6 +134,14 @@ class Inbox:
         self._drop(pid)
         return n
 
+    def clear(self) -> int:
+        """Drop every page; returns how many."""
+        n = self.pages
+        for pid in list(self.keys):
+            self._drop(pid)
+        self.pages = 0
+        return n
+
     def _drop(self, pid: int) -> None:
         self.keys.pop(pid, None)
         self.since.pop(pid, None)

@@ -127,6 +127,25 @@ class KmigratedCollector(Collector):
         retried = CounterMetricFamily("kmigratedd_busy_retries",
                                       "Busy (-EBUSY) pages by what happened next",
                                       labels=["node", "result"])
+        dpages = CounterMetricFamily("kmigratedd_demoted_pages",
+                                     "Cold pages demoted to make room, by source and "
+                                     "destination node", labels=["src_node", "dst_node"])
+        dbytes = CounterMetricFamily("kmigratedd_demoted_bytes",
+                                     "Bytes demoted to make room, by source and destination "
+                                     "node", labels=["src_node", "dst_node"])
+        doutcomes = CounterMetricFamily("kmigratedd_demotion_outcomes",
+                                        "Per-page move_pages outcomes of demotions by reason",
+                                        labels=["node", "reason"])
+        drefused = CounterMetricFamily("kmigratedd_demotion_refused_pages",
+                                       "Demotion candidates not demoted, by reason "
+                                       "(promoted_recently, rate_limited, busy, gone, "
+                                       "not_needed)", labels=["node", "reason"])
+        room = GaugeMetricFamily("kmigratedd_room_needed_bytes",
+                                 "Fast-tier bytes to free before the hot pages waiting fit "
+                                 "(waiting + headroom - free)", labels=["node"])
+        starved = CounterMetricFamily("kmigratedd_room_starved_seconds",
+                                      "Time room was needed with no cold page to demote",
+                                      labels=["node"])
         beat = GaugeMetricFamily("kmigratedd_worker_heartbeat_timestamp_seconds",
                                  "Unix time of each worker's last round", labels=["node"])
         inbox = GaugeMetricFamily("kmigratedd_worker_inbox_pages",
@@ -157,15 +176,27 @@ class KmigratedCollector(Collector):
             beat.add_metric([n], s.heartbeat)
             inbox.add_metric([n], s.inbox_pages)
             blocked.add_metric([n], int(s.headroom_blocked))
+            for (src, dst), c in sorted(s.demoted.items()):
+                dpages.add_metric([str(src), str(dst)], c)
+                dbytes.add_metric([str(src), str(dst)], c * page)
+            for reason, c in sorted(s.demote_outcomes.items()):
+                doutcomes.add_metric([n, reason], c)
+            for reason, c in sorted(s.demote_refused.items()):
+                drefused.add_metric([n, reason], c)
+            room.add_metric([n], s.room_needed_bytes)
+            starved.add_metric([n], s.room_starved_seconds)
         router = self.src.router()
         if router is not None:
             # Dropped before routing: no target node yet (node="").
             r = router.stats
             for reason, c in (("below_threshold", r.below_threshold),
-                              ("on_fast_tier", r.on_fast_tier), ("gone", r.gone_before_move)):
+                              ("on_fast_tier", r.on_fast_tier), ("gone", r.gone_before_move),
+                              ("cold_not_on_fast", r.cold_not_on_fast),
+                              ("cold_gone", r.cold_gone)):
                 dropped.add_metric(["", reason], c)
             for reason, c in sorted(r.query_errors.items()):
                 whole.add_metric(["", reason], c)
+        yield from (dpages, dbytes, doutcomes, drefused, room, starved)
         yield from (pages, nbytes, outcomes, whole, dropped, batches, rate_s, head_s, enomem_s,
                     dry, pingpong, retried, beat, inbox, blocked)
 

@@ -126,6 +126,8 @@ class Job:
     plan: list[tuple[array[int], int]]  # (batch keys, copy threads)
     generation: int  # the pid's inbox generation when the job was taken
     future: asyncio.Future[Moved]
+    dst: int = -1  # the node the pages move to
+    demote: bool = False  # a demotion (fast node -> slower node) rather than a promotion
 
 
 @dataclass
@@ -134,11 +136,13 @@ class Settled:
 
     pid: int
     since: float
+    demote: bool = False
     moved_addrs: list[array[int]] = field(default_factory=list)  # per batch, page addresses
     refund_pages: int = 0          # not moved: their rate-limit tokens go back
     busy_keys: list[int] = field(default_factory=list)   # -EBUSY: retry once
     enomem: bool = False           # a page or the whole call failed with -ENOMEM
     failure: MovePagesError | None = None                # the call that failed as a whole
+    failed_pages: int = 0          # the pages of that call
     untried: array[int] = field(default_factory=lambda: array("Q"))  # after that call
 
 
@@ -160,10 +164,6 @@ class MovePipeline:
     def full(self) -> bool:
         return len(self.jobs) >= self.depth
 
-    @property
-    def in_flight_pages(self) -> int:
-        return sum(len(j.keys) for j in self.jobs)
-
     def threads_for(self, n: int) -> int:
         ct = self.cfg.copy_threads
         if n < self.cfg.parallel_min_pages:
@@ -173,22 +173,30 @@ class MovePipeline:
             return max(1, min(idle, n // (self.cfg.parallel_min_pages // 2)))
         return int(ct)
 
-    def drop_queued(self, pid: int, keys: array[int]) -> None:
-        """Remove from ``keys`` (sorted) the pages a queued job of ``pid`` will move."""
+    def in_flight(self, demote: bool) -> int:
+        """Pages queued to move, promotions or demotions."""
+        return sum(len(j.keys) for j in self.jobs if j.demote == demote)
+
+    def drop_queued(self, pid: int, keys: array[int], demote: bool = False) -> None:
+        """Remove from ``keys`` (sorted) the pages a queued job of ``pid`` (of the same
+        direction) will move."""
         for job in self.jobs:
-            if job.pid == pid:
+            if job.pid == pid and job.demote == demote:
                 shim.remove_sorted(keys, job.keys)
 
-    def submit(self, pid: int, since: float, keys: array[int], generation: int) -> None:
-        """Queue ``keys`` (sorted, one pid) on the move thread, in batches."""
+    def submit(self, pid: int, since: float, keys: array[int], generation: int, *,
+               dst: int | None = None, demote: bool = False) -> None:
+        """Queue ``keys`` (sorted, one pid) on the move thread, in batches, to ``dst``
+        (default: this pipeline's node, a promotion)."""
         flags = shim.MPOL_MF_MOVE_ALL if self.cfg.move_all else shim.MPOL_MF_MOVE
         n = self.cfg.batch_pages
+        dst = self.node if dst is None else dst
         plan = [(c, self.threads_for(len(c))) for c in (keys[i:i + n]
                                                         for i in range(0, len(keys), n))]
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.move_thread, self._move_chunks, pid, keys, plan,
-                                      flags, n)
-        self.jobs.append(Job(pid, since, keys, plan, generation, future))
+                                      flags, n, dst)
+        self.jobs.append(Job(pid, since, keys, plan, generation, future, dst, demote))
 
     def count_dry_run(self, keys: array[int]) -> None:
         """Count the batches a dry run would have moved."""
@@ -210,7 +218,7 @@ class MovePipeline:
         return job, self._account_job(job, done, failure)
 
     def _move_chunks(self, pid: int, keys: array[int], plan: list[tuple[array[int], int]],
-                     flags: int, batch: int) -> Moved:
+                     flags: int, batch: int, dst: int) -> Moved:
         """On the move thread: one move_pages call per batch of ``plan`` (whose batches are
         ``keys`` end to end), back to back with no round trip through the event loop;
         stops at a whole-call failure, returned with the results so far."""
@@ -219,7 +227,7 @@ class MovePipeline:
         if batched is not None and all(threads == 1 for _, threads in plan):
             # One C call for them all: the GIL is not taken back between the calls
             # (the event loop thread holds it while the router and workers run).
-            bm: shim.BatchedMove = batched(pid, keys, self.node, flags, batch)
+            bm: shim.BatchedMove = batched(pid, keys, dst, flags, batch)
             off = 0
             for (chunk, _), seconds in zip(plan, bm.call_seconds):
                 status = bm.result.status[off:off + len(chunk)]
@@ -232,7 +240,7 @@ class MovePipeline:
         for chunk, threads in plan:
             t0 = time.perf_counter()
             try:
-                result = self.mover.move(pid, chunk, self.node, flags, threads)
+                result = self.mover.move(pid, chunk, dst, flags, threads)
             except MovePagesError as exc:
                 return done, exc
             done.append((result, time.perf_counter() - t0))
@@ -240,14 +248,15 @@ class MovePipeline:
 
     def _account_job(self, job: Job, done: list[tuple[shim.MoveResult, float]],
                      failure: MovePagesError | None) -> Settled:
-        out = Settled(job.pid, job.since, failure=failure)
+        out = Settled(job.pid, job.since, demote=job.demote, failure=failure)
         for (chunk, threads), (result, dt) in zip(job.plan, done):
             self._count_batch(len(chunk), dt, threads)
-            self._account(chunk, result.status, out)
+            self._account(chunk, result.status, out, job.dst)
         if failure is not None:
             tried = sum(len(c) for c, _ in job.plan[:len(done)])
             failed = len(job.plan[len(done)][0])
             self._count_batch(failed, None, 1)
+            out.failed_pages = failed
             out.refund_pages += len(job.keys) - tried
             out.enomem = out.enomem or failure.errno == errno.ENOMEM
             out.untried = job.keys[tried + failed:]
@@ -263,23 +272,25 @@ class MovePipeline:
         if threads > 1:
             self.stats.parallel_batches += 1
 
-    def _account(self, keys: array[int], status: array[int], out: Settled) -> None:
+    def _account(self, keys: array[int], status: array[int], out: Settled, dst: int) -> None:
         """Count one batch's per-page statuses (the status array is the result)."""
         counts = shim.count_statuses(status)
-        moved_n = counts.by_node.get(self.node, 0)
+        outcomes = self.stats.demote_outcomes if out.demote else self.stats.outcomes
+        moved_to = self.stats.demoted if out.demote else self.stats.promoted
+        moved_n = counts.by_node.get(dst, 0)
         if moved_n:
-            self.stats.outcomes["moved"] += moved_n
-            moved = shim.select_u64(keys, status, self.node)
+            outcomes["moved"] += moved_n
+            moved = shim.select_u64(keys, status, dst)
             moved_addrs, srcs = shim.split_keys(moved, PAGE_MASK)
             for src, c in shim.count_statuses(srcs).by_node.items():
-                self.stats.promoted[(src, self.node)] += c
+                moved_to[(src, dst)] += c
             out.moved_addrs.append(moved_addrs)
-        not_moved = sum(c for nd, c in counts.by_node.items() if nd != self.node)
+        not_moved = sum(c for nd, c in counts.by_node.items() if nd != dst)
         if not_moved:
-            self.stats.outcomes["not_moved"] += not_moved
+            outcomes["not_moved"] += not_moved
             out.refund_pages += not_moved
         for code, c in counts.by_errno.items():
-            self.stats.outcomes[errno.errorcode.get(code, f"E{code}")] += c
+            outcomes[errno.errorcode.get(code, f"E{code}")] += c
             out.refund_pages += c
         if counts.by_errno.get(errno.EBUSY, 0):
             out.busy_keys.extend(shim.select_u64(keys, status, -errno.EBUSY))

@@ -4,7 +4,8 @@
 - :class:`HeadroomGuard`: stop promoting before the target node runs out of free
   memory, resume with hysteresis;
 - :class:`PingPongDamper`: a page promoted and seen back on a slow node within a
-  window is held off for a back-off period (counted);
+  window is held off for a back-off period (counted); a page promoted within the
+  window is not demoted, and one demoted within it is not promoted;
 - :class:`RetryOnce`: pages that came back -EBUSY are retried once, later.
 
 Nothing here reads the clock or the kernel: callers pass ``now`` (seconds) and
@@ -143,6 +144,17 @@ class PingPongDamper:
         if not blocked:
             return addrs
         return [a for a in addrs if a not in blocked]
+
+    def record_demoted(self, pid: int, addrs: Iterable[int], now: float) -> None:
+        """Pages we demoted are not promoted again within the window (held until then)."""
+        self.held.setdefault(pid, {}).update(dict.fromkeys(addrs, now + self.window_s))
+
+    def promoted_recently(self, pid: int, addrs: Sequence[int], now: float) -> set[int]:
+        """The pages of ``addrs`` we promoted within the window: never demoted."""
+        table = self.promoted.get(pid)
+        if not table:
+            return set()
+        return {a for a in table.keys() & set(addrs) if now - table[a] <= self.window_s}
 
     def forget_pid(self, pid: int) -> None:
         self.size -= len(self.promoted.pop(pid, {}))

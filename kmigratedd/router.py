@@ -59,16 +59,30 @@ class RouterStats:
     routed: Counter[int] = field(default_factory=Counter)  # target node -> pages
     pids_gone: int = 0
     query_errors: Counter[str] = field(default_factory=Counter)  # whole-call, by errno name
+    cold_candidates: int = 0       # demotion candidates drained
+    cold_not_on_fast: int = 0      # a demotion candidate not on a node with a worker
+    cold_gone: int = 0             # a demotion candidate's page is gone
+    routed_cold: Counter[int] = field(default_factory=Counter)  # fast node -> pages
     heartbeat: float = 0.0         # time.time() of the last round
 
 
 class Router(LoopStage):
     def __init__(self, queues: CandidateQueues, inboxes: Mapping[int, Inbox], topology: Topology,
                  mover: Mover, cfg: WorkersConfig, *, executor: Executor | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 demote_queues: CandidateQueues | None = None,
+                 cold_inboxes: Mapping[int, Inbox] | None = None) -> None:
         super().__init__()
         self.queues = queues
         self.inboxes = dict(inboxes)
+        # Demotion candidates: cold pages, routed to the inbox of the fast node they are on.
+        self.demote_queues = demote_queues if cold_inboxes else None
+        self.cold_inboxes = dict(cold_inboxes or {})
+        size = max(topology.nodes, default=0) + 1
+        self.cold_node = array("i", [-1]) * size  # a node with a cold inbox maps to itself
+        for node in self.cold_inboxes:
+            if node < size:
+                self.cold_node[node] = node
         self.mover = mover
         self.executor = executor
         self.clock = clock
@@ -88,12 +102,16 @@ class Router(LoopStage):
         or a worker takes pages."""
         wake = self._event()
         self.queues.on_push(wake.set)
-        for inbox in self.inboxes.values():
+        if self.demote_queues is not None:
+            self.demote_queues.on_push(wake.set)
+        for inbox in (*self.inboxes.values(), *self.cold_inboxes.values()):
             inbox.on_room(wake.set)
         while not self._stopping:
             wake.clear()
             try:
                 routed = await self.route_once()
+                if self.demote_queues is not None and not self.paused:
+                    await self.route_cold_once()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the router never dies of one bad round
@@ -101,6 +119,9 @@ class Router(LoopStage):
                 log.exception("router: round failed")
                 routed = 0
             if routed and len(self.queues) and self._room():
+                continue
+            if (self.demote_queues is not None and len(self.demote_queues) and not self.paused
+                    and any(i.room for i in self.cold_inboxes.values())):
                 continue
             await self._sleep()
 
@@ -149,6 +170,45 @@ class Router(LoopStage):
                 inbox.accept(pid, keys, now)
         return n0
 
+    async def route_cold_once(self) -> int:
+        """Drain demotion candidates, locate them, and put each page that sits on a fast
+        node into that node's cold inbox; returns the candidates drained."""
+        assert self.demote_queues is not None
+        room = max((i.room for i in self.cold_inboxes.values()), default=0)
+        want = min(MAX_BURST * self.cfg.batch_pages, room)
+        if want <= 0:
+            return 0
+        batches = self.demote_queues.drain(want)
+        if not batches:
+            return 0
+        b = merge(batches)
+        n0 = len(b)
+        self.stats.cold_candidates += n0
+        shim.cand_prepare(b.pids, b.addrs, b.counts, 1)  # sort and fold, keep every page
+        pids, addrs = b.pids, b.addrs
+        starts = list(shim.runs(pids)) + [len(pids)]
+        runs = [(pids[starts[i]], addrs[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)]
+        loop = asyncio.get_running_loop()
+        queried = await loop.run_in_executor(self.executor, self._query_runs, runs)
+        now = self.clock()
+        for pid, run_addrs, status, err in queried:
+            if status is None:
+                self._count_query_error(pid, err)
+                continue
+            tgt = array("i", [0]) * len(status)
+            shim.cand_targets(status, self.cold_node, tgt)
+            counts = shim.count_statuses(tgt)
+            self.stats.cold_not_on_fast += counts.by_errno.get(1, 0)
+            self.stats.cold_gone += counts.by_errno.get(2, 0)
+            for node in counts.by_node:
+                inbox = self.cold_inboxes.get(node)
+                if inbox is None:
+                    continue
+                keys = shim.keys_for(run_addrs, status, tgt, node)
+                self.stats.routed_cold[node] += len(keys)
+                inbox.accept(pid, keys, now)
+        return n0
+
     def _query_runs(self, runs: list[tuple[int, array[int]]]
                     ) -> list[tuple[int, array[int], array[int] | None, MovePagesError | None]]:
         """On the executor: where each run's pages are now."""
@@ -164,7 +224,7 @@ class Router(LoopStage):
         code = exc.errno if exc is not None else 0
         self.stats.query_errors[errno.errorcode.get(code or 0, str(code))] += 1
         self.stats.pids_gone += 1
-        for inbox in self.inboxes.values():
+        for inbox in (*self.inboxes.values(), *self.cold_inboxes.values()):
             inbox.forget_pid(pid)
         # A process that exited fails with ESRCH, or EINVAL while its mm is going away.
         if code not in (errno.ESRCH, errno.EINVAL):

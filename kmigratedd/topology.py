@@ -99,6 +99,15 @@ class Topology:
     def slow_nodes(self) -> tuple[int, ...]:
         return tuple(sorted(self.targets))
 
+    def demotion_target(self, node: int) -> int | None:
+        """Where cold pages of the fast ``node`` go: the nearest of the slower nodes that
+        promote to it (by distance, then id); None if none does."""
+        below = [s for s, d in self.targets.items() if d == node]
+        if not below:
+            return None
+        dist = self.nodes[node].distances
+        return min(below, key=lambda s: (dist.get(s, 255), s))
+
     def block_node_table(self) -> tuple[int, array[int]]:
         """(block_shift, node of each memory block or -1): PFN/phys → node in C."""
         shift = self.block_size_bytes.bit_length() - 1

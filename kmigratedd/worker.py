@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import shim
-from .config import WorkersConfig
+from .config import DemotionConfig, WorkersConfig
 from .errors import MovePagesError
 from .inbox import PAGE_MASK, Inbox
 from .kernelfs import KernelFs
@@ -58,6 +58,12 @@ class WorkerStats:
     pages_attempted: int = 0
     promoted: Counter[tuple[int, int]] = field(default_factory=Counter)  # (src, dst) -> pages
     outcomes: Counter[str] = field(default_factory=Counter)  # moved, EBUSY, ENOMEM...
+    demoted: Counter[tuple[int, int]] = field(default_factory=Counter)  # (src, dst) -> pages
+    demote_outcomes: Counter[str] = field(default_factory=Counter)
+    # Demotion candidates not demoted, by reason: promoted_recently (within the ping-pong
+    # window), rate_limited, busy, gone, not_needed (room was made without them)
+    demote_refused: Counter[str] = field(default_factory=Counter)
+    room_starved_seconds: float = 0.0   # room needed and no cold page to demote
     busy_retried: int = 0
     busy_dropped: int = 0
     pingpong_held: int = 0
@@ -76,6 +82,10 @@ class WorkerStats:
     @property
     def promoted_pages(self) -> int:
         return sum(self.promoted.values())
+
+    @property
+    def demoted_pages(self) -> int:
+        return sum(self.demoted.values())
 
 
 @dataclass(frozen=True)
@@ -102,14 +112,27 @@ class WorkerSnapshot:
     busy_dropped: int
     pids_gone: int
     heartbeat: float
+    room_needed_bytes: int
+    demoted: dict[tuple[int, int], int]
+    demoted_pages: int
+    demote_outcomes: dict[str, int]
+    demote_refused: dict[str, int]
+    demote_inbox_pages: int
+    room_starved_seconds: float
 
 
 class NodeWorker(LoopStage):
     def __init__(self, node: int, *, topology: Topology, inbox: Inbox, pipeline: MovePipeline,
                  cfg: WorkersConfig, fs: KernelFs,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 demote_inbox: Inbox | None = None, demote_to: int | None = None,
+                 demotion: DemotionConfig | None = None) -> None:
         super().__init__()
         self.node = node
+        # Cold pages of this node the router found, and the slower node they go to.
+        self.demote_inbox = demote_inbox if demote_to is not None else None
+        self.demote_to = demote_to
+        self._demote_backoff_until = 0.0
         self.topology = topology
         self.inbox = inbox
         self.pipeline = pipeline
@@ -124,6 +147,7 @@ class NodeWorker(LoopStage):
         self._backoff_until = 0.0
         self._expired_at = 0.0
         self.configure(cfg)
+        self.configure_demotion(demotion or DemotionConfig())
 
     def configure(self, cfg: WorkersConfig) -> None:
         """Apply a (re)loaded config; counters and state carry over."""
@@ -136,7 +160,13 @@ class NodeWorker(LoopStage):
         self.damper.holdoff_s = cfg.pingpong_holdoff_ms / 1000
         self.retry.delay_s = cfg.busy_retry_ms / 1000
         self.inbox.limit = inbox_limit(cfg)
+        if self.demote_inbox is not None:
+            self.demote_inbox.limit = inbox_limit(cfg)
         self.poll_s = min(cfg.max_wait_ms / 2000, 0.05)
+
+    def configure_demotion(self, cfg: DemotionConfig) -> None:
+        rate = cfg.rate_limit_mb_per_s * 1e6
+        self.demote_bucket = TokenBucket(rate, max(rate, self.cfg.batch_pages * self.page_size))
 
     def snapshot(self) -> WorkerSnapshot:
         s = self.stats
@@ -150,7 +180,12 @@ class NodeWorker(LoopStage):
             headroom_blocked=self.headroom.blocked,
             enomem_backoff_seconds=s.enomem_backoff_seconds, dry_run_pages=s.dry_run_pages,
             pingpong_held=s.pingpong_held, busy_retried=s.busy_retried,
-            busy_dropped=s.busy_dropped, pids_gone=s.pids_gone, heartbeat=s.heartbeat)
+            busy_dropped=s.busy_dropped, pids_gone=s.pids_gone, heartbeat=s.heartbeat,
+            room_needed_bytes=self.room_needed(self.clock()), demoted=dict(s.demoted),
+            demoted_pages=s.demoted_pages, demote_outcomes=dict(s.demote_outcomes),
+            demote_refused=dict(s.demote_refused),
+            demote_inbox_pages=self.demote_inbox.pages if self.demote_inbox else 0,
+            room_starved_seconds=s.room_starved_seconds)
 
     def take_observations(self) -> tuple[list[int], list[float]]:
         """Batch sizes and move durations since the last call (for the histograms)."""
@@ -206,6 +241,8 @@ class NodeWorker(LoopStage):
                 return True
             return False
         self._requeue_retries(now)
+        if not self.cfg.dry_run:
+            self._submit_demotion(now)
         if self._ready(now):
             return await self.promote_one(now)
         if self.pipeline.jobs:  # nothing new to queue: finish what is queued
@@ -231,6 +268,8 @@ class NodeWorker(LoopStage):
     def forget_pid(self, pid: int) -> None:
         self.stats.pids_gone += 1
         self.inbox.forget_pid(pid)
+        if self.demote_inbox is not None:
+            self.demote_inbox.forget_pid(pid)
         self.damper.forget_pid(pid)
         self.retry.forget_pid(pid)
 
@@ -289,8 +328,9 @@ class NodeWorker(LoopStage):
         if not len(keys):
             return 0.0
         page = self.page_size
-        # Headroom on the target node, counting what the queued jobs will use.
-        in_flight = self.pipeline.in_flight_pages * page
+        # Headroom on the target node, counting what the queued jobs will use and free.
+        in_flight = (self.pipeline.in_flight(demote=False)
+                     - self.pipeline.in_flight(demote=True)) * page
         allowance = self.headroom.allowance(self._free_bytes(now) - in_flight) // page
         if allowance <= 0:
             self.inbox.put_back(pid, keys, since)
@@ -336,11 +376,15 @@ class NodeWorker(LoopStage):
                     and not self.paused and now >= self._backoff_until):
                 self._submit_next(now)
         job, settled = await self.pipeline.complete_oldest()
-        if self.inbox.generation(job.pid) != job.generation:
+        box = self.demote_inbox if job.demote else self.inbox
+        if box is not None and box.generation(job.pid) != job.generation:
             # Pages of this pid arrived while it moved: take out those it moved, or a
             # later job would move them again and count them twice.
-            self.inbox.purge(job.pid, job.keys)
-        self._settle(settled)
+            box.purge(job.pid, job.keys)
+        if settled.demote:
+            self._settle_demotion(settled)
+        else:
+            self._settle(settled)
 
     def _settle(self, s: Settled) -> None:
         now = self.clock()
@@ -363,6 +407,83 @@ class NodeWorker(LoopStage):
             self._enomem_backoff(now)
         if len(s.untried):  # after a whole-call failure: back to the inbox
             self.inbox.put_back(s.pid, s.untried, s.since)
+
+    # --- exchange: make room by demoting cold pages ----------------------------
+
+    def room_needed(self, now: float) -> int:
+        """Bytes this node must free before the hot pages waiting for it fit: what waits
+        in the inbox (at most one burst of the rate limit) plus the headroom (the resume
+        level while the guard blocks), less the free memory, counting the moves queued."""
+        if not self.inbox.pages:
+            return 0
+        page = self.page_size
+        waiting = self.inbox.pages * page
+        if not self.bucket.unlimited:
+            waiting = min(waiting, int(self.bucket.burst_bytes))
+        floor = self.cfg.resume_free_bytes if self.headroom.blocked else self.cfg.min_free_bytes
+        free = (self._free_bytes(now) - self.pipeline.in_flight(demote=False) * page
+                + self.pipeline.in_flight(demote=True) * page)
+        return max(0, waiting + floor - free)
+
+    def _submit_demotion(self, now: float) -> None:
+        """Queue a demotion job of cold pages when room is needed: never more than the room,
+        never a page promoted within the ping-pong window (each page the sampler offers
+        as cold saw no access for demotion.cold_age_ms, so it is colder than any page it
+        makes room for)."""
+        box = self.demote_inbox
+        if box is None or self.demote_to is None or self.paused or self.pipeline.full:
+            return
+        if now < self._demote_backoff_until:
+            return
+        room = self.room_needed(now)
+        if room <= 0:
+            if box.pages:  # room was made: the rest is offered again when it is needed
+                self.stats.demote_refused["not_needed"] += box.clear()
+            return
+        oldest = box.oldest()
+        if oldest is None:
+            self.stats.room_starved_seconds += self.poll_s
+            return
+        pid, since = oldest
+        generation = box.generation(pid)
+        page = self.page_size
+        want = min(-(-room // page), MAX_BURST * self.cfg.batch_pages)
+        keys = box.take(pid, want)
+        self.pipeline.drop_queued(pid, keys, demote=True)
+        addrs, _ = shim.split_keys(keys, PAGE_MASK)
+        recent = self.damper.promoted_recently(pid, addrs, now)
+        if recent:
+            self.stats.demote_refused["promoted_recently"] += len(recent)
+            keys = array("Q", [k for k in keys if k & PAGE_MASK not in recent])
+        if not len(keys):
+            return
+        granted = int(self.demote_bucket.grant(len(keys) * page, now)) // page
+        if granted < len(keys):
+            box.put_back(pid, keys[granted:], since)
+            self.stats.demote_refused["rate_limited"] += len(keys) - granted
+            keys = keys[:granted]
+        if len(keys):
+            self.pipeline.submit(pid, since, keys, generation, dst=self.demote_to, demote=True)
+
+    def _settle_demotion(self, s: Settled) -> None:
+        now = self.clock()
+        for addrs in s.moved_addrs:
+            self.damper.record_demoted(s.pid, addrs, now)
+            self.note_free_change(len(addrs) * self.page_size)
+        if s.refund_pages:
+            self.demote_bucket.refund(s.refund_pages * self.page_size)
+        if s.busy_keys:  # cold pages in use after all: the sampler offers them again
+            self.stats.demote_refused["busy"] += len(s.busy_keys)
+        if s.failure is not None:
+            self._count_whole_call(s.failure)
+            if s.failure.errno in PID_GONE_ERRNOS:
+                self.stats.demote_refused["gone"] += s.failed_pages + len(s.untried)
+                self.forget_pid(s.pid)
+                return
+        if s.enomem:  # the slower node is full too: wait before demoting again
+            self._demote_backoff_until = now + self.cfg.enomem_backoff_ms / 1000
+        if len(s.untried) and self.demote_inbox is not None:
+            self.demote_inbox.put_back(s.pid, s.untried, s.since)
 
     def _enomem_backoff(self, now: float) -> None:
         backoff = self.cfg.enomem_backoff_ms / 1000

@@ -43,7 +43,7 @@ GOOD = [
 BAD = [
     ("unknown top key", "log_levle: info\n",
      "log_levle: unknown key (known here: log_level, topology, sampler, scope, queues, workers, "
-     "metrics, control, daemon)"),
+     "demotion, metrics, control, daemon)"),
     ("unknown nested key", "topology:\n  tier: []\n",
      "topology.tier: unknown key (known here: tiers, promotion_targets, refresh_interval_ms)"),
     ("bad choice", "log_level: loud\n",

@@ -695,3 +695,114 @@ def test_two_jobs_queued_and_pages_drained_again_move_once(fs):
     assert sum(c[1] for c in mover.calls) == 320
     assert w.stats.promoted_pages == 320 and w.stats.outcomes["moved"] == 320
     assert mover.on(5, addrs, 0) == 320 and w.inbox_pages == 0 and not w.pipeline.jobs
+
+
+# --- exchange: demotion makes room on a full fast tier -------------------------------------
+
+
+def make_exchange(fs: KernelFs, mover: FakeMover, clock: Clock, **overrides):
+    """Node 0 (fast, nearly full) promotes from node 1 and demotes cold pages to it."""
+    base = dict(max_wait_ms=100, rate_limit_mb_per_s=0, min_free_bytes=1 * MiB,
+                resume_free_bytes=1 * MiB, copy_threads=1, batch_pages=64,
+                free_refresh_ms=1_000_000)
+    cfg = dataclasses.replace(config.WorkersConfig(), **{**base, **overrides})
+    topo = discover(fs, page_size=PAGE)
+    assert topo.demotion_target(0) == 1
+    queues = CandidateQueues([0, 1], 1 << 16, page_size=PAGE)
+    cold_queues = CandidateQueues([0, 1], 1 << 16, page_size=PAGE)
+    pipeline = MovePipeline(0, mover, WorkerStats(), ThreadPoolExecutor(1), page_size=PAGE)
+    cold = Inbox(inbox_limit(cfg))
+    w = NodeWorker(0, topology=topo, inbox=Inbox(inbox_limit(cfg)), pipeline=pipeline, cfg=cfg,
+                   fs=fs, clock=clock, demote_inbox=cold, demote_to=1,
+                   demotion=config.DemotionConfig(rate_limit_mb_per_s=0))
+    router = Router(queues, {0: w.inbox}, topo, mover, cfg, clock=clock,
+                    demote_queues=cold_queues, cold_inboxes={0: cold})
+
+    class ExchangeStage(Stage):
+        async def step(self) -> bool:
+            await self.router.route_once()
+            await self.router.route_cold_once()
+            return await self.w.step()
+
+    return ExchangeStage(w, router), queues, cold_queues
+
+
+def test_room_is_made_by_demoting_cold_pages_and_no_more(fs):
+    mover, clock = FakeMover(), Clock()
+    set_free(fs, 0, 512 * 1024)
+    w, q, cq = make_exchange(fs, mover, clock)
+    hot, cold = pages(100), pages(500, 10_000)
+    mover.place(5, hot, 1)
+    mover.place(7, cold, 0)
+    offer(q, 5, hot)
+    run(w.router.route_once())
+    # Room: the 100 hot pages waiting plus the 1 MiB headroom, less 512 KiB free.
+    need = 100 * PAGE + 1 * MiB - 512 * 1024
+    assert w.room_needed(clock()) == need
+    offer(cq, 7, cold)
+    run(steps(w, clock, 8, dt=0.2))
+    demoted = mover.on(7, cold, 1)
+    assert w.stats.demoted == {(0, 1): demoted}
+    assert demoted == -(-need // PAGE)             # exactly the room needed, no mass eviction
+    assert w.stats.promoted == {(1, 0): 100} and mover.on(5, hot, 0) == 100
+    assert w.room_needed(clock()) == 0
+    snap = w.snapshot()
+    assert snap.demoted_pages == demoted and snap.room_needed_bytes == 0
+    assert snap.demote_outcomes == {"moved": demoted}
+
+
+def test_a_page_promoted_within_the_window_is_not_demoted_and_the_reverse(fs):
+    mover, clock = FakeMover(), Clock()
+    set_free(fs, 0, 2 * MiB)
+    w, q, cq = make_exchange(fs, mover, clock, pingpong_window_ms=60_000)
+    a = pages(50)
+    mover.place(5, a, 1)
+    offer(q, 5, a)
+    run(steps(w, clock, 3, dt=0.2))
+    assert mover.on(5, a, 0) == 50                # promoted; free is now 2 MiB - 200 KiB
+    b, c = pages(400, 1000), pages(300, 5000)
+    mover.place(6, b, 1)
+    mover.place(7, c, 0)
+    offer(q, 6, b)                                # room is needed for b
+    offer(cq, 5, a)                               # a, promoted moments ago, offered as cold
+    offer(cq, 7, c)
+    run(steps(w, clock, 10, dt=0.2))
+    assert mover.on(5, a, 0) == 50                # never demoted
+    assert w.stats.demote_refused["promoted_recently"] == 50
+    assert mover.on(6, b, 0) == 400 and mover.on(7, c, 1) > 0
+    # The pages just demoted are held off if the sampler finds them hot again.
+    down = [x for x in c if mover.where[(7, x)] == 1]
+    before = w.stats.promoted_pages
+    offer(q, 7, down)
+    run(steps(w, clock, 4, dt=0.2))
+    assert w.stats.promoted_pages == before and mover.on(7, down, 1) == len(down)
+    assert w.stats.pingpong_held >= len(down)
+
+
+def test_failures_in_the_middle_of_an_exchange_are_counted_and_nothing_is_lost(fs):
+    mover, clock = FakeMover(), Clock()
+    set_free(fs, 0, 512 * 1024)
+    w, q, cq = make_exchange(fs, mover, clock, enomem_backoff_ms=500)
+    hot = pages(100)
+    mover.place(5, hot, 1)
+    c1, c2 = pages(64, 10_000), pages(400, 20_000)
+    mover.place(7, c1, 0)
+    mover.place(8, c2, 0)
+    mover.script[(8, c2[0])] = [-errno.EBUSY]
+    mover.script[(8, c2[1])] = [-errno.ENOMEM]     # the slower node is full for a moment
+    offer(q, 5, hot)
+    offer(cq, 7, c1)
+    run(w.router.route_once())
+    run(w.router.route_cold_once())
+    mover.dead.add(7)                               # the cold process exits mid-exchange
+    offer(cq, 8, c2)
+    run(steps(w, clock, 20, dt=0.2))
+    refused = w.stats.demote_refused
+    assert w.stats.whole_call_errors["ESRCH"] >= 1 and refused["gone"] >= 1
+    assert w.stats.demote_outcomes["EBUSY"] == 1 and refused["busy"] == 1
+    assert w.stats.demote_outcomes["ENOMEM"] == 1
+    # The hot set still got its room, and every page is accounted for: on its node.
+    assert mover.on(5, hot, 0) == 100
+    moved = w.stats.demoted_pages
+    assert moved == mover.on(8, c2, 1) and 0 < moved <= 228 + 2
+    assert mover.on(8, c2, 0) + mover.on(8, c2, 1) == 400

@@ -111,6 +111,26 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] =
          [(rate("kmigratedd_kernel_node_vmstat_total", f"{IN}, {VMSTAT_RX}",
                 "instance, node, counter"), "{{instance}} node {{node}} {{counter}}")]),
     ]),
+    ("Exchange (full fast tier)", [
+        ("timeseries", "Promoted vs demoted to make room", "Bps",
+         "Bytes promoted beside the cold bytes demoted to make room for them (demotion.*), "
+         "by source → destination node.",
+         [(pair_rate("kmigratedd_promoted_bytes_total"),
+           "{{instance}} promoted {{src_node}} → {{dst_node}}"),
+          (pair_rate("kmigratedd_demoted_bytes_total"),
+           "{{instance}} demoted {{src_node}} → {{dst_node}}")]),
+        ("timeseries", "Room needed on the fast node", "bytes",
+         "Hot bytes waiting plus the headroom, less free memory: what demotion must free "
+         "before the waiting pages fit.",
+         [(f"kmigratedd_room_needed_bytes{{{IN}}}", "{{instance}} node {{node}}")]),
+        ("timeseries", "Demotion refusals and outcomes", "pages/s",
+         "Cold pages not demoted: promoted_recently (within workers.pingpong_window_ms), "
+         "rate_limited, busy, gone, not_needed; and the per-page outcomes of demotions.",
+         [(rate("kmigratedd_demotion_refused_pages_total", IN, "instance, node, reason"),
+           "{{instance}} node {{node}} refused {{reason}}"),
+          (rate("kmigratedd_demotion_outcomes_total", IN, "instance, node, reason"),
+           "{{instance}} node {{node}} {{reason}}")]),
+    ]),
     ("Outcomes", [
         ("timeseries", "Page outcomes by reason", "pages/s",
          "Per-page move_pages(2) results: moved, not_moved (landed elsewhere), or the errno "
