@@ -806,3 +806,83 @@ def test_a_large_hot_region_on_the_fast_tier_is_probed_not_offered(tmp_path: Pat
     assert sorted(offered) == [0] * (damon.PROBE_STRIDE - 1) + [512]  # found once its
     got = merge(ctx.queues.drain(1000))                                # turn came
     assert sorted(got.addrs) == page_range(A, 512) and set(got.nodes) == {-1}
+
+
+# --- cold regions: demotion candidates --------------------------------------------------
+
+# cold_age_ms 5000 / aggr 100 ms: a cold region has no access for 50 aggregations.
+COLD_AGE = 50
+
+
+def cold_scheme_writes(idx: int, target_idx: int, min_age: int = COLD_AGE) -> list[tuple[str, str]]:
+    s = f"{C}/schemes/{idx}"
+    return [
+        (f"{s}/action", "stat"),
+        (f"{s}/access_pattern/sz/min", str(PS)),
+        (f"{s}/access_pattern/sz/max", "18446744073709551615"),
+        (f"{s}/access_pattern/nr_accesses/min", "0"),
+        (f"{s}/access_pattern/nr_accesses/max", "0"),
+        (f"{s}/access_pattern/age/min", str(min_age)),
+        (f"{s}/access_pattern/age/max", "4294967295"),
+        (f"{s}/filters/nr_filters", "1"),
+        (f"{s}/filters/0/type", "target"),
+        (f"{s}/filters/0/damon_target_idx", str(target_idx)),
+        (f"{s}/filters/0/matching", "N"),
+    ]
+
+
+def cold_target_writes(pids: list[int], min_age: int = COLD_AGE) -> list[tuple[str, str]]:
+    """Targets, their hot schemes 0..n-1, then their cold schemes n..2n-1."""
+    n = len(pids)
+    out = [(f"{C}/targets/nr_targets", str(n))]
+    out += [(f"{C}/targets/{i}/pid_target", str(p)) for i, p in enumerate(pids)]
+    out.append((f"{C}/schemes/nr_schemes", str(2 * n)))
+    for i in range(n):
+        out += scheme_writes(i)
+    for i in range(n):
+        out += cold_scheme_writes(n + i, i, min_age)
+    return out
+
+
+D1 = 0x7F00_0100_0000  # cold, age 60, 4 pages
+D2 = 0x7F00_0200_0000  # cold, age 200, 3 pages (oldest)
+D3 = 0x7F00_0300_0000  # cold, age 80, 5 pages
+
+
+def test_the_model_with_cold_schemes(tmp_path: Path) -> None:
+    """Demotion on: the hot schemes keep indexes 0..n-1, the cold ones follow (scheme
+    n + i keeps target i), and the backend writes them as it writes the hot ones."""
+    attrs = damon_model.MonitoringAttrs(damon_model.Intervals(5000, 100_000, 1_000_000),
+                                        10, 1000)
+    cold = damon_model.ColdPattern(damon_model.aggregations(5_000_000, 100_000), PS)
+    assert cold.min_age == COLD_AGE
+    assert damon_model.aggregations(5_000_001, 100_000) == COLD_AGE + 1  # rounded up
+    assert damon_model.aggregations(1000, 100_000) == 1
+    ctx = damon_model.hot_regions_context(attrs, [PID, PID2], 1, cold)
+    assert ctx.schemes[:2] == damon_model.hot_regions_context(attrs, [PID, PID2], 1).schemes
+    assert [s.filters[0].target_idx for s in ctx.schemes] == [0, 1, 0, 1]
+    assert damon_model.cold_scheme_index(2, 1) == 3
+    assert ctx.schemes[3].access_pattern == damon_model.AccessPattern(
+        sz=damon_model.Range(PS, damon_model.ULONG_MAX), nr_accesses=damon_model.Range(0, 0),
+        age=damon_model.Range(COLD_AGE, damon_model.UINT_MAX))
+    make_tree(tmp_path)
+    put_regions(tmp_path, 3, [(D1, D1 + PS, 0, 70), (D2, D2 + 2 * PS, 0, 90)])
+    fs = KernelFs(tmp_path, record_writes=True)
+    sysfs = DamonSysfs(fs)
+    sysfs.write_targets(ctx)
+    same_writes(fs.writes, cold_target_writes([PID, PID2]))
+    assert sysfs.tried_regions(3, lambda what, exc: None) == [
+        damon_model.Region(D1, D1 + PS, 0, 70), damon_model.Region(D2, D2 + 2 * PS, 0, 90)]
+    assert (sysfs.nr_tried_regions(3), sysfs.nr_tried_regions(2)) == (2, 0)
+
+
+def test_inner_subtract_merged() -> None:
+    R = damon_model.Region
+    assert damon_model.inner(R(4097, 3 * 4096 + 5, 0, 9), 4096) == R(8192, 12288, 0, 9)
+    assert damon_model.inner(R(4097, 8191, 0, 9), 4096) is None
+    regions = [R(0, 10, 0, 1), R(10, 20, 0, 2), R(30, 40, 0, 3)]
+    assert damon_model.subtract(regions, []) == regions
+    assert damon_model.subtract(regions, [(0, 100)]) == []
+    assert damon_model.subtract(regions, [(2, 4), (6, 12), (15, 16), (18, 35)]) == [
+        R(0, 2, 0, 1), R(4, 6, 0, 1), R(12, 15, 0, 2), R(16, 18, 0, 2), R(35, 40, 0, 3)]
+    assert damon_model.merged([(5, 8), (0, 2), (2, 3), (7, 10)]) == [(0, 3), (5, 10)]
