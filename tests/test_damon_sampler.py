@@ -806,3 +806,338 @@ def test_a_large_hot_region_on_the_fast_tier_is_probed_not_offered(tmp_path: Pat
     assert sorted(offered) == [0] * (damon.PROBE_STRIDE - 1) + [512]  # found once its
     got = merge(ctx.queues.drain(1000))                                # turn came
     assert sorted(got.addrs) == page_range(A, 512) and set(got.nodes) == {-1}
+
+
+# --- cold regions: demotion candidates --------------------------------------------------
+
+# cold_age_ms 5000 / aggr 100 ms: a cold region has no access for 50 aggregations.
+COLD_AGE = 50
+
+
+def cold_scheme_writes(idx: int, target_idx: int, min_age: int = COLD_AGE) -> list[tuple[str, str]]:
+    s = f"{C}/schemes/{idx}"
+    return [
+        (f"{s}/action", "stat"),
+        (f"{s}/access_pattern/sz/min", str(PS)),
+        (f"{s}/access_pattern/sz/max", "18446744073709551615"),
+        (f"{s}/access_pattern/nr_accesses/min", "0"),
+        (f"{s}/access_pattern/nr_accesses/max", "0"),
+        (f"{s}/access_pattern/age/min", str(min_age)),
+        (f"{s}/access_pattern/age/max", "4294967295"),
+        (f"{s}/filters/nr_filters", "1"),
+        (f"{s}/filters/0/type", "target"),
+        (f"{s}/filters/0/damon_target_idx", str(target_idx)),
+        (f"{s}/filters/0/matching", "N"),
+    ]
+
+
+def cold_target_writes(pids: list[int], min_age: int = COLD_AGE) -> list[tuple[str, str]]:
+    """Targets, their hot schemes 0..n-1, then their cold schemes n..2n-1."""
+    n = len(pids)
+    out = [(f"{C}/targets/nr_targets", str(n))]
+    out += [(f"{C}/targets/{i}/pid_target", str(p)) for i, p in enumerate(pids)]
+    out.append((f"{C}/schemes/nr_schemes", str(2 * n)))
+    for i in range(n):
+        out += scheme_writes(i)
+    for i in range(n):
+        out += cold_scheme_writes(n + i, i, min_age)
+    return out
+
+
+class Room:
+    """ctx.room_needed: the bytes promotion needs, set by the test."""
+
+    def __init__(self, pages: int = 0) -> None:
+        self.bytes = pages * PS
+        self.calls = 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        return self.bytes
+
+
+def demote_ctx(fs: KernelFs, room: Room, pids: tuple[int, ...] = (PID,), batch_pages: int = 1,
+               cold_age_ms: int = 5000, interval_ms: int = 1000) -> SamplerContext:
+    """A context with demotion on: real demotion queues, made on this (the loop's) thread."""
+    ctx = make_ctx(fs, pids=pids, interval_ms=interval_ms)
+    cfg = dataclasses.replace(
+        ctx.config,
+        workers=dataclasses.replace(ctx.config.workers, batch_pages=batch_pages),
+        demotion=dataclasses.replace(ctx.config.demotion, cold_age_ms=cold_age_ms))
+    return dataclasses.replace(ctx, config=cfg, demote_queues=CandidateQueues([0, 1, 2, 3], 4096),
+                               room_needed=room)
+
+
+def cold_rows(ctx: SamplerContext) -> list[tuple[int, int, int, int]]:
+    """(pid, addr, node, weight) of the demotion candidates, in queue order."""
+    assert ctx.demote_queues is not None
+    batches = ctx.demote_queues.drain(1 << 16)
+    if not batches:
+        return []
+    got = merge(batches)
+    return list(zip(got.pids, got.addrs, got.nodes, got.counts))
+
+
+D1 = 0x7F00_0100_0000  # cold, age 60, 4 pages
+D2 = 0x7F00_0200_0000  # cold, age 200, 3 pages (oldest)
+D3 = 0x7F00_0300_0000  # cold, age 80, 5 pages
+
+
+def cold_tree(tmp_path: Path) -> FakeDamonFs:
+    make_tree(tmp_path)
+    put_regions(tmp_path, 1, [(D1, D1 + 4 * PS, 0, 60), (D2, D2 + 3 * PS, 0, 200),
+                              (D3, D3 + 5 * PS, 0, 80)])
+    return FakeDamonFs(tmp_path)
+
+
+def test_the_model_with_cold_schemes(tmp_path: Path) -> None:
+    """Demotion on: the hot schemes keep indexes 0..n-1, the cold ones follow (scheme
+    n + i keeps target i), and the backend writes them as it writes the hot ones."""
+    attrs = damon_model.MonitoringAttrs(damon_model.Intervals(5000, 100_000, 1_000_000),
+                                        10, 1000)
+    cold = damon_model.ColdPattern(damon_model.aggregations(5_000_000, 100_000), PS)
+    assert cold.min_age == COLD_AGE
+    assert damon_model.aggregations(5_000_001, 100_000) == COLD_AGE + 1  # rounded up
+    assert damon_model.aggregations(1000, 100_000) == 1
+    ctx = damon_model.hot_regions_context(attrs, [PID, PID2], 1, cold)
+    assert ctx.schemes[:2] == damon_model.hot_regions_context(attrs, [PID, PID2], 1).schemes
+    assert [s.filters[0].target_idx for s in ctx.schemes] == [0, 1, 0, 1]
+    assert damon_model.cold_scheme_index(2, 1) == 3
+    assert ctx.schemes[3].access_pattern == damon_model.AccessPattern(
+        sz=damon_model.Range(PS, damon_model.ULONG_MAX), nr_accesses=damon_model.Range(0, 0),
+        age=damon_model.Range(COLD_AGE, damon_model.UINT_MAX))
+    make_tree(tmp_path)
+    put_regions(tmp_path, 3, [(D1, D1 + PS, 0, 70), (D2, D2 + 2 * PS, 0, 90)])
+    fs = KernelFs(tmp_path, record_writes=True)
+    sysfs = DamonSysfs(fs)
+    sysfs.write_targets(ctx)
+    same_writes(fs.writes, cold_target_writes([PID, PID2]))
+    assert sysfs.tried_regions(3, lambda what, exc: None) == [
+        damon_model.Region(D1, D1 + PS, 0, 70), damon_model.Region(D2, D2 + 2 * PS, 0, 90)]
+    assert (sysfs.nr_tried_regions(3), sysfs.nr_tried_regions(2)) == (2, 0)
+
+
+def test_inner_subtract_merged() -> None:
+    R = damon_model.Region
+    assert damon_model.inner(R(4097, 3 * 4096 + 5, 0, 9), 4096) == R(8192, 12288, 0, 9)
+    assert damon_model.inner(R(4097, 8191, 0, 9), 4096) is None
+    regions = [R(0, 10, 0, 1), R(10, 20, 0, 2), R(30, 40, 0, 3)]
+    assert damon_model.subtract(regions, []) == regions
+    assert damon_model.subtract(regions, [(0, 100)]) == []
+    assert damon_model.subtract(regions, [(2, 4), (6, 12), (15, 16), (18, 35)]) == [
+        R(0, 2, 0, 1), R(4, 6, 0, 1), R(12, 15, 0, 2), R(16, 18, 0, 2), R(35, 40, 0, 3)]
+    assert damon_model.merged([(5, 8), (0, 2), (2, 3), (7, 10)]) == [(0, 3), (5, 10)]
+
+
+def test_demotion_on_writes_the_cold_schemes(tmp_path: Path) -> None:
+    make_tree(tmp_path, pids={PID: 1, PID2: 3})
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(demote_ctx(fs, Room(), pids=(PID, PID2)), query_nodes=FakeQuery())
+    s.run_round()
+    same_writes(fs.writes, cold_target_writes([PID, PID2])
+                + [(STATE, "on"), (STATE, "update_schemes_tried_regions")])
+    # A pid that exits: targets and both kinds of schemes rewritten, and committed.
+    (tmp_path / f"proc/{PID}/stat").unlink()
+    del fs.writes[:]
+    s.run_round()
+    same_writes(fs.writes, cold_target_writes([PID2])
+                + [(STATE, "commit"), (STATE, "update_schemes_tried_regions")])
+
+
+def test_the_cold_age_counts_configured_aggregation_intervals(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(demote_ctx(fs, Room(), cold_age_ms=1050), query_nodes=FakeQuery())
+    s.run_round()
+    same_writes(fs.writes, cold_target_writes([PID], min_age=11)
+                + [(STATE, "on"), (STATE, "update_schemes_tried_regions")])
+
+
+def test_cold_regions_become_demotion_candidates_oldest_first(tmp_path: Path) -> None:
+    """Room for 4 pages: a budget of 8 pages, the oldest regions first (D2, then D3),
+    each page weighted by its region's age, node unknown, in the queue of the CPU the
+    process last ran on; D1 is over budget."""
+    fs = cold_tree(tmp_path)
+    room = Room(4)
+    ctx = demote_ctx(fs, room)
+    s = DamonSampler(ctx, query_nodes=FakeQuery(), confirm_rounds=1, warmup_rounds=0)
+    assert s.run_round() == 0  # nothing to promote
+    assert ctx.demote_queues is not None
+    assert [len(ctx.demote_queues.queue(c)) for c in range(4)] == [0, 0, 8, 0]
+    assert len(ctx.queues) == 0
+    assert cold_rows(ctx) == ([(PID, a, -1, 200) for a in page_range(D2, 3)]
+                              + [(PID, a, -1, 80) for a in page_range(D3, 5)])
+    st = s.stats()
+    assert (st["cold_regions"], st["demotion_candidates_offered"],
+            st["cold_pages_over_budget"]) == (3, 8, 4)
+    assert "cold_pages_offered" not in st  # one counter of cold pages offered: the base's
+
+
+@pytest.mark.parametrize("room_pages,batch,cap,offered", [
+    (0.5, 1, 1 << 16, 1),     # less than a page of room: at least a batch (1 page)
+    (0.5, 5, 1 << 16, 5),     # ... of 5 pages
+    (100, 1, 1 << 16, 12),    # room for more than there is: every cold page
+    (100, 1, 7, 7),           # the per-round cap
+])
+def test_the_cold_page_budget(tmp_path: Path, room_pages: float, batch: int, cap: int,
+                              offered: int) -> None:
+    fs = cold_tree(tmp_path)
+    room = Room()
+    room.bytes = int(room_pages * PS)
+    ctx = demote_ctx(fs, room, batch_pages=batch)
+    s = DamonSampler(ctx, query_nodes=FakeQuery(), confirm_rounds=1, warmup_rounds=0,
+                     max_cold_pages_per_round=cap)
+    s.run_round()
+    rows = cold_rows(ctx)
+    assert len(rows) == offered
+    assert rows[0] == (PID, D2, -1, 200)  # oldest first
+    assert s.stats()["cold_pages_over_budget"] == 12 - offered
+
+
+def test_no_room_needed_offers_nothing_but_counts_cold_regions(tmp_path: Path) -> None:
+    fs = cold_tree(tmp_path)
+    room = Room(0)
+    ctx = demote_ctx(fs, room)
+    s = DamonSampler(ctx, query_nodes=FakeQuery(), confirm_rounds=1, warmup_rounds=0)
+    for _ in range(3):
+        s.run_round()
+    assert room.calls == 3
+    assert cold_rows(ctx) == []
+    st = s.stats()
+    assert (st["cold_regions"], st["demotion_candidates_offered"],
+            st["cold_pages_over_budget"]) == (9, 0, 0)
+    room.bytes = PS  # room for a page needed now: two offered the next round
+    s.run_round()
+    assert len(cold_rows(ctx)) == 2
+    assert s.stats()["demotion_candidates_offered"] == 2
+
+
+def test_a_region_hot_in_the_same_round_is_not_offered_as_cold(tmp_path: Path) -> None:
+    """DAMON's adaptive regions: the cold scheme may report pages the hot scheme reports
+    too, or reported the round before (what the confirmation remembers).  Only whole
+    pages of a cold region are offered."""
+    make_tree(tmp_path)
+    # Hot A..A+8 pages (scheme 0); cold A+4..A+12 and half a page more (scheme 1).
+    put_regions(tmp_path, 0, [(A, A + 8 * PS, 5, 2)])
+    put_regions(tmp_path, 1, [(A + 4 * PS, A + 12 * PS + PS // 2, 0, 90)])
+    fs = FakeDamonFs(tmp_path)
+    ctx = demote_ctx(fs, Room(100))
+    query = FakeQuery(dict.fromkeys(page_range(A, 8), 1))
+    s = DamonSampler(ctx, query_nodes=query, confirm_rounds=2, warmup_rounds=0)
+    s.run_round()
+    assert [a for _, a, _, _ in cold_rows(ctx)] == page_range(A + 8 * PS, 4)
+    # Not hot this round, but the round before: still not offered.
+    put_regions(tmp_path, 0, [])
+    for p in (tmp_path / C.lstrip("/") / "schemes/0/tried_regions").glob("[0-9]*"):
+        for f in p.iterdir():
+            f.unlink()
+        p.rmdir()
+    s.run_round()
+    assert [a for _, a, _, _ in cold_rows(ctx)] == page_range(A + 8 * PS, 4)
+    s.run_round()  # cold for two rounds now: every page
+    assert [a for _, a, _, _ in cold_rows(ctx)] == page_range(A + 4 * PS, 8)
+
+
+def test_cold_regions_wait_for_the_warm_up(tmp_path: Path) -> None:
+    fs = cold_tree(tmp_path)
+    ctx = demote_ctx(fs, Room(100))
+    s = DamonSampler(ctx, query_nodes=FakeQuery(), confirm_rounds=1)  # 1 warm-up round
+    s.run_round()
+    assert cold_rows(ctx) == [] and s.stats()["cold_regions"] == 3
+    s.run_round()
+    assert len(cold_rows(ctx)) == 12
+
+
+def test_the_age_is_the_weight_up_to_2_to_the_31(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    put_regions(tmp_path, 1, [(D1, D1 + PS, 0, damon_model.UINT_MAX)])
+    fs = FakeDamonFs(tmp_path)
+    ctx = demote_ctx(fs, Room(1))
+    DamonSampler(ctx, query_nodes=FakeQuery(), confirm_rounds=1, warmup_rounds=0).run_round()
+    assert cold_rows(ctx) == [(PID, D1, -1, (1 << 31) - 1)]
+
+
+def test_cold_regions_of_several_processes(tmp_path: Path) -> None:
+    """Scheme n + i is target i's: cold pages go to the queue of that pid's CPU, the
+    oldest region first across processes."""
+    make_tree(tmp_path, pids={PID: 1, PID2: 3})
+    put_regions(tmp_path, 2, [(D1, D1 + 2 * PS, 0, 60)])
+    put_regions(tmp_path, 3, [(D1, D1 + 2 * PS, 0, 90)])  # same addresses, other process
+    fs = FakeDamonFs(tmp_path)
+    ctx = demote_ctx(fs, Room(1), pids=(PID, PID2))
+    s = DamonSampler(ctx, query_nodes=FakeQuery(), confirm_rounds=1, warmup_rounds=0)
+    s.run_round()  # budget: 2 pages, PID2's (older)
+    assert ctx.demote_queues is not None
+    assert [len(ctx.demote_queues.queue(c)) for c in range(4)] == [0, 0, 0, 2]
+    assert cold_rows(ctx) == [(PID2, a, -1, 90) for a in page_range(D1, 2)]
+    assert s.stats()["cold_pages_over_budget"] == 2
+
+
+def test_quiet_mode_waits_while_cold_pages_are_offered(tmp_path: Path) -> None:
+    """Nothing to promote, but room needed and cold pages to offer: no quiet mode.  Once
+    no room is needed, quiet after quiet_after_rounds; room needed again leaves it."""
+    fs = cold_tree(tmp_path)
+    room = Room(4)
+    ctx = demote_ctx(fs, room)
+    s = DamonSampler(ctx, query_nodes=FakeQuery(), confirm_rounds=1, warmup_rounds=0)
+    for _ in range(25):
+        s.run_round()
+    st = s.stats()
+    assert (st["quiet"], st["quiet_entered"]) == (0, 0)
+    assert st["demotion_candidates_offered"] == 25 * 8
+    assert (STATE, "commit") not in fs.writes
+    room.bytes = 0
+    for _ in range(10):
+        s.run_round()
+    assert s.stats()["quiet"] == 1
+    room.bytes = PS
+    del fs.writes[:]
+    s.run_round()
+    same_writes(fs.writes, [(STATE, "update_schemes_tried_regions")] + interval_writes(1)
+                + [(STATE, "commit")])
+    st = s.stats()
+    assert (st["quiet"], st["quiet_left"]) == (0, 1)
+
+
+def test_room_needed_without_cold_regions_leaves_quiet_mode_alone(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(demote_ctx(fs, Room(100)), query_nodes=FakeQuery(), confirm_rounds=1,
+                     warmup_rounds=0)
+    for _ in range(10):
+        s.run_round()
+    assert s.stats()["quiet"] == 1
+
+
+def test_a_failing_room_needed_is_counted_and_offers_no_cold_pages(tmp_path: Path) -> None:
+    fs = regions_tree(tmp_path)
+    put_regions(tmp_path, 1, [(D1, D1 + 4 * PS, 0, 60)])
+
+    def broken() -> int:
+        raise RuntimeError("no room figure")
+
+    ctx = dataclasses.replace(demote_ctx(fs, Room()), room_needed=broken)
+    s = DamonSampler(ctx, query_nodes=FakeQuery(dict.fromkeys(page_range(B, 4), 1)),
+                     confirm_rounds=1, warmup_rounds=0)
+    assert s.run_round() == 4  # the hot pages still go out
+    assert cold_rows(ctx) == []
+    assert s.stats()["errors"] == 1
+
+
+def test_the_loop_delivers_cold_pages_to_the_demotion_queues(tmp_path: Path) -> None:
+    fs = cold_tree(tmp_path)
+    ctx = demote_ctx(fs, Room(100), interval_ms=10)
+    s = DamonSampler(ctx, query_nodes=FakeQuery())
+
+    async def go() -> None:
+        await s.start()
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if s.stats()["demotion_candidates_offered"] >= 12:
+                break
+        await s.stop()
+
+    run(go)
+    assert s.stats()["demotion_candidates_offered"] >= 12
+    assert ctx.demote_queues is not None and len(ctx.demote_queues) == 12
+    assert len(ctx.queues) == 0

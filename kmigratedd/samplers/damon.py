@@ -1,4 +1,5 @@
-"""DAMON sampler: the kernel's Data Access MONitor finds hot regions, we offer their pages.
+"""DAMON sampler: the kernel's Data Access MONitor finds hot (and cold) regions, we offer
+their pages.
 
 DAMON runs in a kernel thread (``kdamond``) and, with ``vaddr`` operations, watches the
 address space of each target process at a bounded cost: it keeps between
@@ -10,10 +11,11 @@ DAMOS action: the node workers move pages.
 
 Three parts, as damo has them: ``damon_model.py`` says what DAMON is asked for (one
 vaddr context, one target per process in scope, one hot-region ``stat`` scheme per
-target that keeps that target's regions only), ``damon_sysfs.py`` writes it to
+target that keeps that target's regions only and, with demotion on, one cold-region
+``stat`` scheme per target after them), ``damon_sysfs.py`` writes it to
 /sys/kernel/mm/damon/admin and reads the tried regions back, and this module decides:
-which processes, when to commit or restart, quiet mode, which regions count as hot,
-and how they become page candidates.
+which processes, when to commit or restart, quiet mode, which regions count as hot
+or cold, and how they become page candidates.
 
 Every ``sampler.interval_ms`` a round, in the sampler's executor (the
 ``update_schemes_tried_regions`` write blocks for about one aggregation interval):
@@ -33,15 +35,30 @@ Every ``sampler.interval_ms`` a round, in the sampler's executor (the
    probe finds none of its pages on a slow node (:meth:`DamonSampler._on_fast_tier`),
    expand the others into page addresses up to :data:`MAX_PAGES_PER_ROUND`, and push
    them (node unknown: the router asks where each candidate is before routing it)
-   into the queue of the CPU the process last ran on, weighted by ``nr_accesses``.
+   into the queue of the CPU the process last ran on, weighted by ``nr_accesses``;
+5. with demotion on, the cold regions (below).
+
+**Cold regions (demotion).**  When the daemon gives the context demotion queues
+(``ctx.demote_queues``), scheme ``n + i`` reports the regions of target i that saw no
+access for ``demotion.cold_age_ms`` (counted in configured aggregation intervals, so
+in quiet mode a region must stay cold longer).  The same
+``update_schemes_tried_regions`` fills them.  While promotion needs room on the fast
+tier (``ctx.room_needed()`` > 0, called in the executor thread) their whole pages,
+but for those in a region hot this round or in the rounds :meth:`DamonSampler._confirm`
+remembers, are offered oldest region first (weight: the region's age in aggregation
+intervals) up to twice the pages of room needed (at least ``workers.batch_pages``, at
+most :data:`MAX_COLD_PAGES_PER_ROUND`) to the demotion queues, node unknown: the
+router keeps the pages on a fast node.  While no room is needed, the cold regions are
+only counted.
 
 **Quiet mode.**  After ``sampler.damon.quiet_after_rounds`` rounds in a row that found
-nothing to promote (say, the hot set already sits on the fast tier), the sampling and
-aggregation intervals are multiplied by ``quiet_slowdown`` (the aggregation interval
-at most to :data:`QUIET_MAX_AGGR_MS`) and committed: the kdamond's CPU, most of the
-idle cost, falls by about that factor (tests/vm/guest/test_sampler_damon.py prints
-it).  DAMON still sees the same hot regions, with as many samples per aggregation;
-the first round that finds pages to promote, or a change of the processes watched,
+nothing to promote (say, the hot set already sits on the fast tier) and no cold pages
+to demote while room was needed, the sampling and aggregation intervals are multiplied
+by ``quiet_slowdown`` (the aggregation interval at most to :data:`QUIET_MAX_AGGR_MS`)
+and committed: the kdamond's CPU, most of the idle cost, falls by about that factor
+(tests/vm/guest/test_sampler_damon.py prints it).  DAMON still sees the same hot
+regions, with as many samples per aggregation; the first round that finds pages to
+promote (or to demote while room is needed), or a change of the processes watched,
 commits the configured intervals again.
 
 ``stop()`` turns the kdamond off and writes ``nr_kdamonds`` back to the value found at
@@ -57,6 +74,7 @@ import os
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import shim
@@ -88,18 +106,31 @@ PROBE_MIN_SAMPLES = 8
 # process's mappings (the kernel's default is 60 s), so new mappings and new targets
 # (which a commit leaves without regions until then) are watched within a second.
 UPDATE_US = 1_000_000
+# Pages expanded from cold regions per round, across all processes (oldest regions
+# first; the rest is counted in cold_pages_over_budget), whatever room is needed.
+MAX_COLD_PAGES_PER_ROUND = 1 << 16
 # Quiet mode never makes the aggregation interval longer than this (a round waits for
 # one aggregation in the kernel; stop() waits for a round).
 QUIET_MAX_AGGR_MS = 10_000
-# Processes watched at most: each costs DAMON a target and a scheme, and each scheme
-# is checked against every region of every target each aggregation interval.
+# Processes watched at most: each costs DAMON a target and a scheme (two with demotion
+# on), and each scheme is checked against every region of every target each
+# aggregation interval.
 MAX_TARGETS = 64
 
 QueryNodes = Callable[[int, Any], Any]
 
 
-class DamonSampler(SamplerBase[list[Offer]]):
-    """Hot pages of the processes in scope, from DAMON vaddr monitoring.
+@dataclass(slots=True)
+class DamonRound:
+    """What a round offers: hot pages to promote, cold pages to demote."""
+
+    hot: list[Offer] = field(default_factory=list)
+    cold: list[Offer] = field(default_factory=list)
+
+
+class DamonSampler(SamplerBase[DamonRound]):
+    """Hot pages of the processes in scope, from DAMON vaddr monitoring (and, with
+    demotion on, their cold pages).
 
     ``stats()``: ``rounds``; ``regions_seen`` (tried regions DAMON reported: its hot
     regions); ``hot_regions`` (confirmed hot region parts expanded into pages, within
@@ -112,7 +143,10 @@ class DamonSampler(SamplerBase[list[Offer]]):
     ``kdamond_stops`` (stopped by itself: every target exited, or a commit named an
     exited pid), ``commits`` (of new targets); ``quiet_entered`` and ``quiet_left``
     (quiet mode, see the module docstring); gauges ``targets``, ``kdamond_on`` and
-    ``quiet``.
+    ``quiet``.  With demotion on (``ctx.demote_queues`` set) also ``cold_regions`` (tried
+    regions DAMON reported as cold), ``demotion_candidates_offered`` (cold pages
+    offered) and ``cold_pages_over_budget`` (pages of cold regions left out by the
+    round's cold page budget).
 
     ``query_nodes`` (pid, addrs) -> status array is injectable for tests; the real one is
     :func:`kmigratedd.shim.query_nodes`.
@@ -123,11 +157,15 @@ class DamonSampler(SamplerBase[list[Offer]]):
     def __init__(self, ctx: SamplerContext, *, query_nodes: QueryNodes = shim.query_nodes,
                  max_pages_per_round: int = MAX_PAGES_PER_ROUND,
                  max_targets: int = MAX_TARGETS, confirm_rounds: int = CONFIRM_ROUNDS,
-                 warmup_rounds: int = WARMUP_ROUNDS) -> None:
+                 warmup_rounds: int = WARMUP_ROUNDS,
+                 max_cold_pages_per_round: int = MAX_COLD_PAGES_PER_ROUND) -> None:
+        demote = ctx.demote_queues is not None
         super().__init__(ctx, (
             "rounds", "regions_seen", "hot_regions", "candidates_offered", "pages_unconfirmed",
             "pages_over_budget", "pages_probed", "pages_skipped_on_fast", "pid_gone",
-            "kdamond_starts", "kdamond_stops", "commits", "quiet_entered", "quiet_left"))
+            "kdamond_starts", "kdamond_stops", "commits", "quiet_entered", "quiet_left",
+            *(("cold_regions", "demotion_candidates_offered", "cold_pages_over_budget")
+              if demote else ())))
         self.fs = ctx.fs
         self.sysfs = DamonSysfs(ctx.fs)
         self.cfg = cfg = ctx.config.sampler.damon
@@ -142,6 +180,15 @@ class DamonSampler(SamplerBase[list[Offer]]):
         self.attrs = model.MonitoringAttrs(
             model.Intervals(cfg.sample_interval_ms * 1000, cfg.aggregate_interval_ms * 1000,
                             self.update_us), cfg.min_regions, cfg.max_regions)
+        # Cold regions, with demotion on: the age is counted in configured aggregation
+        # intervals (quiet mode's longer ones only make it more conservative).
+        self.cold: model.ColdPattern | None = None
+        if demote:
+            self.cold = model.ColdPattern(
+                model.aggregations(ctx.config.demotion.cold_age_ms * 1000,
+                                   self.attrs.intervals.aggr_us), self.page_size)
+        self.max_cold_pages_per_round = max_cold_pages_per_round
+        self.min_cold_pages = ctx.config.workers.batch_pages
         # Rounds after a commit until vaddr has fitted the regions of a target that is
         # new or moved to another index, and they have taken shape.
         self.settle_rounds = (1 - (-self.update_us // (ctx.config.sampler.interval_ms * 1000))
@@ -226,23 +273,28 @@ class DamonSampler(SamplerBase[list[Offer]]):
         return {"targets": len(self._targets), "kdamond_on": int(self._running),
                 "quiet": int(self._quiet)}
 
-    def deliver(self, result: list[Offer]) -> None:
-        self.push(result)
+    def deliver(self, result: DamonRound) -> None:
+        self.push(result.hot)
+        self.push_cold(result.cold)
 
     # --- one round ------------------------------------------------------------
 
     def run_round(self) -> int:
-        """One synchronous round (collect, then push); returns candidates offered."""
-        return self.push(self.collect())
+        """One synchronous round (collect, then push); returns the (promotion) candidates
+        offered."""
+        result = self.collect()
+        self.push_cold(result.cold)
+        return self.push(result.hot)
 
-    def collect(self) -> list[Offer]:
-        """Refresh targets, read DAMON's hot regions, turn them into page candidates."""
+    def collect(self) -> DamonRound:
+        """Refresh targets, read DAMON's hot (and cold) regions, turn them into page
+        candidates."""
         self.counters["rounds"] += 1
         if self.stopping:
-            return []
+            return DamonRound()
         self._sync_targets(self._scope_pids())
         if self.stopping or not self._running or not self._targets:
-            return []
+            return DamonRound()
         try:
             self.sysfs.command("update_schemes_tried_regions")
         except OSError as exc:
@@ -251,25 +303,34 @@ class DamonSampler(SamplerBase[list[Offer]]):
                 log.info("damon sampler: the kdamond stopped during the round")
             else:
                 self._count_error("update_schemes_tried_regions", exc)
-            return []
+            return DamonRound()
+        room = self._room_needed() if self.cold is not None else 0
         chosen: list[tuple[Region, int]] = []
+        cold: list[tuple[Region, int]] = []
+        n = len(self._targets)
         for idx, pid in enumerate(self._targets):
             regions = self.sysfs.tried_regions(idx, self._count_error)
             self.counters["regions_seen"] += len(regions)
+            cold_regions = self._cold_regions(model.cold_scheme_index(n, idx), room)
             if self._settling.get(pid, 0) > 0:
-                # Warming up, or its scheme may still report the regions of the pid
+                # Warming up, or its schemes may still report the regions of the pid
                 # that held this target index before a commit.
                 self._settling[pid] -= 1
                 self._history.pop(pid, None)
                 continue
             hot = sorted(model.aligned(r, self.page_size) for r in regions
                          if r.nr_accesses >= self.cfg.hot_min_accesses and r.end > r.start)
+            if cold_regions:
+                cold.extend((r, pid) for r in self._not_hot(pid, cold_regions, hot))
             chosen.extend((r, pid) for r in self._confirm(pid, hot))
         self._history = {p: h for p, h in self._history.items() if p in self._targets}
         chosen.sort(key=lambda rp: (-rp[0].nr_accesses, -rp[0].age, rp[1], rp[0].start))
-        offers = self._expand(chosen)
-        self._pace(bool(offers))
-        return offers
+        cpus: dict[int, int | None] = {}
+        offers = self._expand(chosen, cpus)
+        cold.sort(key=lambda rp: (-rp[0].age, rp[1], rp[0].start))
+        cold_offers = self._expand_cold(cold, room, cpus)
+        self._pace(bool(offers) or bool(cold_offers))
+        return DamonRound(offers, cold_offers)
 
     def _confirm(self, pid: int, hot: list[Region]) -> list[Region]:
         """The parts of this round's hot regions that were also hot in the previous
@@ -293,7 +354,8 @@ class DamonSampler(SamplerBase[list[Offer]]):
             history.append([(r.start, r.end) for r in hot])
         return confirmed
 
-    def _expand(self, chosen: list[tuple[Region, int]]) -> list[Offer]:
+    def _expand(self, chosen: list[tuple[Region, int]],
+                cpus: dict[int, int | None]) -> list[Offer]:
         """Pages of the chosen (page-aligned) regions within budget, but for those whose
         probe finds nothing on a slow node."""
         ps = self.page_size
@@ -322,14 +384,85 @@ class DamonSampler(SamplerBase[list[Offer]]):
             addrs, weights = per_pid.setdefault(pid, (array("Q"), array("I")))
             addrs.extend(array("Q", range(start, start + take * ps, ps)))
             weights.extend(array("I", [min(region.nr_accesses, model.UINT_MAX)]) * take)
+        return self._offers(per_pid, cpus)
+
+    def _offers(self, per_pid: dict[int, tuple[array[int], array[int]]],
+                cpus: dict[int, int | None]) -> list[Offer]:
+        """One offer per pid, into the queue of the CPU it last ran on (looked up once
+        a round: ``cpus``), the node left to the router; a pid that exited offers
+        nothing."""
         offers = []
         for pid, (addrs, weights) in per_pid.items():
-            cpu = last_cpu(self.fs, pid)
+            if pid not in cpus:
+                cpus[pid] = last_cpu(self.fs, pid)
+            cpu = cpus[pid]
             if cpu is None:
                 self._pid_gone(pid)
                 continue
             offers.append(Offer(pid, cpu, addrs, array("i", [-1]) * len(addrs), weights))
         return offers
+
+    # --- cold regions (demotion) ----------------------------------------------------
+
+    def _room_needed(self) -> int:
+        """``ctx.room_needed()`` (bytes), 0 if it fails (counted)."""
+        try:
+            return max(0, int(self.ctx.room_needed()))
+        except Exception as exc:  # the round's hot pages still go out
+            self._count_error("room_needed", exc)
+            return 0
+
+    def _cold_regions(self, scheme: int, room: int) -> list[Region]:
+        """The tried regions of a cold scheme, all counted in ``cold_regions``; read only
+        while promotion needs room (else [])."""
+        if self.cold is None:
+            return []
+        if room <= 0:
+            self.counters["cold_regions"] += self.sysfs.nr_tried_regions(scheme)
+            return []
+        regions = self.sysfs.tried_regions(scheme, self._count_error)
+        self.counters["cold_regions"] += len(regions)
+        return regions
+
+    def _not_hot(self, pid: int, regions: list[Region], hot: list[Region]) -> list[Region]:
+        """The whole pages of cold ``regions`` that are in no region hot this round (nor
+        in the rounds the confirmation remembers): DAMON's adaptive regions can put a
+        page in a cold region of one scheme and a hot one of another."""
+        ranges = [(r.start, r.end) for r in hot]
+        for past in self._history.get(pid, ()):
+            ranges.extend(past)
+        whole = sorted(p for p in (model.inner(r, self.page_size) for r in regions)
+                       if p is not None and p.nr_accesses == 0)
+        return model.subtract(whole, model.merged(ranges))
+
+    def _cold_budget(self, room: int) -> int:
+        """Cold pages a round offers: twice the pages of room needed (the router keeps
+        only those on a fast node), at least a worker batch, at most
+        ``max_cold_pages_per_round``."""
+        return min(self.max_cold_pages_per_round,
+                   max(self.min_cold_pages, room // self.page_size * 2))
+
+    def _expand_cold(self, cold: list[tuple[Region, int]], room: int,
+                     cpus: dict[int, int | None]) -> list[Offer]:
+        """Pages of the cold (whole-page) regions, oldest first, within the round's cold
+        budget, weighted by the region's age; nothing while no room is needed."""
+        if room <= 0 or not cold:
+            return []
+        ps = self.page_size
+        budget = self._cold_budget(room)
+        per_pid: dict[int, tuple[array[int], array[int]]] = {}
+        for region, pid in cold:
+            start = region.start
+            pages = (region.end - start) // ps
+            take = min(pages, budget)
+            self.counters["cold_pages_over_budget"] += pages - take
+            if take <= 0:
+                continue
+            budget -= take
+            addrs, weights = per_pid.setdefault(pid, (array("Q"), array("I")))
+            addrs.extend(array("Q", range(start, start + take * ps, ps)))
+            weights.extend(array("I", [min(region.age, model.COLD_WEIGHT_MAX)]) * take)
+        return self._offers(per_pid, cpus)
 
     def _on_fast_tier(self, pid: int, start: int, pages: int) -> bool | None:
         """Does a probe of the region find none of its pages on a slow node?  Then it is
@@ -362,7 +495,8 @@ class DamonSampler(SamplerBase[list[Offer]]):
         return max(1, min(self.cfg.quiet_slowdown, QUIET_MAX_AGGR_MS // aggr))
 
     def _pace(self, offered: bool) -> None:
-        """Enter quiet mode after enough rounds without offers; leave it on an offer."""
+        """Enter quiet mode after enough rounds without offers (hot pages to promote, or
+        cold pages to demote while promotion needs room); leave it on an offer."""
         if offered:
             self._rounds_without_offers = 0
             if self._quiet:
@@ -387,8 +521,8 @@ class DamonSampler(SamplerBase[list[Offer]]):
         self._quiet = quiet
         self.counters["quiet_entered" if quiet else "quiet_left"] += 1
         log.info("damon sampler: %s", f"quiet after {self._rounds_without_offers} rounds with "
-                 f"nothing to promote: intervals x{self._quiet_factor()}" if quiet else
-                 "pages to promote: intervals back to the configured ones")
+                 f"nothing to promote or demote: intervals x{self._quiet_factor()}" if quiet
+                 else "pages to promote or demote: intervals back to the configured ones")
 
     def _wake(self) -> None:
         """Before a commit or start for new targets: back to the configured intervals
@@ -411,9 +545,10 @@ class DamonSampler(SamplerBase[list[Offer]]):
         return pids
 
     def _write_targets(self, pids: Sequence[int]) -> None:
-        """Targets and one hot-region scheme per target (scheme i keeps target i only)."""
-        self.sysfs.write_targets(model.hot_regions_context(self.attrs, pids,
-                                                           self.cfg.hot_min_accesses))
+        """Targets and one hot-region scheme per target (scheme i keeps target i only),
+        with demotion on then one cold-region scheme per target (scheme n + i)."""
+        self.sysfs.write_targets(model.hot_regions_context(
+            self.attrs, pids, self.cfg.hot_min_accesses, self.cold))
         self._targets = tuple(pids)
 
     def _sync_targets(self, pids: list[int]) -> None:

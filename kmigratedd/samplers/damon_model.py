@@ -8,7 +8,10 @@ uses: one ``stat`` scheme per target whose access pattern selects hot regions an
 whose single ``target`` filter (``matching`` false: drop what matches) keeps that
 target's regions only.  The tried regions of a scheme carry no target index (6.12
 reports the regions of every target of a context in one list), so this filter is
-what attributes a region to its pid.
+what attributes a region to its pid.  With a :class:`ColdPattern` (demotion on), a
+second ``stat`` scheme per target selects its cold regions: no access for at least
+``min_age`` aggregation intervals.  The hot schemes keep indexes 0..n-1 and the cold
+ones follow (:func:`cold_scheme_index`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass, replace
 # matches nothing.
 ULONG_MAX = (1 << 64) - 1
 UINT_MAX = (1 << 32) - 1
+# Largest weight a cold candidate carries (a region's age, in aggregation intervals).
+COLD_WEIGHT_MAX = (1 << 31) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,21 @@ class Region:
     age: int
 
 
+@dataclass(frozen=True, slots=True)
+class ColdPattern:
+    """What a cold region is: no access for ``min_age`` aggregation intervals or more,
+    and at least ``min_sz`` bytes."""
+
+    min_age: int
+    min_sz: int
+
+
+def aggregations(duration_us: int, aggr_us: int) -> int:
+    """The aggregation intervals of ``aggr_us`` that cover ``duration_us`` (rounded up,
+    at least 1, at most :data:`UINT_MAX`)."""
+    return max(1, min(UINT_MAX, -(-duration_us // max(1, aggr_us))))
+
+
 def hot_scheme(target_idx: int, hot_min_accesses: int) -> Scheme:
     """A ``stat`` scheme selecting the regions of target ``target_idx`` accessed at
     least ``hot_min_accesses`` times per aggregation, of any size and age."""
@@ -105,17 +125,73 @@ def hot_scheme(target_idx: int, hot_min_accesses: int) -> Scheme:
     return Scheme("stat", pattern, (TargetFilter(target_idx, matching=False),))
 
 
-def hot_regions_context(attrs: MonitoringAttrs, pids: Sequence[int],
-                        hot_min_accesses: int) -> Context:
-    """A vaddr context watching ``pids``: scheme i reports target i's hot regions."""
-    return Context("vaddr", attrs, tuple(Target(p) for p in pids),
-                   tuple(hot_scheme(i, hot_min_accesses) for i in range(len(pids))))
+def cold_scheme(target_idx: int, cold: ColdPattern) -> Scheme:
+    """A ``stat`` scheme selecting the regions of target ``target_idx`` that saw no
+    access for at least ``cold.min_age`` aggregation intervals and have at least
+    ``cold.min_sz`` bytes."""
+    pattern = AccessPattern(sz=Range(cold.min_sz, ULONG_MAX), nr_accesses=Range(0, 0),
+                            age=Range(cold.min_age, UINT_MAX))
+    return Scheme("stat", pattern, (TargetFilter(target_idx, matching=False),))
+
+
+def cold_scheme_index(nr_targets: int, target_idx: int) -> int:
+    """The index of target ``target_idx``'s cold scheme in a context of ``nr_targets``."""
+    return nr_targets + target_idx
+
+
+def hot_regions_context(attrs: MonitoringAttrs, pids: Sequence[int], hot_min_accesses: int,
+                        cold: ColdPattern | None = None) -> Context:
+    """A vaddr context watching ``pids``: scheme i reports target i's hot regions and,
+    with ``cold``, scheme ``len(pids) + i`` its cold regions."""
+    n = len(pids)
+    schemes = tuple(hot_scheme(i, hot_min_accesses) for i in range(n))
+    if cold is not None:
+        schemes += tuple(cold_scheme(i, cold) for i in range(n))
+    return Context("vaddr", attrs, tuple(Target(p) for p in pids), schemes)
 
 
 def aligned(r: Region, page_size: int) -> Region:
     """``r`` widened to whole pages."""
     return Region(r.start - r.start % page_size, -(-r.end // page_size) * page_size,
                   r.nr_accesses, r.age)
+
+
+def inner(r: Region, page_size: int) -> Region | None:
+    """The whole pages inside ``r``, or None when it holds none."""
+    start = -(-r.start // page_size) * page_size
+    end = r.end - r.end % page_size
+    return Region(start, end, r.nr_accesses, r.age) if start < end else None
+
+
+def subtract(regions: list[Region], ranges: Sequence[tuple[int, int]]) -> list[Region]:
+    """The parts of ``regions`` outside ``ranges`` (both sorted, neither overlapping
+    itself), keeping each region's counts."""
+    out: list[Region] = []
+    j = 0
+    for r in regions:
+        while j < len(ranges) and ranges[j][1] <= r.start:
+            j += 1
+        lo = r.start
+        k = j
+        while k < len(ranges) and ranges[k][0] < r.end:
+            if ranges[k][0] > lo:
+                out.append(Region(lo, ranges[k][0], r.nr_accesses, r.age))
+            lo = max(lo, ranges[k][1])
+            k += 1
+        if lo < r.end:
+            out.append(Region(lo, r.end, r.nr_accesses, r.age))
+    return out
+
+
+def merged(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` sorted, with overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def intersect(regions: list[Region], ranges: Sequence[tuple[int, int]]) -> list[Region]:

@@ -118,6 +118,11 @@ class DamonSysfs:
                 fs.write(f"{s}/filters/{j}/damon_target_idx", str(f.target_idx))
                 fs.write(f"{s}/filters/{j}/matching", "Y" if f.matching else "N")
 
+    def nr_tried_regions(self, scheme: int) -> int:
+        """How many regions scheme ``scheme`` was tried on at the last
+        ``update_schemes_tried_regions`` (their directories, none of them read)."""
+        return len(self.fs.listdir(f"{CONTEXT}/schemes/{scheme}/tried_regions", r"\d+"))
+
     def tried_regions(self, scheme: int,
                       on_error: Callable[[str, Exception], None]) -> list[Region]:
         """The regions scheme ``scheme`` was tried on at the last

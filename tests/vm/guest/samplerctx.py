@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from array import array
+from collections.abc import Callable
 
 from kmigratedd import config
 from kmigratedd.kernelfs import KernelFs
@@ -16,7 +17,10 @@ from kmigratedd.topology import discover
 
 
 def make_context(pids: tuple[int, ...] = (), interval_ms: int = 200, state_file: str = "",
-                 capacity: int = 1 << 18) -> SamplerContext:
+                 capacity: int = 1 << 18, demote_queues: CandidateQueues | None = None,
+                 room_needed: Callable[[], int] | None = None) -> SamplerContext:
+    """A context as the daemon builds it; ``demote_queues`` (made on the caller's thread,
+    the loop's) and ``room_needed`` turn demotion candidates on."""
     cfg = config.Config()
     sampler = dataclasses.replace(cfg.sampler, interval_ms=interval_ms)
     if state_file:
@@ -25,8 +29,11 @@ def make_context(pids: tuple[int, ...] = (), interval_ms: int = 200, state_file:
     cfg = dataclasses.replace(cfg, sampler=sampler,
                               scope=dataclasses.replace(cfg.scope, pids=tuple(pids)))
     fs = KernelFs()
-    return SamplerContext(cfg, fs, discover(fs), CandidateQueues(online_cpus(fs), capacity),
-                          Scope(cfg.scope, fs))
+    ctx = SamplerContext(cfg, fs, discover(fs), CandidateQueues(online_cpus(fs), capacity),
+                         Scope(cfg.scope, fs), demote_queues=demote_queues)
+    if room_needed is not None:
+        ctx.room_needed = room_needed
+    return ctx
 
 
 class Collector:
