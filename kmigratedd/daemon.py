@@ -97,9 +97,9 @@ class Daemon:
                               demote_queues=self.demote_queues, room_needed=self.room_needed)
 
     def room_needed(self) -> int:
-        """Bytes of fast-tier room promotion needs now, over every fast node."""
-        now = time.monotonic()
-        return sum(w.room_needed(now) for w in self.workers.values())
+        """Bytes of fast-tier room promotion needs, over every fast node, as each worker
+        last computed it (samplers call this from their executor thread)."""
+        return sum(w.last_room_needed for w in list(self.workers.values()))
 
     def _demotion_queues(self, cfg: Config, sampler: str) -> CandidateQueues | None:
         """Queues for the sampler's demotion candidates, when this sampler demotes."""

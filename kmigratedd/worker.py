@@ -146,6 +146,7 @@ class NodeWorker(LoopStage):
         self._free: tuple[float, int] | None = None
         self._backoff_until = 0.0
         self._expired_at = 0.0
+        self.last_room_needed = 0  # room_needed() of the last round, readable from any thread
         self.configure(cfg)
         self.configure_demotion(demotion or DemotionConfig())
 
@@ -241,6 +242,7 @@ class NodeWorker(LoopStage):
                 return True
             return False
         self._requeue_retries(now)
+        self.last_room_needed = self.room_needed(now)
         if not self.cfg.dry_run:
             self._submit_demotion(now)
         if self._ready(now):

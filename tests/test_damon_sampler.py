@@ -1099,11 +1099,18 @@ def test_quiet_mode_waits_while_cold_pages_are_offered(tmp_path: Path) -> None:
     assert (st["quiet"], st["quiet_left"]) == (0, 1)
 
 
-def test_room_needed_without_cold_regions_leaves_quiet_mode_alone(tmp_path: Path) -> None:
+def test_room_needed_keeps_damon_at_its_configured_pace(tmp_path: Path) -> None:
+    """While promotion needs room, the sampler stays out of quiet mode even before cold
+    regions show up: slowed intervals would rescale region ages and delay them."""
     make_tree(tmp_path)
     fs = FakeDamonFs(tmp_path)
-    s = DamonSampler(demote_ctx(fs, Room(100)), query_nodes=FakeQuery(), confirm_rounds=1,
+    room = Room(100)
+    s = DamonSampler(demote_ctx(fs, room), query_nodes=FakeQuery(), confirm_rounds=1,
                      warmup_rounds=0)
+    for _ in range(10):
+        s.run_round()
+    assert s.stats()["quiet"] == 0
+    room.bytes = 0
     for _ in range(10):
         s.run_round()
     assert s.stats()["quiet"] == 1

@@ -329,7 +329,9 @@ class DamonSampler(SamplerBase[DamonRound]):
         offers = self._expand(chosen, cpus)
         cold.sort(key=lambda rp: (-rp[0].age, rp[1], rp[0].start))
         cold_offers = self._expand_cold(cold, room, cpus)
-        self._pace(bool(offers) or bool(cold_offers))
+        # Room needed keeps DAMON at its configured pace: in quiet mode the kernel rescales
+        # region ages to the slowed aggregation, and cold regions would show up late.
+        self._pace(bool(offers) or bool(cold_offers) or room > 0)
         return DamonRound(offers, cold_offers)
 
     def _confirm(self, pid: int, hot: list[Region]) -> list[Region]:
