@@ -151,7 +151,12 @@ class Daemon:
         if topo.targets:
             ctx = self._sampler_context(cfg)
             self.sampler = samplers.create(cfg.sampler.name, ctx)
-            ctx.demote_queues = self.demote_queues = self._demotion_queues(cfg, self.sampler.name)
+            demote = self._demotion_queues(cfg, self.sampler.name)
+            if demote is not None:
+                # The sampler chosen demotes: build it again with its demotion queues (building
+                # has no side effect; start() does the work).
+                ctx.demote_queues = self.demote_queues = demote
+                self.sampler = samplers.create(self.sampler.name, ctx)
             await self.sampler.start()
             log.info("sampler %s started", self.sampler.name)
             self._start_workers()

@@ -99,7 +99,24 @@ def make_tree(root: Path, *, nr_kdamonds: str = "0", osrelease: str = "6.12.117+
         put(root, f"/proc/{pid}/stat", stat_line(pid, cpu))
 
 
+def mark_present(root: Path, pid: int, start: int, end: int) -> None:
+    """/proc/PID/pagemap (a sparse file) says the pages of [start, end) are present."""
+    path = root / f"proc/{pid}/pagemap"
+    if not path.parent.is_dir():
+        return
+    with open(path, "r+b" if path.exists() else "wb") as f:
+        for a in range(start - start % PS, end, PS):
+            f.seek(a // PS * 8)
+            f.write(((1 << 63) | (a // PS & ((1 << 55) - 1))).to_bytes(8, "little"))
+
+
 def put_regions(root: Path, scheme: int, regions: list[tuple[int, int, int, int]]) -> None:
+    """The scheme's tried regions; every page in them present for every pid of the tree."""
+    pids = [int(d.name) for d in (root / "proc").iterdir() if d.name.isdigit()] \
+        if (root / "proc").is_dir() else []
+    for start, end, _, _ in regions:
+        for pid in pids:
+            mark_present(root, pid, start, end)
     for i, (start, end, nr_accesses, age) in enumerate(regions):
         d = f"{C}/schemes/{scheme}/tried_regions/{i}"
         for name, value in (("start", start), ("end", end), ("nr_accesses", nr_accesses),
@@ -1148,3 +1165,19 @@ def test_the_loop_delivers_cold_pages_to_the_demotion_queues(tmp_path: Path) -> 
     assert s.stats()["demotion_candidates_offered"] >= 12
     assert ctx.demote_queues is not None and len(ctx.demote_queues) == 12
     assert len(ctx.queues) == 0
+
+
+def test_only_present_pages_of_a_cold_region_are_offered(tmp_path: Path) -> None:
+    """DAMON's cold regions span pages never touched: pagemap says which are present, and
+    only those are offered (and count against the budget)."""
+    fs = cold_tree(tmp_path)
+    pagemap = tmp_path / f"proc/{PID}/pagemap"
+    with open(pagemap, "r+b") as f:  # D2's second page and all of D3 absent
+        for a in [D2 + PS, *page_range(D3, 5)]:
+            f.seek(a // PS * 8)
+            f.write(bytes(8))
+    ctx = demote_ctx(fs, Room(2))
+    s = DamonSampler(ctx, query_nodes=FakeQuery(), confirm_rounds=1, warmup_rounds=0)
+    s.run_round()
+    assert cold_rows(ctx) == ([(PID, a, -1, 200) for a in (D2, D2 + 2 * PS)]
+                              + [(PID, a, -1, 60) for a in page_range(D1, 2)])

@@ -69,6 +69,7 @@ start.  Writing ``nr_kdamonds`` rebuilds every kdamond directory, so a kdamond t
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 from array import array
@@ -109,6 +110,8 @@ UPDATE_US = 1_000_000
 # Pages expanded from cold regions per round, across all processes (oldest regions
 # first; the rest is counted in cold_pages_over_budget), whatever room is needed.
 MAX_COLD_PAGES_PER_ROUND = 1 << 16
+# Pagemap entries read at once when looking for the present pages of a cold region.
+COLD_PAGEMAP_CHUNK = 1 << 14
 # Quiet mode never makes the aggregation interval longer than this (a round waits for
 # one aggregation in the kernel; stop() waits for a round).
 QUIET_MAX_AGGR_MS = 10_000
@@ -446,25 +449,75 @@ class DamonSampler(SamplerBase[DamonRound]):
 
     def _expand_cold(self, cold: list[tuple[Region, int]], room: int,
                      cpus: dict[int, int | None]) -> list[Offer]:
-        """Pages of the cold (whole-page) regions, oldest first, within the round's cold
-        budget, weighted by the region's age; nothing while no room is needed."""
+        """The present pages of the cold (whole-page) regions, oldest first, within the
+        round's cold budget, weighted by the region's age; nothing while no room is needed.
+        A cold region often spans pages never touched (DAMON's regions cover the mapped
+        ranges, populated or not): /proc/PID/pagemap says which pages are present, so the
+        budget goes to pages that can be demoted."""
         if room <= 0 or not cold:
             return []
         ps = self.page_size
         budget = self._cold_budget(room)
         per_pid: dict[int, tuple[array[int], array[int]]] = {}
-        for region, pid in cold:
-            start = region.start
-            pages = (region.end - start) // ps
-            take = min(pages, budget)
-            self.counters["cold_pages_over_budget"] += pages - take
-            if take <= 0:
-                continue
-            budget -= take
-            addrs, weights = per_pid.setdefault(pid, (array("Q"), array("I")))
-            addrs.extend(array("Q", range(start, start + take * ps, ps)))
-            weights.extend(array("I", [min(region.age, model.COLD_WEIGHT_MAX)]) * take)
+        maps: dict[int, int | None] = {}
+        try:
+            for region, pid in cold:
+                if budget <= 0:
+                    self.counters["cold_pages_over_budget"] += (region.end - region.start) // ps
+                    continue
+                fd = maps.get(pid, -1)
+                if fd == -1:
+                    fd = maps[pid] = self._open_pagemap(pid)
+                if fd is None:
+                    continue
+                present = self._present_pages(fd, region.start, region.end, budget)
+                budget -= len(present)
+                addrs, weights = per_pid.setdefault(pid, (array("Q"), array("I")))
+                addrs.extend(present)
+                weights.extend(array("I", [min(region.age, model.COLD_WEIGHT_MAX)])
+                               * len(present))
+        finally:
+            for fd in maps.values():
+                if fd is not None:
+                    os.close(fd)
         return self._offers(per_pid, cpus)
+
+    def _open_pagemap(self, pid: int) -> int | None:
+        try:
+            return self.fs.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                self._pid_gone(pid)
+            else:
+                self._count_error(f"/proc/{pid}/pagemap", exc)
+            return None
+
+    def _present_pages(self, fd: int, start: int, end: int, budget: int) -> array[int]:
+        """Addresses of the pages of [start, end) that are present (pagemap), at most
+        ``budget``; the region's pages past the budget are counted."""
+        ps = self.page_size
+        out = array("Q")
+        addr = start
+        while addr < end and len(out) < budget:
+            n = min((end - addr) // ps, COLD_PAGEMAP_CHUNK)
+            entries = array("Q", bytes(8 * n))
+            try:
+                got = shim.pread_words(fd, addr // ps, entries)
+            except OSError as exc:
+                self._count_error("pagemap read", exc)
+                break
+            pfns = array("Q", bytes(8 * got))
+            shim.pagemap_pfns(entries[:got], pfns)
+            # itertools.compress runs in C: the addresses whose PFN is non-zero.
+            out.extend(itertools.compress(range(addr, addr + got * ps, ps), pfns))
+            addr += n * ps
+            if got < n:
+                break
+        if len(out) > budget:
+            self.counters["cold_pages_over_budget"] += len(out) - budget
+            del out[budget:]
+        self.counters["cold_pages_over_budget"] += max(0, (end - addr) // ps)
+        return out
 
     def _on_fast_tier(self, pid: int, start: int, pages: int) -> bool | None:
         """Does a probe of the region find none of its pages on a slow node?  Then it is
