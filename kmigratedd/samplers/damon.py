@@ -192,6 +192,13 @@ class DamonSampler(SamplerBase[DamonRound]):
                                    self.attrs.intervals.aggr_us), self.page_size)
         self.max_cold_pages_per_round = max_cold_pages_per_round
         self.min_cold_pages = ctx.config.workers.batch_pages
+        # PFN -> node from the memory blocks: a cold page is offered only while it sits on
+        # a fast node (a hint for the budget; the router checks each page again).
+        block_shift, self._block_table = ctx.topology.block_node_table()
+        self._pfn_block_shift = max(0, block_shift - (self.page_size.bit_length() - 1))
+        size = max(ctx.topology.nodes, default=0) + 1
+        fast = set(ctx.topology.fast_nodes)
+        self._fast_mask = bytes(1 if n in fast else 0 for n in range(size))
         # Rounds after a commit until vaddr has fitted the regions of a target that is
         # new or moved to another index, and they have taken shape.
         self.settle_rounds = (1 - (-self.update_us // (ctx.config.sampler.interval_ms * 1000))
@@ -449,11 +456,12 @@ class DamonSampler(SamplerBase[DamonRound]):
 
     def _expand_cold(self, cold: list[tuple[Region, int]], room: int,
                      cpus: dict[int, int | None]) -> list[Offer]:
-        """The present pages of the cold (whole-page) regions, oldest first, within the
-        round's cold budget, weighted by the region's age; nothing while no room is needed.
-        A cold region often spans pages never touched (DAMON's regions cover the mapped
-        ranges, populated or not): /proc/PID/pagemap says which pages are present, so the
-        budget goes to pages that can be demoted."""
+        """The present pages on a fast node of the cold (whole-page) regions, oldest first,
+        within the round's cold budget, weighted by the region's age; nothing while no room
+        is needed.  A cold region often spans pages never touched (DAMON's regions cover
+        the mapped ranges, populated or not) or already on a slower node:
+        /proc/PID/pagemap gives each present page's PFN, whose memory block gives its
+        node, so the budget goes to pages that can be demoted."""
         if room <= 0 or not cold:
             return []
         ps = self.page_size
@@ -493,8 +501,9 @@ class DamonSampler(SamplerBase[DamonRound]):
             return None
 
     def _present_pages(self, fd: int, start: int, end: int, budget: int) -> array[int]:
-        """Addresses of the pages of [start, end) that are present (pagemap), at most
-        ``budget``; the region's pages past the budget are counted."""
+        """Addresses of the pages of [start, end) that are present (pagemap) on a fast node
+        (their PFN's memory block), at most ``budget``; the region's pages past the budget
+        are counted."""
         ps = self.page_size
         out = array("Q")
         addr = start
@@ -507,7 +516,13 @@ class DamonSampler(SamplerBase[DamonRound]):
                 self._count_error("pagemap read", exc)
                 break
             pfns = array("Q", bytes(8 * got))
-            shim.pagemap_pfns(entries[:got], pfns)
+            if len(self._block_table) and any(self._fast_mask):
+                # The PFN of each present page on a fast node, 0 elsewhere (in C).
+                shim.idle_track(entries[:got], addr // ps, self._pfn_block_shift,
+                                self._block_table, self._fast_mask, 1, None, pfns,
+                                bytearray(got), array("i", bytes(4 * got)), array("Q", [0, 0]))
+            else:  # no memory-block map: every present page
+                shim.pagemap_pfns(entries[:got], pfns)
             # itertools.compress runs in C: the addresses whose PFN is non-zero.
             out.extend(itertools.compress(range(addr, addr + got * ps, ps), pfns))
             addr += n * ps
