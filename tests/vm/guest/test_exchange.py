@@ -1,0 +1,96 @@
+"""kmigratedd on a FULL fast tier (Debian 6.12, node 0 4.5 GiB): a cold process holds node 0
+down to about FREE_LEFT_MIB free, then a workload's hot set on node 1 that is larger than what
+is left free.  kmigratedd runs with no arguments (the embedded default config: sampler auto,
+which is damon here, demotion auto).
+
+Bounds: >= 90% of the hot set on node 0 within BOUND_S; the cold process's pages moved to
+node 1 at most the hot set plus the headroom (workers.resume_free_bytes) plus one burst; the
+hot pages stay on node 0 (none demoted: the workload's pages were promoted once each); the
+workload's cold set stays on node 1; every word of both processes intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from daemonproc import DaemonProcess
+from kmigratedd import config
+from workload import Workload, fill_node, node_free_mib
+
+KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
+BOUND_S = float(os.environ.get("KMIGRATEDD_E2E_BOUND_S", "300"))
+FREE_LEFT_MIB = 120
+HOT_MIB, COLD_MIB = 256, 128
+MiB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+pytestmark = pytest.mark.skipif(KERNEL != "debian-6.12", reason="DAMON on Debian 6.12")
+
+
+def test_default_config_makes_room_on_a_full_fast_tier(tmp_path: Path) -> None:
+    total0 = int(Path("/sys/devices/system/node/node0/meminfo").read_text().split(
+        "MemTotal:")[1].split()[0]) // 1024
+    assert total0 >= 4 * 1024, f"node 0 has {total0} MiB: give it at least 4 GiB"
+    filler = fill_node(0, FREE_LEFT_MIB)
+    assert filler is not None
+    try:
+        with Workload(HOT_MIB, COLD_MIB, node=1, flush_ms=10) as w:
+            free0 = node_free_mib(0)
+            print(f"node 0: {free0:.0f} MiB free of {total0} MiB; the cold process holds "
+                  f"{len(filler.cold) * PAGE / MiB:.0f} MiB there; hot set {HOT_MIB} MiB on "
+                  "node 1", flush=True)
+            assert free0 < HOT_MIB
+            d = DaemonProcess(None, tmp_path)  # no arguments: the embedded default
+            try:
+                d.wait_for("running (pid", 120)
+                t0 = time.monotonic()
+                t50 = t90 = None
+                while time.monotonic() - t0 < BOUND_S:
+                    time.sleep(2)
+                    assert w.alive() and d.proc.poll() is None
+                    f = w.fraction_on(w.hot, 0)
+                    now = time.monotonic() - t0
+                    t50 = now if t50 is None and f >= 0.5 else t50
+                    if f >= 0.9:
+                        t90 = now
+                        break
+                time.sleep(10)  # do hot pages go back down, or cold pages follow?
+                hot0 = w.fraction_on(w.hot, 0)
+                cold1 = w.fraction_on(w.cold, 1)
+                filler_down = round((1 - filler.fraction_on(filler.cold, 0)) * len(filler.cold))
+                promoted = d.metric_sum("kmigratedd_promoted_pages_total")
+                demoted = d.metric_sum("kmigratedd_demoted_pages_total")
+                ctl = Path(d.proc.args[0]).with_name("kmigratedctl")
+                status = os.popen(f"{ctl} status").read()
+                st = json.loads(os.popen(f"{ctl} status --json").read())
+                drops = {dict(ls).get("reason"): v for (n, ls), v in d.metrics().items()
+                         if n == "kmigratedd_worker_dropped_pages_total"}
+                ok = w.verify() and filler.verify()
+            finally:
+                rc = d.stop()
+            mine = round(w.fraction_on(w.hot, 0) * len(w.hot)
+                         + w.fraction_on(w.cold, 0) * len(w.cold))
+            result = dict(t50=t50, t90=t90, hot_on_fast=hot0, workload_cold_on_slow=cold1,
+                          filler_pages_demoted=filler_down, demoted=demoted,
+                          promoted=promoted, workload_pages_on_fast=mine,
+                          node0_free_mib=node_free_mib(0), rc=rc)
+            print("EXCHANGE", result, "\n" + status, "\nsampler", st["sampler_stats"],
+                  "\ndropped", drops, "\nworker", st["nodes"]["0"].get("worker"), flush=True)
+            cfg = config.Config()
+            bound = (HOT_MIB * MiB + cfg.workers.resume_free_bytes
+                     + 4 * cfg.workers.batch_pages * PAGE) // PAGE
+            assert rc == 0 and ok
+            assert hot0 >= 0.9, result
+            assert filler_down <= bound, result           # no mass eviction
+            assert cold1 >= 0.95, result                   # the workload's cold set stays
+            # Each page of the workload was promoted once: none was demoted and promoted
+            # again (other processes' pages may have been promoted too).
+            assert mine <= promoted, result
+            assert demoted >= filler_down * 0.9, result    # the room came from the cold process
+    finally:
+        filler.stop()

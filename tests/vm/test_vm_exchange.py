@@ -1,0 +1,17 @@
+"""Host side: kmigratedd makes room on a full fast tier in the guest (node 0 of 4.5 GiB held by
+a cold process), with the embedded default config (tests/vm/guest/test_exchange.py)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+import vmrun
+
+pytestmark = pytest.mark.vm
+
+
+def test_exchange_on_a_full_fast_tier_debian_612(
+        guest_pytest: Callable[..., vmrun.VMResult]) -> None:
+    guest_pytest("test_exchange.py", passed=1, topology="2node", kernel="debian-6.12",
+                 mem=["4608M", "2048M"], timeout=1500, pytest_args=["-s"])
