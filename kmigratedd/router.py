@@ -66,6 +66,17 @@ class RouterStats:
     heartbeat: float = 0.0         # time.time() of the last round
 
 
+@dataclass
+class _Routed:
+    """What one drain found: pages under the threshold, on a node with no inbox, gone, and
+    routed, by node."""
+
+    below: int = 0
+    elsewhere: int = 0
+    gone: int = 0
+    by_node: Counter[int] = field(default_factory=Counter)
+
+
 class Router(LoopStage):
     def __init__(self, queues: CandidateQueues, inboxes: Mapping[int, Inbox], topology: Topology,
                  mover: Mover, cfg: WorkersConfig, *, executor: Executor | None = None,
@@ -129,63 +140,52 @@ class Router(LoopStage):
         return max((i.room for i in self.inboxes.values()), default=0)
 
     async def route_once(self) -> int:
-        """Drain, fold, locate and route one burst; returns the candidates drained."""
+        """Drain, fold, locate and route one burst of promotion candidates; returns the
+        candidates drained."""
         self.stats.rounds += 1
         self.stats.heartbeat = time.time()
+        if self.paused:
+            return 0
         want = min(MAX_BURST * self.cfg.batch_pages, self._room())
-        if want <= 0 or self.paused:
-            return 0
-        batches = self.queues.drain(want)
-        if not batches:
-            return 0
-        b = merge(batches)
-        n0 = len(b)
-        self.stats.candidates += n0
-        self.stats.below_threshold += shim.cand_prepare(b.pids, b.addrs, b.counts,
-                                                        self.cfg.min_samples)
-        pids, addrs = b.pids, b.addrs
-        if not len(pids):
-            return n0
-        starts = list(shim.runs(pids)) + [len(pids)]
-        runs = [(pids[starts[i]], addrs[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)]
-        loop = asyncio.get_running_loop()
-        queried = await loop.run_in_executor(self.executor, self._query_runs, runs)
-        now = self.clock()
-        for pid, run_addrs, status, err in queried:
-            if status is None:
-                self._count_query_error(pid, err)
-                continue
-            tgt = array("i", [0]) * len(status)
-            shim.cand_targets(status, self.target_of_node, tgt)
-            # Tally the targets in C: -1 (fast tier) and -2 (gone) land in by_errno.
-            counts = shim.count_statuses(tgt)
-            self.stats.on_fast_tier += counts.by_errno.get(1, 0)
-            self.stats.gone_before_move += counts.by_errno.get(2, 0)
-            for dst in counts.by_node:
-                inbox = self.inboxes.get(dst)
-                if inbox is None:
-                    continue
-                keys = shim.keys_for(run_addrs, status, tgt, dst)
-                self.stats.routed[dst] += len(keys)
-                inbox.accept(pid, keys, now)
-        return n0
+        drained, routed = await self._route(self.queues, want, self.cfg.min_samples,
+                                            self.target_of_node, self.inboxes)
+        self.stats.candidates += drained
+        self.stats.below_threshold += routed.below
+        self.stats.on_fast_tier += routed.elsewhere
+        self.stats.gone_before_move += routed.gone
+        self.stats.routed.update(routed.by_node)
+        return drained
 
     async def route_cold_once(self) -> int:
         """Drain demotion candidates, locate them, and put each page that sits on a fast
         node into that node's cold inbox; returns the candidates drained."""
         assert self.demote_queues is not None
-        room = max((i.room for i in self.cold_inboxes.values()), default=0)
-        want = min(MAX_BURST * self.cfg.batch_pages, room)
+        want = min(MAX_BURST * self.cfg.batch_pages,
+                   max((i.room for i in self.cold_inboxes.values()), default=0))
+        drained, routed = await self._route(self.demote_queues, want, 1, self.cold_node,
+                                            self.cold_inboxes)
+        self.stats.cold_candidates += drained
+        self.stats.cold_not_on_fast += routed.elsewhere
+        self.stats.cold_gone += routed.gone
+        self.stats.routed_cold.update(routed.by_node)
+        return drained
+
+    async def _route(self, queues: CandidateQueues, want: int, min_count: int,
+                     node_map: array[int], inboxes: Mapping[int, Inbox]) -> tuple[int, _Routed]:
+        """Drain up to ``want`` candidates, fold them (dropping those under ``min_count``),
+        locate each page, and put it into ``inboxes[node_map[its node]]``."""
+        out = _Routed()
         if want <= 0:
-            return 0
-        batches = self.demote_queues.drain(want)
+            return 0, out
+        batches = queues.drain(want)
         if not batches:
-            return 0
+            return 0, out
         b = merge(batches)
         n0 = len(b)
-        self.stats.cold_candidates += n0
-        shim.cand_prepare(b.pids, b.addrs, b.counts, 1)  # sort and fold, keep every page
+        out.below = shim.cand_prepare(b.pids, b.addrs, b.counts, min_count)
         pids, addrs = b.pids, b.addrs
+        if not len(pids):
+            return n0, out
         starts = list(shim.runs(pids)) + [len(pids)]
         runs = [(pids[starts[i]], addrs[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)]
         loop = asyncio.get_running_loop()
@@ -196,18 +196,19 @@ class Router(LoopStage):
                 self._count_query_error(pid, err)
                 continue
             tgt = array("i", [0]) * len(status)
-            shim.cand_targets(status, self.cold_node, tgt)
+            shim.cand_targets(status, node_map, tgt)
+            # Tally in C: -1 (no inbox for that node) and -2 (gone) land in by_errno.
             counts = shim.count_statuses(tgt)
-            self.stats.cold_not_on_fast += counts.by_errno.get(1, 0)
-            self.stats.cold_gone += counts.by_errno.get(2, 0)
+            out.elsewhere += counts.by_errno.get(1, 0)
+            out.gone += counts.by_errno.get(2, 0)
             for node in counts.by_node:
-                inbox = self.cold_inboxes.get(node)
+                inbox = inboxes.get(node)
                 if inbox is None:
                     continue
                 keys = shim.keys_for(run_addrs, status, tgt, node)
-                self.stats.routed_cold[node] += len(keys)
+                out.by_node[node] += len(keys)
                 inbox.accept(pid, keys, now)
-        return n0
+        return n0, out
 
     def _query_runs(self, runs: list[tuple[int, array[int]]]
                     ) -> list[tuple[int, array[int], array[int] | None, MovePagesError | None]]:
