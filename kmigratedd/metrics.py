@@ -29,7 +29,7 @@ from . import __version__
 from .kernelfs import KernelFs
 from .router import Router
 from .topology import NODE_DIR, Topology, read_node_meminfo
-from .worker import NodeWorker
+from .worker import DEMOTE_REFUSALS, NodeWorker
 
 log = logging.getLogger("kmigratedd.metrics")
 
@@ -176,12 +176,17 @@ class KmigratedCollector(Collector):
             beat.add_metric([n], s.heartbeat)
             inbox.add_metric([n], s.inbox_pages)
             blocked.add_metric([n], int(s.headroom_blocked))
-            for (src, dst), c in sorted(s.demoted.items()):
-                dpages.add_metric([str(src), str(dst)], c)
-                dbytes.add_metric([str(src), str(dst)], c * page)
-            for reason, c in sorted(s.demote_outcomes.items()):
+            # Every series exists from the start (at 0), demoting or not, so dashboards and
+            # rate() see the first demotion.
+            down = "" if s.demote_to is None else str(s.demote_to)
+            demoted = {(str(a), str(b)): c for (a, b), c in s.demoted.items()} or {(n, down): 0}
+            for (down_src, down_dst), c in sorted(demoted.items()):
+                dpages.add_metric([down_src, down_dst], c)
+                dbytes.add_metric([down_src, down_dst], c * page)
+            for reason, c in sorted(({"moved": 0} | s.demote_outcomes).items()):
                 doutcomes.add_metric([n, reason], c)
-            for reason, c in sorted(s.demote_refused.items()):
+            for reason, c in sorted((dict.fromkeys(DEMOTE_REFUSALS, 0)
+                                     | s.demote_refused).items()):
                 drefused.add_metric([n, reason], c)
             room.add_metric([n], s.room_needed_bytes)
             starved.add_metric([n], s.room_starved_seconds)

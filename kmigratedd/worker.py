@@ -46,6 +46,7 @@ EXPIRE_EVERY_S = 1.0
 # Whole-call errors after which a process is forgotten (an exiting process, its mm
 # already gone, fails with EINVAL rather than ESRCH).
 PID_GONE_ERRNOS = (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES)
+DEMOTE_REFUSALS = ("promoted_recently", "rate_limited", "busy", "gone", "not_needed")
 
 
 @dataclass
@@ -60,8 +61,9 @@ class WorkerStats:
     outcomes: Counter[str] = field(default_factory=Counter)  # moved, EBUSY, ENOMEM...
     demoted: Counter[tuple[int, int]] = field(default_factory=Counter)  # (src, dst) -> pages
     demote_outcomes: Counter[str] = field(default_factory=Counter)
-    # Demotion candidates not demoted, by reason: promoted_recently (within the ping-pong
-    # window), rate_limited, busy, gone, not_needed (room was made without them)
+    # Demotion candidates not demoted, by reason (DEMOTE_REFUSALS): promoted_recently
+    # (within the ping-pong window), rate_limited, busy, gone, not_needed (room was made
+    # without them)
     demote_refused: Counter[str] = field(default_factory=Counter)
     room_starved_seconds: float = 0.0   # room needed and no cold page to demote
     busy_retried: int = 0
@@ -119,6 +121,7 @@ class WorkerSnapshot:
     demote_refused: dict[str, int]
     demote_inbox_pages: int
     room_starved_seconds: float
+    demote_to: int | None
 
 
 class NodeWorker(LoopStage):
@@ -186,7 +189,7 @@ class NodeWorker(LoopStage):
             demoted_pages=s.demoted_pages, demote_outcomes=dict(s.demote_outcomes),
             demote_refused=dict(s.demote_refused),
             demote_inbox_pages=self.demote_inbox.pages if self.demote_inbox else 0,
-            room_starved_seconds=s.room_starved_seconds)
+            room_starved_seconds=s.room_starved_seconds, demote_to=self.demote_to)
 
     def take_observations(self) -> tuple[list[int], list[float]]:
         """Batch sizes and move durations since the last call (for the histograms)."""
