@@ -17,8 +17,11 @@ import urllib.error
 # The installed console script, as a user starts it.
 KMIGRATEDD = str(Path(sys.executable).with_name("kmigratedd"))
 
-# Tests never take the default metrics port (a real daemon may be running).
-PORT0 = "metrics:\n  port: 0\n"
+
+def port0(cwd: Path) -> str:
+    """Config lines for a test daemon: a free metrics port and a control socket of its own
+    (never the default one a real kmigratedd on the machine may hold)."""
+    return f"metrics:\n  port: 0\ncontrol:\n  socket_path: {cwd}/control.sock\n"
 
 
 class Daemon:
@@ -27,7 +30,7 @@ class Daemon:
     def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
         if "--config" not in args:
             cfg = cwd / "port0.yaml"
-            cfg.write_text(PORT0)
+            cfg.write_text(port0(cwd))
             args = ("--config", str(cfg), *args)
         self.proc = subprocess.Popen([KMIGRATEDD, *args], cwd=cwd,
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -87,12 +90,13 @@ def test_signal_stops_within_the_drain_bound(tmp_path, sig):
 
 def test_sighup_reload_good_then_bad_keeps_running_config(tmp_path):
     cfg = tmp_path / "k.yaml"
-    cfg.write_text("log_level: info\n" + PORT0)
+    cfg.write_text("log_level: info\n" + port0(tmp_path))
     d = Daemon("--config", str(cfg), cwd=tmp_path)
     proc = d.proc
     try:
         d.wait_for("running (pid")
-        cfg.write_text("log_level: debug\ntopology:\n  refresh_interval_ms: 100\n" + PORT0)
+        cfg.write_text("log_level: debug\ntopology:\n  refresh_interval_ms: 100\n"
+                       + port0(tmp_path))
         proc.send_signal(signal.SIGHUP)
         d.wait_for("config reloaded from")
         d.wait_for("DEBUG kmigratedd: free memory: node 0")  # new level and interval apply
