@@ -20,6 +20,7 @@ pushes.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 import logging
 import threading
 import time
@@ -89,7 +90,7 @@ class Offer:
 RoundT = TypeVar("RoundT")
 
 
-class SamplerBase(Generic[RoundT]):
+class SamplerBase(ABC, Generic[RoundT]):
     """The common lifecycle: ``open`` → a round every ``sampler.interval_ms``
     (``collect`` in the executor, ``deliver`` on the loop) → ``close``.
 
@@ -118,13 +119,13 @@ class SamplerBase(Generic[RoundT]):
         :class:`~kmigratedd.errors.SamplerUnavailableError` or ``OSError`` after
         undoing whatever was done."""
 
+    @abstractmethod
     def collect(self) -> RoundT:
         """One round's kernel work, in the executor thread; never touches the queues."""
-        raise NotImplementedError
 
+    @abstractmethod
     def deliver(self, result: RoundT) -> None:
         """Hand a round's result to the queues, on the event-loop thread."""
-        raise NotImplementedError
 
     def interrupt(self) -> None:
         """Release a round blocked in the kernel past the stop timeout (in a thread)."""
