@@ -128,6 +128,7 @@ class WorkersConfig:
     batch_pages: int = field(default=512, metadata=_spec(None, 1, 65536))
     max_wait_ms: int = field(default=100, metadata=_spec("ms", 1, 60_000))
     min_samples: int = field(default=1, metadata=_spec(None, 1, 1_000_000))
+    adaptive_threshold: bool = True
     rate_limit_mb_per_s: float = field(default=256.0, metadata=_spec("mb_per_s", 0, 1_000_000))
     min_free_bytes: int = field(default=256 << 20, metadata=_spec("bytes", 0, 1 << 50))
     resume_free_bytes: int = field(default=512 << 20, metadata=_spec("bytes", 0, 1 << 50))

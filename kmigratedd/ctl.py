@@ -100,6 +100,8 @@ def format_status(st: dict[str, Any]) -> str:
     if q:
         lines.append(f"queues: {q['depth']} candidates waiting (capacity {q['capacity_per_cpu']} "
                      f"per CPU), {q['dropped']} dropped, {q['coalesced']} coalesced")
+    if st.get("hot_threshold") is not None:
+        lines.append(f"hot threshold: {st['hot_threshold']} folded samples per candidate")
     header = (f"{'node':>4} {'tier':>4} {'cpus':>4} {'free':>10} {'total':>10} {'role':<12} "
               f"{'pages/s':>9} {'MB/s':>8} {'promoted':>10} {'inbox':>7}  errors")
     lines += ["", header]
@@ -118,7 +120,9 @@ def format_status(st: dict[str, Any]) -> str:
             if w.get("room_needed_bytes") or w.get("demoted_pages"):
                 row += (f"\n{'':>4} exchange: room needed {_mib(w['room_needed_bytes'])}, "
                         f"{w['demoted_pages']:,} cold pages demoted, "
-                        f"{w['demote_inbox_pages']:,} waiting")
+                        f"{w['demote_inbox_pages']:,} waiting, "
+                        f"{w.get('demotion_regrets', 0):,} wanted back; promoted pages kept "
+                        f"{w.get('promoted_protect_s', 0):g}s")
         lines.append(row.rstrip())
     lines.append(f"(rates over the last {st['rate_interval_s']:g}s)")
     return "\n".join(lines)

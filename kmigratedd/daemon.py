@@ -101,6 +101,11 @@ class Daemon:
         last computed it (samplers call this from their executor thread)."""
         return sum(w.last_room_needed for w in list(self.workers.values()))
 
+    def capacity_pages(self, now: float) -> int:
+        """Pages the fast tier can take now, over every fast node (the router's adaptive
+        threshold fits the candidates to it)."""
+        return sum(w.capacity_pages(now) for w in list(self.workers.values()))
+
     def _demotion_queues(self, cfg: Config, sampler: str) -> CandidateQueues | None:
         """Queues for the sampler's demotion candidates, when this sampler demotes."""
         method = cfg.demotion.method
@@ -199,7 +204,7 @@ class Daemon:
             self._worker_tasks[node] = self._spawn(w.run(), f"worker-node{node}")
         self.router = Router(self.queues, inboxes, self.topology, self.mover, cfg,
                              executor=offload, demote_queues=self.demote_queues,
-                             cold_inboxes=cold)
+                             cold_inboxes=cold, capacity=self.capacity_pages)
         self.router.paused = self.paused
         self._router_task = self._spawn(self.router.run(), "router")
 
@@ -261,6 +266,8 @@ class Daemon:
                         "demoted_pages": snap.demoted_pages,
                         "demote_inbox_pages": snap.demote_inbox_pages,
                         "demotion_refused": snap.demote_refused,
+                        "demotion_regrets": snap.demote_regrets,
+                        "promoted_protect_s": round(snap.protect_s, 1),
                         "dry_run_pages": snap.dry_run_pages,
                         "heartbeat_age_s": round(time.time() - snap.heartbeat, 3)
                         if snap.heartbeat else None,
@@ -275,6 +282,7 @@ class Daemon:
             "sampler": self.sampler.name if self.sampler else None,
             "sampler_stats": self.sampler.stats() if self.sampler else {},
             "rate_interval_s": self.config.topology.refresh_interval_ms / 1000,
+            "hot_threshold": self.router.threshold.value if self.router is not None else None,
             "queues": {"depth": qs.depth, "capacity_per_cpu": self.queues.capacity_per_cpu,
                        "dropped": qs.dropped, "coalesced": qs.coalesced,
                        "drained": qs.drained} if qs is not None and self.queues is not None

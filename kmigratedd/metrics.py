@@ -107,8 +107,9 @@ class KmigratedCollector(Collector):
                                     labels=["node", "reason"])
         dropped = CounterMetricFamily("kmigratedd_worker_dropped_pages",
                                       "Candidates dropped before moving, by reason (node is "
-                                      "empty for the router's: below_threshold, on_fast_tier, "
-                                      "gone)", labels=["node", "reason"])
+                                      "empty for the router's: below_threshold, "
+                                      "below_adaptive_threshold, on_fast_tier, gone)",
+                                      labels=["node", "reason"])
         batches = CounterMetricFamily("kmigratedd_batches", "move_pages batches issued",
                                       labels=["node", "mode"])
         rate_s = CounterMetricFamily("kmigratedd_rate_limited_seconds",
@@ -143,6 +144,13 @@ class KmigratedCollector(Collector):
         room = GaugeMetricFamily("kmigratedd_room_needed_bytes",
                                  "Fast-tier bytes to free before the hot pages waiting fit "
                                  "(waiting + headroom - free)", labels=["node"])
+        regrets = CounterMetricFamily("kmigratedd_demotion_regrets",
+                                      "Demoted pages offered for promotion again within "
+                                      "workers.pingpong_window_ms", labels=["node"])
+        protect = GaugeMetricFamily("kmigratedd_promoted_protect_seconds",
+                                    "How long a promoted page is not demoted: the ping-pong "
+                                    "window, longer while demoted pages come back",
+                                    labels=["node"])
         starved = CounterMetricFamily("kmigratedd_room_starved_seconds",
                                       "Time room was needed with no cold page to demote",
                                       labels=["node"])
@@ -190,18 +198,30 @@ class KmigratedCollector(Collector):
                 drefused.add_metric([n, reason], c)
             room.add_metric([n], s.room_needed_bytes)
             starved.add_metric([n], s.room_starved_seconds)
+            regrets.add_metric([n], s.demote_regrets)
+            protect.add_metric([n], s.protect_s)
         router = self.src.router()
         if router is not None:
             # Dropped before routing: no target node yet (node="").
             r = router.stats
+            yield GaugeMetricFamily("kmigratedd_hot_threshold",
+                                    "Folded samples a candidate needs to be promoted: "
+                                    "workers.min_samples, raised while the fast tier has "
+                                    "less room than the candidates want",
+                                    value=router.threshold.value)
+            yield CounterMetricFamily("kmigratedd_hot_threshold_raised_seconds",
+                                      "Time the adaptive hotness threshold was above "
+                                      "workers.min_samples",
+                                      value=router.threshold.raised_seconds)
             for reason, c in (("below_threshold", r.below_threshold),
+                              ("below_adaptive_threshold", r.below_adaptive),
                               ("on_fast_tier", r.on_fast_tier), ("gone", r.gone_before_move),
                               ("cold_not_on_fast", r.cold_not_on_fast),
                               ("cold_gone", r.cold_gone)):
                 dropped.add_metric(["", reason], c)
             for reason, c in sorted(r.query_errors.items()):
                 whole.add_metric(["", reason], c)
-        yield from (dpages, dbytes, doutcomes, drefused, room, starved)
+        yield from (dpages, dbytes, doutcomes, drefused, room, starved, regrets, protect)
         yield from (pages, nbytes, outcomes, whole, dropped, batches, rate_s, head_s, enomem_s,
                     dry, pingpong, retried, beat, inbox, blocked)
 

@@ -6,7 +6,9 @@
 - :class:`PingPongDamper`: a page promoted and seen back on a slow node within a
   window is held off for a back-off period (counted); a page promoted within the
   window is not demoted, and one demoted within it is not promoted;
-- :class:`RetryOnce`: pages that came back -EBUSY are retried once, later.
+- :class:`RetryOnce`: pages that came back -EBUSY are retried once, later;
+- :class:`AdaptiveThreshold`: the hotness threshold that fits what is promoted to the
+  room the fast tier has (a histogram of candidate hotness, as MEMTIS keeps).
 
 Nothing here reads the clock or the kernel: callers pass ``now`` (seconds) and
 free-memory figures, so tests drive every piece with tables.
@@ -90,6 +92,11 @@ class HeadroomGuard:
         return max(0, free_bytes - self.min_free_bytes)
 
 
+# More than this share of the demoted pages wanted back within the window: the exchange
+# churns, and promoted pages are protected longer.
+REGRET_SHARE = 0.1
+
+
 @dataclass
 class PingPongDamper:
     """Remembers promoted pages for ``window_s``; a page seen back on a slow node in
@@ -100,12 +107,22 @@ class PingPongDamper:
     window_s: float
     holdoff_s: float
     max_entries: int = 1 << 20
+    # A page we promoted is not demoted for protect_s (>= window_s): it grows while
+    # demoted pages are wanted back soon (regrets), and shrinks back when they are not
+    # (:meth:`adapt`).
+    protect_s: float = 0.0
     # pid -> {page address: time promoted}, in promotion order
     promoted: dict[int, dict[int, float]] = field(default_factory=dict)
     # pid -> {page address: held until}
     held: dict[int, dict[int, float]] = field(default_factory=dict)
+    # pid -> {page address: time demoted}, within the window
+    demoted: dict[int, dict[int, float]] = field(default_factory=dict)
     size: int = 0
     pingpongs: int = 0
+    regrets: int = 0     # demoted pages offered for promotion again within the window
+
+    def __post_init__(self) -> None:
+        self.protect_s = max(self.protect_s, self.window_s)
 
     def record_promoted(self, pid: int, addrs: Iterable[int], now: float) -> None:
         table = self.promoted.setdefault(pid, {})
@@ -131,6 +148,12 @@ class PingPongDamper:
         blocked: set[int] = set()
         if held:
             blocked |= {a for a in held.keys() & set(addrs) if held[a] > now}
+            down = self.demoted.get(pid)
+            if down:
+                again = down.keys() & set(addrs)
+                for a in again:
+                    if now - down.pop(a) <= self.window_s:
+                        self.regrets += 1
         if promoted:
             back = promoted.keys() & set(addrs)
             for a in back:
@@ -146,24 +169,44 @@ class PingPongDamper:
         return [a for a in addrs if a not in blocked]
 
     def record_demoted(self, pid: int, addrs: Iterable[int], now: float) -> None:
-        """Pages we demoted are not promoted again within the window (held until then)."""
+        """Pages we demoted are not promoted again within the window (held until then);
+        one offered for promotion in that window is a regret."""
+        addrs = list(addrs)
         self.held.setdefault(pid, {}).update(dict.fromkeys(addrs, now + self.window_s))
+        table = self.demoted.setdefault(pid, {})
+        table.update(dict.fromkeys(addrs, now))
+        if len(table) > self.max_entries:  # bounded: forget the oldest half
+            self.demoted[pid] = dict(list(table.items())[len(table) // 2:])
 
     def promoted_recently(self, pid: int, addrs: Sequence[int], now: float) -> set[int]:
-        """The pages of ``addrs`` we promoted within the window: never demoted."""
+        """The pages of ``addrs`` we promoted within ``protect_s``: never demoted."""
         table = self.promoted.get(pid)
         if not table:
             return set()
-        return {a for a in table.keys() & set(addrs) if now - table[a] <= self.window_s}
+        return {a for a in table.keys() & set(addrs) if now - table[a] <= self.protect_s}
+
+    def adapt(self, demoted: int, regrets: int, max_protect_s: float) -> None:
+        """Once a period, with the pages demoted and the regrets in it: double the
+        protection while more than a REGRET_SHARE of the demoted pages come back within the
+        window (the hot set is larger than the fast tier, and exchanging it only churns),
+        bring it back towards the window when none does."""
+        if demoted > 0 and regrets > demoted * REGRET_SHARE:
+            self.protect_s = min(max(max_protect_s, self.window_s), self.protect_s * 2)
+        elif regrets == 0:
+            # Demotions that nobody wanted back halve it; no demotion at all (nothing to
+            # judge by) lets it fade more slowly.
+            self.protect_s = max(self.window_s, self.protect_s * (0.5 if demoted else 0.85))
 
     def forget_pid(self, pid: int) -> None:
         self.size -= len(self.promoted.pop(pid, {}))
         self.held.pop(pid, None)
+        self.demoted.pop(pid, None)
 
     def expire(self, now: float) -> None:
         """Drop entries that can no longer matter (once per round)."""
+        keep_s = max(self.window_s, self.protect_s)
         for pid, table in list(self.promoted.items()):
-            fresh = {a: t for a, t in table.items() if now - t <= self.window_s}
+            fresh = {a: t for a, t in table.items() if now - t <= keep_s}
             self.size -= len(table) - len(fresh)
             if fresh:
                 self.promoted[pid] = fresh
@@ -175,6 +218,12 @@ class PingPongDamper:
                 self.held[pid] = fresh
             else:
                 del self.held[pid]
+        for pid, table in list(self.demoted.items()):
+            fresh = {a: t for a, t in table.items() if now - t <= self.window_s}
+            if fresh:
+                self.demoted[pid] = fresh
+            else:
+                del self.demoted[pid]
 
 
 @dataclass
@@ -219,3 +268,71 @@ class RetryOnce:
         for key in [k for k in self.pending if k[0] == pid]:
             del self.pending[key]
         self.tried = {k for k in self.tried if k[0] != pid}
+
+
+# Histogram bins of the adaptive threshold: bin b holds folded counts in [2^b, 2^(b+1)).
+THRESHOLD_BINS = 33
+
+
+@dataclass
+class AdaptiveThreshold:
+    """The hotness threshold (folded samples per candidate) that fits promotion to the room.
+
+    Every candidate the router folds adds to a histogram of hotness in power-of-two bins
+    (``observe``); the histogram decays with a half-life of ``half_life_s``, so it holds
+    the candidates of the last few seconds.  ``update`` compares it with the pages the fast
+    tier can take (free memory above the headroom plus the cold pages waiting to be
+    demoted): while every candidate fits, the threshold is ``floor`` (workers.min_samples);
+    when they do not, it rises to the lowest bin whose candidates, with those of every
+    hotter bin, fit, so the hottest pages go first and lukewarm ones stop displacing
+    cold ones.  The hottest bin always passes (at least one batch of it): while
+    candidates wait, room is needed and the samplers offer cold pages, which is how
+    capacity shows up."""
+
+    floor: int
+    half_life_s: float = 5.0
+    enabled: bool = True
+    value: int = 0
+    hist: list[float] = field(default_factory=lambda: [0.0] * THRESHOLD_BINS)
+    last: float | None = None
+    raised_seconds: float = 0.0     # time spent above the floor
+
+    def __post_init__(self) -> None:
+        self.value = max(1, self.floor)
+
+    def observe(self, counts: Iterable[int]) -> None:
+        """Folded counts of the candidates just drained."""
+        hist = self.hist
+        top = THRESHOLD_BINS - 1
+        for c in counts:
+            hist[min(top, max(1, c).bit_length() - 1)] += 1
+
+    def update(self, capacity_pages: int, now: float) -> int:
+        """Decay the histogram to ``now`` and set the threshold for ``capacity_pages``;
+        returns it."""
+        floor = max(1, self.floor)
+        if self.last is not None and now > self.last:
+            dt = now - self.last
+            if self.value > floor:
+                self.raised_seconds += dt
+            factor = 0.5 ** (dt / self.half_life_s) if self.half_life_s > 0 else 0.0
+            self.hist = [h * factor for h in self.hist]
+        self.last = now if self.last is None else max(self.last, now)
+        if not self.enabled:
+            self.value = floor
+            return floor
+        above = 0.0
+        value = floor
+        passing = None   # the lowest bin that fits so far
+        for b in range(THRESHOLD_BINS - 1, -1, -1):
+            h = self.hist[b]
+            if h < 0.5:  # less than one candidate left after decay: empty
+                self.hist[b] = 0.0
+                continue
+            if passing is not None and above + h > capacity_pages:
+                value = 1 << passing
+                break
+            above += h
+            passing = b
+        self.value = max(floor, value)
+        return self.value

@@ -6,7 +6,9 @@ One round (:meth:`Router.route_once`):
    the inboxes have room for (what stays in the queues is bounded there and counted if
    dropped);
 2. **fold** them in C: sort by (pid, page), add up the counts of a page seen on several
-   CPUs, and drop those below the hotness threshold (``workers.min_samples``);
+   CPUs, and drop those below the hotness threshold: ``workers.min_samples``, raised by
+   :class:`~kmigratedd.policy.AdaptiveThreshold` while the fast tier has less room than
+   the candidates want;
 3. **locate** every page with one move_pages query per pid (in the executor). The
    router owns page location: it is the only stage that asks where a page is, right
    before the page is routed, so a page the kernel moved meanwhile is not counted as
@@ -37,6 +39,7 @@ from .config import WorkersConfig
 from .errors import MovePagesError
 from .inbox import Inbox
 from .pipeline import Mover
+from .policy import AdaptiveThreshold
 from .queues import CandidateQueues, merge
 from .stage import LoopStage
 from .topology import Topology
@@ -45,6 +48,8 @@ log = logging.getLogger("kmigratedd.router")
 
 # Batches drained per round: the router drains at most this many worker batches.
 MAX_BURST = 4
+# How often the adaptive threshold is re-computed at most.
+THRESHOLD_EVERY_S = 0.25
 
 
 @dataclass
@@ -54,6 +59,7 @@ class RouterStats:
     rounds: int = 0
     candidates: int = 0            # drained from the queues
     below_threshold: int = 0       # folded count under min_samples
+    below_adaptive: int = 0        # at or above min_samples, under the adaptive threshold
     on_fast_tier: int = 0          # already on a node with no target
     gone_before_move: int = 0      # query said -EFAULT/-ENOENT
     routed: Counter[int] = field(default_factory=Counter)  # target node -> pages
@@ -72,6 +78,7 @@ class _Routed:
     routed, by node."""
 
     below: int = 0
+    below_adaptive: int = 0
     elsewhere: int = 0
     gone: int = 0
     by_node: Counter[int] = field(default_factory=Counter)
@@ -82,7 +89,10 @@ class Router(LoopStage):
                  mover: Mover, cfg: WorkersConfig, *, executor: Executor | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  demote_queues: CandidateQueues | None = None,
-                 cold_inboxes: Mapping[int, Inbox] | None = None) -> None:
+                 cold_inboxes: Mapping[int, Inbox] | None = None,
+                 capacity: Callable[[float], int] | None = None) -> None:
+        """``capacity(now)``: the pages the fast tier can take now (the workers know); with
+        it, the hotness threshold adapts to it (``workers.adaptive_threshold``)."""
         super().__init__()
         self.queues = queues
         self.inboxes = dict(inboxes)
@@ -104,9 +114,24 @@ class Router(LoopStage):
         for src, dst in topology.targets.items():
             self.target_of_node[src] = dst
         self.paused = False  # while promotion is paused, candidates wait in the queues
+        self.capacity = capacity
+        self.threshold = AdaptiveThreshold(cfg.min_samples,
+                                           enabled=cfg.adaptive_threshold and capacity is not None)
+        self._threshold_at = -1e18
 
     def configure(self, cfg: WorkersConfig) -> None:
         self.cfg = cfg
+        self.threshold.floor = cfg.min_samples
+        self.threshold.enabled = cfg.adaptive_threshold and self.capacity is not None
+        self._threshold_at = -1e18
+
+    def _update_threshold(self) -> None:
+        now = self.clock()
+        if now - self._threshold_at < THRESHOLD_EVERY_S:
+            return
+        self._threshold_at = now
+        capacity = self.capacity(now) if self.capacity is not None else 0
+        self.threshold.update(capacity, now)
 
     async def run(self) -> None:
         """Route while there are candidates and room; else sleep until a sampler pushes
@@ -147,10 +172,12 @@ class Router(LoopStage):
         if self.paused:
             return 0
         want = min(MAX_BURST * self.cfg.batch_pages, self._room())
+        self._update_threshold()
         drained, routed = await self._route(self.queues, want, self.cfg.min_samples,
-                                            self.target_of_node, self.inboxes)
+                                            self.target_of_node, self.inboxes, self.threshold)
         self.stats.candidates += drained
         self.stats.below_threshold += routed.below
+        self.stats.below_adaptive += routed.below_adaptive
         self.stats.on_fast_tier += routed.elsewhere
         self.stats.gone_before_move += routed.gone
         self.stats.routed.update(routed.by_node)
@@ -171,9 +198,11 @@ class Router(LoopStage):
         return drained
 
     async def _route(self, queues: CandidateQueues, want: int, min_count: int,
-                     node_map: array[int], inboxes: Mapping[int, Inbox]) -> tuple[int, _Routed]:
+                     node_map: array[int], inboxes: Mapping[int, Inbox],
+                     threshold: AdaptiveThreshold | None = None) -> tuple[int, _Routed]:
         """Drain up to ``want`` candidates, fold them (dropping those under ``min_count``),
-        locate each page, and put it into ``inboxes[node_map[its node]]``."""
+        let ``threshold`` see them and drop those under it, locate each page, and put it
+        into ``inboxes[node_map[its node]]``."""
         out = _Routed()
         if want <= 0:
             return 0, out
@@ -183,6 +212,11 @@ class Router(LoopStage):
         b = merge(batches)
         n0 = len(b)
         out.below = shim.cand_prepare(b.pids, b.addrs, b.counts, min_count)
+        if threshold is not None and threshold.enabled:
+            threshold.observe(b.counts)
+            if threshold.value > min_count:
+                out.below_adaptive = shim.cand_prepare(b.pids, b.addrs, b.counts,
+                                                       threshold.value)
         pids, addrs = b.pids, b.addrs
         if not len(pids):
             return n0, out

@@ -43,6 +43,10 @@ log = logging.getLogger("kmigratedd.worker")
 MAX_BURST = 4
 # How often the ping-pong damper forgets entries that can no longer matter.
 EXPIRE_EVERY_S = 1.0
+# How often the protection of promoted pages adapts to the regrets of demotion, and how far
+# it grows at most (in ping-pong windows).
+ADAPT_EVERY_S = 30.0
+MAX_PROTECT_WINDOWS = 16
 # Whole-call errors after which a process is forgotten (an exiting process, its mm
 # already gone, fails with EINVAL rather than ESRCH).
 PID_GONE_ERRNOS = (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES)
@@ -122,6 +126,8 @@ class WorkerSnapshot:
     demote_inbox_pages: int
     room_starved_seconds: float
     demote_to: int | None
+    demote_regrets: int
+    protect_s: float
 
 
 class NodeWorker(LoopStage):
@@ -149,6 +155,8 @@ class NodeWorker(LoopStage):
         self._free: tuple[float, int] | None = None
         self._backoff_until = 0.0
         self._expired_at = 0.0
+        self._adapted_at = clock()
+        self._adapt_base = (0, 0)   # demoted pages and regrets at the last adaptation
         self.last_room_needed = 0  # room_needed() of the last round, readable from any thread
         self.configure(cfg)
         self.configure_demotion(demotion or DemotionConfig())
@@ -162,6 +170,7 @@ class NodeWorker(LoopStage):
         self.headroom = HeadroomGuard(cfg.min_free_bytes, cfg.resume_free_bytes)
         self.damper.window_s = cfg.pingpong_window_ms / 1000
         self.damper.holdoff_s = cfg.pingpong_holdoff_ms / 1000
+        self.damper.protect_s = max(self.damper.protect_s, self.damper.window_s)
         self.retry.delay_s = cfg.busy_retry_ms / 1000
         self.inbox.limit = inbox_limit(cfg)
         if self.demote_inbox is not None:
@@ -189,7 +198,8 @@ class NodeWorker(LoopStage):
             demoted_pages=s.demoted_pages, demote_outcomes=dict(s.demote_outcomes),
             demote_refused=dict(s.demote_refused),
             demote_inbox_pages=self.demote_inbox.pages if self.demote_inbox else 0,
-            room_starved_seconds=s.room_starved_seconds, demote_to=self.demote_to)
+            room_starved_seconds=s.room_starved_seconds, demote_to=self.demote_to,
+            demote_regrets=self.damper.regrets, protect_s=self.damper.protect_s)
 
     def take_observations(self) -> tuple[list[int], list[float]]:
         """Batch sizes and move durations since the last call (for the histograms)."""
@@ -239,6 +249,8 @@ class NodeWorker(LoopStage):
         if now - self._expired_at >= EXPIRE_EVERY_S:
             self.damper.expire(now)
             self._expired_at = now
+        if now - self._adapted_at >= ADAPT_EVERY_S:
+            self._adapt_protection(now)
         if self.paused:
             if self.pipeline.jobs:  # already handed to the kernel: let them finish
                 await self._complete_oldest(submit=False)
@@ -430,6 +442,16 @@ class NodeWorker(LoopStage):
                 + self.pipeline.in_flight(demote=True) * page)
         return max(0, waiting + floor - free)
 
+    def capacity_pages(self, now: float) -> int:
+        """Pages this node can take now: free memory above the headroom (counting the
+        moves queued) plus the cold pages waiting to be demoted (what the adaptive
+        threshold fits the candidates to)."""
+        page = self.page_size
+        free = (self._free_bytes(now) - self.pipeline.in_flight(demote=False) * page
+                + self.pipeline.in_flight(demote=True) * page)
+        cold = self.demote_inbox.pages if self.demote_inbox is not None else 0
+        return max(0, free - self.cfg.min_free_bytes) // page + cold
+
     def _submit_demotion(self, now: float) -> None:
         """Queue a demotion job of cold pages when room is needed: never more than the room,
         never a page promoted within the ping-pong window (each page the sampler offers
@@ -469,6 +491,16 @@ class NodeWorker(LoopStage):
             keys = keys[:granted]
         if len(keys):
             self.pipeline.submit(pid, since, keys, generation, dst=self.demote_to, demote=True)
+
+    def _adapt_protection(self, now: float) -> None:
+        """Protect promoted pages longer while the pages demoted to make room are wanted
+        back within the window: the hot set is larger than the fast tier, and exchanging
+        its pages for each other only churns (see PingPongDamper.adapt)."""
+        demoted, regrets = self.stats.demoted_pages, self.damper.regrets
+        self.damper.adapt(demoted - self._adapt_base[0], regrets - self._adapt_base[1],
+                          MAX_PROTECT_WINDOWS * self.damper.window_s)
+        self._adapt_base = (demoted, regrets)
+        self._adapted_at = now
 
     def _settle_demotion(self, s: Settled) -> None:
         now = self.clock()

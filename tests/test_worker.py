@@ -700,8 +700,10 @@ def test_two_jobs_queued_and_pages_drained_again_move_once(fs):
 # --- exchange: demotion makes room on a full fast tier -------------------------------------
 
 
-def make_exchange(fs: KernelFs, mover: FakeMover, clock: Clock, **overrides):
-    """Node 0 (fast, nearly full) promotes from node 1 and demotes cold pages to it."""
+def make_exchange(fs: KernelFs, mover: FakeMover, clock: Clock, adaptive: bool = False,
+                  **overrides):
+    """Node 0 (fast, nearly full) promotes from node 1 and demotes cold pages to it; with
+    ``adaptive`` the router's hotness threshold follows the worker's capacity."""
     base = dict(max_wait_ms=100, rate_limit_mb_per_s=0, min_free_bytes=1 * MiB,
                 resume_free_bytes=1 * MiB, copy_threads=1, batch_pages=64,
                 free_refresh_ms=1_000_000)
@@ -716,7 +718,8 @@ def make_exchange(fs: KernelFs, mover: FakeMover, clock: Clock, **overrides):
                    fs=fs, clock=clock, demote_inbox=cold, demote_to=1,
                    demotion=config.DemotionConfig(rate_limit_mb_per_s=0))
     router = Router(queues, {0: w.inbox}, topo, mover, cfg, clock=clock,
-                    demote_queues=cold_queues, cold_inboxes={0: cold})
+                    demote_queues=cold_queues, cold_inboxes={0: cold},
+                    capacity=w.capacity_pages if adaptive else None)
 
     class ExchangeStage(Stage):
         async def step(self) -> bool:
@@ -806,3 +809,144 @@ def test_failures_in_the_middle_of_an_exchange_are_counted_and_nothing_is_lost(f
     moved = w.stats.demoted_pages
     assert moved == mover.on(8, c2, 1) and 0 < moved <= 228 + 2
     assert mover.on(8, c2, 0) + mover.on(8, c2, 1) == 400
+
+
+# --- the adaptive threshold, and a hot set larger than the fast tier -----------------------
+
+
+@pytest.mark.parametrize("hist,capacity,expected", [
+    ({}, 0, 1),                                  # nothing seen: the floor
+    ({0: 100, 3: 50}, 1000, 1),                  # everything fits: the floor
+    ({0: 100, 3: 50}, 60, 8),                    # only the hottest bin (8..15) fits
+    ({0: 100, 3: 50}, 0, 8),                     # nothing fits: the hottest bin still passes
+    ({0: 100, 2: 30, 3: 50}, 90, 4),             # 50 + 30 <= 90: bin 2 (4..7) joins
+    ({0: 100, 2: 30, 3: 50}, 79, 8),
+])
+def test_adaptive_threshold_table(hist, capacity, expected):
+    from kmigratedd.policy import AdaptiveThreshold
+    t = AdaptiveThreshold(floor=1)
+    for b, n in hist.items():
+        t.observe([1 << b] * n)
+    assert t.update(capacity, 0.0) == expected
+
+
+def test_adaptive_threshold_decays_back_to_the_floor():
+    from kmigratedd.policy import AdaptiveThreshold
+    t = AdaptiveThreshold(floor=2, half_life_s=5.0)
+    t.observe([2] * 100 + [64] * 10)
+    assert t.update(20, 0.0) == 64
+    t.observe([64] * 10)
+    assert t.update(1000, 1.0) == 2                # room again: back to the floor
+    t.observe([2] * 100 + [64] * 10)
+    assert t.update(20, 2.0) == 64
+    assert t.update(20, 60.0) == 2                 # nothing new for a minute: decayed away
+    assert t.raised_seconds == pytest.approx(1.0 + 58.0)
+    off = AdaptiveThreshold(floor=3, enabled=False)
+    off.observe([1000] * 10)
+    assert off.update(0, 0.0) == 3
+
+
+def test_the_router_holds_back_what_does_not_fit(fs):
+    mover, clock = FakeMover(), Clock()
+    set_free(fs, 0, 1 * MiB + 8 * PAGE)            # 8 pages above the headroom
+    w, q, _ = make_exchange(fs, mover, clock, adaptive=True)
+    lukewarm, hot = pages(200), pages(16, 1000)
+    mover.place(5, lukewarm + hot, 1)
+    for _ in range(3):                             # history: many lukewarm, a few hot
+        offer(q, 5, lukewarm, weight=1)
+        offer(q, 5, hot, weight=32)
+        run(w.router.route_once())
+        clock.t += 0.5
+        w.inbox.clear()
+    before = w.router.stats.below_adaptive
+    offer(q, 5, lukewarm, weight=1)
+    offer(q, 5, hot, weight=32)
+    run(w.router.route_once())
+    assert w.router.threshold.value == 32
+    assert w.inbox.pages == 16                     # only the hot pages wait for room
+    assert w.router.stats.below_adaptive - before == 200
+
+
+class TieredWorld:
+    """A process whose pages are accessed at fixed rates, a cold process filling the fast
+    node, and a sampler that offers slow-tier pages with their access count as weight and,
+    while room is needed, fast-tier pages idle for cold_age_s as demotion candidates."""
+
+    def __init__(self, w, q, cq, mover, clock, rates, filler, cold_age_s=5.0):
+        self.w, self.q, self.cq, self.mover, self.clock = w, q, cq, mover, clock
+        self.rates = rates
+        self.addrs = pages(len(rates))
+        self.cold_age_s = cold_age_s
+        self.last_access = {a: -1e9 for a in self.addrs}
+        self.moves = {a: 0 for a in self.addrs}
+        self.filler = pages(filler, 50_000)
+        mover.place(5, self.addrs, 1)
+        mover.place(7, self.filler, 0)
+        self.rng = __import__("random").Random(7)
+
+    def second(self) -> int:
+        now = self.clock()
+        hot = []
+        weights = []
+        for a, r in zip(self.addrs, self.rates):
+            k = sum(1 for _ in range(int(r) + 1) if self.rng.random() < r / (int(r) + 1))
+            if k:
+                self.last_access[a] = now
+                if self.mover.where[(5, a)] == 1:
+                    hot.append(a)
+                    weights.append(k)
+        if hot:
+            self.q.push(0, array("i", [5] * len(hot)), array("Q", hot),
+                        weights=array("I", weights))
+        room = self.w.room_needed(now)
+        if room > 0:
+            budget = 2 * -(-room // PAGE)
+            idle = sorted((t, a) for a, t in self.last_access.items()
+                          if self.mover.where[(5, a)] == 0 and now - t >= self.cold_age_s)
+            filler = [a for a in self.filler if self.mover.where[(7, a)] == 0]
+            offer(self.cq, 7, filler[:budget])
+            mine = [a for _, a in idle][:max(0, budget - len(filler))]
+            if mine:
+                offer(self.cq, 5, mine)
+        before = {a: self.mover.where[(5, a)] for a in self.addrs}
+        run(steps(self.w, self.clock, 5, dt=0.2))
+        moved = 0
+        for a in self.addrs:
+            if self.mover.where[(5, a)] != before[a]:
+                self.moves[a] += 1
+                moved += 1
+        return moved
+
+
+def test_a_hot_set_larger_than_the_fast_tier_settles(fs):
+    """120 hot pages, 240 warm ones and 240 lukewarm ones want a fast node with room for
+    240 (held by a cold process): the hot pages end up there and stay, the exchange slows
+    to a trickle, no page bounces more than the ping-pong window allows, and the counters
+    show it."""
+    mover, clock = FakeMover(), Clock()
+    set_free(fs, 0, 1 * MiB)                      # at the headroom: full
+    # max_wait_ms=2: a worker blocked by the headroom sleeps 1 ms of real time, not 50.
+    w, q, cq = make_exchange(fs, mover, clock, adaptive=True, pingpong_window_ms=60_000,
+                             pingpong_holdoff_ms=300_000, max_wait_ms=2)
+    rates = [8.0] * 120 + [0.3] * 240 + [0.02] * 240
+    world = TieredWorld(w, q, cq, mover, clock, rates, filler=240)
+    per_second = [world.second() for _ in range(400)]
+    print("moves per 50 s:", [sum(per_second[i:i + 50]) for i in range(0, 400, 50)],
+          "max moves of a page:", max(world.moves.values()), "demoted:", w.stats.demoted_pages,
+          "promoted:", w.stats.promoted_pages, "refused:", dict(w.stats.demote_refused),
+          "held:", w.stats.pingpong_held, "threshold raised s:",
+          w.router.threshold.raised_seconds, "below:", w.router.stats.below_adaptive)
+    hot = world.addrs[:120]
+    assert mover.on(5, hot, 0) >= 0.95 * 120, "the hottest pages are on the fast node"
+    early, late = sum(per_second[:100]), sum(per_second[-100:])
+    assert early > 120 and late <= early / 5, (early, late)
+    # Every page moved at most once per ping-pong window, and then some: bounded.
+    windows = 400 / 60
+    assert max(world.moves.values()) <= 2 * windows, max(world.moves.values())
+    st = w.stats
+    assert st.demoted_pages > 0 and st.promoted_pages > 120
+    assert w.snapshot().demote_regrets > 0 and w.damper.protect_s > w.damper.window_s
+    assert st.demote_refused["promoted_recently"] > 0 or st.pingpong_held > 0
+    assert w.router.threshold.raised_seconds > 0 and w.router.stats.below_adaptive > 0
+    # What went down to make room: the cold process's pages.
+    assert mover.on(7, world.filler, 1) > 0

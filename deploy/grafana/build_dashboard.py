@@ -123,6 +123,21 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] =
          "Hot bytes waiting plus the headroom, less free memory: what demotion must free "
          "before the waiting pages fit.",
          [(f"kmigratedd_room_needed_bytes{{{IN}}}", "{{instance}} node {{node}}")]),
+        ("timeseries", "Hot threshold and exchange refusals", "short",
+         "Folded samples a candidate needs (workers.min_samples, raised by the adaptive "
+         "threshold while the fast tier has less room than the candidates want), and the "
+         "candidates it held back per second.",
+         [(f"kmigratedd_hot_threshold{{{I}}}", "{{instance}} threshold"),
+          (rate("kmigratedd_worker_dropped_pages_total",
+                I + ', reason="below_adaptive_threshold"', "instance"),
+           "{{instance}} held back (pages/s)")]),
+        ("timeseries", "Exchange regrets and protection", "short",
+         "Demoted pages wanted back within workers.pingpong_window_ms (per second), and how "
+         "long a promoted page is kept from demotion: the window, doubled while more than "
+         "one demoted page in ten comes back (a hot set larger than the fast tier).",
+         [(rate("kmigratedd_demotion_regrets_total", IN), "{{instance}} node {{node}} regrets/s"),
+          (f"kmigratedd_promoted_protect_seconds{{{IN}}}",
+           "{{instance}} node {{node}} protection (s)")]),
         ("timeseries", "Demotion refusals and outcomes", "pages/s",
          "Cold pages not demoted: promoted_recently (within workers.pingpong_window_ms), "
          "rate_limited, busy, gone, not_needed; and the per-page outcomes of demotions.",
