@@ -74,7 +74,8 @@ def ensure_matplotlib() -> Any:
 
 
 def run_guest(script: str, args: Sequence[str], *, kernel: str = "debian-6.12",
-              timeout: float = 1800, title: str = "") -> vmrun.VMResult:
+              timeout: float = 1800, title: str = "",
+              mem: Sequence[str] | None = None) -> vmrun.VMResult:
     """Boot the 2-node guest and run benchmarks/guest/<script> in it (output streamed)."""
     cmd = [str(VENV_PY), str(GUEST / script), *args]
     banner = title or script
@@ -87,7 +88,7 @@ def run_guest(script: str, args: Sequence[str], *, kernel: str = "debian-6.12",
     for attempt in (1, 2):
         try:
             res = vmrun.run_in_vm(cmd, topology="2node", kernel=kernel, timeout=timeout,
-                                  cwd=str(REPO), stream=sys.stdout)
+                                  cwd=str(REPO), stream=sys.stdout, mem=mem)
         except vmrun.VMUnavailable as exc:
             sys.exit(f"cannot start the VM: {exc}")
         if res.boot_seconds is not None or res.status_reported or attempt == 2:

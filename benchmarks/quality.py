@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Promotion quality: kmigratedd vs numa_balancing=2 vs DAMON migrate_hot, side by side.
 
-    python3 benchmarks/quality.py               # ~15-25 min: two VM boots
+    python3 benchmarks/quality.py               # ~40-60 min: several VM boots
+    python3 benchmarks/quality.py --cases full128,full256 --idle-kernel no
     python3 benchmarks/quality.py --cases dense --bound-s 60
     python3 benchmarks/quality.py --render      # re-render from raw JSON
 
@@ -22,7 +23,17 @@ contender, in one boot:
   ``damon:migrate_hot-tuned``, stricter: nr_accesses >= half the samples and a
   young-page filter.
 
-Every contender but ``nb2:empty`` runs with node 0 filled to 700 MiB free.  Figures:
+The full fast tier cases (``full128``, ``full256``: a hot set of 128 or 256 MiB plus
+128 MiB cold on node 1) boot a guest with a 4.5 GiB node 0, and before each contender a
+fresh cold process fills node 0 to 120 MiB free: the hot set only fits if something
+makes room.  Contenders there: ``kmigratedd:<sampler>`` with its default demotion,
+``nb2:demote`` (numa_balancing=2 with demotion_enabled=1, the kernel's TPP setup) and
+``damon:migrate_hot+cold`` (migrate_hot as above plus a second kdamond running DAMOS
+migrate_cold on node 0's physical memory: regions idle for 5 s, young pages excluded).
+Their figures add the cold process's pages demoted against the workload's promoted.
+
+Every contender of the dense and sparse cases but ``nb2:empty`` runs with node 0
+filled to 700 MiB free.  Figures:
 time until 50% / 90% of the hot set is on node 0, cold pages promoted, mechanism CPU,
 the workload's extra system time, vmstat deltas, workload passes/s (TCG caveat).
 Writes benchmarks/results/quality.md, quality-<kernel>-<case>.png and
@@ -43,6 +54,13 @@ import common  # noqa: E402
 from common import fmt_opt, md_table  # noqa: E402
 
 CASES = {"dense": 1, "sparse": 16}
+# The full fast tier: node 0 of 4.5 GiB held by a cold process down to FULL_FREE_MIB free
+# before each contender, and a hot set of this many MiB (plus 128 MiB cold) on node 1.
+FULL_CASES = {"full128": 128, "full256": 256}
+FULL_FREE_MIB = 120
+FULL_MEM = ["4608M", "2048M"]
+FULL_CONTENDERS = "kmigratedd:damon,kmigratedd:hint-faults,nb2:demote,damon:migrate_hot+cold"
+FULL_IDLE_CONTENDERS = "kmigratedd:idle,nb2:demote"
 
 
 def raw_name(kernel: str, case: str) -> str:
@@ -108,6 +126,26 @@ def table(runs: list[dict[str, Any]]) -> str:
     return md_table(headers, rows, right)
 
 
+def full_table(runs: list[dict[str, Any]]) -> str:
+    headers = ["contender", "t50 s", "t90 s", "hot on node 0", "cold share of promoted",
+               "workload cold set promoted", "promoted MiB", "cold process demoted MiB",
+               "demoted / promoted", "mechanism CPU s", "verify"]
+    rows = []
+    for r in runs:
+        cs = r.get("cold_fraction_of_promoted")
+        f = r.get("filler") or {}
+        prom = r["promoted_pages"] * 4096 / (1 << 20)
+        dem = f.get("demoted_pages", 0) * 4096 / (1 << 20)
+        rows.append([
+            f"`{r['contender']}`", fmt_opt(r["t50_s"]), fmt_opt(r["t90_s"]),
+            f"{100 * r['hot_on_node0'] / r['hot_pages']:.1f}%",
+            "—" if cs is None else f"{100 * cs:.1f}%",
+            f"{100 * (r['cold_fraction_of_cold_set'] or 0):.1f}%", f"{prom:,.0f}",
+            f"{dem:,.0f}", f"{dem / prom:.2f}" if prom else "—", cpu_cell(r),
+            "OK" if r["verify_ok"] else "BAD"])
+    return md_table(headers, rows, [False] + [True] * 9 + [False])
+
+
 def notes(data: dict[str, Any]) -> list[str]:
     out = []
     for r in data["runs"]:
@@ -119,7 +157,12 @@ def notes(data: dict[str, Any]) -> list[str]:
                 f"(candidates +{vm['pgpromote_candidate']:,}), "
                 f"numa_hint_faults +{vm['numa_hint_faults']:,}, numa_pte_updates "
                 f"+{vm['numa_pte_updates']:,}")
+        if vm.get("pgdemote_kswapd") or vm.get("pgdemote_direct"):
+            line += (f", pgdemote_kswapd +{vm.get('pgdemote_kswapd', 0):,}, pgdemote_direct "
+                     f"+{vm.get('pgdemote_direct', 0):,}")
         if c.startswith("kmigratedd"):
+            if ex.get("daemon_demoted"):
+                line += f"; daemon counted {ex['daemon_demoted']:,.0f} demoted"
             line += (f"; daemon start-up {ex.get('startup_s', 0):.1f} s (before t=0, not in "
                      f"t50/t90), daemon counted {ex.get('daemon_promoted', 0):,.0f} promoted "
                      f"in {ex.get('daemon_batches', 0):,.0f} batches, RSS "
@@ -138,6 +181,11 @@ def notes(data: dict[str, Any]) -> list[str]:
             line += (f"; DAMOS stats: tried {st.get('sz_tried', 0) / (1 << 20):,.0f} MiB, "
                      f"applied {st.get('sz_applied', 0) / (1 << 20):,.0f} MiB; attrs {at}; "
                      f"monitored {ex.get('monitored_ranges')}")
+            cold = ex.get("cold_scheme_stats") or {}
+            if cold:
+                line += (f"; migrate_cold on node 0: tried "
+                         f"{cold.get('sz_tried', 0) / (1 << 20):,.0f} MiB, applied "
+                         f"{cold.get('sz_applied', 0) / (1 << 20):,.0f} MiB")
         out.append(line)
     for c, why in data.get("skipped", {}).items():
         out.append(f"- `{c}`: not run — {why}")
@@ -197,6 +245,21 @@ def render(found: list[tuple[str, str, dict[str, Any]]]) -> str:
     for kernel, case, data in found:
         p = data["params"]
         thr = data.get("kernel_promote_threshold_mib", 0)
+        if case in FULL_CASES:
+            f0 = next((r.get("filler") for r in data["runs"] if r.get("filler")), None) or {}
+            out += [f"## {case}: a full fast tier, {p['hot_mib']:g} MiB hot + "
+                    f"{p['cold_mib']:g} MiB cold on node 1, kernel {kernel}", "",
+                    f"Node 0 of 4.5 GiB: before each contender a fresh cold process fills it "
+                    f"to {p['full_free_mib']:g} MiB free (about "
+                    f"{f0.get('pages', 0) * 4096 / (1 << 20):,.0f} MiB of cold anonymous "
+                    f"memory), less than the hot set. Bound {p['bound_s']:g} s per contender "
+                    f"(stops {p['tail_s']:g} s after t90). *cold process demoted*: its pages "
+                    "found on node 1 at the end; *demoted / promoted*: that against the "
+                    "workload's pages on node 0 (1.0 = an exact exchange; the headroom "
+                    "kmigratedd keeps free adds to it).", "",
+                    full_table(data["runs"]), "", *notes(data), "",
+                    f"![{case}](quality-{kernel}-{case}.png)", ""]
+            continue
         out += [f"## {case}: {p['hot_mib']:g} MiB hot region"
                 + (f" (1 page in {p['sparse']} hot: {data['runs'][0]['hot_pages'] if data['runs'] else '?'} hot pages)"
                    if p["sparse"] > 1 else "")
@@ -212,7 +275,8 @@ def render(found: list[tuple[str, str, dict[str, Any]]]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default="dense,sparse", help="comma list of dense,sparse")
+    ap.add_argument("--cases", default="dense,sparse,full128,full256",
+                    help="comma list of dense,sparse,full128,full256")
     ap.add_argument("--kernel", default="debian-6.12")
     ap.add_argument("--idle-kernel", choices=("auto", "yes", "no"), default="auto",
                     help="also run kmigratedd's idle sampler on the idle kernel "
@@ -221,6 +285,8 @@ def main() -> int:
     ap.add_argument("--cold-mib", type=float, default=128)
     ap.add_argument("--bound-s", type=float, default=120)
     ap.add_argument("--tail-s", type=float, default=10)
+    ap.add_argument("--full-bound-s", type=float, default=180,
+                    help="bound per contender in the full fast tier cases")
     ap.add_argument("--contenders", default="", help="guest --contenders (default: all)")
     ap.add_argument("--render", action="store_true", help="only re-render from raw JSON")
     ap.add_argument("--timeout", type=float, default=2400)
@@ -243,23 +309,32 @@ def main() -> int:
         if extra_kernel:
             todo += [(extra_kernel, c) for c in cases]
         for kernel, case in todo:
+            full = case in FULL_CASES
             args = ["--out", str(common.RAW / raw_name(kernel, case)), "--case", case,
-                    "--hot-mib", str(a.hot_mib), "--cold-mib", str(a.cold_mib),
-                    "--sparse", str(CASES[case]), "--bound-s", str(a.bound_s),
+                    "--hot-mib", str(FULL_CASES[case] if full else a.hot_mib),
+                    "--cold-mib", str(a.cold_mib),
+                    "--sparse", str(CASES.get(case, 1)),
+                    "--bound-s", str(a.full_bound_s if full else a.bound_s),
                     "--tail-s", str(a.tail_s)]
+            if full:
+                args += ["--full-free-mib", str(FULL_FREE_MIB)]
             if kernel == "idle" and kernel != a.kernel:
-                args += ["--contenders", "kmigratedd:idle,kmigratedd:hint-faults,nb2:filled"]
+                args += ["--contenders", FULL_IDLE_CONTENDERS if full else
+                         "kmigratedd:idle,kmigratedd:hint-faults,nb2:filled"]
             elif a.contenders:
                 args += ["--contenders", a.contenders]
+            elif full:
+                args += ["--contenders", FULL_CONTENDERS]
             res = common.run_guest("quality.py", args, kernel=kernel, timeout=a.timeout,
-                                   title=f"quality, {case} case, kernel {kernel}")
+                                   title=f"quality, {case} case, kernel {kernel}",
+                                   mem=FULL_MEM if full else None)
             f = common.RAW / raw_name(kernel, case)
             d = json.loads(f.read_text())
             d["host_load_after"] = res.host_load_after  # type: ignore[attr-defined]
             f.write_text(json.dumps(d, indent=1) + "\n")
     found = []
     for kernel in dict.fromkeys((a.kernel, "idle")):
-        for case in CASES:  # every case with results on disk, not only those just run
+        for case in (*CASES, *FULL_CASES):  # every case on disk, not only those just run
             f = common.RAW / raw_name(kernel, case)
             if f.exists():
                 found.append((kernel, case, json.loads(f.read_text())))
@@ -271,7 +346,7 @@ def main() -> int:
     common.write_result("quality.md", render(found))
     for kernel, case, data in found:
         print(f"\n{case} ({kernel}):")
-        print(table(data["runs"]))
+        print(full_table(data["runs"]) if case in FULL_CASES else table(data["runs"]))
     return 0
 
 

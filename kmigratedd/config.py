@@ -95,6 +95,7 @@ class DamonConfig:
     min_regions: int = field(default=10, metadata=_spec(None, 3, 100_000))
     max_regions: int = field(default=1000, metadata=_spec(None, 3, 100_000))
     hot_min_accesses: int = field(default=1, metadata=_spec(None, 1, 1_000_000))
+    min_density: float = field(default=0.5, metadata=_spec(None, 0, 1))
     quiet_after_rounds: int = field(default=10, metadata=_spec(None, 0, 1_000_000))
     quiet_slowdown: int = field(default=10, metadata=_spec(None, 1, 100))
 

@@ -126,11 +126,14 @@ def put_regions(root: Path, scheme: int, regions: list[tuple[int, int, int, int]
 
 
 def make_ctx(fs: KernelFs, pids: tuple[int, ...] = (PID,), targets: dict[int, int] | None = None,
-             interval_ms: int = 1000) -> SamplerContext:
+             interval_ms: int = 1000, min_density: float = 0.0) -> SamplerContext:
+    """min_density 0 (the tests of how regions become pages use small access counts);
+    the density tests set it."""
     cfg = config.Config()
+    damon = dataclasses.replace(cfg.sampler.damon, min_density=min_density)
     cfg = config.Config(
         scope=config.ScopeConfig(pids=pids),
-        sampler=config.SamplerConfig(interval_ms=interval_ms, damon=cfg.sampler.damon))
+        sampler=config.SamplerConfig(interval_ms=interval_ms, damon=damon))
     topo = Topology(nodes={}, tiers=(), tier_source="kernel",
                     targets={1: 0} if targets is None else targets,
                     block_size_bytes=1 << 27, page_size=PS)
@@ -370,6 +373,19 @@ def regions_tree(tmp_path: Path) -> FakeDamonFs:
 A_NODES = [1, 0, EFAULT, 1, 1, -errno.ENOENT, 0, 1]
 
 
+@pytest.mark.parametrize("min_density,offered", [(0.0, 12), (0.25, 12), (0.5, 4), (0.65, 0)])
+def test_a_region_is_offered_only_when_its_access_count_says_most_pages_are_hot(
+        tmp_path: Path, min_density: float, offered: int) -> None:
+    """20 samples per aggregation (100 ms / 5 ms): A counts 5 (a quarter of its pages hot,
+    as DAMON estimates), B 12 (three fifths)."""
+    fs = regions_tree(tmp_path)
+    ctx = make_ctx(fs, min_density=min_density)
+    nodes = dict.fromkeys(page_range(A, 8), 1) | dict.fromkeys(page_range(B, 4), 1)
+    s = DamonSampler(ctx, query_nodes=FakeQuery(nodes), confirm_rounds=1, warmup_rounds=0)
+    assert s.run_round() == offered
+    assert s.stats()["pages_sparse"] == 12 - offered
+
+
 def test_round_turns_hot_regions_into_page_candidates(tmp_path: Path) -> None:
     fs = regions_tree(tmp_path)
     ctx = make_ctx(fs)
@@ -396,7 +412,7 @@ def test_round_turns_hot_regions_into_page_candidates(tmp_path: Path) -> None:
     assert rows == want
     assert s.stats() == {
         "rounds": 1, "regions_seen": 3, "hot_regions": 2, "candidates_offered": offered,
-        "pages_unconfirmed": 0, "pages_over_budget": 0, "pages_probed": 12,
+        "pages_unconfirmed": 0, "pages_sparse": 0, "pages_over_budget": 0, "pages_probed": 12,
         "pages_skipped_on_fast": 0, "pid_gone": 0, "errors": 0,
         "kdamond_starts": 1, "kdamond_stops": 0, "commits": 0, "quiet_entered": 0,
         "quiet_left": 0, "targets": 1, "kdamond_on": 1, "quiet": 0}

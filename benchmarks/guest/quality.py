@@ -54,8 +54,12 @@ VMSTAT = ("pgmigrate_success", "pgmigrate_fail", "pgpromote_success", "pgpromote
           "numa_hint_faults", "numa_hint_faults_local", "numa_pte_updates", "numa_pages_migrated",
           "pgdemote_kswapd", "pgdemote_direct", "thp_migration_success")
 DAMON = "/sys/kernel/mm/damon/admin"
+DEMOTION_ENABLED = "/sys/kernel/mm/numa/demotion_enabled"
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
+# damon:migrate_hot+cold: a node-0 region is cold after this long with no access (the
+# default demotion.cold_age_ms of kmigratedd).
+COLD_AGE_S = 5.0
 
 
 def kernel_promote_threshold_mib() -> float:
@@ -117,12 +121,20 @@ control:
         self.d = DaemonProcess(cfg, self.tmp)
         self.d.wait_for("running (pid", 180)
         self.startup_s = time.monotonic() - t
-        if self.sampler == "damon":
-            self.kd = kdamond_pids()
-            self.kd0 = sum(sum(g.proc_cpu(p)) for p in self.kd)
+        # The damon sampler, and the damon-paddr demoter of the other samplers, run a
+        # kdamond: its CPU is the mechanism's too.  One the demoter starts later is
+        # picked up in cpu_seconds().
+        self.kd = kdamond_pids()
+        self.kd0 = sum(sum(g.proc_cpu(p)) for p in self.kd)
+
+    def _kdamonds(self) -> None:
+        for p in kdamond_pids():
+            if p not in self.kd:
+                self.kd.append(p)
 
     def cpu_seconds(self) -> float | None:
         c = self.d.cpu_seconds()
+        self._kdamonds()
         if self.kd:
             now = sum(sum(g.proc_cpu(p)) for p in self.kd)
             if now == now:  # not nan: the threads still exist
@@ -142,6 +154,8 @@ control:
                                         if n == "kmigratedd_promoted_pages_total"),
                  "daemon_batches": sum(v for (n, _), v in mt.items()
                                        if n == "kmigratedd_batches_total"),
+                 "daemon_demoted": sum(v for (n, _), v in mt.items()
+                                       if n == "kmigratedd_demoted_pages_total"),
                  "daemon_dropped": dropped, "rss_kib": self.d.rss_kib()}
         except Exception as exc:  # noqa: BLE001 - report, do not fail the run
             m = {"metrics_error": str(exc)}
@@ -157,13 +171,22 @@ control:
 
 
 class NumaBalancing(Mechanism):
+    """numa_balancing=2; ``nb2:demote`` also sets demotion_enabled=1 (the kernel's TPP
+    setup: kswapd demotes cold LRU pages of node 0 when promotion finds it short)."""
+
     def __init__(self, regime: str) -> None:
         self.name = f"nb2:{regime}"
         self.knobs: dict[str, str] = {}
+        self.demote = regime == "demote"
+        self.demotion_was = ""
 
     def start(self) -> None:
         self.knobs = {k: read(f"/proc/sys/kernel/{k}") for k in NB_KNOBS
                       if Path(f"/proc/sys/kernel/{k}").exists()}
+        if self.demote:
+            self.demotion_was = read(DEMOTION_ENABLED)
+            write(DEMOTION_ENABLED, "1")
+            self.knobs["demotion_enabled"] = "1"
         write(NB, "2")
 
     def extra(self) -> dict[str, Any]:
@@ -171,12 +194,15 @@ class NumaBalancing(Mechanism):
 
     def stop(self) -> None:
         write(NB, "0")
+        if self.demote and self.demotion_was:
+            write(DEMOTION_ENABLED, "true" if self.demotion_was.startswith(("1", "t", "y", "Y"))
+                  else "false")
 
 
 class DamonMigrateHot(Mechanism):
     """DAMOS migrate_hot on node 1's physical memory (paddr), as `damo` would set it up."""
 
-    def __init__(self, tuned: bool = False) -> None:
+    def __init__(self, tuned: bool = False, cold: bool = False) -> None:
         from kmigratedd import config
 
         self.cfg = config.Config().sampler.damon
@@ -191,7 +217,14 @@ class DamonMigrateHot(Mechanism):
                                  self.cfg.aggregate_interval_ms // self.cfg.sample_interval_ms // 2)
                              if tuned else self.cfg.hot_min_accesses)
         self.name = "damon:migrate_hot-tuned" if tuned else "damon:migrate_hot"
+        # cold: a second kdamond runs DAMOS migrate_cold on node 0's physical memory to
+        # node 1 (regions not accessed for COLD_AGE_S, young pages excluded), as DAMON's
+        # tiering recipe pairs the two.
+        self.cold = cold
+        if cold:
+            self.name = "damon:migrate_hot+cold"
         self.k = f"{DAMON}/kdamonds/0"
+        self.pids: list[int] = []
         self.pid = 0
         self.cpu0 = 0.0
         self.cpu_last = 0.0
@@ -215,9 +248,20 @@ class DamonMigrateHot(Mechanism):
     def start(self) -> None:
         if int(read(f"{DAMON}/kdamonds/nr_kdamonds")) and read(f"{self.k}/state") == "on":
             raise RuntimeError("a kdamond is already on")
-        write(f"{DAMON}/kdamonds/nr_kdamonds", "1")
-        write(f"{self.k}/contexts/nr_contexts", "1")
-        c = f"{self.k}/contexts/0"
+        write(f"{DAMON}/kdamonds/nr_kdamonds", "2" if self.cold else "1")
+        self._kdamond(0, SLOW, "migrate_hot", FAST)
+        if self.cold:
+            self._kdamond(1, FAST, "migrate_cold", SLOW)
+        for i in range(2 if self.cold else 1):
+            write(f"{DAMON}/kdamonds/{i}/state", "on")
+            self.pids.append(int(read(f"{DAMON}/kdamonds/{i}/pid")))
+        self.pid = self.pids[0]
+        self.cpu0 = sum(sum(g.proc_cpu(p)) for p in self.pids)
+
+    def _kdamond(self, idx: int, node: int, action: str, target: int) -> None:
+        k = f"{DAMON}/kdamonds/{idx}"
+        write(f"{k}/contexts/nr_contexts", "1")
+        c = f"{k}/contexts/0"
         write(f"{c}/operations", "paddr")
         a = f"{c}/monitoring_attrs"
         write(f"{a}/intervals/sample_us", str(self.cfg.sample_interval_ms * 1000))
@@ -226,19 +270,31 @@ class DamonMigrateHot(Mechanism):
         write(f"{a}/nr_regions/max", str(self.cfg.max_regions))
         write(f"{c}/targets/nr_targets", "1")
         t = f"{c}/targets/0"
-        self.regions = self.node_ranges(SLOW)
-        write(f"{t}/regions/nr_regions", str(len(self.regions)))
-        for i, (s, e) in enumerate(self.regions):
+        regions = self.node_ranges(node)
+        if node == SLOW:
+            self.regions = regions
+        write(f"{t}/regions/nr_regions", str(len(regions)))
+        for i, (s, e) in enumerate(regions):
             write(f"{t}/regions/{i}/start", str(s))
             write(f"{t}/regions/{i}/end", str(e))
         write(f"{c}/schemes/nr_schemes", "1")
         s = f"{c}/schemes/0"
-        write(f"{s}/action", "migrate_hot")
-        write(f"{s}/target_nid", str(FAST))
+        write(f"{s}/action", action)
+        write(f"{s}/target_nid", str(target))
         # Every max starts at 0 in sysfs, which matches nothing: open them all.
         ap = f"{s}/access_pattern"
         write(f"{ap}/sz/min", "0")
         write(f"{ap}/sz/max", str(U64_MAX))
+        if action == "migrate_cold":
+            aggr = self.cfg.aggregate_interval_ms
+            write(f"{ap}/nr_accesses/min", "0")
+            write(f"{ap}/nr_accesses/max", "0")
+            write(f"{ap}/age/min", str(int(COLD_AGE_S * 1000 // aggr)))
+            write(f"{ap}/age/max", str(U32_MAX))
+            write(f"{s}/filters/nr_filters", "1")
+            write(f"{s}/filters/0/type", "young")
+            write(f"{s}/filters/0/matching", "Y")   # young pages stay
+            return
         write(f"{ap}/nr_accesses/min", str(self.min_accesses))
         write(f"{ap}/nr_accesses/max", str(U32_MAX))
         write(f"{ap}/age/min", str(self.min_age))
@@ -249,25 +305,29 @@ class DamonMigrateHot(Mechanism):
             # 6.12: a filter excludes what it matches (matching=Y) or what it does not
             # (matching=N); N keeps only young pages.
             write(f"{s}/filters/0/matching", "N")
-        write(f"{self.k}/state", "on")
-        self.pid = int(read(f"{self.k}/pid"))
-        self.cpu0 = sum(g.proc_cpu(self.pid))
 
     def cpu_seconds(self) -> float | None:
-        now = sum(g.proc_cpu(self.pid))
+        now = sum(sum(g.proc_cpu(p)) for p in self.pids)
         if now == now:
             self.cpu_last = now - self.cpu0
         return self.cpu_last
 
     def extra(self) -> dict[str, Any]:
+        cold: dict[str, int] = {}
         try:
-            write(f"{self.k}/state", "update_schemes_stats")
-            st = f"{self.k}/contexts/0/schemes/0/stats"
-            self.stats = {f: int(read(f"{st}/{f}")) for f in
-                          ("nr_tried", "sz_tried", "nr_applied", "sz_applied", "qt_exceeds")}
+            for i in range(len(self.pids)):
+                k = f"{DAMON}/kdamonds/{i}"
+                write(f"{k}/state", "update_schemes_stats")
+                st = f"{k}/contexts/0/schemes/0/stats"
+                got = {f: int(read(f"{st}/{f}")) for f in
+                       ("nr_tried", "sz_tried", "nr_applied", "sz_applied", "qt_exceeds")}
+                if i == 0:
+                    self.stats = got
+                else:
+                    cold = got
         except OSError as exc:
             self.stats = {"error": str(exc)}  # type: ignore[dict-item]
-        return {"kdamond_pid": self.pid, "scheme_stats": self.stats,
+        return {"kdamond_pid": self.pid, "scheme_stats": self.stats, "cold_scheme_stats": cold,
                 "monitored_ranges": [[hex(s), hex(e)] for s, e in self.regions],
                 "attrs": {"sample_us": self.cfg.sample_interval_ms * 1000,
                           "aggr_us": self.cfg.aggregate_interval_ms * 1000,
@@ -277,12 +337,14 @@ class DamonMigrateHot(Mechanism):
 
     def stop(self) -> None:
         try:
-            if read(f"{self.k}/state") == "on":
-                write(f"{self.k}/state", "off")
-            for _ in range(100):
-                if read(f"{self.k}/state") == "off":
-                    break
-                time.sleep(0.1)
+            for i in range(max(1, len(self.pids))):
+                k = f"{DAMON}/kdamonds/{i}"
+                if read(f"{k}/state") == "on":
+                    write(f"{k}/state", "off")
+                for _ in range(100):
+                    if read(f"{k}/state") == "off":
+                        break
+                    time.sleep(0.1)
             write(f"{DAMON}/kdamonds/nr_kdamonds", "0")
         except OSError as exc:
             say(f"  warning: stopping DAMON: {exc}")
@@ -319,6 +381,8 @@ def available(contenders: list[str]) -> list[tuple[str, str | None]]:
         elif c.startswith("nb2:"):
             if not Path(f"/proc/sys/kernel/{NB_KNOBS[0]}").exists():
                 why = "no numa_balancing tiering mode in this kernel"
+            elif c == "nb2:demote" and not Path(DEMOTION_ENABLED).exists():
+                why = f"no {DEMOTION_ENABLED}"
         elif c.startswith("damon:migrate_hot"):
             if not Path(f"{DAMON}/kdamonds/nr_kdamonds").exists():
                 why = "no DAMON sysfs interface"
@@ -333,7 +397,10 @@ def available(contenders: list[str]) -> list[tuple[str, str | None]]:
 # --- one run ---------------------------------------------------------------------------
 
 
-def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any]) -> dict[str, Any]:
+def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any],
+            filler: Any = None) -> dict[str, Any]:
+    """One contender on a fresh workload; ``filler``: the cold process holding node 0 (the
+    full fast tier case), whose pages found on node 1 at the end were demoted."""
     from workload import Workload
 
     say(f"-- {mech.name}: workload {a.hot_mib:g} MiB hot (1 page in {a.sparse} hot) + "
@@ -393,6 +460,12 @@ def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any]) -> d
         cold_on = g.count_on(w.pid, w.cold, FAST)
         ok = w.verify()
         alive = w.alive()
+    filler_info = None
+    if filler is not None:
+        filler_info = {"pages": len(filler.cold),
+                       "demoted_pages": g.count_on(filler.pid, filler.cold, SLOW),
+                       "verify_ok": filler.verify()}
+        ok = ok and filler_info["verify_ok"]
     promoted = hot_on + cold_on
     res = {
         "contender": mech.name, "regime": regime, "node0_free_at_start_mib": node0_free_at_start,
@@ -407,12 +480,45 @@ def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any]) -> d
         "vmstat_delta": {k: vm1[k] - vm0[k] for k in VMSTAT},
         "passes_per_s_before": base_rate, "passes_per_s_during": run_rate,
         "verify_ok": ok, "workload_alive": alive, "series": series, "extra": extra,
+        "filler": filler_info,
     }
     say(f"   => {mech.name}: t50 {fmt(t50)} s, t90 {fmt(t90)} s, hot {hot_on}/{n_hot}, cold "
         f"{cold_on}/{n_cold} on node 0, mechanism CPU {fmt(res['mechanism_cpu_s'], '{:.2f}')} s,"
         f" workload extra sys {res['workload_extra_stime_s']:.2f} s, passes/s "
         f"{base_rate:.1f} -> {run_rate:.1f}, verify {'OK' if ok else 'BAD'}")
     return res
+
+
+def mechanism(c: str, tmp: Path) -> Mechanism:
+    if c.startswith("kmigratedd:"):
+        return Kmigratedd(c.split(":", 1)[1], tmp)
+    if c.startswith("nb2:"):
+        return NumaBalancing(c.split(":", 1)[1])
+    return DamonMigrateHot(tuned=c.endswith("-tuned"), cold=c.endswith("+cold"))
+
+
+def run_full(c: str, a: argparse.Namespace, thr: float, out: dict[str, Any]
+             ) -> list[dict[str, Any]]:
+    """One contender on a full fast tier: a fresh cold process fills node 0 to
+    --full-free-mib free first, and is gone after."""
+    from workload import fill_node
+
+    say(f"filling node 0 to {a.full_free_mib:.0f} MiB free with a cold process")
+    filler = fill_node(FAST, a.full_free_mib)
+    try:
+        free = g.free_mib(FAST)
+        regime = {"node0": "full", "node0_free_mib": free, "threshold_mib": thr,
+                  "kernel_would_promote_unlimited": free > thr}
+        with tempfile.TemporaryDirectory() as td:
+            try:
+                return [run_one(mechanism(c, Path(td)), a, regime, filler)]
+            except Exception as exc:  # noqa: BLE001 - record and go on
+                say(f"   !! {c} failed: {exc!r}")
+                out["skipped"][c] = f"failed: {exc!r}"
+                return []
+    finally:
+        if filler is not None:
+            filler.stop()
 
 
 def fmt(v: float | None, f: str = "{:.1f}") -> str:
@@ -433,6 +539,9 @@ def main() -> int:
     ap.add_argument("--interval-s", type=float, default=1)
     ap.add_argument("--baseline-s", type=float, default=5)
     ap.add_argument("--fill-free-mib", type=float, default=700)
+    ap.add_argument("--full-free-mib", type=float, default=0,
+                    help="the full fast tier case: before each contender a fresh cold "
+                         "process fills node 0 to this many MiB free (0: off)")
     ap.add_argument("--contenders", default="kmigratedd:hint-faults,kmigratedd:damon,"
                     "kmigratedd:idle,nb2:filled,damon:migrate_hot,damon:migrate_hot-tuned,"
                     "nb2:empty")
@@ -454,6 +563,15 @@ def main() -> int:
             out["skipped"][c] = why
         else:
             todo.append(c)
+    if a.full_free_mib > 0:
+        try:
+            for c in todo:
+                out["runs"].extend(run_full(c, a, thr, out))
+                g.dump(a.out, out)
+        finally:
+            write(NB, "0")
+        g.dump(a.out, out)
+        return 0
     filled = [c for c in todo if not c.endswith(":empty")]
     empty = [c for c in todo if c.endswith(":empty")]
     filler = None
@@ -472,12 +590,7 @@ def main() -> int:
                 regime = {"node0": "filled" if fill else "empty", "node0_free_mib": free,
                           "threshold_mib": thr, "kernel_would_promote_unlimited": free > thr}
                 with tempfile.TemporaryDirectory() as td:
-                    if c.startswith("kmigratedd:"):
-                        mech: Mechanism = Kmigratedd(c.split(":", 1)[1], Path(td))
-                    elif c.startswith("nb2:"):
-                        mech = NumaBalancing(c.split(":", 1)[1])
-                    else:
-                        mech = DamonMigrateHot(tuned=c.endswith("-tuned"))
+                    mech = mechanism(c, Path(td))
                     try:
                         out["runs"].append(run_one(mech, a, regime))
                     except Exception as exc:  # noqa: BLE001 - record and go on

@@ -71,6 +71,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import math
 import os
 from array import array
 from collections import deque
@@ -165,7 +166,7 @@ class DamonSampler(SamplerBase[DamonRound]):
         demote = ctx.demote_queues is not None
         super().__init__(ctx, (
             "rounds", "regions_seen", "hot_regions", "candidates_offered", "pages_unconfirmed",
-            "pages_over_budget", "pages_probed", "pages_skipped_on_fast", "pid_gone",
+            "pages_sparse", "pages_over_budget", "pages_probed", "pages_skipped_on_fast", "pid_gone",
             "kdamond_starts", "kdamond_stops", "commits", "quiet_entered", "quiet_left",
             *(("cold_regions", "demotion_candidates_offered", "cold_pages_over_budget")
               if demote else ())))
@@ -332,7 +333,7 @@ class DamonSampler(SamplerBase[DamonRound]):
                          if r.nr_accesses >= self.cfg.hot_min_accesses and r.end > r.start)
             if cold_regions:
                 cold.extend((r, pid) for r in self._not_hot(pid, cold_regions, hot))
-            chosen.extend((r, pid) for r in self._confirm(pid, hot))
+            chosen.extend((r, pid) for r in self._confirm(pid, self._dense(hot)))
         self._history = {p: h for p, h in self._history.items() if p in self._targets}
         chosen.sort(key=lambda rp: (-rp[0].nr_accesses, -rp[0].age, rp[1], rp[0].start))
         cpus: dict[int, int | None] = {}
@@ -343,6 +344,21 @@ class DamonSampler(SamplerBase[DamonRound]):
         # region ages to the slowed aggregation, and cold regions would show up late.
         self._pace(bool(offers) or bool(cold_offers) or room > 0)
         return DamonRound(offers, cold_offers)
+
+    def _dense(self, hot: list[Region]) -> list[Region]:
+        """The hot regions whose access count says at least ``min_density`` of their pages
+        are hot.  DAMON samples one random page of a region per sampling interval, so
+        nr_accesses / (aggregation / sampling interval) estimates the share of the region's
+        pages that were accessed: a region where 1 page in 16 is hot counts about 1 in 16,
+        and offering all of its pages would promote 15 cold ones for each hot one.  The
+        pages of the others are counted in ``pages_sparse``."""
+        most = max(1, self.cfg.aggregate_interval_ms // self.cfg.sample_interval_ms)
+        need = max(self.cfg.hot_min_accesses, math.ceil(self.cfg.min_density * most))
+        dense = [r for r in hot if r.nr_accesses >= need]
+        if len(dense) != len(hot):
+            self.counters["pages_sparse"] += sum(
+                r.end - r.start for r in hot if r.nr_accesses < need) // self.page_size
+        return dense
 
     def _confirm(self, pid: int, hot: list[Region]) -> list[Region]:
         """The parts of this round's hot regions that were also hot in the previous
