@@ -117,11 +117,15 @@ def format_status(st: dict[str, Any]) -> str:
                 errors += " (headroom: blocked)"
             row += (f" {w['promoted_pages_per_s']:>9,.0f} {w['promoted_mb_per_s']:>8.1f} "
                     f"{w['promoted_pages']:>10,} {w['inbox_pages']:>7}  {errors}")
+            if w.get("promoted_pages"):
+                cold = w.get("promoted_then_cold", 0)
+                row += (f"\n{'':>4} precision guard: {cold:,} of the promoted pages seen cold "
+                        f"since ({100 * cold / w['promoted_pages']:.1f}%), "
+                        f"{w.get('demotion_regrets', 0):,} demoted pages wanted back")
             if w.get("room_needed_bytes") or w.get("demoted_pages"):
                 row += (f"\n{'':>4} exchange: room needed {_mib(w['room_needed_bytes'])}, "
                         f"{w['demoted_pages']:,} cold pages demoted, "
-                        f"{w['demote_inbox_pages']:,} waiting, "
-                        f"{w.get('demotion_regrets', 0):,} wanted back; promoted pages kept "
+                        f"{w['demote_inbox_pages']:,} waiting; promoted pages kept "
                         f"{w.get('promoted_protect_s', 0):g}s")
         lines.append(row.rstrip())
     lines.append(f"(rates over the last {st['rate_interval_s']:g}s)")

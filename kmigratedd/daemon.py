@@ -267,6 +267,7 @@ class Daemon:
                         "demote_inbox_pages": snap.demote_inbox_pages,
                         "demotion_refused": snap.demote_refused,
                         "demotion_regrets": snap.demote_regrets,
+                        "promoted_then_cold": snap.promoted_then_cold,
                         "promoted_protect_s": round(snap.protect_s, 1),
                         "dry_run_pages": snap.dry_run_pages,
                         "heartbeat_age_s": round(time.time() - snap.heartbeat, 3)

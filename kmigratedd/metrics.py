@@ -147,6 +147,10 @@ class KmigratedCollector(Collector):
         regrets = CounterMetricFamily("kmigratedd_demotion_regrets",
                                       "Demoted pages offered for promotion again within "
                                       "workers.pingpong_window_ms", labels=["node"])
+        guard = CounterMetricFamily("kmigratedd_promoted_then_cold_pages",
+                                    "Precision guard: pages promoted that the sampler then "
+                                    "saw cold (no access for demotion.cold_age_ms) while "
+                                    "still remembered, each counted once", labels=["node"])
         protect = GaugeMetricFamily("kmigratedd_promoted_protect_seconds",
                                     "How long a promoted page is not demoted: the ping-pong "
                                     "window, longer while demoted pages come back",
@@ -199,6 +203,7 @@ class KmigratedCollector(Collector):
             room.add_metric([n], s.room_needed_bytes)
             starved.add_metric([n], s.room_starved_seconds)
             regrets.add_metric([n], s.demote_regrets)
+            guard.add_metric([n], s.promoted_then_cold)
             protect.add_metric([n], s.protect_s)
         router = self.src.router()
         if router is not None:
@@ -221,7 +226,7 @@ class KmigratedCollector(Collector):
                 dropped.add_metric(["", reason], c)
             for reason, c in sorted(r.query_errors.items()):
                 whole.add_metric(["", reason], c)
-        yield from (dpages, dbytes, doutcomes, drefused, room, starved, regrets, protect)
+        yield from (dpages, dbytes, doutcomes, drefused, room, starved, regrets, guard, protect)
         yield from (pages, nbytes, outcomes, whole, dropped, batches, rate_s, head_s, enomem_s,
                     dry, pingpong, retried, beat, inbox, blocked)
 

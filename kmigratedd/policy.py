@@ -120,6 +120,10 @@ class PingPongDamper:
     size: int = 0
     pingpongs: int = 0
     regrets: int = 0     # demoted pages offered for promotion again within the window
+    # The precision guard: pages we promoted that a sampler then offered as cold (no access
+    # for demotion.cold_age_ms) while we still remember them, each counted once.
+    promoted_then_cold: int = 0
+    cold_seen: dict[int, set[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.protect_s = max(self.protect_s, self.window_s)
@@ -185,6 +189,18 @@ class PingPongDamper:
             return set()
         return {a for a in table.keys() & set(addrs) if now - table[a] <= self.protect_s}
 
+    def seen_cold(self, pid: int, addrs: Sequence[int]) -> int:
+        """Count the pages of ``addrs`` (offered as cold) that we promoted and still
+        remember, once each; returns how many were new."""
+        table = self.promoted.get(pid)
+        if not table:
+            return 0
+        seen = self.cold_seen.setdefault(pid, set())
+        new = (table.keys() & set(addrs)) - seen
+        seen |= new
+        self.promoted_then_cold += len(new)
+        return len(new)
+
     def adapt(self, demoted: int, regrets: int, max_protect_s: float) -> None:
         """Once a period, with the pages demoted and the regrets in it: double the
         protection while more than a REGRET_SHARE of the demoted pages come back within the
@@ -201,6 +217,7 @@ class PingPongDamper:
         self.size -= len(self.promoted.pop(pid, {}))
         self.held.pop(pid, None)
         self.demoted.pop(pid, None)
+        self.cold_seen.pop(pid, None)
 
     def expire(self, now: float) -> None:
         """Drop entries that can no longer matter (once per round)."""
@@ -212,6 +229,11 @@ class PingPongDamper:
                 self.promoted[pid] = fresh
             else:
                 del self.promoted[pid]
+            seen = self.cold_seen.get(pid)
+            if seen is not None:
+                seen &= fresh.keys()
+                if not seen:
+                    del self.cold_seen[pid]
         for pid, table in list(self.held.items()):
             fresh = {a: t for a, t in table.items() if t > now}
             if fresh:

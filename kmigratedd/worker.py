@@ -128,6 +128,7 @@ class WorkerSnapshot:
     demote_to: int | None
     demote_regrets: int
     protect_s: float
+    promoted_then_cold: int
 
 
 class NodeWorker(LoopStage):
@@ -199,7 +200,8 @@ class NodeWorker(LoopStage):
             demote_refused=dict(s.demote_refused),
             demote_inbox_pages=self.demote_inbox.pages if self.demote_inbox else 0,
             room_starved_seconds=s.room_starved_seconds, demote_to=self.demote_to,
-            demote_regrets=self.damper.regrets, protect_s=self.damper.protect_s)
+            demote_regrets=self.damper.regrets, protect_s=self.damper.protect_s,
+            promoted_then_cold=self.damper.promoted_then_cold)
 
     def take_observations(self) -> tuple[list[int], list[float]]:
         """Batch sizes and move durations since the last call (for the histograms)."""
@@ -465,6 +467,8 @@ class NodeWorker(LoopStage):
         room = self.room_needed(now)
         if room <= 0:
             if box.pages:  # room was made: the rest is offered again when it is needed
+                for pid, keys in list(box.keys.items()):
+                    self.damper.seen_cold(pid, shim.split_keys(keys, PAGE_MASK)[0])
                 self.stats.demote_refused["not_needed"] += box.clear()
             return
         oldest = box.oldest()
@@ -478,6 +482,7 @@ class NodeWorker(LoopStage):
         keys = box.take(pid, want)
         self.pipeline.drop_queued(pid, keys, demote=True)
         addrs, _ = shim.split_keys(keys, PAGE_MASK)
+        self.damper.seen_cold(pid, addrs)
         recent = self.damper.promoted_recently(pid, addrs, now)
         if recent:
             self.stats.demote_refused["promoted_recently"] += len(recent)

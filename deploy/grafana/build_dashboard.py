@@ -131,6 +131,17 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] =
           (rate("kmigratedd_worker_dropped_pages_total",
                 I + ', reason="below_adaptive_threshold"', "instance"),
            "{{instance}} held back (pages/s)")]),
+        ("timeseries", "Precision guard", "percentunit",
+         "Share of the pages promoted that the sampler then saw cold (no access for "
+         "demotion.cold_age_ms), and of the pages demoted that were wanted back within "
+         "workers.pingpong_window_ms. A sampler that promotes cold memory shows here "
+         "(hint-faults cannot see the fast tier: only the second applies to it).",
+         [(f"{rate('kmigratedd_promoted_then_cold_pages_total', IN)} / on (instance) "
+           f"group_left clamp_min({rate('kmigratedd_promoted_pages_total', I, 'instance')}, "
+           "1e-9)", "{{instance}} node {{node}} promoted, then cold"),
+          (f"{rate('kmigratedd_demotion_regrets_total', IN)} / on (instance) "
+           f"group_left clamp_min({rate('kmigratedd_demoted_pages_total', I, 'instance')}, "
+           "1e-9)", "{{instance}} node {{node}} demoted, then wanted back")]),
         ("timeseries", "Exchange regrets and protection", "short",
          "Demoted pages wanted back within workers.pingpong_window_ms (per second), and how "
          "long a promoted page is kept from demotion: the window, doubled while more than "

@@ -165,8 +165,9 @@ class DamonSampler(SamplerBase[DamonRound]):
                  max_cold_pages_per_round: int = MAX_COLD_PAGES_PER_ROUND) -> None:
         demote = ctx.demote_queues is not None
         super().__init__(ctx, (
-            "rounds", "regions_seen", "hot_regions", "candidates_offered", "pages_unconfirmed",
-            "pages_sparse", "pages_over_budget", "pages_probed", "pages_skipped_on_fast", "pid_gone",
+            "rounds", "regions_seen", "hot_regions", "candidates_offered",
+            "pages_unconfirmed", "pages_sparse", "pages_over_budget", "pages_probed",
+            "pages_skipped_on_fast", "pid_gone",
             "kdamond_starts", "kdamond_stops", "commits", "quiet_entered", "quiet_left",
             *(("cold_regions", "demotion_candidates_offered", "cold_pages_over_budget")
               if demote else ())))
