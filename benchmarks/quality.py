@@ -59,8 +59,9 @@ CASES = {"dense": 1, "sparse": 16}
 FULL_CASES = {"full128": 128, "full256": 256}
 FULL_FREE_MIB = 120
 FULL_MEM = ["4608M", "2048M"]
-FULL_CONTENDERS = "kmigratedd:damon,kmigratedd:hint-faults,nb2:demote,damon:migrate_hot+cold"
-FULL_IDLE_CONTENDERS = "kmigratedd:idle,nb2:demote"
+FULL_CONTENDERS = ("kmigratedd:auto,kmigratedd:damon,kmigratedd:hint-faults,nb2:demote,"
+                   "damon:migrate_hot+cold")
+FULL_IDLE_CONTENDERS = "kmigratedd:auto,kmigratedd:idle,nb2:demote"
 
 
 def raw_name(kernel: str, case: str) -> str:
@@ -320,7 +321,7 @@ def main() -> int:
                 args += ["--full-free-mib", str(FULL_FREE_MIB)]
             if kernel == "idle" and kernel != a.kernel:
                 args += ["--contenders", FULL_IDLE_CONTENDERS if full else
-                         "kmigratedd:idle,kmigratedd:hint-faults,nb2:filled"]
+                         "kmigratedd:auto,kmigratedd:idle,kmigratedd:hint-faults,nb2:filled"]
             elif a.contenders:
                 args += ["--contenders", a.contenders]
             elif full:

@@ -10,7 +10,8 @@ reached node 0, or at --bound-s.
 
 Contenders (those this kernel offers; --contenders picks):
   kmigratedd:<sampler>  the daemon (console script, config file: defaults except the
-                        sampler, a private state file / control socket, metrics port 0)
+                        sampler, a private state file / control socket, metrics port 0);
+                        kmigratedd:auto is the embedded default (sampler auto)
   nb2:filled            the kernel's NUMA balancing tiering mode (numa_balancing=2),
   nb2:empty             default knobs, with node 0 filled to --fill-free-mib free or empty
   damon:migrate_hot     DAMOS migrate_hot through the DAMON sysfs interface, paddr
@@ -374,7 +375,9 @@ def available(contenders: list[str]) -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = []
     for c in contenders:
         why: str | None = None
-        if c.startswith("kmigratedd:"):
+        if c == "kmigratedd:auto":
+            why = None  # the embedded default: whatever auto picks here
+        elif c.startswith("kmigratedd:"):
             f = FACTORIES.get(c.split(":", 1)[1])
             why = ("sampler not registered in kmigratedd.samplers.FACTORIES" if f is None
                    else f.probe(ctx))
@@ -542,9 +545,9 @@ def main() -> int:
     ap.add_argument("--full-free-mib", type=float, default=0,
                     help="the full fast tier case: before each contender a fresh cold "
                          "process fills node 0 to this many MiB free (0: off)")
-    ap.add_argument("--contenders", default="kmigratedd:hint-faults,kmigratedd:damon,"
-                    "kmigratedd:idle,nb2:filled,damon:migrate_hot,damon:migrate_hot-tuned,"
-                    "nb2:empty")
+    ap.add_argument("--contenders", default="kmigratedd:auto,kmigratedd:hint-faults,"
+                    "kmigratedd:damon,kmigratedd:idle,nb2:filled,damon:migrate_hot,"
+                    "damon:migrate_hot-tuned,nb2:empty")
     a = ap.parse_args()
     from workload import fill_node
 
