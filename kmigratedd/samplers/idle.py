@@ -785,15 +785,19 @@ class IdleSampler(SamplerBase[IdleRound]):
             kept += counts[age]
             age -= 1
         quota = array("Q", [budget - kept])
+        held = 0
         for pid in list(self._cold):
             addrs, nodes, ages = self._cold[pid]
-            if not shim.idle_pick(addrs, nodes, ages, age, quota):
+            self.counters["cold_pages_over_budget"] += len(addrs)
+            n = shim.idle_pick(addrs, nodes, ages, age, quota)
+            self.counters["cold_pages_over_budget"] -= n
+            held += n
+            if not n:
                 del self._cold[pid]
         for younger in range(age):
             counts[younger] = 0
-        counts[age] = budget - kept
-        self.counters["cold_pages_over_budget"] += self._cold_held - budget
-        self._cold_held = budget
+        counts[age] = budget - kept - quota[0]  # of the youngest age kept, those taken
+        self._cold_held = held
 
     def _collect_cold(self, cpus: dict[int, int | None]) -> list[Offer]:
         """The round's cold pages, oldest first within the budget, one offer per pid."""
