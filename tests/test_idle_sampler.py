@@ -1140,3 +1140,44 @@ def test_the_loop_delivers_cold_pages_to_the_demotion_queues(kern: FakeKernel) -
     got = merge(ctx.demote_queues.drain(1 << 16))
     assert set(got.addrs) == set(addrs) and set(got.pids) == {100}
     assert s.stats()["demotion_candidates_offered"] >= 64
+
+
+class TickingClock(Clock):
+    """A clock that moves ``step`` seconds at every reading."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+def test_a_round_that_ages_the_fast_tier_stops_after_the_interval(kern: FakeKernel) -> None:
+    """Testing the fast tier can take longer than the interval: such a round stops after
+    the interval (once it has scanned something) and the next continues there."""
+    p = kern.process(100)
+    chunk = 4096 * PAGE
+    for k in range(8):
+        p.map(0x10000000 + k * chunk, 64, [FAST + 64 * k + i for i in range(64)])
+    room = Room(0)
+    clock = TickingClock(0.3)
+    s = IdleSampler(demote_ctx(kern.root, (100,), room), clock=clock)
+    s.open()
+    try:
+        cold_round(s)  # no room needed: no time limit
+        st = s.stats()
+        assert st["pages_scanned"] == 8 * 64 and st["rounds_cut_by_time"] == 0
+        room.bytes = 1 << 30
+        scanned = []
+        for _ in range(6):
+            before = s.stats()["pages_scanned"]
+            cold_round(s)
+            scanned.append(s.stats()["pages_scanned"] - before)
+        st = s.stats()
+        assert 0 < max(scanned) < 8 * 64 and st["rounds_cut_by_time"] >= 5
+        assert st["fast_pages_aged"] == sum(scanned)  # every page read was aged
+        assert st["passes"] >= 2
+    finally:
+        s.close()

@@ -111,10 +111,15 @@ mappings (``/dev/*``) and hugetlbfs.
 tier (``ctx.room_needed()`` > 0, bytes, called in the executor thread) also tracks
 the pages present on a fast node, within the same scan budget: they join the batch,
 are tested and marked like the slow-tier pages, and a chunk with nothing on the slow
-tier is read every pass.  A fast-tier page's state is the time since which it is
-known idle, in ticks of ``demotion.cold_age_ms`` / :data:`COLD_TICKS`, one byte
-modulo 256: set when the page is found accessed (and marked again) or first seen as
-its PFN, kept while it is found idle.  The ticks are read before the test and after
+tier is read every pass.  Testing the fast tier can cost more than the interval (the
+kernel walks the rmap of every idle page it tests), so such a round also stops once
+it has scanned for ``sampler.interval_ms`` and the next one continues where it
+stopped, as with the budget: hot and cold candidates go out every interval or so.
+
+A fast-tier page's state is the time since which it is known idle, in ticks of
+``demotion.cold_age_ms`` / :data:`COLD_TICKS`, one byte modulo 256: set when the page
+is found accessed (and marked again) or first seen as its PFN, kept while it is found
+idle.  The ticks are read before the test and after
 the marking, so a page's age never exceeds the time since the mark it is still idle
 from, whatever the pass period; an age is held at :data:`MAX_IDLE_TICKS` while the
 page is seen, and a page not seen for 256 ticks or more (no room needed meanwhile)
@@ -152,6 +157,7 @@ pass);
 ``huge_pages`` (THP heads tested); ``hugetlb_skipped`` (2 MiB slots);
 ``candidates_offered``; ``budget_exhausted`` (rounds cut by the budget);
 with demotion on, ``fast_aging_rounds`` (rounds that aged the fast tier),
+``rounds_cut_by_time`` (of those, rounds stopped after ``sampler.interval_ms``),
 ``fast_pages_aged`` and ``fast_pages_accessed`` (their tests, and those found
 accessed), ``cold_pages_found``, ``demotion_candidates_offered`` and
 ``cold_pages_over_budget`` (cold pages left out by the round's cold budget);
@@ -325,9 +331,9 @@ class IdleSampler(SamplerBase[IdleRound]):
         super().__init__(ctx, ("rounds", "passes", "pages_scanned", "pages_skipped_fast",
                                "pages_marked", "batches_sorted", "candidates_offered",
                                "pid_gone", "permission_denied", "budget_exhausted",
-                               *(("fast_aging_rounds", "cold_pages_found",
-                                  "demotion_candidates_offered", "cold_pages_over_budget")
-                                 if self.demoting else ())))
+                               *(("fast_aging_rounds", "rounds_cut_by_time",
+                                  "cold_pages_found", "demotion_candidates_offered",
+                                  "cold_pages_over_budget") if self.demoting else ())))
         cfg = ctx.config.sampler.idle
         self.history_rounds = cfg.history_rounds
         self.hot_rounds = cfg.hot_rounds
@@ -375,6 +381,10 @@ class IdleSampler(SamplerBase[IdleRound]):
         self._procs: dict[int, _Proc] = {}
         self._cursor: tuple[int, int] = (0, 0)
         self._credit = 0
+        # A round that ages the fast tier stops scanning at this clock() time (None: no
+        # limit), once it has scanned something: see "Cold pages" in the module docstring.
+        self._deadline: float | None = None
+        self._round_credit = 0
         self._bitmap_fd: int | None = None
         self._kpageflags_fd: int | None = None
         self._warned: set[int] = set()
@@ -459,12 +469,14 @@ class IdleSampler(SamplerBase[IdleRound]):
             self._credit = min(self._credit + per_round, max(per_round, self.chunk_pages))
         else:
             self._credit = budget_pages
+        self._round_credit = self._credit
         self.counters["rounds"] += 1
         self._batch_len = 0
         self._segments = []
         self._offers = {}
         self.cold_offers = []
         self._begin_cold()
+        self._deadline = self._clock() + self.interval_s if self._aging_fast else None
         try:
             self._round()
         except _Stopping:
@@ -565,6 +577,10 @@ class IdleSampler(SamplerBase[IdleRound]):
         while addr < end:
             if self.stopping:
                 raise _Stopping
+            if (self._deadline is not None and self._credit < self._round_credit
+                    and self._clock() >= self._deadline):
+                self.counters["rounds_cut_by_time"] += 1
+                return addr
             piece_end = min(end, (addr // chunk_bytes + 1) * chunk_bytes)
             n = (piece_end - addr) >> shift
             key = addr >> self._chunk_shift
