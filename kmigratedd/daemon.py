@@ -52,7 +52,7 @@ from .worker import NodeWorker, WorkerStats, inbox_limit
 log = logging.getLogger("kmigratedd")
 
 # Samplers that see accesses on the fast tier and offer its cold pages for demotion.
-DEMOTING_SAMPLERS = ("damon",)
+DEMOTING_SAMPLERS = ("damon", "idle")
 
 
 @dataclass

@@ -514,14 +514,16 @@ def idle_test_batch(fd: int, pfns: Any, idle: Any, again: Any, scratch: Any) -> 
 
 def idle_age(idle: Any, tags: Any, nodes: Any, hist: Any, chunk_tags: Any, history_rounds: int,
              hot_rounds: int, addr: int, hot_addrs: Any, hot_nodes: Any, hot_weights: Any,
-             counts: array[int], page_size: int = PAGE_SIZE) -> int:
+             counts: array[int], page_size: int = PAGE_SIZE, mask: bytes | None = None) -> int:
     """Fold a segment's test results into its aging history (see native/kmidle.h).
 
     ``idle``, ``tags``, ``hist`` and ``chunk_tags`` are byte buffers, ``nodes``
     4-byte, of one entry per page; the hot pages go to ``hot_addrs`` (8-byte),
     ``hot_nodes`` (4-byte) and ``hot_weights`` (4-byte unsigned); ``counts`` is
-    ``array('Q')`` of [tracked pages, accesses counted] added to.  Returns the
-    number of hot pages, whose addresses are ``addr`` + their index * ``page_size``.
+    ``array('Q')`` of [tracked pages, accesses counted] added to.  With ``mask``
+    (one byte per node), only the pages on a node whose byte is non-zero are
+    tracked.  Returns the number of hot pages, whose addresses are ``addr`` +
+    their index * ``page_size``.
     """
     if not 1 <= history_rounds <= 8 or hot_rounds < 0:
         raise ShimArgumentError(f"history_rounds {history_rounds} / hot_rounds {hot_rounds}")
@@ -535,10 +537,75 @@ def idle_age(idle: Any, tags: Any, nodes: Any, hist: Any, chunk_tags: Any, histo
         raise ShimArgumentError("counts: needs array('Q') of 2")
     return int(lib.km_idle_age(_bytes_buffer(idle, n, "idle", writable=False),
                                _bytes_buffer(tags, n, "tags", writable=False), c_n, n,
+                               ffi.NULL if mask is None else mask,
+                               0 if mask is None else len(mask),
                                _bytes_buffer(hist, n, "hist"),
                                _bytes_buffer(chunk_tags, n, "chunk_tags"), history_rounds,
                                hot_rounds, addr, page_size, c_ha, c_hn,
                                ffi.cast("uint32_t *", c_hw), ffi.from_buffer("uint64_t[]", counts)))
+
+
+def idle_cold(idle: Any, tags: Any, nodes: Any, fast: bytes, since: Any, chunk_tags: Any,
+              test_tick: int, mark_tick: int, cold_ticks: int, max_age: int, addr: int,
+              cold_addrs: Any,
+              cold_nodes: Any, cold_ages: Any, age_counts: array[int], counts: array[int],
+              page_size: int = PAGE_SIZE) -> int:
+    """Fold a segment's test results into the idle ages of its fast-tier pages (see
+    native/kmidle.h).
+
+    ``idle``, ``tags``, ``since`` and ``chunk_tags`` are byte buffers, ``nodes``
+    4-byte, of one entry per page; ``fast`` has one byte per node (non-zero: aged).
+    Ages are in ticks modulo 256: ``test_tick`` (before the test) ages the pages found
+    idle, ``mark_tick`` (after the marking) starts the others; a page idle for
+    ``cold_ticks`` or more goes to ``cold_addrs`` (8-byte), ``cold_nodes`` (4-byte)
+    and ``cold_ages`` (4-byte unsigned), and ``age_counts`` (``array('Q')`` of 256)
+    counts it by age.  ``counts`` is ``array('Q')`` of [pages aged, accesses found]
+    added to.  Returns the number of cold pages.
+    """
+    if not 0 <= cold_ticks <= max_age <= 255:
+        raise ShimArgumentError(f"cold_ticks {cold_ticks} / max_age {max_age}: need "
+                                "0 <= cold_ticks <= max_age <= 255")
+    c_n, n = _buffer(nodes, 4, "nodes")
+    c_ca, a = _buffer(cold_addrs, 8, "cold_addrs")
+    c_cn, b = _buffer(cold_nodes, 4, "cold_nodes")
+    c_cg, c = _buffer(cold_ages, 4, "cold_ages")
+    if min(a, b, c) < n:
+        raise ShimArgumentError(f"cold_*: need room for {n} pages")
+    if age_counts.typecode != "Q" or len(age_counts) < 256:
+        raise ShimArgumentError("age_counts: needs array('Q') of 256")
+    if counts.typecode != "Q" or len(counts) < 2:
+        raise ShimArgumentError("counts: needs array('Q') of 2")
+    return int(lib.km_idle_cold(_bytes_buffer(idle, n, "idle", writable=False),
+                                _bytes_buffer(tags, n, "tags", writable=False), c_n, n,
+                                fast, len(fast), _bytes_buffer(since, n, "since"),
+                                _bytes_buffer(chunk_tags, n, "chunk_tags"), test_tick & 255,
+                                mark_tick & 255, cold_ticks, max_age, addr, page_size, c_ca,
+                                c_cn, ffi.cast("uint32_t *", c_cg),
+                                ffi.from_buffer("uint64_t[]", age_counts),
+                                ffi.from_buffer("uint64_t[]", counts)))
+
+
+def idle_pick(addrs: array[int], nodes: array[int], weights: array[int], min_weight: int,
+              quota: array[int]) -> int:
+    """Keep, in order, the entries of weight > ``min_weight`` and the first ``quota[0]``
+    of weight == ``min_weight`` (``quota``, ``array('Q')`` of 1, is decremented by
+    those kept); the arrays (``'Q'``, ``'i'``, ``'I'``) are truncated to what is kept.
+    Returns the number kept."""
+    n = len(addrs)
+    if len(nodes) != n or len(weights) != n:
+        raise ShimArgumentError("idle_pick: addrs, nodes and weights differ in length")
+    if weights.typecode != "I" or quota.typecode != "Q" or len(quota) < 1:
+        raise ShimArgumentError("idle_pick: weights needs array('I'), quota array('Q') of 1")
+    c_a, _ = _buffer(addrs, 8, "addrs")
+    c_n, _ = _buffer(nodes, 4, "nodes")
+    c_w, c_q = ffi.from_buffer(weights), ffi.from_buffer("uint64_t[]", quota)
+    try:
+        k = int(lib.km_idle_pick(c_a, c_n, ffi.cast("uint32_t *", c_w), n, min_weight, c_q))
+    finally:
+        for c in (c_a, c_n, c_w, c_q):  # an array exporting its buffer cannot be resized
+            ffi.release(c)
+    del addrs[k:], nodes[k:], weights[k:]
+    return k
 
 
 # --- candidate batches (native/kmcand.c) ------------------------------------

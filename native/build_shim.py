@@ -34,7 +34,7 @@ EXPORTED = frozenset({
     "km_perf_supported_sample_type", "km_perf_open", "km_perf_drain",
     "km_samples_filter", "km_samples_by_node",
     "km_pread_words", "km_pagemap_pfns", "km_idle_mark", "km_idle_test", "km_idle_track",
-    "km_idle_test_batch", "km_idle_age",
+    "km_idle_test_batch", "km_idle_age", "km_idle_cold", "km_idle_pick",
     "km_cand_prepare", "km_cand_targets", "km_select_u64", "km_runs_i32", "km_keys_for",
     "km_sort_unique_u64", "km_remove_sorted_u64", "km_split_keys",
 })

@@ -294,10 +294,10 @@ long km_idle_test_batch(int fd, const uint64_t *pfns, size_t n, uint8_t *idle,
 }
 
 long km_idle_age(const uint8_t *idle, const uint8_t *tags, const int32_t *nodes, size_t n,
-                 uint8_t *hist, uint8_t *chunk_tags, unsigned int history_rounds,
-                 unsigned int hot_rounds, uint64_t addr, uint64_t page_size,
-                 uint64_t *hot_addrs, int32_t *hot_nodes, uint32_t *hot_weights,
-                 uint64_t *counts)
+                 const uint8_t *mask, size_t nmask, uint8_t *hist, uint8_t *chunk_tags,
+                 unsigned int history_rounds, unsigned int hot_rounds, uint64_t addr,
+                 uint64_t page_size, uint64_t *hot_addrs, int32_t *hot_nodes,
+                 uint32_t *hot_weights, uint64_t *counts)
 {
 	unsigned int window = (1u << history_rounds) - 1;
 	long hot = 0;
@@ -305,10 +305,11 @@ long km_idle_age(const uint8_t *idle, const uint8_t *tags, const int32_t *nodes,
 
 	for (i = 0; i < n; i++) {
 		uint8_t t = tags[i];
+		int32_t node = nodes[i];
 		unsigned int access, h, w;
 
-		if (!t) {	/* not tracked: forget */
-			hist[i] = 0;
+		if (!t || (mask && (node < 0 || (size_t)node >= nmask || !mask[node]))) {
+			hist[i] = 0;	/* not tracked: forget */
 			chunk_tags[i] = 0;
 			continue;
 		}
@@ -321,10 +322,75 @@ long km_idle_age(const uint8_t *idle, const uint8_t *tags, const int32_t *nodes,
 		w = (unsigned int)__builtin_popcount(h);
 		if (w >= hot_rounds) {
 			hot_addrs[hot] = addr + i * page_size;
-			hot_nodes[hot] = nodes[i];
+			hot_nodes[hot] = node;
 			hot_weights[hot] = w;
 			hot++;
 		}
 	}
 	return hot;
+}
+
+long km_idle_cold(const uint8_t *idle, const uint8_t *tags, const int32_t *nodes, size_t n,
+                  const uint8_t *fast, size_t nfast, uint8_t *since, uint8_t *chunk_tags,
+                  unsigned int test_tick, unsigned int mark_tick, unsigned int cold_ticks,
+                  unsigned int max_age, uint64_t addr, uint64_t page_size,
+                  uint64_t *cold_addrs, int32_t *cold_nodes, uint32_t *cold_ages,
+                  uint64_t *age_counts, uint64_t *counts)
+{
+	uint8_t tested = (uint8_t)test_tick, marked = (uint8_t)mark_tick;
+	long cold = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		uint8_t t = tags[i];
+		int32_t node = nodes[i];
+		unsigned int age;
+
+		if (!t || node < 0 || (size_t)node >= nfast || !fast[node]) {
+			since[i] = 0;	/* not aged: forget */
+			chunk_tags[i] = 0;
+			continue;
+		}
+		counts[0]++;
+		if (chunk_tags[i] != t || idle[i] == 0) {
+			counts[1] += chunk_tags[i] == t;
+			since[i] = marked;
+			chunk_tags[i] = t;
+			continue;
+		}
+		age = (uint8_t)(tested - since[i]);
+		if (age > max_age) {
+			age = max_age;
+			since[i] = (uint8_t)(tested - max_age);
+		}
+		if (age >= cold_ticks) {
+			cold_addrs[cold] = addr + i * page_size;
+			cold_nodes[cold] = node;
+			cold_ages[cold] = age;
+			age_counts[age]++;
+			cold++;
+		}
+	}
+	return cold;
+}
+
+long km_idle_pick(uint64_t *addrs, int32_t *nodes, uint32_t *weights, size_t n,
+                  uint32_t min_weight, uint64_t *quota)
+{
+	size_t i, k = 0;
+
+	for (i = 0; i < n; i++) {
+		if (weights[i] < min_weight)
+			continue;
+		if (weights[i] == min_weight) {
+			if (!*quota)
+				continue;
+			(*quota)--;
+		}
+		addrs[k] = addrs[i];
+		nodes[k] = nodes[i];
+		weights[k] = weights[i];
+		k++;
+	}
+	return (long)k;
 }

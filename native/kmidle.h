@@ -71,19 +71,56 @@ long km_idle_test_batch(int fd, const uint64_t *pfns, size_t n, uint8_t *idle,
 
 /*
  * Fold one segment's test results into its aging history.  Per page i: a page
- * with tags[i] == 0 is not tracked (hist and chunk_tags cleared); else the
- * result counts as an access when idle[i] == 0 and the page was marked last
- * time as the same PFN (chunk_tags[i] == tags[i]); hist[i] = (hist[i] << 1 |
- * access) within history_rounds bits; chunk_tags[i] = tags[i].  A page accessed
- * in at least hot_rounds of its history is hot: its address (addr + i *
- * page_size), node and weight (accessed rounds) are appended to hot_addrs,
- * hot_nodes and hot_weights (room for n each).  counts[0] += tracked pages,
- * counts[1] += accesses counted.  Returns the number of hot pages.
+ * is tracked when tags[i] != 0 and, with a mask (mask != NULL), its node is in
+ * it (nodes[i] < nmask and mask[nodes[i]] != 0); a page not tracked is
+ * forgotten (hist and chunk_tags cleared).  A tracked page's result counts as
+ * an access when idle[i] == 0 and the page was marked last time as the same PFN
+ * (chunk_tags[i] == tags[i]); hist[i] = (hist[i] << 1 | access) within
+ * history_rounds bits; chunk_tags[i] = tags[i].  A page accessed in at least
+ * hot_rounds of its history is hot: its address (addr + i * page_size), node
+ * and weight (accessed rounds) are appended to hot_addrs, hot_nodes and
+ * hot_weights (room for n each).  counts[0] += tracked pages, counts[1] +=
+ * accesses counted.  Returns the number of hot pages.
  */
 long km_idle_age(const uint8_t *idle, const uint8_t *tags, const int32_t *nodes, size_t n,
-                 uint8_t *hist, uint8_t *chunk_tags, unsigned int history_rounds,
-                 unsigned int hot_rounds, uint64_t addr, uint64_t page_size,
-                 uint64_t *hot_addrs, int32_t *hot_nodes, uint32_t *hot_weights,
-                 uint64_t *counts);
+                 const uint8_t *mask, size_t nmask, uint8_t *hist, uint8_t *chunk_tags,
+                 unsigned int history_rounds, unsigned int hot_rounds, uint64_t addr,
+                 uint64_t page_size, uint64_t *hot_addrs, int32_t *hot_nodes,
+                 uint32_t *hot_weights, uint64_t *counts);
+
+/*
+ * Fold one segment's test results into the idle ages of its fast-tier pages
+ * (the idle sampler's demotion candidates).  Ages are in ticks, kept modulo
+ * 256: since[i] is the tick from which page i is known to be idle.  The ticks
+ * are taken before the test (test_tick) and after the pages found accessed
+ * were marked again (mark_tick), so that an age never exceeds the time the page
+ * has been seen idle.  Per page i: a page is aged when tags[i] != 0 and
+ * fast[nodes[i]] != 0 (nodes[i] < nfast); any other page is forgotten (since
+ * and chunk_tags cleared).  An aged page found accessed (idle[i] == 0), or seen
+ * for the first time as this PFN (chunk_tags[i] != tags[i]: it was not marked
+ * as this PFN), gets since[i] = mark_tick; a page found idle again keeps
+ * since[i], its age being (test_tick - since[i]) mod 256, held at max_age
+ * (since[i] moved up) so that it does not wrap while the page is seen.
+ * chunk_tags[i] = tags[i].  A page of age >= cold_ticks is cold: its address
+ * (addr + i * page_size), node and age are appended to cold_addrs, cold_nodes
+ * and cold_ages (room for n each), and age_counts[age] += 1 (256 entries).
+ * counts[0] += pages aged, counts[1] += accesses found (same PFN, idle[i] ==
+ * 0).  Returns the number of cold pages.
+ */
+long km_idle_cold(const uint8_t *idle, const uint8_t *tags, const int32_t *nodes, size_t n,
+                  const uint8_t *fast, size_t nfast, uint8_t *since, uint8_t *chunk_tags,
+                  unsigned int test_tick, unsigned int mark_tick, unsigned int cold_ticks,
+                  unsigned int max_age, uint64_t addr, uint64_t page_size,
+                  uint64_t *cold_addrs, int32_t *cold_nodes, uint32_t *cold_ages,
+                  uint64_t *age_counts, uint64_t *counts);
+
+/*
+ * Keep, in order, the entries with weights[i] > min_weight and the first
+ * *quota of those with weights[i] == min_weight (*quota decremented by the
+ * number kept), moving them to the front of addrs, nodes and weights.
+ * Returns the number of entries kept.
+ */
+long km_idle_pick(uint64_t *addrs, int32_t *nodes, uint32_t *weights, size_t n,
+                  uint32_t min_weight, uint64_t *quota);
 
 #endif

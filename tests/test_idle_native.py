@@ -170,8 +170,9 @@ def test_track_matches_the_model(tmp_path_factory: pytest.TempPathFactory,
 
 
 @settings(max_examples=150, deadline=None)
-@given(data=st.data(), history=st.integers(1, 8))
-def test_age_matches_the_model(data: st.DataObject, history: int) -> None:
+@given(data=st.data(), history=st.integers(1, 8),
+       mask=st.one_of(st.none(), st.binary(min_size=0, max_size=4)))
+def test_age_matches_the_model(data: st.DataObject, history: int, mask: bytes | None) -> None:
     hot_rounds = data.draw(st.integers(0, history))
     n = data.draw(st.integers(0, 200))
     page = st.lists(st.integers(0, 255), min_size=n, max_size=n)
@@ -184,9 +185,11 @@ def test_age_matches_the_model(data: st.DataObject, history: int) -> None:
     addr = data.draw(st.integers(0, 1 << 40)) * shim.PAGE_SIZE
 
     window = (1 << history) - 1
+    tracked = [bool(t) and (mask is None or 0 <= nd < len(mask) and bool(mask[nd]))
+               for t, nd in zip(tags, nodes)]
     m_hist, m_hot, m_counts = [], [], [0, 0]
     for i in range(n):
-        if not tags[i]:
+        if not tracked[i]:
             m_hist.append(0)
             continue
         access = int(idle[i] == 0 and old_tags[i] == tags[i])
@@ -202,8 +205,92 @@ def test_age_matches_the_model(data: st.DataObject, history: int) -> None:
     out_w = array("I", bytes(4 * n))
     counts = array("Q", [0, 0])
     nhot = shim.idle_age(bytes(idle), bytes(tags), array("i", nodes), c_hist, c_tags, history,
-                         hot_rounds, addr, out_a, out_n, out_w, counts)
+                         hot_rounds, addr, out_a, out_n, out_w, counts, mask=mask)
     assert list(c_hist) == m_hist
-    assert list(c_tags) == tags
+    assert list(c_tags) == [t if k else 0 for t, k in zip(tags, tracked)]
     assert list(counts) == m_counts
     assert list(zip(out_a[:nhot], out_n[:nhot], out_w[:nhot])) == m_hot
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_cold_matches_the_model(data: st.DataObject) -> None:
+    n = data.draw(st.integers(0, 200))
+    page = st.lists(st.integers(0, 255), min_size=n, max_size=n)
+    idle = data.draw(st.lists(st.sampled_from([0, 1, 2]), min_size=n, max_size=n))
+    tags = [t if t == 0 else t | 0x80 for t in data.draw(page)]
+    old_tags = [t if k % 2 else o for k, (t, o) in enumerate(zip(tags, data.draw(page)))]
+    since = data.draw(page)
+    nodes = data.draw(st.lists(st.integers(-1, 3), min_size=n, max_size=n))
+    fast = data.draw(st.binary(min_size=0, max_size=4))
+    max_age = data.draw(st.integers(0, 255))
+    cold_ticks = data.draw(st.integers(0, max_age))
+    test_tick = data.draw(st.integers(0, 1 << 20))
+    mark_tick = test_tick + data.draw(st.integers(0, 3))
+    addr = data.draw(st.integers(0, 1 << 40)) * shim.PAGE_SIZE
+
+    m_since, m_tags, m_cold, m_counts = [], [], [], [0, 0]
+    m_ages = [0] * 256
+    for i in range(n):
+        nd = nodes[i]
+        if not tags[i] or not (0 <= nd < len(fast) and fast[nd]):
+            m_since.append(0)
+            m_tags.append(0)
+            continue
+        m_counts[0] += 1
+        m_tags.append(tags[i])
+        if old_tags[i] != tags[i] or idle[i] == 0:
+            m_counts[1] += old_tags[i] == tags[i]
+            m_since.append(mark_tick % 256)
+            continue
+        age = (test_tick - since[i]) % 256
+        if age > max_age:
+            age = max_age
+        m_since.append((test_tick - age) % 256)
+        if age >= cold_ticks:
+            m_cold.append((addr + i * shim.PAGE_SIZE, nd, age))
+            m_ages[age] += 1
+
+    c_since, c_tags = bytearray(since), bytearray(old_tags)
+    out_a, out_n = array("Q", bytes(8 * n)), array("i", bytes(4 * n))
+    out_w = array("I", bytes(4 * n))
+    ages, counts = array("Q", bytes(8 * 256)), array("Q", [0, 0])
+    ncold = shim.idle_cold(bytes(idle), bytes(tags), array("i", nodes), fast, c_since, c_tags,
+                           test_tick, mark_tick, cold_ticks, max_age, addr, out_a, out_n, out_w,
+                           ages, counts)
+    assert list(c_since) == m_since
+    assert list(c_tags) == m_tags
+    assert list(counts) == m_counts
+    assert list(ages) == m_ages
+    assert list(zip(out_a[:ncold], out_n[:ncold], out_w[:ncold])) == m_cold
+
+
+def test_cold_checks_its_arguments() -> None:
+    one = array("i", [0])
+    with pytest.raises(ShimArgumentError, match="max_age"):
+        shim.idle_cold(b"\1", b"\x81", one, b"\1", bytearray(1), bytearray(1), 0, 0, 200, 300,
+                       0, array("Q", [0]), array("i", [0]), array("I", [0]),
+                       array("Q", bytes(8 * 256)), array("Q", [0, 0]))
+    with pytest.raises(ShimArgumentError, match="age_counts"):
+        shim.idle_cold(b"\1", b"\x81", one, b"\1", bytearray(1), bytearray(1), 0, 0, 1, 2, 0,
+                       array("Q", [0]), array("i", [0]), array("I", [0]), array("Q", [0]),
+                       array("Q", [0, 0]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(weights=st.lists(st.integers(0, 6)), min_weight=st.integers(0, 7),
+       quota=st.integers(0, 20))
+def test_pick_matches_the_model(weights: list[int], min_weight: int, quota: int) -> None:
+    addrs = [0x1000 * (i + 1) for i in range(len(weights))]
+    nodes = [i % 3 for i in range(len(weights))]
+    left, want = quota, []
+    for a, nd, w in zip(addrs, nodes, weights):
+        if w < min_weight or (w == min_weight and not left):
+            continue
+        left -= w == min_weight
+        want.append((a, nd, w))
+    c_a, c_n, c_w = array("Q", addrs), array("i", nodes), array("I", weights)
+    q = array("Q", [quota])
+    assert shim.idle_pick(c_a, c_n, c_w, min_weight, q) == len(want)
+    assert list(zip(c_a, c_n, c_w)) == want
+    assert q[0] == left

@@ -775,3 +775,409 @@ def test_start_stop_idempotent_and_rounds_run(kern: FakeKernel) -> None:
                 "permission_denied", "budget_exhausted", "errors"):
         assert key in st
     assert s._bitmap_fd is None
+
+
+# --- cold pages of the fast tier (demotion) ---------------------------------
+
+FAST = 64 * 4000  # a PFN range on node 0, the fast node
+
+
+class Clock:
+    """monotonic() for the sampler, moved by the test."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Room:
+    """ctx.room_needed(): the bytes the test sets."""
+
+    def __init__(self, nbytes: int = 0) -> None:
+        self.bytes = nbytes
+
+    def __call__(self) -> int:
+        return self.bytes
+
+
+def demote_ctx(root: Path, pids: tuple[int, ...], room: Room, *, cold_age_ms: int = 5000,
+               batch_pages: int = 1, **kw: object) -> SamplerContext:
+    ctx = make_ctx(root, pids, **kw)  # type: ignore[arg-type]
+    cfg = dataclasses.replace(
+        ctx.config, workers=dataclasses.replace(ctx.config.workers, batch_pages=batch_pages),
+        demotion=dataclasses.replace(ctx.config.demotion, cold_age_ms=cold_age_ms))
+    return dataclasses.replace(ctx, config=cfg, room_needed=room,
+                               demote_queues=CandidateQueues(range(4), 1 << 16))
+
+
+def cold_round(s: IdleSampler, budget: int | None = None) -> dict[tuple[int, int], tuple[int, int]]:
+    """One round; its hot pages pushed, and its demotion candidates as
+    (pid, addr) -> (node, age in ticks)."""
+    s.push(s.scan_round(budget))
+    return {(o.pid, a): (n, w) for o in s.cold_offers
+            for a, n, w in zip(o.addrs, o.nodes, o.weights)}
+
+
+COLD_S = 5.0  # demotion.cold_age_ms of demote_ctx
+TICK_S = COLD_S / idle_mod.COLD_TICKS
+
+
+def test_the_daemon_demotes_with_the_idle_sampler() -> None:
+    from kmigratedd.daemon import DEMOTING_SAMPLERS
+
+    assert "idle" in DEMOTING_SAMPLERS
+
+
+def test_fast_tier_pages_are_aged_only_while_room_is_needed(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    fast = [FAST + i for i in range(64)]
+    addrs = p.map(0x10000000, 64, fast)
+    slow = [NODE1 + 64 * 4000 + i for i in range(64)]
+    p.map(0x20000000, 64, slow)
+    room, clock = Room(0), Clock()
+    ctx = demote_ctx(kern.root, (100,), room)
+    s = IdleSampler(ctx, clock=clock)
+    s.open()
+    try:
+        for _ in range(3):
+            assert cold_round(s) == {}
+            clock.t += COLD_S
+        st = s.stats()
+        assert kern.idle_bits(fast) == [0] * 64  # neither tested nor marked
+        assert st["fast_pages_aged"] == 0 and st["fast_aging_rounds"] == 0
+        assert st["pages_tested"] == 3 * 64  # the slow tier as without demotion
+        room.bytes = 1 << 20
+        assert cold_round(s) == {}  # first seen: marked, age 0
+        assert kern.idle_bits(fast) == [1] * 64
+        clock.t += COLD_S + TICK_S
+        got = cold_round(s)
+        assert set(got) == {(100, a) for a in addrs}
+        assert {n for n, _ in got.values()} == {0}  # the fast node, from the PFN
+        st = s.stats()
+        assert st["fast_aging_rounds"] == 2 and st["fast_pages_aged"] == 2 * 64
+        assert st["cold_pages_found"] == 64 and st["pages_tested"] == 5 * 64
+        assert drain(ctx) == {}  # nothing hot
+        room.bytes = 0
+        assert cold_round(s) == {}
+        assert s.stats()["fast_pages_aged"] == 2 * 64
+    finally:
+        s.close()
+
+
+def test_only_pages_idle_for_the_cold_age_are_offered(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    fast = [FAST + i for i in range(64)]
+    addrs = p.map(0x10000000, 64, fast)
+    room, clock = Room(1 << 30), Clock()
+    s = IdleSampler(demote_ctx(kern.root, (100,), room), clock=clock)
+    s.open()
+    try:
+        cold_round(s)  # marked at t0
+        clock.t += COLD_S - 0.01
+        kern.access(fast[:16])  # touched just before the cold age: a new mark
+        assert cold_round(s) == {}
+        clock.t += TICK_S + 0.02  # t0 + cold age + a tick: the other 48 are cold
+        assert set(cold_round(s)) == {(100, a) for a in addrs[16:]}
+        clock.t += COLD_S - 2 * TICK_S  # the 16: idle since their mark, not yet cold_age
+        assert set(cold_round(s)) == {(100, a) for a in addrs[16:]}
+        clock.t += 2 * TICK_S
+        assert set(cold_round(s)) == {(100, a) for a in addrs}
+    finally:
+        s.close()
+
+
+def test_accessed_pages_are_never_offered(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    fast = [FAST + i for i in range(256)]
+    addrs = p.map(0x10000000, 256, fast)
+    hot = fast[::4]
+    room, clock = Room(1 << 30), Clock()
+    s = IdleSampler(demote_ctx(kern.root, (100,), room), clock=clock)
+    s.open()
+    offered: set[tuple[int, int]] = set()
+    try:
+        for _ in range(40):
+            kern.access(hot)
+            offered |= set(cold_round(s))
+            clock.t += 1.0
+        assert offered == {(100, a) for i, a in enumerate(addrs) if i % 4}
+        st = s.stats()
+        assert st["fast_pages_accessed"] == 39 * 64  # every test of a hot page but the first
+    finally:
+        s.close()
+
+
+def test_cold_pages_oldest_first_within_the_budget(kern: FakeKernel) -> None:
+    """The budget is twice the pages of room needed (at least a worker batch): the oldest
+    pages go, and the rest is counted."""
+    p = kern.process(100)
+    q = kern.process(101)
+    old = p.map(0x10000000, 64, [FAST + i for i in range(64)])
+    room, clock = Room(16 * PAGE), Clock()  # a budget of 32 pages
+    s = IdleSampler(demote_ctx(kern.root, (100, 101), room, batch_pages=8), clock=clock)
+    s.open()
+    try:
+        cold_round(s)
+        clock.t += 3 * TICK_S
+        middle = q.map(0x10000000, 64, [FAST + 64 + i for i in range(64)])
+        cold_round(s)
+        clock.t += 3 * TICK_S
+        young = p.map(0x40000000, 64, [FAST + 128 + i for i in range(64)])
+        cold_round(s)
+        clock.t += COLD_S + TICK_S
+        got = cold_round(s)  # ages: old 23, middle 20, young 17 ticks: old fills the budget
+        assert set(got) == {(100, a) for a in old[:32]}
+        assert {w for _, w in got.values()} == {23}
+        assert s.stats()["cold_pages_over_budget"] == 64 * 3 - 32
+        room.bytes = 64 * PAGE  # 128 pages: old, middle, none of young
+        got = cold_round(s)
+        assert set(got) == {(100, a) for a in old} | {(101, a) for a in middle}
+        room.bytes = 1  # at least a worker batch: the 8 oldest
+        assert set(cold_round(s)) == {(100, a) for a in old[:8]}
+        room.bytes = 1 << 40  # at most max_cold_pages_per_round
+    finally:
+        s.close()
+    s = IdleSampler(demote_ctx(kern.root, (100, 101), room), clock=clock,
+                    max_cold_pages_per_round=100)
+    s.open()
+    try:
+        cold_round(s)
+        clock.t += COLD_S + TICK_S
+        got = cold_round(s)
+        # all of age 17: those found first (pid 100 first, in address order) go
+        assert set(got) == {(100, a) for a in old} | {(100, a) for a in young[:36]}
+        assert all(n == 0 for n, _ in got.values())
+    finally:
+        s.close()
+
+
+def test_the_cold_pages_held_in_a_round_stay_bounded(kern: FakeKernel,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cold pages beyond twice the budget are cut as they are found, keeping the oldest."""
+    p = kern.process(100)
+    chunks = [p.map(0x10000000 + k * (4096 * PAGE), 1024, [FAST + k * 4096 + i
+                                                           for i in range(1024)])
+              for k in range(8)]
+    room, clock = Room(100 * PAGE), Clock()  # 200 pages a round
+    s = IdleSampler(demote_ctx(kern.root, (100,), room), clock=clock)
+    s.open()
+    held: list[int] = []
+    real = s._keep_oldest
+
+    def keep_oldest() -> None:
+        held.append(s._cold_held)
+        real()
+
+    monkeypatch.setattr(s, "_keep_oldest", keep_oldest)
+    try:
+        cold_round(s)
+        clock.t += COLD_S
+        p.set_pfns(chunks[5][0], [FAST + 5 * 4096 + i for i in range(1024)])
+        kern.access([FAST + 5 * 4096 + i for i in range(1024)])  # chunk 5: touched
+        clock.t += 3 * TICK_S
+        got = cold_round(s)
+        assert len(got) == 200 and all(w == 19 for _, w in got.values())
+        assert max(held) <= 2 * 200 + 1024  # never more than twice the budget and a piece
+        assert s.stats()["cold_pages_over_budget"] == 7 * 1024 - 200
+    finally:
+        s.close()
+
+
+def test_ages_survive_rounds_without_room_needed(kern: FakeKernel) -> None:
+    """While no room is needed the fast tier is not tested; a page idle all along is cold at
+    its first test once room is needed again, a page touched meanwhile is not."""
+    p = kern.process(100)
+    fast = [FAST + i for i in range(64)]
+    addrs = p.map(0x10000000, 64, fast)
+    room, clock = Room(1 << 30), Clock()
+    s = IdleSampler(demote_ctx(kern.root, (100,), room), clock=clock)
+    s.open()
+    try:
+        cold_round(s)
+        room.bytes = 0
+        for _ in range(5):
+            clock.t += 2.0
+            cold_round(s)
+        kern.access(fast[:8])
+        room.bytes = 1 << 30
+        assert set(cold_round(s)) == {(100, a) for a in addrs[8:]}
+    finally:
+        s.close()
+
+
+def test_an_age_is_held_and_never_wraps_while_the_page_is_seen(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    fast = [FAST + i for i in range(8)]
+    p.map(0x10000000, 8, fast)
+    room, clock = Room(1 << 30), Clock()
+    s = IdleSampler(demote_ctx(kern.root, (100,), room), clock=clock)
+    s.open()
+    try:
+        cold_round(s)
+        ages = []
+        for _ in range(12):
+            clock.t += 40 * TICK_S
+            ages.append({w for _, w in cold_round(s).values()})
+        assert ages == [{40}, {80}, {120}] + [{idle_mod.MAX_IDLE_TICKS}] * 9
+    finally:
+        s.close()
+
+
+def test_hot_pages_of_the_slow_tier_while_aging_the_fast_tier(kern: FakeKernel) -> None:
+    """Aging the fast tier changes nothing for the slow tier; a page promoted starts over
+    as a fast-tier page, and a page demoted leaves the fast tier's ages."""
+    p = kern.process(100)
+    slow = [NODE1 + 64 * 4100 + i for i in range(64)]
+    addrs = p.map(0x10000000, 64, slow)
+    fast = [FAST + i for i in range(64)]
+    faddrs = p.map(0x20000000, 64, fast)
+    room, clock = Room(1 << 30), Clock()
+    ctx = demote_ctx(kern.root, (100,), room, hot=2)
+    s = IdleSampler(ctx, clock=clock)
+    s.open()
+    try:
+        cold_round(s)
+        for _ in range(2):
+            kern.access(slow + fast)
+            clock.t += COLD_S
+            assert cold_round(s) == {}
+        assert drain(ctx) == {(100, a): (1, 2) for a in addrs}  # no fast page is hot
+        # the slow pages go up (new PFNs on node 0), the fast ones down (node 1)
+        p.set_pfns(addrs[0], [FAST + 1000 + i for i in range(64)])
+        p.set_pfns(faddrs[0], [NODE1 + 64 * 4200 + i for i in range(64)])
+        clock.t += 10 * COLD_S
+        assert cold_round(s) == {}  # promoted pages: first seen, age 0
+        clock.t += COLD_S + TICK_S
+        assert set(cold_round(s)) == {(100, a) for a in addrs}
+        assert s.stats()["pages_accessed"] == 2 * 64
+    finally:
+        s.close()
+
+
+def test_cold_state_of_exited_and_unmapped_processes_is_dropped(kern: FakeKernel) -> None:
+    a = kern.process(100)
+    b = kern.process(101)
+    a.map(0x10000000, 64, [FAST + i for i in range(64)])
+    a.map(0x80000000, 64, [FAST + 64 + i for i in range(64)])
+    b.map(0x10000000, 64, [FAST + 128 + i for i in range(64)])
+    room, clock = Room(1 << 30), Clock()
+    s = IdleSampler(demote_ctx(kern.root, (100, 101), room), clock=clock)
+    s.open()
+    try:
+        cold_round(s)
+        st = s.stats()
+        assert st["tracked_pids"] == 2 and st["state_bytes"] == 3 * 2 * s.chunk_pages
+        b.exit()
+        a.unmap_all()
+        a.map(0x10000000, 64, [FAST + i for i in range(64)])
+        clock.t += COLD_S + TICK_S
+        got = cold_round(s)
+        assert {pid for pid, _ in got} == {100} and len(got) == 64
+        st = s.stats()
+        assert st["tracked_pids"] == 1 and st["state_bytes"] == 2 * s.chunk_pages
+        assert st["pid_gone"] == 1
+    finally:
+        s.close()
+
+
+def test_pid_gone_before_its_cold_pages_are_offered(kern: FakeKernel,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    a = kern.process(100)
+    a.map(0x10000000, 64, [FAST + i for i in range(64)])
+    room, clock = Room(1 << 30), Clock()
+    s = IdleSampler(demote_ctx(kern.root, (100,), room), clock=clock)
+    s.open()
+    try:
+        cold_round(s)
+        clock.t += COLD_S + TICK_S
+        monkeypatch.setattr(idle_mod, "last_cpu", lambda fs, pid: None)
+        assert cold_round(s) == {}
+        assert s.stats()["pid_gone"] == 1 and s.stats()["tracked_pids"] == 0
+    finally:
+        s.close()
+
+
+def test_room_needed_failing_is_counted_and_hot_pages_still_go(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    slow = [NODE1 + 64 * 4300 + i for i in range(64)]
+    p.map(0x10000000, 64, slow)
+
+    def broken() -> int:
+        raise RuntimeError("no workers yet")
+
+    ctx = demote_ctx(kern.root, (100,), Room(), hot=1)
+    ctx = dataclasses.replace(ctx, room_needed=broken)
+    s = IdleSampler(ctx)
+    s.open()
+    try:
+        cold_round(s)
+        kern.access(slow)
+        cold_round(s)
+        assert len(drain(ctx)) == 64
+        assert s.stats()["errors"] == 2 and s.stats()["fast_aging_rounds"] == 0
+    finally:
+        s.close()
+
+
+def test_the_loop_delivers_cold_pages_to_the_demotion_queues(kern: FakeKernel) -> None:
+    p = kern.process(100)
+    addrs = p.map(0x10000000, 64, [FAST + i for i in range(64)])
+    ctx = demote_ctx(kern.root, (100,), Room(1 << 30), cold_age_ms=100, interval_ms=10)
+    s = IdleSampler(ctx)
+
+    async def run() -> None:
+        await s.start()
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if s.stats()["demotion_candidates_offered"] >= 64:
+                break
+        await s.stop()
+
+    asyncio.run(run())
+    assert ctx.demote_queues is not None
+    got = merge(ctx.demote_queues.drain(1 << 16))
+    assert set(got.addrs) == set(addrs) and set(got.pids) == {100}
+    assert s.stats()["demotion_candidates_offered"] >= 64
+
+
+class TickingClock(Clock):
+    """A clock that moves ``step`` seconds at every reading."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+def test_a_round_that_ages_the_fast_tier_stops_after_the_interval(kern: FakeKernel) -> None:
+    """Testing the fast tier can take longer than the interval: such a round stops after
+    the interval (once it has scanned something) and the next continues there."""
+    p = kern.process(100)
+    chunk = 4096 * PAGE
+    for k in range(8):
+        p.map(0x10000000 + k * chunk, 64, [FAST + 64 * k + i for i in range(64)])
+    room = Room(0)
+    clock = TickingClock(0.3)
+    s = IdleSampler(demote_ctx(kern.root, (100,), room), clock=clock)
+    s.open()
+    try:
+        cold_round(s)  # no room needed: no time limit
+        st = s.stats()
+        assert st["pages_scanned"] == 8 * 64 and st["rounds_cut_by_time"] == 0
+        room.bytes = 1 << 30
+        scanned = []
+        for _ in range(6):
+            before = s.stats()["pages_scanned"]
+            cold_round(s)
+            scanned.append(s.stats()["pages_scanned"] - before)
+        st = s.stats()
+        assert 0 < max(scanned) < 8 * 64 and st["rounds_cut_by_time"] >= 5
+        assert st["fast_pages_aged"] == sum(scanned)  # every page read was aged
+        assert st["passes"] >= 2
+    finally:
+        s.close()

@@ -1,4 +1,5 @@
-"""Idle page tracking sampler: which slow-tier pages of the processes in scope were touched.
+"""Idle page tracking sampler: which slow-tier pages of the processes in scope were touched
+(and, while promotion needs room, which fast-tier pages were not).
 
 Every round (``sampler.interval_ms``) the sampler walks the processes in scope
 and, for each one, the mappings of ``/proc/PID/maps`` it can promote from,
@@ -8,7 +9,7 @@ within a scan budget; for each piece of a mapping it
 2. keeps the pages that are present on a slower-tier node (PFN → memory block →
    node: ``topology.block_node_table()``), the head only of a transparent huge
    page, and appends their PFNs to a batch (``shim.idle_track``) — pages on the
-   fast tier are never tested, marked, nor remembered;
+   fast tier only in rounds that age them for demotion (below);
 3. tests the batch (up to :data:`BATCH_PAGES` pages) against
    ``/sys/kernel/mm/page_idle/bitmap`` (``shim.idle_test_batch``: was the idle
    bit set last round cleared by an access?), in **PFN order** if it is not
@@ -16,7 +17,9 @@ within a scan budget; for each piece of a mapping it
    (``shim.idle_mark``) for the next round — those found idle still are, and
    marking them again would only repeat the rmap walk the test just did;
 4. folds the result into an aging history per page and collects the hot pages
-   (``shim.idle_age``), which it offers to the candidate queues.
+   (``shim.idle_age``), which it offers to the candidate queues; in rounds that
+   age the fast tier, folds the fast-tier pages' results into their idle ages
+   (``shim.idle_cold``) and collects the cold ones.
 
 Every per-page step is one C call over the whole piece or batch
 (native/kmidle.c); Python handles mappings, budget, state and failures.
@@ -103,10 +106,43 @@ processes), mappings without read and write access (PROT_NONE reservations,
 code), special mappings (``[vsyscall]``, ``[vdso]``, ``[vvar]``...), device
 mappings (``/dev/*``) and hugetlbfs.
 
+**Cold pages (demotion).**  When the daemon gives the context demotion queues
+(``ctx.demote_queues``), a round that starts while promotion needs room on the fast
+tier (``ctx.room_needed()`` > 0, bytes, called in the executor thread) also tracks
+the pages present on a fast node, within the same scan budget: they join the batch,
+are tested and marked like the slow-tier pages, and a chunk with nothing on the slow
+tier is read every pass.  Testing the fast tier can cost more than the interval (the
+kernel walks the rmap of every idle page it tests), so such a round also stops once
+it has scanned for ``sampler.interval_ms`` and the next one continues where it
+stopped, as with the budget: hot and cold candidates go out every interval or so.
+
+A fast-tier page's state is the time since which it is known idle, in ticks of
+``demotion.cold_age_ms`` / :data:`COLD_TICKS`, one byte modulo 256: set when the page
+is found accessed (and marked again) or first seen as its PFN, kept while it is found
+idle.  The ticks are read before the test and after
+the marking, so a page's age never exceeds the time since the mark it is still idle
+from, whatever the pass period; an age is held at :data:`MAX_IDLE_TICKS` while the
+page is seen, and a page not seen for 256 ticks or more (no room needed meanwhile)
+may look younger than it is, never older.  A page idle for at least
+:data:`COLD_TICKS` + 1 ticks (``cold_age_ms`` rounded up, as the mark may have
+happened late in its tick) is cold; a page seen accessed within ``cold_age_ms`` never
+is.  The oldest of the round's cold pages go to the demotion queues (weight: the age
+in ticks; of equal age, those found first), at most twice the pages of room needed
+(at least ``workers.batch_pages``, at most :data:`MAX_COLD_PAGES_PER_ROUND`; a THP
+counts as one), with the node known from the PFN: the router checks it again.  A
+round holds at most twice its cold budget (plus a piece) while it scans: beyond
+that, it keeps the oldest.  While no room is needed, fast-tier pages are neither
+tested nor marked: the sampler costs what it costs without demotion, and their ages
+are kept (the idle bit says whether a page was touched since its mark, however long
+ago), so when room is needed again a page that stayed idle is cold at its first
+test.  A page first seen while room is needed is cold at its first test
+``cold_age_ms`` or more after that one.
+
 Memory: two bytes per tracked slow-tier page (history + PFN tag), kept in
-16 MiB-aligned chunks of the address space that hold at least one tracked page;
-the state of a pid that leaves the scope or exits, and of chunks no longer
-mapped or holding no slow-tier page at the end of a pass, is dropped.  A pid
+16 MiB-aligned chunks of the address space that hold at least one tracked page,
+and two bytes per aged fast-tier page (idle-since tick + PFN tag) in chunks of
+their own; the state of a pid that leaves the scope or exits, and of chunks no
+longer mapped or holding no tracked page at the end of a pass, is dropped.  A pid
 reused by a new process (another start time) starts afresh.  Scratch buffers for one
 batch (PFNs, tags, nodes, results, sort space: about 40 bytes a page, 2.7 MiB with 4 KiB
 pages) are allocated once and reused round after round.
@@ -120,6 +156,11 @@ pass);
 ``pages_accessed`` (tests that counted as an access); ``pages_marked``;
 ``huge_pages`` (THP heads tested); ``hugetlb_skipped`` (2 MiB slots);
 ``candidates_offered``; ``budget_exhausted`` (rounds cut by the budget);
+with demotion on, ``fast_aging_rounds`` (rounds that aged the fast tier),
+``rounds_cut_by_time`` (of those, rounds stopped after ``sampler.interval_ms``),
+``fast_pages_aged`` and ``fast_pages_accessed`` (their tests, and those found
+accessed), ``cold_pages_found``, ``demotion_candidates_offered`` and
+``cold_pages_over_budget`` (cold pages left out by the round's cold budget);
 ``pid_gone``, ``permission_denied``, ``errors``; and ``tracked_pids`` and
 ``state_bytes``, the memory the history holds.
 
@@ -137,7 +178,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import shim
@@ -167,6 +210,14 @@ BATCH_PAGES = 1 << 16
 # every this many passes (staggered by chunk): a process whose memory all sits on the
 # fast tier costs 1/8 of its pagemap per round (see the module docstring).
 FAST_RECHECK_PASSES = 8
+
+# A fast-tier page's idle age is counted in ticks of demotion.cold_age_ms / COLD_TICKS;
+# it is cold at COLD_TICKS + 1 ticks (see "Cold pages" in the module docstring).
+COLD_TICKS = 16
+# Ages are held here while a page is seen (one byte modulo 256 must not wrap).
+MAX_IDLE_TICKS = 128
+# Cold pages a round offers at most (256 MiB of 4 KiB pages).
+MAX_COLD_PAGES_PER_ROUND = 1 << 16
 
 # Special mappings whose name is in brackets but that hold ordinary anonymous memory.
 _ANON_NAMES = ("[heap]", "[stack]")
@@ -218,14 +269,33 @@ class _Chunk:
 
 
 @dataclass
+class _ColdChunk:
+    """Per-page idle ages of the fast-tier pages of one chunk of the address space."""
+
+    since: bytearray  # the tick (mod 256) since which the page is known idle
+    tag: bytearray  # as _Chunk.tag
+
+
+@dataclass
 class _Proc:
     pid: int
     start_time: int
     chunks: dict[int, _Chunk] = field(default_factory=dict)
+    cold: dict[int, _ColdChunk] = field(default_factory=dict)
     visited: set[int] = field(default_factory=set)  # chunks seen since the pass began
-    slow_seen: set[int] = field(default_factory=set)  # ... holding a slow-tier page
+    # ... holding a tracked page: on the slow tier, or on any tier in a round that ages
+    # the fast tier
+    slow_seen: set[int] = field(default_factory=set)
     fast: set[int] = field(default_factory=set)  # chunks without one at their last read
     passes: int = 0
+
+
+@dataclass
+class IdleRound:
+    """One round's candidates: hot pages to promote, cold pages to demote."""
+
+    hot: list[Offer] = field(default_factory=list)
+    cold: list[Offer] = field(default_factory=list)
 
 
 @dataclass
@@ -248,15 +318,22 @@ class _Stopping(Exception):
     pass
 
 
-class IdleSampler(SamplerBase[list[Offer]]):
-    """Scans page_idle bits of slow-tier pages; see the module docstring."""
+class IdleSampler(SamplerBase[IdleRound]):
+    """Scans page_idle bits of slow-tier pages (and of fast-tier pages while promotion
+    needs room); see the module docstring.  ``clock`` (monotonic seconds) is injectable
+    for tests."""
 
     name = "idle"
 
-    def __init__(self, ctx: SamplerContext) -> None:
+    def __init__(self, ctx: SamplerContext, *, clock: Callable[[], float] = time.monotonic,
+                 max_cold_pages_per_round: int = MAX_COLD_PAGES_PER_ROUND) -> None:
+        self.demoting = ctx.demote_queues is not None
         super().__init__(ctx, ("rounds", "passes", "pages_scanned", "pages_skipped_fast",
                                "pages_marked", "batches_sorted", "candidates_offered",
-                               "pid_gone", "permission_denied", "budget_exhausted"))
+                               "pid_gone", "permission_denied", "budget_exhausted",
+                               *(("fast_aging_rounds", "rounds_cut_by_time",
+                                  "cold_pages_found", "demotion_candidates_offered",
+                                  "cold_pages_over_budget") if self.demoting else ())))
         cfg = ctx.config.sampler.idle
         self.history_rounds = cfg.history_rounds
         self.hot_rounds = cfg.hot_rounds
@@ -266,6 +343,16 @@ class IdleSampler(SamplerBase[list[Offer]]):
         block_shift, self._block_table = ctx.topology.block_node_table()
         self._pfn_block_shift = block_shift - self.page_shift
         self._slow_mask = ctx.topology.slow_node_mask()
+        fast = set(ctx.topology.fast_nodes)
+        self._fast_mask = bytes(1 if n in fast else 0 for n in range(len(self._slow_mask)))
+        # The nodes whose pages a round tracks: the slow tier's, and in a round that ages
+        # the fast tier, the fast tier's too.
+        self._both_mask = bytes(a | b for a, b in zip(self._slow_mask, self._fast_mask))
+        self._track_mask = self._slow_mask
+        self._clock = clock
+        self.tick_s = ctx.config.demotion.cold_age_ms / 1000 / COLD_TICKS
+        self.max_cold_pages_per_round = max_cold_pages_per_round
+        self.min_cold_pages = ctx.config.workers.batch_pages
         hpage = ctx.fs.read_optional(HPAGE_PMD_SIZE)
         hpage_bytes = int(hpage) if hpage and hpage.strip().isdigit() else 2 << 20
         self.huge_pages = max(1, hpage_bytes // ps)
@@ -284,12 +371,20 @@ class IdleSampler(SamplerBase[list[Offer]]):
         self._hot_addrs = array("Q", bytes(8 * self.chunk_pages))
         self._hot_nodes = array("i", bytes(4 * self.chunk_pages))
         self._hot_weights = array("I", bytes(4 * self.chunk_pages))
+        self._cold_addrs = array("Q", bytes(8 * self.chunk_pages))
+        self._cold_nodes = array("i", bytes(4 * self.chunk_pages))
+        self._cold_ages = array("I", bytes(4 * self.chunk_pages))
+        self._fast_aged = array("Q", [0, 0])  # fast-tier pages aged, accesses found
         self._batch_len = 0
         self._huge = array("Q", [0, 0])  # THP heads, hugetlbfs slots
         self._aged = array("Q", [0, 0])  # pages tested, accesses counted
         self._procs: dict[int, _Proc] = {}
         self._cursor: tuple[int, int] = (0, 0)
         self._credit = 0
+        # A round that ages the fast tier stops scanning at this clock() time (None: no
+        # limit), once it has scanned something: see "Cold pages" in the module docstring.
+        self._deadline: float | None = None
+        self._round_credit = 0
         self._bitmap_fd: int | None = None
         self._kpageflags_fd: int | None = None
         self._warned: set[int] = set()
@@ -298,6 +393,13 @@ class IdleSampler(SamplerBase[list[Offer]]):
         # round scratch
         self._segments: list[_Segment] = []
         self._offers: dict[int, list[tuple[array[int], array[int], array[int]]]] = {}
+        self._aging_fast = False  # this round ages the fast tier
+        self._cold_budget = 0
+        # pid -> the round's cold pages (addresses, nodes, ages), within the cold budget
+        self._cold: dict[int, tuple[array[int], array[int], array[int]]] = {}
+        self._cold_held = 0
+        self._age_counts = array("Q", bytes(8 * 256))  # the round's cold pages by age
+        self.cold_offers: list[Offer] = []  # the last scan_round's demotion candidates
 
     # --- probe and lifecycle ----------------------------------------------------
 
@@ -338,22 +440,28 @@ class IdleSampler(SamplerBase[list[Offer]]):
                 setattr(self, attr, None)
 
     def extra_stats(self) -> dict[str, int]:
-        return {"pages_tested": self._aged[0], "pages_accessed": self._aged[1],
-                "huge_pages": self._huge[0], "hugetlb_skipped": self._huge[1],
-                "tracked_pids": self._tracked_pids, "state_bytes": self._state_bytes}
+        out = {"pages_tested": self._aged[0], "pages_accessed": self._aged[1],
+               "huge_pages": self._huge[0], "hugetlb_skipped": self._huge[1],
+               "tracked_pids": self._tracked_pids, "state_bytes": self._state_bytes}
+        if self.demoting:
+            out["fast_pages_aged"], out["fast_pages_accessed"] = self._fast_aged
+        return out
 
-    def collect(self) -> list[Offer]:
-        return self.scan_round()
+    def collect(self) -> IdleRound:
+        hot = self.scan_round()
+        return IdleRound(hot, self.cold_offers)
 
-    def deliver(self, result: list[Offer]) -> None:
-        self.push(result)
+    def deliver(self, result: IdleRound) -> None:
+        self.push(result.hot)
+        self.push_cold(result.cold)
 
     # --- one round --------------------------------------------------------------
 
     def scan_round(self, budget_pages: int | None = None) -> list[Offer]:
         """Scan up to ``budget_pages`` pages (default: the per-second budget times the
         interval, plus carried-over credit), test and re-mark them, and return the hot
-        pages to offer.  Never raises for a process's sake; runs off the event loop."""
+        pages to offer; the cold pages to offer for demotion are left in
+        ``cold_offers``.  Never raises for a process's sake; runs off the event loop."""
         if self._bitmap_fd is None:
             raise RuntimeError("IdleSampler.open() first")
         if budget_pages is None:
@@ -361,19 +469,26 @@ class IdleSampler(SamplerBase[list[Offer]]):
             self._credit = min(self._credit + per_round, max(per_round, self.chunk_pages))
         else:
             self._credit = budget_pages
+        self._round_credit = self._credit
         self.counters["rounds"] += 1
         self._batch_len = 0
         self._segments = []
         self._offers = {}
+        self.cold_offers = []
+        self._begin_cold()
+        self._deadline = self._clock() + self.interval_s if self._aging_fast else None
         try:
             self._round()
         except _Stopping:
             return []
         finally:
             self._flush()
-        offers = self._collect()
+        cpus: dict[int, int | None] = {}
+        offers = self._collect(cpus)
+        self.cold_offers = self._collect_cold(cpus)
         self._tracked_pids = len(self._procs)
-        self._state_bytes = sum(len(p.chunks) for p in self._procs.values()) * 2 * self.chunk_pages
+        self._state_bytes = sum(len(p.chunks) + len(p.cold)
+                                for p in self._procs.values()) * 2 * self.chunk_pages
         return offers
 
     def _round(self) -> None:
@@ -462,10 +577,15 @@ class IdleSampler(SamplerBase[list[Offer]]):
         while addr < end:
             if self.stopping:
                 raise _Stopping
+            if (self._deadline is not None and self._credit < self._round_credit
+                    and self._clock() >= self._deadline):
+                self.counters["rounds_cut_by_time"] += 1
+                return addr
             piece_end = min(end, (addr // chunk_bytes + 1) * chunk_bytes)
             n = (piece_end - addr) >> shift
             key = addr >> self._chunk_shift
-            if key in proc.fast and (proc.passes + key) % FAST_RECHECK_PASSES:
+            if (key in proc.fast and (proc.passes + key) % FAST_RECHECK_PASSES
+                    and not self._aging_fast):
                 proc.visited.add(key)  # mapped still; not read this pass
                 self.counters["pages_skipped_fast"] += n
                 addr = piece_end
@@ -498,7 +618,7 @@ class IdleSampler(SamplerBase[list[Offer]]):
         pos = self._batch_len
         end = pos + n
         if not shim.idle_track(entries, addr >> self.page_shift, self._pfn_block_shift,
-                               self._block_table, self._slow_mask, self.huge_pages,
+                               self._block_table, self._track_mask, self.huge_pages,
                                self._kpageflags_fd, self._pfns[pos:end], self._tags[pos:end],
                                self._nodes[pos:end], self._huge):
             self._forget(proc, key, off, n)
@@ -510,10 +630,16 @@ class IdleSampler(SamplerBase[list[Offer]]):
             self._flush()
 
     def _forget(self, proc: _Proc, key: int, off: int, n: int) -> None:
+        """A piece with no tracked page: its slow-tier history goes, and in a round that
+        ages the fast tier, its fast-tier ages too."""
         chunk = proc.chunks.get(key)
         if chunk is not None:
             chunk.hist[off:off + n] = bytes(n)
             chunk.tag[off:off + n] = bytes(n)
+        cold = proc.cold.get(key) if self._aging_fast else None
+        if cold is not None:
+            cold.since[off:off + n] = bytes(n)
+            cold.tag[off:off + n] = bytes(n)
 
     def _end_pass(self, proc: _Proc) -> None:
         """Drop chunks not seen in this pass (unmapped) or holding no tracked page."""
@@ -521,6 +647,9 @@ class IdleSampler(SamplerBase[list[Offer]]):
         for key in [k for k, c in proc.chunks.items()
                     if k not in proc.visited or c.tag.count(0) == size]:
             del proc.chunks[key]
+        for key in [k for k, c in proc.cold.items()
+                    if k not in proc.visited or c.tag.count(0) == size]:
+            del proc.cold[key]
         proc.fast = proc.visited - proc.slow_seen
         proc.visited, proc.slow_seen = set(), set()
         proc.passes += 1
@@ -536,6 +665,7 @@ class IdleSampler(SamplerBase[list[Offer]]):
         self._batch_len, self._segments = 0, []
         fd = self._bitmap_fd
         assert fd is not None
+        test_tick = int(self._clock() / self.tick_s)
         try:
             # Only the pages found accessed are marked again: those found idle still
             # are (PG_idle set, every PTE old), and marking them would repeat the rmap
@@ -550,31 +680,38 @@ class IdleSampler(SamplerBase[list[Offer]]):
             self.counters["errors"] += 1
             log.warning("idle sampler: %s: %d pages not tested this round", exc, n)
             return
+        mark_tick = int(self._clock() / self.tick_s)
         for seg in segments:
             self._age(seg)
+            if self._aging_fast:
+                self._age_cold(seg, test_tick, mark_tick)
 
     def _age(self, seg: _Segment) -> None:
         proc = seg.proc
         chunk = proc.chunks.get(seg.key)
+        fresh = chunk is None
         if chunk is None:
-            chunk = proc.chunks[seg.key] = _Chunk(bytearray(self.chunk_pages),
-                                                  bytearray(self.chunk_pages))
+            chunk = _Chunk(bytearray(self.chunk_pages), bytearray(self.chunk_pages))
+        tracked = self._aged[0]
         lo, hi = seg.off, seg.off + seg.n
         p, q = seg.pos, seg.pos + seg.n
         nhot = shim.idle_age(self._idle[p:q], self._tags[p:q], self._nodes[p:q],
                              memoryview(chunk.hist)[lo:hi], memoryview(chunk.tag)[lo:hi],
                              self.history_rounds, self.hot_rounds, seg.addr, self._hot_addrs,
                              self._hot_nodes, self._hot_weights, self._aged,
-                             page_size=self.page_size)
+                             page_size=self.page_size,
+                             mask=self._slow_mask if self._aging_fast else None)
+        if fresh and self._aged[0] != tracked:  # a chunk is kept once it tracks a page
+            proc.chunks[seg.key] = chunk
         if nhot:
             self._offers.setdefault(proc.pid, []).append(
                 (self._hot_addrs[:nhot], self._hot_nodes[:nhot], self._hot_weights[:nhot]))
 
-    def _collect(self) -> list[Offer]:
+    def _collect(self, cpus: dict[int, int | None]) -> list[Offer]:
         out = []
         offers, self._offers = self._offers, {}
         for pid, parts in offers.items():
-            cpu = last_cpu(self.ctx.fs, pid)
+            cpu = self._cpu(pid, cpus)
             if cpu is None:
                 self._gone(pid)
                 continue
@@ -586,12 +723,118 @@ class IdleSampler(SamplerBase[list[Offer]]):
             out.append(Offer(pid, cpu, addrs, nodes, weights))
         return out
 
+    def _cpu(self, pid: int, cpus: dict[int, int | None]) -> int | None:
+        """The CPU pid last ran on (its queue), looked up once a round; None: it exited."""
+        if pid not in cpus:
+            cpus[pid] = last_cpu(self.ctx.fs, pid)
+        return cpus[pid]
+
+    # --- cold pages (demotion) ----------------------------------------------------
+
+    def _room_needed(self) -> int:
+        """``ctx.room_needed()`` (bytes), 0 if it fails (counted)."""
+        try:
+            return max(0, int(self.ctx.room_needed()))
+        except Exception as exc:  # the round's hot pages still go out
+            self.counters["errors"] += 1
+            log.warning("idle sampler: room_needed: %s", exc)
+            return 0
+
+    def _begin_cold(self) -> None:
+        """Does this round age the fast tier?  Only with demotion on and room needed; its
+        cold budget is twice the pages of room needed (the router keeps only those on a
+        fast node), at least a worker batch, at most ``max_cold_pages_per_round``."""
+        room = self._room_needed() if self.demoting else 0
+        if room > 0 and not self._aging_fast:
+            log.info("idle sampler: promotion needs %d MiB of room: fast-tier pages are aged",
+                     room >> 20)
+        elif room <= 0 and self._aging_fast:
+            log.info("idle sampler: no room needed: fast-tier pages are not tested")
+        self._aging_fast = room > 0
+        self._track_mask = self._both_mask if room > 0 else self._slow_mask
+        self._cold_budget = (min(self.max_cold_pages_per_round,
+                                 max(self.min_cold_pages, room // self.page_size * 2))
+                             if room > 0 else 0)
+        self._cold = {}
+        self._cold_held = 0
+        self._age_counts = array("Q", bytes(8 * 256))
+        if room > 0:
+            self.counters["fast_aging_rounds"] += 1
+
+    def _age_cold(self, seg: _Segment, test_tick: int, mark_tick: int) -> None:
+        """Fold a segment's results into its fast-tier pages' ages; keep the cold ones."""
+        proc = seg.proc
+        chunk = proc.cold.get(seg.key)
+        fresh = chunk is None
+        if chunk is None:
+            chunk = _ColdChunk(bytearray(self.chunk_pages), bytearray(self.chunk_pages))
+        aged = self._fast_aged[0]
+        lo, hi = seg.off, seg.off + seg.n
+        p, q = seg.pos, seg.pos + seg.n
+        ncold = shim.idle_cold(self._idle[p:q], self._tags[p:q], self._nodes[p:q],
+                               self._fast_mask, memoryview(chunk.since)[lo:hi],
+                               memoryview(chunk.tag)[lo:hi], test_tick, mark_tick,
+                               COLD_TICKS + 1, MAX_IDLE_TICKS, seg.addr, self._cold_addrs,
+                               self._cold_nodes, self._cold_ages, self._age_counts,
+                               self._fast_aged, page_size=self.page_size)
+        if fresh and self._fast_aged[0] != aged:
+            proc.cold[seg.key] = chunk
+        if not ncold:
+            return
+        self.counters["cold_pages_found"] += ncold
+        addrs, nodes, ages = self._cold.setdefault(proc.pid, (array("Q"), array("i"), array("I")))
+        addrs.extend(self._cold_addrs[:ncold])
+        nodes.extend(self._cold_nodes[:ncold])
+        ages.extend(self._cold_ages[:ncold])
+        self._cold_held += ncold
+        if self._cold_held > 2 * self._cold_budget:
+            self._keep_oldest()
+
+    def _keep_oldest(self) -> None:
+        """Keep the round's ``_cold_budget`` oldest cold pages (of equal age, those found
+        first); the rest is counted in ``cold_pages_over_budget``."""
+        budget, counts = self._cold_budget, self._age_counts
+        if self._cold_held <= budget:
+            return
+        kept, age = 0, len(counts) - 1
+        while kept + counts[age] < budget:  # the youngest age kept, and how many of it
+            kept += counts[age]
+            age -= 1
+        quota = array("Q", [budget - kept])
+        held = 0
+        for pid in list(self._cold):
+            addrs, nodes, ages = self._cold[pid]
+            self.counters["cold_pages_over_budget"] += len(addrs)
+            n = shim.idle_pick(addrs, nodes, ages, age, quota)
+            self.counters["cold_pages_over_budget"] -= n
+            held += n
+            if not n:
+                del self._cold[pid]
+        for younger in range(age):
+            counts[younger] = 0
+        counts[age] = budget - kept - quota[0]  # of the youngest age kept, those taken
+        self._cold_held = held
+
+    def _collect_cold(self, cpus: dict[int, int | None]) -> list[Offer]:
+        """The round's cold pages, oldest first within the budget, one offer per pid."""
+        self._keep_oldest()
+        out = []
+        cold, self._cold = self._cold, {}
+        for pid, (addrs, nodes, ages) in cold.items():
+            cpu = self._cpu(pid, cpus)
+            if cpu is None:
+                self._gone(pid)
+                continue
+            out.append(Offer(pid, cpu, addrs, nodes, ages))
+        return out
+
     # --- failures ---------------------------------------------------------------
 
     def _gone(self, pid: int) -> None:
         self.counters["pid_gone"] += 1
         self._procs.pop(pid, None)
         self._offers.pop(pid, None)
+        self._cold.pop(pid, None)
 
     def _denied(self, pid: int) -> None:
         self.counters["permission_denied"] += 1

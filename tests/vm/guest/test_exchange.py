@@ -90,6 +90,7 @@ def test_default_config_makes_room_on_a_full_fast_tier(tmp_path: Path) -> None:
                 drops = {dict(ls).get("reason"): v for (n, ls), v in d.metrics().items()
                          if n == "kmigratedd_worker_dropped_pages_total"}
                 ok = w.verify() and filler.verify()
+                cpu_s = d.cpu_seconds()
             finally:
                 rc = d.stop()
             mine = round(w.fraction_on(w.hot, 0) * len(w.hot)
@@ -97,7 +98,8 @@ def test_default_config_makes_room_on_a_full_fast_tier(tmp_path: Path) -> None:
             result = dict(t50=t50, t90=t90, hot_on_fast=hot0, workload_cold_on_slow=cold1,
                           filler_pages_demoted=filler_down, demoted=demoted,
                           promoted=promoted, workload_pages_on_fast=mine,
-                          node0_free_mib=node_free_mib(0), rc=rc)
+                          node0_free_mib=node_free_mib(0), daemon_cpu_s=round(cpu_s, 1),
+                          rc=rc)
             print("EXCHANGE", result, "\n" + status, "\nsampler", st["sampler_stats"],
                   "\ndropped", drops, "\nworker", st["nodes"]["0"].get("worker"), flush=True)
             cfg = config.Config()
