@@ -1,0 +1,239 @@
+"""Which processes in scope a scanning sampler watches: ranked by their memory on slow nodes.
+
+Promotion needs the processes that hold pages on a slower tier.  A sampler that
+watches processes one by one (``damon``: a DAMON target each; ``idle``: a pagemap
+scan each) cannot watch thousands at once, so :class:`Ranking` measures each
+process's pages on the slow nodes and :class:`Watchlist` picks the ones to watch:
+the top of the ranking, plus a window that rotates over all the others.
+
+**Measuring.**  The pages a process has on each node come from
+/proc/PID/numa_maps (:func:`kmigratedd.procfs.numa_pages`), which the kernel writes
+by walking the page tables of every mapping: its cost grows with the memory mapped.
+So a round measures at most ``scope.rank_processes_per_round`` processes, and at
+most :data:`RANK_PAGES_PER_ROUND` resident pages' worth of them (but always one).
+A process new to the scope is measured first, largest resident set first (its RSS
+from /proc/PID/statm, which reads counters and walks nothing, read once when it
+appears); then the process measured longest ago.  With N processes in scope every
+one is measured again at least every ``ceil(N / rank_processes_per_round)`` rounds
+(fewer when big processes use the page budget first), so the ranking follows
+residency as pages are promoted, demoted or allocated.
+
+**Choosing** (:meth:`Watchlist.choose`).  While the scope holds no more processes
+than the sampler may watch, it watches them all, in pid order, and nothing is
+measured.  Otherwise it watches ``limit - window`` processes from the top of the
+ranking (only processes with pages on a slow node) and ``window`` processes (more
+while the top has free places) taken in pid order from all the others, the window
+moving on every ``dwell`` rounds: every
+process in scope is watched within ``ceil((N - limit + window) / window) * dwell``
+rounds.  A process at the top keeps its place until one outside has more than
+:data:`DISPLACE_FACTOR` times its slow pages plus :data:`DISPLACE_MIN_PAGES` (DAMON
+re-fits a target's regions after every change of targets, so a set that flapped
+between processes of nearly equal size would never settle).
+
+**State.**  One small entry per process in scope and the pids of two queues; a pid
+that leaves the listing (exited, or out of scope) is dropped at the next round.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from . import procfs
+from .kernelfs import KernelFs
+from .scope import Scope
+
+# Resident pages whose numa_maps a round reads at most (the kernel walks each one's
+# page tables): 4 GiB of 4 KiB pages; a bigger process is read alone in its round.
+RANK_PAGES_PER_ROUND = 1 << 20
+# A process outside the top displaces the weakest one in it only with more than this
+# many times its slow pages, plus DISPLACE_MIN_PAGES.
+DISPLACE_FACTOR = 2
+DISPLACE_MIN_PAGES = 256
+
+
+@dataclass(slots=True)
+class _Entry:
+    rss: int = 0  # resident pages (statm when new, numa_maps afterwards)
+    slow: int = -1  # pages on slow nodes at the last measure; -1: not measured yet
+    measured: int = -1  # the round of the last measure
+
+
+class Ranking:
+    """Pages on slow nodes of each process in scope, measured within a per-round budget.
+
+    ``counters``: ``measured`` (numa_maps read), ``measure_failed`` (gone, or not
+    readable), ``rounds``."""
+
+    def __init__(self, scope: Scope, fs: KernelFs, slow_nodes: Iterable[int], *,
+                 page_size: int = 4096, per_round: int = 16,
+                 pages_per_round: int = RANK_PAGES_PER_ROUND) -> None:
+        self.scope = scope
+        self.fs = fs
+        self.slow_nodes = tuple(sorted(slow_nodes))
+        self.page_size = page_size
+        self.per_round = max(1, per_round)
+        self.pages_per_round = max(1, pages_per_round)
+        self.counters = {"rounds": 0, "measured": 0, "measure_failed": 0}
+        self._entries: dict[int, _Entry] = {}
+        self._fresh: list[int] = []  # never measured, smallest RSS first (popped from the end)
+        self._queue: deque[int] = deque()  # measured, least recently first
+        self._round = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def slow_pages(self, pid: int) -> int:
+        """Pages of ``pid`` on slow nodes at its last measure (-1: not measured)."""
+        e = self._entries.get(pid)
+        return -1 if e is None else e.slow
+
+    def refresh(self) -> list[int]:
+        """The processes in scope now, in pid order; forgets those gone from it."""
+        pids = list(self.scope.pids())
+        entries = self._entries
+        if len(entries) > len(pids) or any(p not in entries for p in pids):
+            live = set(pids)
+            for pid in [p for p in entries if p not in live]:
+                del entries[pid]
+            new = [p for p in pids if p not in entries]
+            for pid in new:
+                entries[pid] = _Entry(rss=procfs.rss_pages(self.fs, pid) or 0)
+            if new:
+                self._fresh = sorted((p for p in (*self._fresh, *new) if p in entries),
+                                     key=lambda p: entries[p].rss)
+            if len(self._queue) > 2 * len(entries) + 64:
+                self._queue = deque(p for p in self._queue if p in entries)
+        return pids
+
+    def measure(self) -> int:
+        """Re-measure this round's share of processes (see the module docstring);
+        returns how many were measured."""
+        self._round += 1
+        self.counters["rounds"] += 1
+        entries = self._entries
+        done = pages = 0
+        requeue: list[int] = []
+        while done < self.per_round:
+            pid = self._next()
+            if pid is None:
+                break
+            e = entries[pid]
+            if done and pages + e.rss > self.pages_per_round:
+                requeue.append(pid)
+                break
+            counts = procfs.numa_pages(self.fs, pid, self.page_size)
+            done += 1
+            e.measured = self._round
+            if counts is None:
+                self.counters["measure_failed"] += 1
+                e.slow = 0
+            else:
+                self.counters["measured"] += 1
+                e.slow = sum(counts.get(n, 0) for n in self.slow_nodes)
+                e.rss = sum(counts.values())
+            pages += e.rss
+            self._queue.append(pid)
+        # A process left for the page budget is the first one of the next round.
+        self._queue.extendleft(requeue)
+        return done
+
+    def _next(self) -> int | None:
+        entries = self._entries
+        while self._fresh:
+            pid = self._fresh.pop()
+            e = entries.get(pid)
+            if e is not None and e.measured < 0:
+                return pid
+        for _ in range(len(self._queue)):
+            pid = self._queue.popleft()
+            e = entries.get(pid)
+            if e is None:
+                continue
+            if e.measured == self._round:
+                self._queue.appendleft(pid)
+                return None
+            return pid
+        return None
+
+    def top(self, n: int) -> list[int]:
+        """The ``n`` processes with the most pages on slow nodes (none without any),
+        most first; ties in pid order."""
+        return [-q for _, q in heapq.nlargest(
+            n, ((e.slow, -p) for p, e in self._entries.items() if e.slow > 0))]
+
+
+class Watchlist:
+    """The processes a sampler watches this round: the top of a :class:`Ranking` and a
+    rotating window over the rest (see the module docstring)."""
+
+    def __init__(self, ranking: Ranking, limit: int, window: int, dwell: int = 1) -> None:
+        self.ranking = ranking
+        self.limit = max(1, limit)
+        self.window = max(1, min(window, self.limit))
+        self.dwell = max(1, dwell)
+        self._top: list[int] = []
+        self._cursor = 0  # the window starts after this pid
+        self._last: list[int] = []  # the window now (pid order from the cursor)
+        self._calls = 0
+
+    def period_rounds(self, n: int) -> int:
+        """Rounds within which each of ``n`` processes in scope is watched."""
+        if n <= self.limit:
+            return 1
+        rest = n - (self.limit - self.window)
+        return -(-rest // self.window) * self.dwell
+
+    def choose(self) -> list[int]:
+        """List the scope, measure this round's share and return the pids to watch: all
+        of them in pid order while they fit, else the top (most slow pages first)
+        followed by the window (pid order)."""
+        pids = self.ranking.refresh()
+        if len(pids) <= self.limit:
+            self._top, self._last = [], []
+            return pids
+        r = self.ranking
+        r.measure()
+        slow = r.slow_pages
+        top_n = self.limit - self.window
+        kept = {p for p in self._top if slow(p) > 0}
+        for pid in r.top(top_n):
+            if pid in kept:
+                continue
+            if len(kept) < top_n:
+                kept.add(pid)
+                continue
+            weakest = min(kept, key=lambda p: (slow(p), -p))
+            if slow(pid) <= DISPLACE_FACTOR * slow(weakest) + DISPLACE_MIN_PAGES:
+                break
+            kept.discard(weakest)
+            kept.add(pid)
+        self._top = sorted(kept, key=lambda p: (-slow(p), p))
+        return self._top + self._window(pids, kept, self.limit - len(self._top))
+
+    def _window(self, pids: Sequence[int], top: set[int], size: int) -> list[int]:
+        """``size`` pids (at least ``window``: the top's free places too) in pid order
+        after the previous window, wrapping; the same ones for ``dwell`` rounds."""
+        self._calls += 1
+        rest = [p for p in pids if p not in top]
+        if self._last and (self._calls - 1) % self.dwell:
+            alive = set(rest)
+            out = [p for p in self._last if p in alive][:size]
+            after = out[-1] if out else self._cursor
+        else:
+            if self._last:
+                self._cursor = self._last[-1]
+            out, after = [], self._cursor
+        have = set(out)
+        i = bisect_right(rest, after)
+        for p in itertools.chain(rest[i:], rest[:i]):
+            if len(out) >= size:
+                break
+            if p not in have:
+                out.append(p)
+        self._last = out
+        return out
