@@ -81,6 +81,7 @@ from typing import Any
 from .. import shim
 from ..errors import SamplerUnavailableError
 from ..procfs import last_cpu
+from ..ranking import Ranking, Watchlist
 from . import damon_model as model
 from .base import Offer, SamplerBase, SamplerContext
 from .damon_model import Region
@@ -117,8 +118,11 @@ COLD_PAGEMAP_CHUNK = 1 << 14
 QUIET_MAX_AGGR_MS = 10_000
 # Processes watched at most: each costs DAMON a target and a scheme (two with demotion
 # on), and each scheme is checked against every region of every target each
-# aggregation interval.
+# aggregation interval.  With more processes in scope, MAX_TARGETS - TARGET_WINDOW
+# of them are those with the most memory on slow nodes and TARGET_WINDOW rotate over
+# the others (kmigratedd/ranking.py).
 MAX_TARGETS = 64
+TARGET_WINDOW = 16
 
 QueryNodes = Callable[[int, Any], Any]
 
@@ -203,6 +207,12 @@ class DamonSampler(SamplerBase[DamonRound]):
         # new or moved to another index, and they have taken shape.
         self.settle_rounds = (1 - (-self.update_us // (ctx.config.sampler.interval_ms * 1000))
                               + self.warmup_rounds)
+        # Which processes: see _scope_pids.  A window of rotating targets stays long
+        # enough for its regions to settle and be confirmed, and a round more.
+        self.ranking = Ranking(ctx.scope, ctx.fs, self.slow, page_size=self.page_size,
+                               per_round=ctx.config.scope.rank_processes_per_round)
+        self.watchlist = Watchlist(self.ranking, max_targets, min(TARGET_WINDOW, max_targets),
+                                   dwell=self.settle_rounds + self.confirm_rounds + 1)
         self._found_nr_kdamonds: int | None = None
         self._targets: tuple[int, ...] = ()  # pids as written; scheme i watches target i
         self._running = False
@@ -605,13 +615,17 @@ class DamonSampler(SamplerBase[DamonRound]):
     # --- targets --------------------------------------------------------------
 
     def _scope_pids(self) -> list[int]:
-        pids = list(self.ctx.scope.pids())
-        if len(pids) > self.max_targets:
-            if not self._warned_over_limit:
-                log.warning("damon sampler: %d processes in scope, watching the first %d "
-                            "(narrow scope.pids/cgroups/commands)", len(pids), self.max_targets)
-                self._warned_over_limit = True
-            pids = pids[:self.max_targets]
+        """Every process in scope while they fit in ``max_targets`` targets; else those
+        with the most memory on slow nodes and a window rotating over the others
+        (:class:`~kmigratedd.ranking.Watchlist`)."""
+        pids = self.watchlist.choose()
+        n = len(self.ranking)
+        if n > self.max_targets and not self._warned_over_limit:
+            w = self.watchlist
+            log.info("damon sampler: %d processes in scope: watching the %d with the most "
+                     "memory on slow nodes and %d more in turn (each one within %d rounds)",
+                     n, w.limit - w.window, w.window, w.period_rounds(n))
+            self._warned_over_limit = True
         return pids
 
     def _write_targets(self, pids: Sequence[int]) -> None:

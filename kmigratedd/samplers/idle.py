@@ -142,6 +142,7 @@ from dataclasses import dataclass, field
 
 from .. import shim
 from ..procfs import has_capability, last_cpu, start_time
+from ..ranking import Ranking, Watchlist
 from .base import Offer, SamplerBase, SamplerContext
 
 log = logging.getLogger("kmigratedd.sampler")
@@ -167,6 +168,13 @@ BATCH_PAGES = 1 << 16
 # every this many passes (staggered by chunk): a process whose memory all sits on the
 # fast tier costs 1/8 of its pagemap per round (see the module docstring).
 FAST_RECHECK_PASSES = 8
+
+# Processes a round scans at most: with more in scope, the SCAN_PIDS - SCAN_WINDOW with
+# the most memory on slow nodes, first, and SCAN_WINDOW rotating over the others
+# (kmigratedd/ranking.py).  Each costs a read of its maps and an open of its pagemap
+# per round even when it holds nothing to promote.
+SCAN_PIDS = 64
+SCAN_WINDOW = 16
 
 # Special mappings whose name is in brackets but that hold ordinary anonymous memory.
 _ANON_NAMES = ("[heap]", "[stack]")
@@ -288,6 +296,9 @@ class IdleSampler(SamplerBase[list[Offer]]):
         self._huge = array("Q", [0, 0])  # THP heads, hugetlbfs slots
         self._aged = array("Q", [0, 0])  # pages tested, accesses counted
         self._procs: dict[int, _Proc] = {}
+        self.ranking = Ranking(ctx.scope, ctx.fs, ctx.topology.targets, page_size=ps,
+                               per_round=ctx.config.scope.rank_processes_per_round)
+        self.watchlist = Watchlist(self.ranking, SCAN_PIDS, SCAN_WINDOW)
         self._cursor: tuple[int, int] = (0, 0)
         self._credit = 0
         self._bitmap_fd: int | None = None
@@ -377,7 +388,7 @@ class IdleSampler(SamplerBase[list[Offer]]):
         return offers
 
     def _round(self) -> None:
-        pids = list(self.ctx.scope.pids())
+        pids = self.watchlist.choose()  # pid order, or ranked (see SCAN_PIDS)
         keep = set(pids)
         for pid in [p for p in self._procs if p not in keep]:
             if self.ctx.fs.exists(f"/proc/{pid}"):
@@ -387,7 +398,12 @@ class IdleSampler(SamplerBase[list[Offer]]):
         if not pids:
             return
         cur_pid, cur_addr = self._cursor
-        first = next((i for i, p in enumerate(pids) if p >= cur_pid), 0)
+        if cur_pid in keep:
+            first = pids.index(cur_pid)
+        elif len(self.ranking) > SCAN_PIDS:  # ranked: from the top
+            first = 0
+        else:
+            first = next((i for i, p in enumerate(pids) if p >= cur_pid), 0)
         order = pids[first:] + pids[:first]
         resume = cur_addr if order[0] == cur_pid else 0
         work: list[tuple[int, int, int | None]] = [(order[0], resume, None)]
