@@ -9,20 +9,22 @@ the top of the ranking, plus a window that rotates over all the others.
 **Measuring.**  The pages a process has on each node come from
 /proc/PID/numa_maps (:func:`kmigratedd.procfs.numa_pages`), which the kernel writes
 by walking the page tables of every mapping: its cost grows with the memory mapped.
-So a round measures at most ``scope.rank_processes_per_round`` processes, and at
-most :data:`RANK_PAGES_PER_ROUND` resident pages' worth of them (but always one).
+So a round measures at most ``scope.rank_processes_per_round`` processes, and
+:data:`RANK_PAGES_PER_ROUND` resident pages' worth of them on average (a bigger process
+is measured alone, and the rounds after it measure none until the average is back).
 A process new to the scope is measured first, largest resident set first (its RSS
 from /proc/PID/statm, which reads counters and walks nothing, read once when it
 appears); then the process measured longest ago.  With N processes in scope every
-one is measured again at least every ``ceil(N / rank_processes_per_round)`` rounds
-(fewer when big processes use the page budget first), so the ranking follows
-residency as pages are promoted, demoted or allocated.
+one is measured again within ``ceil(N / rank_processes_per_round)`` rounds while their
+resident pages fit the page budget, else within about ``ceil(resident pages of all /
+RANK_PAGES_PER_ROUND)`` rounds, so the ranking follows residency as pages are
+promoted, demoted or allocated.
 
 **Choosing** (:meth:`Watchlist.choose`).  While the scope holds no more processes
 than the sampler may watch, it watches them all, in pid order, and nothing is
 measured.  Otherwise it watches ``limit - window`` processes from the top of the
-ranking (only processes with pages on a slow node) and ``window`` processes (more
-while the top has free places) taken in pid order from all the others, the window
+ranking (only processes with pages on a slow node) and ``window`` processes (with
+``fill``, more while the top has free places) taken in pid order from all the others, the window
 moving on every ``dwell`` rounds: every
 process in scope is watched within ``ceil((N - limit + window) / window) * dwell``
 rounds.  A process at the top keeps its place until one outside has more than
@@ -47,9 +49,11 @@ from . import procfs
 from .kernelfs import KernelFs
 from .scope import Scope
 
-# Resident pages whose numa_maps a round reads at most (the kernel walks each one's
-# page tables): 4 GiB of 4 KiB pages; a bigger process is read alone in its round.
-RANK_PAGES_PER_ROUND = 1 << 20
+# Resident pages whose numa_maps a round reads, on average: 64 MiB of 4 KiB pages (the
+# kernel looks at every resident page, shared ones included).  A bigger process is read
+# alone in its round, and the rounds after it read nothing until the average is back
+# within the budget.
+RANK_PAGES_PER_ROUND = 1 << 14
 # A process outside the top displaces the weakest one in it only with more than this
 # many times its slow pages, plus DISPLACE_MIN_PAGES.
 DISPLACE_FACTOR = 2
@@ -83,6 +87,7 @@ class Ranking:
         self._fresh: list[int] = []  # never measured, smallest RSS first (popped from the end)
         self._queue: deque[int] = deque()  # measured, least recently first
         self._round = 0
+        self._debt = 0  # pages read beyond the budget, paid back by the next rounds
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -115,8 +120,11 @@ class Ranking:
         returns how many were measured."""
         self._round += 1
         self.counters["rounds"] += 1
+        if self._debt >= self.pages_per_round:
+            self._debt -= self.pages_per_round
+            return 0
         entries = self._entries
-        done = pages = 0
+        done, pages = 0, self._debt
         requeue: list[int] = []
         while done < self.per_round:
             pid = self._next()
@@ -140,6 +148,7 @@ class Ranking:
             self._queue.append(pid)
         # A process left for the page budget is the first one of the next round.
         self._queue.extendleft(requeue)
+        self._debt = max(0, pages - self.pages_per_round)
         return done
 
     def _next(self) -> int | None:
@@ -171,8 +180,10 @@ class Watchlist:
     """The processes a sampler watches this round: the top of a :class:`Ranking` and a
     rotating window over the rest (see the module docstring)."""
 
-    def __init__(self, ranking: Ranking, limit: int, window: int, dwell: int = 1) -> None:
+    def __init__(self, ranking: Ranking, limit: int, window: int, dwell: int = 1, *,
+                 fill: bool = True) -> None:
         self.ranking = ranking
+        self.fill = fill
         self.limit = max(1, limit)
         self.window = max(1, min(window, self.limit))
         self.dwell = max(1, dwell)
@@ -213,7 +224,8 @@ class Watchlist:
             kept.discard(weakest)
             kept.add(pid)
         self._top = sorted(kept, key=lambda p: (-slow(p), p))
-        return self._top + self._window(pids, kept, self.limit - len(self._top))
+        size = self.limit - len(self._top) if self.fill else self.window
+        return self._top + self._window(pids, kept, size)
 
     def _window(self, pids: Sequence[int], top: set[int], size: int) -> list[int]:
         """``size`` pids (at least ``window``: the top's free places too) in pid order

@@ -20,7 +20,10 @@ or cold, and how they become page candidates.
 Every ``sampler.interval_ms`` a round, in the sampler's executor (the
 ``update_schemes_tried_regions`` write blocks for about one aggregation interval):
 
-1. re-read the scope; when the set of live pids changed, rewrite targets and schemes
+1. re-read the scope and choose the targets: every process in scope while they fit in
+   :data:`MAX_TARGETS`, else those with the most memory on slow nodes and a window
+   rotating over the others (kmigratedd/ranking.py); when they changed, rewrite the
+   targets (only their pids while their number stays: the schemes depend on it alone)
    and ``commit`` (applied while DAMON runs).  The state is read every round and a
    kdamond that stopped (all targets exited, or a commit named a pid that had exited)
    is restarted with the live pids; a vanished pid is counted in ``pid_gone``, never
@@ -85,7 +88,8 @@ from ..ranking import Ranking, Watchlist
 from . import damon_model as model
 from .base import Offer, SamplerBase, SamplerContext
 from .damon_model import Region
-from .damon_sysfs import ADMIN, MIN_KERNEL, NR_KDAMONDS, DamonSysfs, damon_in_use, kernel_release
+from .damon_sysfs import (ADMIN, CONTEXT, MIN_KERNEL, NR_KDAMONDS, DamonSysfs, damon_in_use,
+                          kernel_release)
 
 log = logging.getLogger("kmigratedd.sampler")
 
@@ -643,9 +647,7 @@ class DamonSampler(SamplerBase[DamonRound]):
                      "pid that had exited); restarting it with the live pids")
         self._running = running
         live = set(pids)
-        # Survivors keep their order (DAMON commits targets by index), new pids go last.
-        want = [p for p in self._targets if p in live]
-        want += [p for p in pids if p not in set(want)]
+        want = self._placed(pids, live)
         for pid in self._targets:
             if pid not in live and not self.fs.exists(f"/proc/{pid}/stat"):
                 self._pid_gone(pid)
@@ -659,7 +661,11 @@ class DamonSampler(SamplerBase[DamonRound]):
         before = self._targets
         try:
             self._wake()
-            self._write_targets(want)
+            if running and len(want) == len(before):
+                # The schemes depend on the number of targets only: the pids suffice.
+                self._write_pids(want, before)
+            else:
+                self._write_targets(want)
             if running and not self.stopping:
                 self.sysfs.command("commit")
                 self.counters["commits"] += 1
@@ -680,6 +686,27 @@ class DamonSampler(SamplerBase[DamonRound]):
                 self._turn_on()
         except OSError as exc:
             self._count_error("updating DAMON targets", exc)
+
+    def _placed(self, pids: list[int], live: set[int]) -> list[int]:
+        """The targets for ``pids``: DAMON commits targets by index and keeps an index's
+        regions, so a survivor keeps its index, a new pid takes the index of one that
+        left (else goes last), and the last targets fill the indexes left empty."""
+        watched = set(self._targets) & live
+        new = iter([p for p in pids if p not in watched])
+        slots: list[int | None] = [p if p in live else next(new, None) for p in self._targets]
+        slots.extend(new)
+        while None in slots:
+            last = slots.pop()
+            if last is not None:
+                slots[slots.index(None)] = last
+        return [p for p in slots if p is not None]
+
+    def _write_pids(self, want: Sequence[int], before: Sequence[int]) -> None:
+        """Only the pids of the targets that changed (as many targets as before)."""
+        for i, (old, new) in enumerate(zip(before, want)):
+            if old != new:
+                self.fs.write(f"{CONTEXT}/targets/{i}/pid_target", str(new))
+        self._targets = tuple(want)
 
     def _restart(self) -> None:
         pids = self._scope_pids()
