@@ -62,7 +62,7 @@ DISPLACE_MIN_PAGES = 256
 
 @dataclass(slots=True)
 class _Entry:
-    rss: int = 0  # resident pages (statm when new, numa_maps afterwards)
+    rss: int = 0  # resident pages (statm), when new and at each measure
     slow: int = -1  # pages on slow nodes at the last measure; -1: not measured yet
     measured: int = -1  # the round of the last measure
 
@@ -131,6 +131,8 @@ class Ranking:
             if pid is None:
                 break
             e = entries[pid]
+            # The kernel looks at every resident page, shared ones too: statm's RSS.
+            e.rss = procfs.rss_pages(self.fs, pid) or 0
             if done and pages + e.rss > self.pages_per_round:
                 requeue.append(pid)
                 break
@@ -143,7 +145,6 @@ class Ranking:
             else:
                 self.counters["measured"] += 1
                 e.slow = sum(counts.get(n, 0) for n in self.slow_nodes)
-                e.rss = sum(counts.values())
             pages += e.rss
             self._queue.append(pid)
         # A process left for the page budget is the first one of the next round.
