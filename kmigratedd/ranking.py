@@ -24,13 +24,15 @@ promoted, demoted or allocated.
 than the sampler may watch, it watches them all, in pid order, and nothing is
 measured.  Otherwise it watches ``limit - window`` processes from the top of the
 ranking (only processes with pages on a slow node) and ``window`` processes (with
-``fill``, more while the top has free places) taken in pid order from all the others, the window
-moving on every ``dwell`` rounds: every
-process in scope is watched within ``ceil((N - limit + window) / window) * dwell``
-rounds.  A process at the top keeps its place until one outside has more than
-:data:`DISPLACE_FACTOR` times its slow pages plus :data:`DISPLACE_MIN_PAGES` (DAMON
-re-fits a target's regions after every change of targets, so a set that flapped
-between processes of nearly equal size would never settle).
+``fill``, more while the top has free places) taken in pid order from all the others
+(with ``slow_only``, from the others that hold pages on a slow node), the window
+moving on every ``dwell`` rounds: every process in scope (with ``slow_only``, every
+one measured with pages on a slow node) is watched within
+``ceil((N - limit + window) / window) * dwell`` rounds.  A process at the top keeps
+its place until one outside has more than :data:`DISPLACE_FACTOR` times its slow
+pages plus :data:`DISPLACE_MIN_PAGES` (DAMON re-fits a target's regions after every
+change of targets, so a set that flapped between processes of nearly equal size
+would never settle).
 
 **State.**  One small entry per process in scope and the pids of two queues; a pid
 that leaves the listing (exited, or out of scope) is dropped at the next round.
@@ -182,9 +184,10 @@ class Watchlist:
     rotating window over the rest (see the module docstring)."""
 
     def __init__(self, ranking: Ranking, limit: int, window: int, dwell: int = 1, *,
-                 fill: bool = True) -> None:
+                 fill: bool = True, slow_only: bool = False) -> None:
         self.ranking = ranking
         self.fill = fill
+        self.slow_only = slow_only
         self.limit = max(1, limit)
         self.window = max(1, min(window, self.limit))
         self.dwell = max(1, dwell)
@@ -226,6 +229,10 @@ class Watchlist:
             kept.add(pid)
         self._top = sorted(kept, key=lambda p: (-slow(p), p))
         size = self.limit - len(self._top) if self.fill else self.window
+        if self.slow_only:
+            # The window turns over the processes below the top that hold slow pages;
+            # the others are looked at by the ranking's measures alone.
+            pids = [p for p in pids if slow(p) > 0]
         return self._top + self._window(pids, kept, size)
 
     def _window(self, pids: Sequence[int], top: set[int], size: int) -> list[int]:

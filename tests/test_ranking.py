@@ -188,3 +188,25 @@ def test_damon_targets_the_most_slow_memory_and_swaps_only_pids(tmp_path):
             assert (STATE, "commit") in fs.writes
         assert s._targets.index(1077) == where  # kept its index
     assert set(s._targets) != first  # the window moved
+
+
+def test_slow_only_watches_no_process_without_slow_pages(tmp_path):
+    """idle's watch list: once measured, a process with nothing on a slow node is not
+    scanned (its numa_maps, read in turn, shows when it gets some)."""
+    build(tmp_path, 200, slow_of=lambda pid: 50 if pid % 20 == 0 else 0)
+    fs = KernelFs(tmp_path)
+    r = Ranking(Scope(ScopeConfig(), fs, self_pid=1), fs, [1], per_round=100)
+    w = Watchlist(r, 8, 4, fill=False, slow_only=True)
+    w.choose()
+    w.choose()  # all 200 measured
+    slow = {p for p in range(100, 300) if p % 20 == 0}
+    seen: set[int] = set()
+    for _ in range(5):
+        chosen = w.choose()
+        assert set(chosen) <= slow and len(chosen) == 8
+        seen.update(chosen)
+    assert seen == slow
+    fake_proc(tmp_path, 101, slow=5000)  # demoted to the slow node: seen at its next measure
+    for _ in range(3):
+        chosen = w.choose()
+    assert chosen[0] == 101

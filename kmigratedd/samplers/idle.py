@@ -170,9 +170,10 @@ BATCH_PAGES = 1 << 16
 FAST_RECHECK_PASSES = 8
 
 # Processes a round scans at most: with more in scope, the SCAN_PIDS - SCAN_WINDOW with
-# the most memory on slow nodes, first, and SCAN_WINDOW rotating over the others
-# (kmigratedd/ranking.py), none more: each costs a read of its maps and of its pagemap
-# per round even when it holds nothing to promote.
+# the most memory on slow nodes, first, and SCAN_WINDOW rotating over the others that
+# hold slow pages (kmigratedd/ranking.py): each costs a read of its maps and of its
+# pagemap per round, and one without slow pages has nothing to promote (its numa_maps,
+# read by the ranking in turn, shows when it has).
 SCAN_PIDS = 64
 SCAN_WINDOW = 16
 
@@ -298,7 +299,8 @@ class IdleSampler(SamplerBase[list[Offer]]):
         self._procs: dict[int, _Proc] = {}
         self.ranking = Ranking(ctx.scope, ctx.fs, ctx.topology.targets, page_size=ps,
                                per_round=ctx.config.scope.rank_processes_per_round)
-        self.watchlist = Watchlist(self.ranking, SCAN_PIDS, SCAN_WINDOW, fill=False)
+        self.watchlist = Watchlist(self.ranking, SCAN_PIDS, SCAN_WINDOW, fill=False,
+                                   slow_only=True)
         self._cursor: tuple[int, int] = (0, 0)
         self._credit = 0
         self._bitmap_fd: int | None = None
