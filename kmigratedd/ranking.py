@@ -196,6 +196,12 @@ class Watchlist:
         self._last: list[int] = []  # the window now (pid order from the cursor)
         self._calls = 0
 
+    @property
+    def top(self) -> tuple[int, ...]:
+        """The processes chosen from the top of the ranking last round, most slow pages
+        first (empty while every process in scope is watched)."""
+        return tuple(self._top)
+
     def period_rounds(self, n: int) -> int:
         """Rounds within which each of ``n`` processes in scope is watched."""
         if n <= self.limit:

@@ -210,3 +210,32 @@ def test_slow_only_watches_no_process_without_slow_pages(tmp_path):
     for _ in range(3):
         chosen = w.choose()
     assert chosen[0] == 101
+
+
+def test_damon_stays_quiet_while_the_window_turns(tmp_path):
+    """Quiet mode is not ended by the rotating window's turns, only by a process new to
+    the top of the ranking."""
+    from test_damon_sampler import FakeDamonFs, FakeQuery, make_ctx, make_tree
+
+    from kmigratedd.samplers.damon import DamonSampler
+
+    pids = list(range(1000, 1100))
+    make_tree(tmp_path, pids=dict.fromkeys(pids, 1))
+    for pid in pids:
+        fake_proc(tmp_path, pid, slow=100)
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(make_ctx(fs, pids=tuple(pids)), query_nodes=FakeQuery())
+    targets = set()
+    for _ in range(40):
+        s.run_round()
+        targets.add(s._targets)
+    st = s.stats()
+    assert st["quiet"] == 1 and st["quiet_left"] == 0 and len(targets) > 3
+    # a process new to the scope with much on the slow node: measured first, a target
+    # from the top at once, and DAMON back to its configured pace
+    fake_proc(tmp_path, 2000, slow=50_000)
+    s.ctx.scope._pids = frozenset([*pids, 2000])
+    s.run_round()
+    assert 2000 in s.watchlist.top and 2000 in s._targets
+    st = s.stats()
+    assert (st["quiet"], st["kdamond_starts"], st["kdamond_stops"]) == (0, 1, 0)

@@ -61,8 +61,9 @@ by ``quiet_slowdown`` (the aggregation interval at most to :data:`QUIET_MAX_AGGR
 and committed: the kdamond's CPU, most of the idle cost, falls by about that factor
 (tests/vm/guest/test_sampler_damon.py prints it).  DAMON still sees the same hot
 regions, with as many samples per aggregation; the first round that finds pages to
-promote (or to demote while room is needed), or a change of the processes watched,
-commits the configured intervals again.
+promote (or to demote while room is needed), or a process new to the targets (but for
+one taking its turn in the rotating window of kmigratedd/ranking.py), commits the
+configured intervals again.
 
 ``stop()`` turns the kdamond off and writes ``nr_kdamonds`` back to the value found at
 start.  Writing ``nr_kdamonds`` rebuilds every kdamond directory, so a kdamond that is
@@ -660,7 +661,13 @@ class DamonSampler(SamplerBase[DamonRound]):
             return
         before = self._targets
         try:
-            self._wake()
+            # Quiet mode ends for a process new to the targets, but for one that only
+            # takes its turn in the rotating window (kmigratedd/ranking.py): the window
+            # moves every few rounds and would keep DAMON at its configured pace.
+            new = set(want) - set(before)
+            if (not running or len(self.ranking) <= self.max_targets
+                    or not new.isdisjoint(self.watchlist.top)):
+                self._wake()
             if running and len(want) == len(before):
                 # The schemes depend on the number of targets only: the pids suffice.
                 self._write_pids(want, before)
