@@ -277,14 +277,18 @@ def ascii_plot(points: list[tuple[float, float]], xlabel: str, ylabel: str,
 
 
 def guest_rows(path: Path) -> list[list[object]]:
+    """One row per ``SCALE {...}`` line; a guest run starts at each 'alone' row."""
     import ast
-    rows = []
+    rows: list[list[object]] = []
+    run = 0
     for line in path.read_text().splitlines():
         if line.startswith("SCALE {"):
             r = ast.literal_eval(line[len("SCALE "):])
-            rows.append([r["label"], r["sampler"], r["procs_listed"], r["t90_s"] and
-                         f"{r['t90_s']:.1f}", r["hot_on_fast"], r["daemon_cpu_pct"],
-                         r["kdamond_cpu_s"], r["rss_max_mib"], r["wall_s"]])
+            run += r["label"] == "alone"
+            rows.append([run, r["label"], r["sampler"], r["procs_listed"],
+                         r["t90_s"] and f"{r['t90_s']:.1f}", r["hot_on_fast"],
+                         r["daemon_cpu_pct"], r["kdamond_cpu_s"], r["rss_max_mib"],
+                         r["wall_s"]])
     return rows
 
 
@@ -385,14 +389,20 @@ def main() -> None:
 
     if args.guest_log:
         rows5 = guest_rows(args.guest_log)
-        t5 = md_table(["run", "sampler", "/proc pids", "t90 s", "hot on node 0",
-                       "daemon CPU %", "kdamond CPU s", "RSS MiB", "wall s"], rows5)
+        t5 = md_table(["guest run", "processes", "sampler", "/proc pids", "t90 s",
+                       "hot on node 0", "daemon CPU %", "kdamond CPU s", "RSS MiB", "wall s"],
+                      rows5)
         print(t5)
         out += ["## 5. In the tiered guest (tests/vm/test_vm_scale.py)", "",
                 "Debian 6.12 under qemu TCG (emulation speed: compare rows, not hardware). "
-                "The workload (64 MiB hot, 64 MiB cold on node 1) starts last; 'among 500': "
-                "500 processes of 2 MiB on node 1 started first. Daemon CPU is over the run "
-                "until 90% of the hot set is on node 0.", "", t5, ""]
+                "The workload (64 MiB hot, 64 MiB cold on node 1) starts last; 'among N': "
+                "N processes of 2 MiB on node 1 started first. 'default' is kmigratedd with "
+                "no arguments (sampler auto: damon); 'hint-faults' is "
+                "KMIGRATEDD_SCALE_SAMPLER=hint-faults, node 0 filled to 700 MiB free first. "
+                "Daemon CPU is over the run "
+                "until 90% of the hot set is on node 0 (promotion included). "
+                f"From `{args.guest_log}`, which names the commit of each guest run.", "",
+                t5, ""]
     out += ["## Cost model", "", COST_MODEL, ""]
     write_result("scale.md", "\n".join(out) + "\n")
 
