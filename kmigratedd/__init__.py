@@ -8,7 +8,8 @@ Map of the package. Data flows one way, one stage per module:
 
 - ``kernelfs.py``  the seam for /sys and /proc: the only module that opens them (root as
                    a parameter, recorded writes)
-- ``procfs.py``    readers of /proc over it: PID stat fields, vmstat, /proc/stat, CPUs
+- ``procfs.py``    readers of /proc over it: PID stat fields, statm, numa_maps, vmstat,
+                   /proc/stat, CPUs
 - ``topology.py``  nodes, memory tiers, HMAT, PFN → node, promotion targets
 - ``shim.py``      the only importer of the native extension (``native/``): batched
                    move_pages(2), statuses as data, whole-call failures as OSError
@@ -19,6 +20,8 @@ Map of the package. Data flows one way, one stage per module:
                    for) and ``damon_sysfs.py`` (writing it).  Samplers only produce
                    candidates.
 - ``scope.py``     which processes are watched;  ``sysctl.py``: saved/restored sysctls
+- ``ranking.py``   with more in scope than a scanning sampler watches: which ones (most
+                   memory on slow nodes, from numa_maps, plus a rotating window)
 - ``queues.py``    per-CPU bounded, coalescing candidate queues (native; loop thread only)
 - ``router.py``    one per daemon: drain the queues, fold, locate each page once
                    (move_pages query), route it to its target's inbox

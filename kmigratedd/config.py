@@ -117,6 +117,7 @@ class ScopeConfig:
     commands: tuple[str, ...] = ()
     exclude_commands: tuple[str, ...] = ()
     exclude_pids: tuple[int, ...] = field(default=(), metadata=_spec(None, 1, MAX_PID))
+    rank_processes_per_round: int = field(default=16, metadata=_spec(None, 1, 100_000))
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,50 @@ def peer_ids(fs: KernelFs, pid: int) -> tuple[frozenset[int], frozenset[int]] | 
                 frozenset(int(x) for x in groups_line.split()[1:]))
     except ValueError:
         return None
+
+
+def rss_pages(fs: KernelFs, pid: int) -> int | None:
+    """Resident pages (/proc/PID/statm, field 2): kept in counters, so reading it
+    walks no page table; None if the process is gone (proc(5))."""
+    text = fs.read_optional(f"/proc/{pid}/statm")
+    if text is None:
+        return None
+    parts = text.split(None, 2)
+    try:
+        return int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def numa_pages(fs: KernelFs, pid: int, page_size: int = 4096) -> dict[int, int] | None:
+    """Base pages of ``pid`` on each node, from /proc/PID/numa_maps (the ``N<node>=<pages>``
+    of every mapping, in pages of the mapping's ``kernelpagesize_kB``, turned into
+    ``page_size`` pages), file pages not written by the process left out; None if
+    the process is gone or may not be read.  The kernel
+    walks the page tables of every mapping to write it (fs/proc/task_mmu.c,
+    ``show_numa_map``): its cost grows with the pages mapped."""
+    try:
+        text = fs.read(f"/proc/{pid}/numa_maps")
+    except OSError:
+        return None
+    out: dict[int, int] = {}
+    kb = page_size >> 10
+    for line in text.splitlines():
+        i = line.find(" N")
+        # Pages of a file mapping are counted only where the process wrote its own
+        # (``anon=``): shared library text is on whichever node loaded it, for everyone.
+        if i < 0 or (" file=" in line and " anon=" not in line):
+            continue
+        scale = 1
+        k = line.find("kernelpagesize_kB=")
+        if k >= 0:
+            size = line[k + 18:].split(None, 1)[0]
+            if size.isdigit() and int(size) != kb and kb:
+                scale = int(size) // kb
+        for tok in line[i + 1:].split():
+            if tok[0] == "N" and "=" in tok:
+                node, _, count = tok[1:].partition("=")
+                if node.isdigit() and count.isdigit():
+                    n = int(node)
+                    out[n] = out.get(n, 0) + int(count) * scale
+    return out

@@ -73,3 +73,27 @@ def test_cpu_times(tmp_path):
                                         "cpu1 5 0 3 50 4 0 0 0\nintr 1 2\n")
     assert procfs.cpu_times(KernelFs(tmp_path)) == (122, 107, 2)
     assert procfs.cpu_times(KernelFs(tmp_path / "missing")) is None
+
+
+def test_numa_pages_and_rss(tmp_path: Path) -> None:
+    d = tmp_path / "proc/20"
+    d.mkdir(parents=True)
+    (d / "numa_maps").write_text(
+        "55aa00000000 default file=/usr/bin/x mapped=4 N0=3 N1=1 kernelpagesize_kB=4\n"
+        "55aa00004000 default file=/usr/bin/x anon=2 dirty=2 N1=2 kernelpagesize_kB=4\n"
+        "7f0000000000 default anon=300 dirty=300 N0=100 N1=200 kernelpagesize_kB=4\n"
+        "7f1000000000 default anon=1 dirty=1 N1=1 kernelpagesize_kB=2048\n"
+        "7f2000000000 default stack\n"
+        "7ffd00000000 default anon=3 dirty=3 N0=3 kernelpagesize_kB=4\n")
+    (d / "statm").write_text("1000 420 30 1 0 200 0\n")
+    fs = KernelFs(tmp_path)
+    # the shared file mapping (no anon=) is left out; the 2 MiB page counts 512 pages
+    assert procfs.numa_pages(fs, 20) == {0: 103, 1: 2 + 200 + 512}
+    assert procfs.rss_pages(fs, 20) == 420
+    assert procfs.numa_pages(fs, 21) is None and procfs.rss_pages(fs, 21) is None
+
+
+def test_numa_pages_of_self() -> None:
+    counts = procfs.numa_pages(KernelFs(), os.getpid())
+    assert counts and sum(counts.values()) > 0
+    assert (procfs.rss_pages(KernelFs(), os.getpid()) or 0) > 0

@@ -20,7 +20,10 @@ or cold, and how they become page candidates.
 Every ``sampler.interval_ms`` a round, in the sampler's executor (the
 ``update_schemes_tried_regions`` write blocks for about one aggregation interval):
 
-1. re-read the scope; when the set of live pids changed, rewrite targets and schemes
+1. re-read the scope and choose the targets: every process in scope while they fit in
+   :data:`MAX_TARGETS`, else those with the most memory on slow nodes and a window
+   rotating over the others (kmigratedd/ranking.py); when they changed, rewrite the
+   targets (only their pids while their number stays: the schemes depend on it alone)
    and ``commit`` (applied while DAMON runs).  The state is read every round and a
    kdamond that stopped (all targets exited, or a commit named a pid that had exited)
    is restarted with the live pids; a vanished pid is counted in ``pid_gone``, never
@@ -58,8 +61,9 @@ by ``quiet_slowdown`` (the aggregation interval at most to :data:`QUIET_MAX_AGGR
 and committed: the kdamond's CPU, most of the idle cost, falls by about that factor
 (tests/vm/guest/test_sampler_damon.py prints it).  DAMON still sees the same hot
 regions, with as many samples per aggregation; the first round that finds pages to
-promote (or to demote while room is needed), or a change of the processes watched,
-commits the configured intervals again.
+promote (or to demote while room is needed), or a process new to the targets (but for
+one taking its turn in the rotating window of kmigratedd/ranking.py), commits the
+configured intervals again.
 
 ``stop()`` turns the kdamond off and writes ``nr_kdamonds`` back to the value found at
 start.  Writing ``nr_kdamonds`` rebuilds every kdamond directory, so a kdamond that is
@@ -82,10 +86,12 @@ from typing import Any
 from .. import shim
 from ..errors import SamplerUnavailableError
 from ..procfs import last_cpu
+from ..ranking import Ranking, Watchlist
 from . import damon_model as model
 from .base import Offer, SamplerBase, SamplerContext
 from .damon_model import Region
-from .damon_sysfs import ADMIN, MIN_KERNEL, NR_KDAMONDS, DamonSysfs, damon_in_use, kernel_release
+from .damon_sysfs import (ADMIN, CONTEXT, MIN_KERNEL, NR_KDAMONDS, DamonSysfs, damon_in_use,
+                          kernel_release)
 
 log = logging.getLogger("kmigratedd.sampler")
 
@@ -118,8 +124,11 @@ COLD_PAGEMAP_CHUNK = 1 << 14
 QUIET_MAX_AGGR_MS = 10_000
 # Processes watched at most: each costs DAMON a target and a scheme (two with demotion
 # on), and each scheme is checked against every region of every target each
-# aggregation interval.
+# aggregation interval.  With more processes in scope, MAX_TARGETS - TARGET_WINDOW
+# of them are those with the most memory on slow nodes and TARGET_WINDOW rotate over
+# the others (kmigratedd/ranking.py).
 MAX_TARGETS = 64
+TARGET_WINDOW = 16
 
 QueryNodes = Callable[[int, Any], Any]
 
@@ -205,6 +214,12 @@ class DamonSampler(SamplerBase[DamonRound]):
         # new or moved to another index, and they have taken shape.
         self.settle_rounds = (1 - (-self.update_us // (ctx.config.sampler.interval_ms * 1000))
                               + self.warmup_rounds)
+        # Which processes: see _scope_pids.  A window of rotating targets stays long
+        # enough for its regions to settle and be confirmed, and a round more.
+        self.ranking = Ranking(ctx.scope, ctx.fs, self.slow, page_size=self.page_size,
+                               per_round=ctx.config.scope.rank_processes_per_round)
+        self.watchlist = Watchlist(self.ranking, max_targets, min(TARGET_WINDOW, max_targets),
+                                   dwell=self.settle_rounds + self.confirm_rounds + 1)
         self._found_nr_kdamonds: int | None = None
         self._targets: tuple[int, ...] = ()  # pids as written; scheme i watches target i
         self._running = False
@@ -622,13 +637,17 @@ class DamonSampler(SamplerBase[DamonRound]):
     # --- targets --------------------------------------------------------------
 
     def _scope_pids(self) -> list[int]:
-        pids = list(self.ctx.scope.pids())
-        if len(pids) > self.max_targets:
-            if not self._warned_over_limit:
-                log.warning("damon sampler: %d processes in scope, watching the first %d "
-                            "(narrow scope.pids/cgroups/commands)", len(pids), self.max_targets)
-                self._warned_over_limit = True
-            pids = pids[:self.max_targets]
+        """Every process in scope while they fit in ``max_targets`` targets; else those
+        with the most memory on slow nodes and a window rotating over the others
+        (:class:`~kmigratedd.ranking.Watchlist`)."""
+        pids = self.watchlist.choose()
+        n = len(self.ranking)
+        if n > self.max_targets and not self._warned_over_limit:
+            w = self.watchlist
+            log.info("damon sampler: %d processes in scope: watching the %d with the most "
+                     "memory on slow nodes and %d more in turn (each one within %d rounds)",
+                     n, w.limit - w.window, w.window, w.period_rounds(n))
+            self._warned_over_limit = True
         return pids
 
     def _write_targets(self, pids: Sequence[int]) -> None:
@@ -646,9 +665,7 @@ class DamonSampler(SamplerBase[DamonRound]):
                      "pid that had exited); restarting it with the live pids")
         self._running = running
         live = set(pids)
-        # Survivors keep their order (DAMON commits targets by index), new pids go last.
-        want = [p for p in self._targets if p in live]
-        want += [p for p in pids if p not in set(want)]
+        want = self._placed(pids, live)
         for pid in self._targets:
             if pid not in live and not self.fs.exists(f"/proc/{pid}/stat"):
                 self._pid_gone(pid)
@@ -661,8 +678,18 @@ class DamonSampler(SamplerBase[DamonRound]):
             return
         before = self._targets
         try:
-            self._wake()
-            self._write_targets(want)
+            # Quiet mode ends for a process new to the targets, but for one that only
+            # takes its turn in the rotating window (kmigratedd/ranking.py): the window
+            # moves every few rounds and would keep DAMON at its configured pace.
+            new = set(want) - set(before)
+            if (not running or len(self.ranking) <= self.max_targets
+                    or not new.isdisjoint(self.watchlist.top)):
+                self._wake()
+            if running and len(want) == len(before):
+                # The schemes depend on the number of targets only: the pids suffice.
+                self._write_pids(want, before)
+            else:
+                self._write_targets(want)
             if running and not self.stopping:
                 self.sysfs.command("commit")
                 self.counters["commits"] += 1
@@ -683,6 +710,27 @@ class DamonSampler(SamplerBase[DamonRound]):
                 self._turn_on()
         except OSError as exc:
             self._count_error("updating DAMON targets", exc)
+
+    def _placed(self, pids: list[int], live: set[int]) -> list[int]:
+        """The targets for ``pids``: DAMON commits targets by index and keeps an index's
+        regions, so a survivor keeps its index, a new pid takes the index of one that
+        left (else goes last), and the last targets fill the indexes left empty."""
+        watched = set(self._targets) & live
+        new = iter([p for p in pids if p not in watched])
+        slots: list[int | None] = [p if p in live else next(new, None) for p in self._targets]
+        slots.extend(new)
+        while None in slots:
+            last = slots.pop()
+            if last is not None:
+                slots[slots.index(None)] = last
+        return [p for p in slots if p is not None]
+
+    def _write_pids(self, want: Sequence[int], before: Sequence[int]) -> None:
+        """Only the pids of the targets that changed (as many targets as before)."""
+        for i, (old, new) in enumerate(zip(before, want)):
+            if old != new:
+                self.fs.write(f"{CONTEXT}/targets/{i}/pid_target", str(new))
+        self._targets = tuple(want)
 
     def _restart(self) -> None:
         pids = self._scope_pids()

@@ -185,6 +185,7 @@ from dataclasses import dataclass, field
 
 from .. import shim
 from ..procfs import has_capability, last_cpu, start_time
+from ..ranking import Ranking, Watchlist
 from .base import Offer, SamplerBase, SamplerContext
 
 log = logging.getLogger("kmigratedd.sampler")
@@ -218,6 +219,13 @@ COLD_TICKS = 16
 MAX_IDLE_TICKS = 128
 # Cold pages a round offers at most (256 MiB of 4 KiB pages).
 MAX_COLD_PAGES_PER_ROUND = 1 << 16
+# Processes a round scans at most: with more in scope, the SCAN_PIDS - SCAN_WINDOW with
+# the most memory on slow nodes, first, and SCAN_WINDOW rotating over the others that
+# hold slow pages (kmigratedd/ranking.py): each costs a read of its maps and of its
+# pagemap per round, and one without slow pages has nothing to promote (its numa_maps,
+# read by the ranking in turn, shows when it has).
+SCAN_PIDS = 64
+SCAN_WINDOW = 16
 
 # Special mappings whose name is in brackets but that hold ordinary anonymous memory.
 _ANON_NAMES = ("[heap]", "[stack]")
@@ -379,6 +387,10 @@ class IdleSampler(SamplerBase[IdleRound]):
         self._huge = array("Q", [0, 0])  # THP heads, hugetlbfs slots
         self._aged = array("Q", [0, 0])  # pages tested, accesses counted
         self._procs: dict[int, _Proc] = {}
+        self.ranking = Ranking(ctx.scope, ctx.fs, ctx.topology.targets, page_size=ps,
+                               per_round=ctx.config.scope.rank_processes_per_round)
+        self.watchlist = Watchlist(self.ranking, SCAN_PIDS, SCAN_WINDOW, fill=False,
+                                   slow_only=True)
         self._cursor: tuple[int, int] = (0, 0)
         self._credit = 0
         # A round that ages the fast tier stops scanning at this clock() time (None: no
@@ -492,7 +504,7 @@ class IdleSampler(SamplerBase[IdleRound]):
         return offers
 
     def _round(self) -> None:
-        pids = list(self.ctx.scope.pids())
+        pids = self.watchlist.choose()  # pid order, or ranked (see SCAN_PIDS)
         keep = set(pids)
         for pid in [p for p in self._procs if p not in keep]:
             if self.ctx.fs.exists(f"/proc/{pid}"):
@@ -502,7 +514,12 @@ class IdleSampler(SamplerBase[IdleRound]):
         if not pids:
             return
         cur_pid, cur_addr = self._cursor
-        first = next((i for i, p in enumerate(pids) if p >= cur_pid), 0)
+        if cur_pid in keep:
+            first = pids.index(cur_pid)
+        elif len(self.ranking) > SCAN_PIDS:  # ranked: from the top
+            first = 0
+        else:
+            first = next((i for i, p in enumerate(pids) if p >= cur_pid), 0)
         order = pids[first:] + pids[:first]
         resume = cur_addr if order[0] == cur_pid else 0
         work: list[tuple[int, int, int | None]] = [(order[0], resume, None)]
