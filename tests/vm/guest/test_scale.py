@@ -2,8 +2,8 @@
 (forked children of one helper, OTHER_MIB each, all on node 1) are in scope first; then
 a workload with a HOT_MIB hot set and a COLD_MIB cold set on node 1 starts LAST, and
 kmigratedd runs with no arguments (the embedded default config: sampler auto, which
-is damon here), or, with KMIGRATEDD_SCALE_SAMPLER set, with a config naming that
-sampler.
+is hint-faults here), or, with KMIGRATEDD_SCALE_SAMPLER set, with a config naming that
+sampler (idle on the idle-tracking kernel).
 
 The same run first times the workload alone (no others), then among the others.
 Bounds: >= 90% of the hot set on node 0 within BOUND_S in both; the daemon's RSS below
@@ -35,8 +35,9 @@ HOT_MIB, COLD_MIB = 64, 64
 # targets); its RSS is mostly the interpreter, uvloop, cffi and prometheus_client.
 RSS_BOUND_MIB = 160
 
-pytestmark = pytest.mark.skipif(KERNEL != "debian-6.12",
-                                reason="DAMON and NUMA balancing tiering (6.12)")
+pytestmark = pytest.mark.skipif(
+    KERNEL != "debian-6.12" and not (KERNEL == "idle" and SAMPLER == "idle"),
+    reason="DAMON and NUMA balancing tiering (6.12), or idle on the idle kernel")
 
 # Forks N children that each touch MIB of anonymous memory bound to NODE, say READY
 # once every child has, and pause; SIGTERM ends them all.
