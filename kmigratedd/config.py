@@ -142,7 +142,7 @@ class WorkersConfig:
     dry_run: bool = False
 
 
-DemotionMethod = Literal["auto", "off", "damon"]
+DemotionMethod = Literal["auto", "off", "damon", "damon-paddr", "kswapd"]
 
 
 @dataclass(frozen=True)

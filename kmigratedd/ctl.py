@@ -96,6 +96,13 @@ def format_status(st: dict[str, Any]) -> str:
         f"{' [PAUSED]' if st['paused'] else ''}{' [DRY RUN]' if st['dry_run'] else ''}",
         f"sampler: {st['sampler'] or '-'}",
     ]
+    dm = st.get("demotion") or {}
+    if dm:
+        line = f"demotion: {dm.get('method', '-')}"
+        for nid, d in sorted((dm.get("nodes") or {}).items(), key=lambda kv: int(kv[0])):
+            line += (f"; node {nid} -> {d['to']}: kdamond {d['kdamond']}, "
+                     f"quota {_mib(d['quota_bytes'])}/s, {_mib(d['demoted_bytes'])} demoted")
+        lines.append(line)
     q = st.get("queues")
     if q:
         lines.append(f"queues: {q['depth']} candidates waiting (capacity {q['capacity_per_cpu']} "
