@@ -248,15 +248,18 @@ class PaddrDemoter:
             await asyncio.sleep(self.interval_ms / 1000)
 
     def round(self) -> list[tuple[int, int, int]]:
-        """Set each scheme's quota from the room its node needs, then read what the
-        schemes demoted: (src, dst, pages) per node that demoted some."""
+        """Read what each scheme demoted since the last round, then set its quota from
+        the room its node needs: (src, dst, pages) per node that demoted some."""
         if self._found_nr_kdamonds is None:  # closed: leave DAMON alone
             return []
         out = []
         for n in self.nodes:
             try:
-                self._steer(n)
-                pages = self._read_stats(n)
+                pages = self._read_stats(n) if n.sysfs.is_on() else 0
+                # The worker's free figure may predate what the scheme demoted since the
+                # last round (it refreshes every workers.free_refresh_ms): take that off the
+                # room, so a stale figure does not demote it twice.
+                self._steer(n, max(0, self.room_for(n.node) - pages * self.page_size))
             except OSError as exc:
                 self._error(f"kdamond {n.sysfs.index} (node {n.node})", exc)
                 continue
@@ -264,7 +267,7 @@ class PaddrDemoter:
                 out.append((n.node, n.target, pages))
         return out
 
-    def _steer(self, n: NodeDemotion) -> None:
+    def _steer(self, n: NodeDemotion, room: int) -> None:
         if not n.sysfs.is_on():
             # It stopped (an error in the kdamond, or someone wrote off): start it again,
             # its scheme matching nothing until this round's commit.
@@ -273,7 +276,7 @@ class PaddrDemoter:
             n.sysfs.write_scheme(0, self._scheme(n, 0))
             n.sysfs.command("on")
             n.active, n.quota_bytes, n.sz_applied, n.carry = False, 0, 0, 0
-        quota = self.quota_for(self.room_for(n.node))
+        quota = self.quota_for(room)
         if quota == n.quota_bytes and (quota > 0) == n.active:
             return
         if quota > 0:
