@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from daemonproc import DaemonProcess
+from daemonproc import DaemonProcess, proc_cpu_seconds
 from kmigratedd import config
 from workload import Workload, fill_node, node_free_mib
 
@@ -37,6 +37,18 @@ DEMOTION = os.environ.get("KMIGRATEDD_EXCHANGE_DEMOTION") or None
 pytestmark = pytest.mark.skipif(
     KERNEL not in ("debian-6.12", "idle") or (KERNEL == "idle" and SAMPLER is None),
     reason="a kernel with DAMON and NUMA balancing tiering (6.12)")
+
+
+def kdamond_cpu_s() -> float:
+    """utime + stime of every kdamond thread now running."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().startswith("kdamond"):
+                total += proc_cpu_seconds(int(pid))
+        except OSError:
+            continue
+    return total
 
 
 def config_text() -> str | None:
@@ -90,6 +102,9 @@ def test_default_config_makes_room_on_a_full_fast_tier(tmp_path: Path) -> None:
                 drops = {dict(ls).get("reason"): v for (n, ls), v in d.metrics().items()
                          if n == "kmigratedd_worker_dropped_pages_total"}
                 ok = w.verify() and filler.verify()
+                cpu = dict(daemon_cpu_s=round(d.cpu_seconds(), 1),
+                           kdamond_cpu_s=round(kdamond_cpu_s(), 1),
+                           wall_s=round(time.monotonic() - t0, 1))
             finally:
                 rc = d.stop()
             mine = round(w.fraction_on(w.hot, 0) * len(w.hot)
@@ -97,7 +112,7 @@ def test_default_config_makes_room_on_a_full_fast_tier(tmp_path: Path) -> None:
             result = dict(t50=t50, t90=t90, hot_on_fast=hot0, workload_cold_on_slow=cold1,
                           filler_pages_demoted=filler_down, demoted=demoted,
                           promoted=promoted, workload_pages_on_fast=mine,
-                          node0_free_mib=node_free_mib(0), rc=rc)
+                          node0_free_mib=node_free_mib(0), rc=rc, **cpu)
             print("EXCHANGE", result, "\n" + status, "\nsampler", st["sampler_stats"],
                   "\ndropped", drops, "\nworker", st["nodes"]["0"].get("worker"), flush=True)
             cfg = config.Config()
