@@ -100,8 +100,12 @@ def format_status(st: dict[str, Any]) -> str:
     if dm:
         line = f"demotion: {dm.get('method', '-')}"
         for nid, d in sorted((dm.get("nodes") or {}).items(), key=lambda kv: int(kv[0])):
-            line += (f"; node {nid} -> {d['to']}: kdamond {d['kdamond']}, "
-                     f"quota {_mib(d['quota_bytes'])}/s, {_mib(d['demoted_bytes'])} demoted")
+            line += f"; node {nid} -> {d['to']}: "
+            if "kdamond" in d:
+                line += (f"kdamond {d['kdamond']}, quota {_mib(d['quota_bytes'])}/s, "
+                         f"{_mib(d['demoted_bytes'])} demoted")
+            else:
+                line += f"{d['demoted_pages']:,} pages demoted by reclaim"
         lines.append(line)
     q = st.get("queues")
     if q:

@@ -185,11 +185,12 @@ class Daemon:
             try:
                 await demoter.start()
             except SamplerUnavailableError as exc:
-                if cfg.demotion.method != "auto" or demotion.kswapd_unavailable(self.fs):
+                if cfg.demotion.method != "auto":
                     raise KmigratedError(f"demotion.method damon-paddr: {exc}") from None
-                log.warning("demotion: DAMON paddr demotion failed to start (%s): kswapd "
-                            "demotes", exc)
-                self.demotion_method = "kswapd"
+                why = demotion.kswapd_unavailable(self.fs)
+                log.warning("demotion: DAMON paddr demotion failed to start (%s): %s", exc,
+                            "kswapd demotes" if why is None else f"no demotion ({why})")
+                self.demotion_method = "kswapd" if why is None else "off"
                 for w in self.workers.values():
                     w.configure(self._workers_config(cfg))
             else:
@@ -197,8 +198,11 @@ class Daemon:
                 log.info("demotion: a DAMON paddr migrate_cold scheme makes room on a full "
                          "fast tier, its quota following the room needed")
         if self.demotion_method == "kswapd":
+            targets = {n: down for n in self.topology.fast_nodes
+                       if (down := self.topology.demotion_target(n)) is not None}
             self.demoter = KswapdDemotion(
-                self.fs, demotion.state_path(cfg.sampler.hint_faults.state_file))
+                self.fs, demotion.state_path(cfg.sampler.hint_faults.state_file), targets,
+                self._count_demoted)
             await self.demoter.start()
         if self.demoter is not None:
             self._demoter_task = self._spawn(self.demoter.run(), "demoter")

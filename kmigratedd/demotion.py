@@ -20,7 +20,8 @@ demote, by one of two methods (``demotion.method``):
     take the fast node below the workers' headroom: the allocations wake kswapd, whose
     reclaim demotes instead of evicting.  Reactive and small: kswapd stops at the
     node's watermarks, and its reclaim also reclaims file pages (clean page cache
-    dropped, dirty pages written back) where it finds them, as reclaim does.
+    dropped, dirty pages written back) where it finds them, as reclaim does.  The
+    node's pgdemote_* counters tell what it demoted.
 
 ``memory.reclaim`` is not a method: before Linux 6.17 (per-node
 /sys/devices/system/node/nodeN/reclaim) it cannot be held to one node, so it reclaims
@@ -314,15 +315,39 @@ class PaddrDemoter:
                     "quota_exceeded": n.stats.get("qt_exceeds", 0)} for n in self.nodes}}
 
 
+def node_demoted_pages(fs: KernelFs, node: int) -> int:
+    """Pages reclaim demoted from ``node`` so far: the pgdemote_* counters of its vmstat
+    (kswapd, direct, khugepaged; 0 where the kernel has none)."""
+    total = 0
+    for line in (fs.read_optional(f"/sys/devices/system/node/node{node}/vmstat") or
+                 "").splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("pgdemote_") and value.strip().isdigit():
+            total += int(value)
+    return total
+
+
 class KswapdDemotion:
-    """demotion_enabled=1 for as long as the daemon runs; kswapd does the demoting."""
+    """demotion_enabled=1 for as long as the daemon runs; kswapd does the demoting.  What
+    reclaim demotes from each fast node meanwhile (its vmstat pgdemote_* counters) is
+    counted as demoted, whatever woke it."""
 
     method = "kswapd"
 
-    def __init__(self, fs: KernelFs, state_file: str | Path) -> None:
+    def __init__(self, fs: KernelFs, state_file: str | Path,
+                 targets: Mapping[int, int] | None = None,
+                 count: Callable[[int, int, int], None] | None = None,
+                 interval_ms: int = INTERVAL_MS) -> None:
+        self.fs = fs
         self.guard = SysctlGuard(fs, state_file, {sysctl.DEMOTION_ENABLED.kpath: "1"})
+        self.targets = dict(targets or {})
+        self.count = count
+        self.interval_ms = interval_ms
+        self._seen: dict[int, int] = {}
+        self.demoted: dict[int, int] = dict.fromkeys(self.targets, 0)
 
     async def start(self) -> None:
+        self._seen = {n: node_demoted_pages(self.fs, n) for n in self.targets}
         self.guard.apply()
         log.info("demotion: kswapd demotes (demotion_enabled=1); promotion may take the fast "
                  "tier below the workers' headroom")
@@ -330,9 +355,27 @@ class KswapdDemotion:
     async def stop(self) -> None:
         self.guard.restore()
 
+    def poll(self) -> list[tuple[int, int, int]]:
+        """(src, dst, pages) reclaim demoted from each fast node since the last poll."""
+        out = []
+        for node, dst in self.targets.items():
+            now = node_demoted_pages(self.fs, node)
+            pages = max(0, now - self._seen.get(node, now))
+            self._seen[node] = now
+            if pages:
+                self.demoted[node] += pages
+                out.append((node, dst, pages))
+        return out
+
     async def run(self) -> None:
-        return None
+        while True:
+            await asyncio.sleep(self.interval_ms / 1000)
+            for src, dst, pages in self.poll():
+                if self.count is not None:
+                    self.count(src, dst, pages)
 
     def stats(self) -> dict[str, object]:
         return {"method": self.method,
-                "sysctl_originals_unknown": len(self.guard.unknown)}
+                "sysctl_originals_unknown": len(self.guard.unknown),
+                "nodes": {str(n): {"to": d, "demoted_pages": self.demoted[n]}
+                          for n, d in self.targets.items()}}

@@ -395,3 +395,58 @@ def test_config_method_values(tmp_path: Path, text: str, ok: bool) -> None:
         load()
     assert str(info.value) == (f"{path}: demotion.method: must be one of auto, off, damon, "
                                f"damon-paddr, kswapd, got '{text}'")
+
+
+def daemon_for(fs: KernelFs, tmp_path: Path, method: str) -> tuple[Daemon, config.Config]:
+    from kmigratedd.topology import Node, Topology
+
+    cfg = config.Config(
+        sampler=config.SamplerConfig(hint_faults=config.HintFaultsConfig(
+            state_file=str(tmp_path / "state" / "sysctl-state.json"))),
+        demotion=config.DemotionConfig(method=method))  # type: ignore[arg-type]
+    nodes = {n: Node(n, frozenset(), 1 << 30, 0, {0: 10, 1: 20} if n == 0 else {0: 20, 1: 10},
+                     (), None, None) for n in (0, 1)}
+    d = Daemon(config=cfg, config_path=None, fs=fs)
+    d.topology = Topology(nodes=nodes, tiers=(), tier_source="kernel", targets={1: 0},
+                          block_size_bytes=BLOCK, page_size=PS)
+    d.demotion_method = "damon-paddr"
+    return d, cfg
+
+
+def test_auto_falls_back_to_kswapd_when_the_paddr_demoter_cannot_start(tmp_path: Path) -> None:
+    fs = make_tree(tmp_path)
+    fs.fail[(f"{S}/action", "migrate_cold")] = errno.EINVAL
+    d, cfg = daemon_for(fs, tmp_path, "auto")
+
+    async def go() -> None:
+        await d._start_demoter(cfg)
+        assert d.demotion_method == "kswapd" and isinstance(d.demoter, KswapdDemotion)
+        assert fs.writes[-1] == (DEMOTION_ENABLED, "1")
+        await d.demoter.stop()
+
+    asyncio.run(go())
+    assert fs.writes[-1] == (DEMOTION_ENABLED, "0")
+    assert (f"{K}/nr_kdamonds", "0") in fs.writes  # DAMON left as found
+
+
+def test_a_paddr_demoter_named_in_the_config_that_cannot_start_is_an_error(
+        tmp_path: Path) -> None:
+    fs = make_tree(tmp_path)
+    fs.fail[(f"{S}/action", "migrate_cold")] = errno.EINVAL
+    d, cfg = daemon_for(fs, tmp_path, "damon-paddr")
+    with pytest.raises(KmigratedError, match="demotion.method damon-paddr: the kernel's DAMON "
+                                             "has no migrate_cold action"):
+        asyncio.run(d._start_demoter(cfg))
+
+
+def test_kswapd_counts_what_reclaim_demoted_from_the_fast_node(tmp_path: Path) -> None:
+    fs = make_tree(tmp_path)
+    vmstat = "/sys/devices/system/node/node0/vmstat"
+    put(tmp_path, vmstat, "nr_free_pages 5\npgdemote_kswapd 100\npgdemote_direct 7\n")
+    k = KswapdDemotion(fs, demotion.state_path(tmp_path / "state" / "s.json"), {0: 1})
+    asyncio.run(k.start())
+    assert k.poll() == []
+    put(tmp_path, vmstat, "nr_free_pages 5\npgdemote_kswapd 150\npgdemote_direct 9\n")
+    assert k.poll() == [(0, 1, 52)]
+    assert k.stats()["nodes"] == {"0": {"to": 1, "demoted_pages": 52}}
+    asyncio.run(k.stop())
