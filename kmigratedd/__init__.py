@@ -30,6 +30,9 @@ Map of the package. Data flows one way, one stage per module:
                    rate limit, retries, back-off) and a typed stats snapshot
 - ``pipeline.py``  a worker's move pipeline: submit batches to its move thread, complete
                    them, count every page's outcome; the Mover seam; parallel copy
+- ``demotion.py``  the kernel demotes on a full fast tier for samplers that do not see
+                   it: a DAMON paddr migrate_cold scheme whose quota follows the room
+                   the workers need, or kswapd with demotion_enabled
 - ``policy.py``    token bucket, headroom hysteresis, ping-pong damping, busy retry
 - ``metrics.py``   Prometheus registry and /metrics on the event loop
 - ``control.py``   JSON-RPC control socket;  ``sdnotify.py``: systemd notifications

@@ -145,7 +145,7 @@ class WorkersConfig:
     dry_run: bool = False
 
 
-DemotionMethod = Literal["auto", "off", "damon"]
+DemotionMethod = Literal["auto", "off", "sampler", "damon", "damon-paddr", "kswapd"]
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,17 @@ def format_status(st: dict[str, Any]) -> str:
         f"{' [PAUSED]' if st['paused'] else ''}{' [DRY RUN]' if st['dry_run'] else ''}",
         f"sampler: {st['sampler'] or '-'}",
     ]
+    dm = st.get("demotion") or {}
+    if dm:
+        line = f"demotion: {dm.get('method', '-')}"
+        for nid, d in sorted((dm.get("nodes") or {}).items(), key=lambda kv: int(kv[0])):
+            line += f"; node {nid} -> {d['to']}: "
+            if "kdamond" in d:
+                line += (f"kdamond {d['kdamond']}, quota {_mib(d['quota_bytes'])}/s, "
+                         f"{_mib(d['demoted_bytes'])} demoted")
+            else:
+                line += f"{d['demoted_pages']:,} pages demoted by reclaim"
+        lines.append(line)
     q = st.get("queues")
     if q:
         lines.append(f"queues: {q['depth']} candidates waiting (capacity {q['capacity_per_cpu']} "

@@ -16,6 +16,12 @@ it changed), then lets the workers finish the batch in flight, bounded by
 SIGTERM/SIGINT stop, SIGHUP reloads (a bad file is logged and the running config
 stays).
 
+On a full fast tier promotion makes room by demoting cold pages (``demotion.method``):
+a sampler that sees the fast tier (:data:`DEMOTING_SAMPLERS`) offers its cold pages to
+the workers; with any other sampler the kernel demotes (:mod:`~kmigratedd.demotion`:
+a DAMON paddr ``migrate_cold`` scheme whose quota follows the room the workers need,
+or kswapd with demotion_enabled).
+
 On a machine with no slower memory tier there is nothing to promote: the daemon
 says so, runs no sampler and no worker, and keeps serving its metrics.
 """
@@ -31,11 +37,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import __version__, logsetup, samplers, sysctl
+from . import __version__, demotion, logsetup, samplers, sysctl
 from . import config as config_mod
-from .config import Config
+from .config import Config, WorkersConfig
+from .demotion import KswapdDemotion, PaddrDemoter
 from .control import ControlServer
-from .errors import KmigratedError
+from .errors import KmigratedError, SamplerUnavailableError
 from .kernelfs import KernelFs
 from .metrics import Metrics, MetricsServer, MetricsSources
 from .procfs import online_cpus
@@ -68,6 +75,10 @@ class Daemon:
     workers: dict[int, NodeWorker] = field(default_factory=dict)
     router: Router | None = None
     demote_queues: CandidateQueues | None = None
+    # The demotion method in effect: off, sampler (the sampler's cold pages), damon-paddr
+    # or kswapd (the kernel demotes, through self.demoter).
+    demotion_method: str = "off"
+    demoter: PaddrDemoter | KswapdDemotion | None = None
     # --dry-run on the command line: it holds across reloads too.
     dry_run_override: bool | None = None
     metrics: Metrics | None = None
@@ -82,6 +93,7 @@ class Daemon:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _worker_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     _router_task: asyncio.Task[None] | None = None
+    _demoter_task: asyncio.Task[None] | None = None
     _pools: list[ThreadPoolExecutor] = field(default_factory=list)
     _last_reload_error: str = ""
 
@@ -106,24 +118,99 @@ class Daemon:
         threshold fits the candidates to it)."""
         return sum(w.capacity_pages(now) for w in list(self.workers.values()))
 
-    def _demotion_queues(self, cfg: Config, sampler: str) -> CandidateQueues | None:
-        """Queues for the sampler's demotion candidates, when this sampler demotes."""
+    def _demotion_method(self, cfg: Config, sampler: str) -> str:
+        """The demotion method for this sampler: off, sampler, damon-paddr or kswapd.
+        auto takes the sampler's cold pages where it sees the fast tier, else a DAMON
+        paddr scheme where the kernel has one, else kswapd.  A method named in the
+        config that cannot run here raises KmigratedError."""
         method = cfg.demotion.method
         if method == "off":
-            return None
-        if sampler not in DEMOTING_SAMPLERS:
-            if method != "auto":
-                log.warning("demotion.method %s needs the %s sampler, not %s: no demotion",
-                            method, method, sampler)
-            else:
-                log.info("demotion: the %s sampler does not see the fast tier: no demotion",
-                         sampler)
-            return None
+            return "off"
+        own = sampler in DEMOTING_SAMPLERS
+        if method in ("sampler", "damon") or (method == "auto" and own):
+            if own:
+                return "sampler"
+            log.warning("demotion.method %s needs a sampler that sees the fast tier (%s), "
+                        "not %s: no demotion", method, ", ".join(DEMOTING_SAMPLERS), sampler)
+            return "off"
+        if method == "damon-paddr" and sampler == "damon":
+            raise KmigratedError("demotion.method damon-paddr: the damon sampler runs DAMON "
+                                 "already: use demotion.method damon (or auto)")
+        if method in ("auto", "damon-paddr"):
+            why = demotion.paddr_unavailable(self.fs)
+            if why is None:
+                return "damon-paddr"
+            if method == "damon-paddr":
+                raise KmigratedError(f"demotion.method damon-paddr: {why}")
+            log.info("demotion: no DAMON paddr demotion (%s)", why)
+        why = demotion.kswapd_unavailable(self.fs)
+        if why is None:
+            return "kswapd"
+        if method == "kswapd":
+            raise KmigratedError(f"demotion.method kswapd: {why}")
+        log.warning("demotion: the %s sampler does not see the fast tier and %s: no demotion",
+                    sampler, why)
+        return "off"
+
+    def _demotion_queues(self, cfg: Config) -> CandidateQueues:
+        """Queues for the sampler's demotion candidates."""
         assert self.topology is not None
-        log.info("demotion: cold pages from the %s sampler make room on a full fast tier",
-                 sampler)
         return CandidateQueues(online_cpus(self.fs), cfg.queues.capacity_per_cpu,
                                self.topology.page_size)
+
+    def _workers_config(self, cfg: Config) -> WorkersConfig:
+        """The workers' config; with kswapd demoting, no headroom: promotion takes the
+        fast node down to its watermarks, where the allocations wake kswapd."""
+        if self.demotion_method == "kswapd":
+            return dataclasses.replace(cfg.workers, min_free_bytes=0, resume_free_bytes=0)
+        return cfg.workers
+
+    def _room_for(self, node: int) -> int:
+        w = self.workers.get(node)
+        return w.last_room_needed if w is not None else 0
+
+    def _count_demoted(self, src: int, dst: int, pages: int) -> None:
+        """Pages the kernel demoted for the demoter, counted with the worker's own
+        demotions (metrics kmigratedd_demoted_*, status)."""
+        w = self.workers.get(src)
+        if w is not None:
+            w.stats.demoted[(src, dst)] += pages
+
+    async def _start_demoter(self, cfg: Config) -> None:
+        """Start the kernel-side demotion chosen; under auto, a damon-paddr demoter that
+        fails to start gives way to kswapd."""
+        assert self.topology is not None
+        if self.demotion_method == "damon-paddr":
+            targets = {n: down for n in self.topology.fast_nodes
+                       if (down := self.topology.demotion_target(n)) is not None}
+            demoter = PaddrDemoter(self.fs, targets, cfg.demotion, cfg.sampler.damon,
+                                   page_size=self.topology.page_size, room_for=self._room_for,
+                                   count=self._count_demoted,
+                                   executor=self._pool(1, "kmigratedd-demote"))
+            try:
+                await demoter.start()
+            except SamplerUnavailableError as exc:
+                if cfg.demotion.method != "auto":
+                    raise KmigratedError(f"demotion.method damon-paddr: {exc}") from None
+                why = demotion.kswapd_unavailable(self.fs)
+                log.warning("demotion: DAMON paddr demotion failed to start (%s): %s", exc,
+                            "kswapd demotes" if why is None else f"no demotion ({why})")
+                self.demotion_method = "kswapd" if why is None else "off"
+                for w in self.workers.values():
+                    w.configure(self._workers_config(cfg))
+            else:
+                self.demoter = demoter
+                log.info("demotion: a DAMON paddr migrate_cold scheme makes room on a full "
+                         "fast tier, its quota following the room needed")
+        if self.demotion_method == "kswapd":
+            targets = {n: down for n in self.topology.fast_nodes
+                       if (down := self.topology.demotion_target(n)) is not None}
+            self.demoter = KswapdDemotion(
+                self.fs, demotion.state_path(cfg.sampler.hint_faults.state_file), targets,
+                self._count_demoted)
+            await self.demoter.start()
+        if self.demoter is not None:
+            self._demoter_task = self._spawn(self.demoter.run(), "demoter")
 
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
@@ -133,8 +220,10 @@ class Daemon:
 
     async def startup(self) -> None:
         cfg = self.config
-        # Whatever the sampler: a killed hint-faults run may have left sysctls changed.
+        # Whatever the sampler: a killed hint-faults run may have left sysctls changed, a
+        # killed kswapd demotion demotion_enabled.
         sysctl.recover(self.fs, cfg.sampler.hint_faults.state_file)
+        sysctl.recover(self.fs, demotion.state_path(cfg.sampler.hint_faults.state_file))
         self.topology = topo = self._discover(cfg)
         for line in topo.describe().splitlines():
             log.info("%s", line)
@@ -156,15 +245,18 @@ class Daemon:
         if topo.targets:
             ctx = self._sampler_context(cfg)
             self.sampler = samplers.create(cfg.sampler.name, ctx)
-            demote = self._demotion_queues(cfg, self.sampler.name)
-            if demote is not None:
+            self.demotion_method = self._demotion_method(cfg, self.sampler.name)
+            if self.demotion_method == "sampler":
                 # The sampler chosen demotes: build it again with its demotion queues (building
                 # has no side effect; start() does the work).
-                ctx.demote_queues = self.demote_queues = demote
+                ctx.demote_queues = self.demote_queues = self._demotion_queues(cfg)
                 self.sampler = samplers.create(self.sampler.name, ctx)
+                log.info("demotion: cold pages from the %s sampler make room on a full fast "
+                         "tier", self.sampler.name)
             await self.sampler.start()
             log.info("sampler %s started", self.sampler.name)
             self._start_workers()
+            await self._start_demoter(cfg)
         else:
             log.warning("no node has a promotion target (one memory tier): nothing to promote; "
                         "set topology.tiers if the kernel's tiers are wrong")
@@ -196,7 +288,8 @@ class Daemon:
                                     self._pool(1, f"kmigratedd-move{node}"),
                                     page_size=self.topology.page_size, idle_cpus=idle)
             w = NodeWorker(node, topology=self.topology, inbox=inboxes[node], pipeline=pipeline,
-                           cfg=cfg, fs=self.fs, demote_inbox=cold.get(node),
+                           cfg=self._workers_config(self.config), fs=self.fs,
+                           demote_inbox=cold.get(node),
                            demote_to=down if node in cold else None,
                            demotion=self.config.demotion)
             w.paused = self.paused
@@ -282,6 +375,8 @@ class Daemon:
             "paused": self.paused, "dry_run": self.config.workers.dry_run,
             "sampler": self.sampler.name if self.sampler else None,
             "sampler_stats": self.sampler.stats() if self.sampler else {},
+            "demotion": (self.demoter.stats() if self.demoter is not None
+                         else {"method": self.demotion_method}),
             "rate_interval_s": self.config.topology.refresh_interval_ms / 1000,
             "hot_threshold": self.router.threshold.value if self.router is not None else None,
             "queues": {"depth": qs.depth, "capacity_per_cpu": self.queues.capacity_per_cpu,
@@ -411,9 +506,11 @@ class Daemon:
                 return False
         self.config = cfg
         for w in self.workers.values():
-            w.configure(cfg.workers)
+            w.configure(self._workers_config(cfg))
             w.configure_demotion(cfg.demotion)
             w.wake()
+        if isinstance(self.demoter, PaddrDemoter):
+            self.demoter.configure(cfg.demotion)
         if self.router is not None:
             self.router.configure(cfg.workers)
         logsetup.set_level(cfg.log_level)
@@ -438,6 +535,16 @@ class Daemon:
                 log.warning("sampler did not stop within %.1fs", timeout)
             except Exception:  # keep shutting down
                 log.exception("sampler stop failed")
+        if self.demoter is not None:
+            # Off before the workers stop: nothing demotes once promotion has ended.
+            if self._demoter_task is not None:
+                self._demoter_task.cancel()
+            try:
+                await asyncio.wait_for(self.demoter.stop(), timeout)
+            except TimeoutError:
+                log.warning("demotion did not stop within %.1fs", timeout)
+            except Exception:  # keep shutting down
+                log.exception("stopping demotion failed")
         # The router stops taking candidates; workers finish the batch in flight, then leave.
         if self.router is not None:
             self.router.stop()

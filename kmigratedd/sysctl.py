@@ -69,14 +69,18 @@ _DECIMAL = re.compile(r"[0-9]{1,10}")
 class Sysctl:
     """A sysctl kmigratedd may change, and the values the kernel accepts for it."""
 
-    name: str  # as sysctl(8) spells it
+    name: str  # as sysctl(8) spells it (a sysfs knob: its path below /sys)
     kpath: str  # the kernel path written, and the state file's key
     min_value: int
     max_value: int
+    # A sysfs boolean shows "true"/"false" and takes "1"/"0" (kstrtobool): kept as 1/0.
+    boolean: bool = False
 
     def check(self, value: object) -> str:
         """``value`` as canonical decimal text; ValueError if it is not a decimal
         integer in the valid range."""
+        if self.boolean and value in ("true", "false"):
+            value = "1" if value == "true" else "0"
         if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
             raise ValueError(f"{self.name}: {_short(value)} is not a decimal integer")
         number = int(value)
@@ -94,9 +98,15 @@ PROMOTE_RATE_LIMIT = Sysctl("kernel.numa_balancing_promote_rate_limit_MBps",
                             "/proc/sys/kernel/numa_balancing_promote_rate_limit_MBps",
                             0, 2**31 - 1)
 
+# mm/memory-tiers.c: numa_demotion_enabled, a bool shown as "true"/"false".  With it
+# reclaim (kswapd, direct reclaim) migrates a top-tier node's pages to a slower node
+# instead of evicting them.
+DEMOTION_ENABLED = Sysctl("kernel/mm/numa/demotion_enabled",
+                          "/sys/kernel/mm/numa/demotion_enabled", 0, 1, boolean=True)
+
 #: Every sysctl kmigratedd may write, by the key a state file names it with.
 KNOWN: Mapping[str, Sysctl] = MappingProxyType(
-    {s.kpath: s for s in (NUMA_BALANCING, PROMOTE_RATE_LIMIT)})
+    {s.kpath: s for s in (NUMA_BALANCING, PROMOTE_RATE_LIMIT, DEMOTION_ENABLED)})
 
 
 def _short(value: object) -> str:

@@ -12,6 +12,11 @@ what attributes a region to its pid.  With a :class:`ColdPattern` (demotion on),
 second ``stat`` scheme per target selects its cold regions: no access for at least
 ``min_age`` aggregation intervals.  The hot schemes keep indexes 0..n-1 and the cold
 ones follow (:func:`cold_scheme_index`).
+
+:func:`paddr_cold_context` builds the context the ``damon-paddr`` demoter uses: ``paddr``
+operations over one fast node's physical ranges (the target's regions) and one
+``migrate_cold`` scheme to the node's demotion target, with a size :class:`Quota` and a
+``young`` filter that leaves out every page whose accessed bit is set.
 """
 
 from __future__ import annotations
@@ -72,15 +77,43 @@ class TargetFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class YoungFilter:
+    """A DAMOS filter of type ``young``: pages whose accessed bit is set match (the
+    paddr operations check it through the rmap and clear it)."""
+
+    matching: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A scheme's size quota: the action applies to at most ``bytes`` per
+    ``reset_interval_ms`` (``bytes`` 0 with no time quota: no limit).  Under the quota
+    DAMOS takes the regions by score, from these weights (in permil)."""
+
+    bytes: int
+    reset_interval_ms: int
+    sz_permil: int = 0
+    nr_accesses_permil: int = 1000
+    age_permil: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class Scheme:
     action: str
     access_pattern: AccessPattern
-    filters: tuple[TargetFilter, ...]
+    filters: tuple[TargetFilter | YoungFilter, ...]
+    # Destination node of migrate_hot/migrate_cold (schemes/<s>/target_nid, 6.11+).
+    target_nid: int | None = None
+    quota: Quota | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    pid: int
+    """A vaddr target is a pid; a paddr target has none and gets its regions set
+    (physical [start, end) ranges)."""
+
+    pid: int | None = None
+    regions: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +181,29 @@ def hot_regions_context(attrs: MonitoringAttrs, pids: Sequence[int], hot_min_acc
     if cold is not None:
         schemes += tuple(cold_scheme(i, cold) for i in range(n))
     return Context("vaddr", attrs, tuple(Target(p) for p in pids), schemes)
+
+
+# An access pattern no region has (nr_accesses 1..0): a scheme with it applies to nothing,
+# while the kdamond goes on monitoring and the scheme's stats carry on.
+NOTHING = AccessPattern(sz=Range(0, ULONG_MAX), nr_accesses=Range(1, 0), age=Range(0, UINT_MAX))
+
+
+def migrate_cold_scheme(target_nid: int, min_age: int, quota: Quota) -> Scheme:
+    """A ``migrate_cold`` scheme moving to node ``target_nid`` the pages of regions that
+    saw no access for at least ``min_age`` aggregation intervals, at most ``quota``,
+    leaving out every page whose accessed bit is set (young filter, matching)."""
+    pattern = AccessPattern(sz=Range(0, ULONG_MAX), nr_accesses=Range(0, 0),
+                            age=Range(min_age, UINT_MAX))
+    return Scheme("migrate_cold", pattern, (YoungFilter(matching=True),),
+                  target_nid=target_nid, quota=quota)
+
+
+def paddr_cold_context(attrs: MonitoringAttrs, ranges: Sequence[tuple[int, int]],
+                       target_nid: int, min_age: int, quota: Quota) -> Context:
+    """A paddr context over the physical ``ranges`` of one node whose single scheme
+    demotes its cold pages to ``target_nid`` (:func:`migrate_cold_scheme`)."""
+    return Context("paddr", attrs, (Target(None, tuple(ranges)),),
+                   (migrate_cold_scheme(target_nid, min_age, quota),))
 
 
 def aligned(r: Region, page_size: int) -> Region:

@@ -8,7 +8,8 @@ Bounds: >= 90% of the hot set on node 0 within BOUND_S; the cold process's pages
 node 1 at most the hot set plus the headroom (workers.resume_free_bytes) plus one burst; the
 hot pages stay on node 0 (none demoted: still there ten seconds after reaching 90%); the
 workload's cold set stays on node 1 but for what DAMON's coarse regions carry along; every
-word of both processes intact.
+word of both processes intact; no kdamond left running once the daemon stopped.  The result
+line also gives the daemon's and the kdamonds' CPU seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from daemonproc import DaemonProcess
+from daemonproc import DaemonProcess, proc_cpu_seconds
 from kmigratedd import config
 from workload import Workload, fill_node, node_free_mib
 
@@ -37,6 +38,29 @@ DEMOTION = os.environ.get("KMIGRATEDD_EXCHANGE_DEMOTION") or None
 pytestmark = pytest.mark.skipif(
     KERNEL not in ("debian-6.12", "idle") or (KERNEL == "idle" and SAMPLER is None),
     reason="a kernel with DAMON and NUMA balancing tiering (6.12)")
+
+
+def kdamond_pids() -> list[int]:
+    """The kdamond threads now running."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().startswith("kdamond"):
+                out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
+def kdamond_cpu_s() -> float:
+    """utime + stime of every kdamond thread now running."""
+    total = 0.0
+    for pid in kdamond_pids():
+        try:
+            total += proc_cpu_seconds(pid)
+        except OSError:
+            continue
+    return total
 
 
 def config_text() -> str | None:
@@ -90,22 +114,27 @@ def test_default_config_makes_room_on_a_full_fast_tier(tmp_path: Path) -> None:
                 drops = {dict(ls).get("reason"): v for (n, ls), v in d.metrics().items()
                          if n == "kmigratedd_worker_dropped_pages_total"}
                 ok = w.verify() and filler.verify()
-                cpu_s = d.cpu_seconds()
+                cpu = dict(daemon_cpu_s=round(d.cpu_seconds(), 1),
+                           kdamond_cpu_s=round(kdamond_cpu_s(), 1),
+                           wall_s=round(time.monotonic() - t0, 1))
             finally:
                 rc = d.stop()
+            # Stopped, the daemon leaves no kdamond of its own running.
+            kdamonds_left = len(kdamond_pids())
             mine = round(w.fraction_on(w.hot, 0) * len(w.hot)
                          + w.fraction_on(w.cold, 0) * len(w.cold))
             result = dict(t50=t50, t90=t90, hot_on_fast=hot0, workload_cold_on_slow=cold1,
                           filler_pages_demoted=filler_down, demoted=demoted,
                           promoted=promoted, workload_pages_on_fast=mine,
-                          node0_free_mib=node_free_mib(0), daemon_cpu_s=round(cpu_s, 1),
-                          rc=rc)
+                          node0_free_mib=node_free_mib(0), rc=rc, kdamonds_left=kdamonds_left,
+                          **cpu)
             print("EXCHANGE", result, "\n" + status, "\nsampler", st["sampler_stats"],
                   "\ndropped", drops, "\nworker", st["nodes"]["0"].get("worker"), flush=True)
             cfg = config.Config()
             bound = (HOT_MIB * MiB + cfg.workers.resume_free_bytes
                      + 4 * cfg.workers.batch_pages * PAGE) // PAGE
             assert rc == 0 and ok
+            assert kdamonds_left == 0, result
             # Still on node 0 ten seconds after reaching 90%: no hot page was demoted.
             assert hot0 >= 0.9, result
             assert filler_down <= bound, result           # no mass eviction
