@@ -90,7 +90,7 @@ from ..ranking import Ranking, Watchlist
 from . import damon_model as model
 from .base import Offer, SamplerBase, SamplerContext
 from .damon_model import Region
-from .damon_sysfs import (ADMIN, CONTEXT, MIN_KERNEL, NR_KDAMONDS, DamonSysfs, damon_in_use,
+from .damon_sysfs import (ADMIN, MIN_KERNEL, NR_KDAMONDS, DamonSysfs, damon_in_use,
                           kernel_release)
 
 log = logging.getLogger("kmigratedd.sampler")
@@ -729,7 +729,7 @@ class DamonSampler(SamplerBase[DamonRound]):
         """Only the pids of the targets that changed (as many targets as before)."""
         for i, (old, new) in enumerate(zip(before, want)):
             if old != new:
-                self.fs.write(f"{CONTEXT}/targets/{i}/pid_target", str(new))
+                self.fs.write(f"{self.sysfs.context}/targets/{i}/pid_target", str(new))
         self._targets = tuple(want)
 
     def _restart(self) -> None:
