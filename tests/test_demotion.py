@@ -382,7 +382,7 @@ def test_kswapd_lifts_the_workers_headroom(tmp_path: Path) -> None:
     assert d._workers_config(cfg) is cfg.workers
 
 
-@pytest.mark.parametrize("text,ok", [("damon-paddr", True), ("kswapd", True),
+@pytest.mark.parametrize("text,ok", [("damon-paddr", True), ("kswapd", True), ("sampler", True),
                                      ("memory.reclaim", False)])
 def test_config_method_values(tmp_path: Path, text: str, ok: bool) -> None:
     path = tmp_path / "c.yaml"
@@ -393,8 +393,8 @@ def test_config_method_values(tmp_path: Path, text: str, ok: bool) -> None:
         return
     with pytest.raises(ConfigError) as info:
         load()
-    assert str(info.value) == (f"{path}: demotion.method: must be one of auto, off, damon, "
-                               f"damon-paddr, kswapd, got '{text}'")
+    assert str(info.value) == (f"{path}: demotion.method: must be one of auto, off, sampler, "
+                               f"damon, damon-paddr, kswapd, got '{text}'")
 
 
 def daemon_for(fs: KernelFs, tmp_path: Path, method: str) -> tuple[Daemon, config.Config]:
