@@ -160,10 +160,19 @@ class Daemon:
 
     def _workers_config(self, cfg: Config) -> WorkersConfig:
         """The workers' config; with kswapd demoting, no headroom: promotion takes the
-        fast node down to its watermarks, where the allocations wake kswapd."""
+        fast node down to its watermarks, where the allocations wake kswapd.  With the
+        sampler's cold pages or a paddr scheme making room, promotion resumes once free
+        memory is one batch above min_free_bytes rather than at resume_free_bytes: the room
+        demotion makes is for the pages waiting, and a wide hysteresis would demote that
+        much more before the first of them moves."""
+        w = cfg.workers
         if self.demotion_method == "kswapd":
-            return dataclasses.replace(cfg.workers, min_free_bytes=0, resume_free_bytes=0)
-        return cfg.workers
+            return dataclasses.replace(w, min_free_bytes=0, resume_free_bytes=0)
+        if self.demotion_method in ("sampler", "damon-paddr"):
+            page = self.topology.page_size if self.topology is not None else 4096
+            resume = min(w.resume_free_bytes, w.min_free_bytes + w.batch_pages * page)
+            return dataclasses.replace(w, resume_free_bytes=resume)
+        return w
 
     def _room_for(self, node: int) -> int:
         w = self.workers.get(node)

@@ -378,7 +378,13 @@ def test_kswapd_lifts_the_workers_headroom(tmp_path: Path) -> None:
     d.demotion_method = "kswapd"
     w = d._workers_config(cfg)
     assert (w.min_free_bytes, w.resume_free_bytes) == (0, 0)
-    d.demotion_method = "damon-paddr"
+    # Demotion making room: promotion resumes one batch above min_free_bytes.
+    for method in ("damon-paddr", "sampler"):
+        d.demotion_method = method
+        w = d._workers_config(cfg)
+        assert (w.min_free_bytes, w.resume_free_bytes) == (
+            cfg.workers.min_free_bytes, cfg.workers.min_free_bytes + cfg.workers.batch_pages * 4096)
+    d.demotion_method = "off"
     assert d._workers_config(cfg) is cfg.workers
 
 
