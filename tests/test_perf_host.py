@@ -185,3 +185,15 @@ def test_sysctl_guard_saves_before_and_restores(tmp_path):
     # The writes happened in order: save first, then change, then restore.
     assert [w for w in fs.writes][:2] == [("/proc/sys/kernel/numa_balancing", "2"),
                                          ("/proc/sys/kernel/numa_balancing_promote_rate_limit_MBps", "0")]
+
+
+@pytest.mark.parametrize("before,mode", [("0", "2"), ("1", "3"), ("2", "2"), ("3", "3"),
+                                         ("", "2"), (None, "2")])
+def test_hint_faults_keep_normal_numa_balancing_on(tmp_path, before, mode):
+    from kmigratedd.samplers.perf import tiering_mode
+
+    root = tmp_path / "root"
+    (root / "proc/sys/kernel").mkdir(parents=True)
+    if before is not None:
+        (root / "proc/sys/kernel/numa_balancing").write_text(before + "\n")
+    assert tiering_mode(KernelFs(root)) == mode

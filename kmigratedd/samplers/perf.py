@@ -6,7 +6,7 @@ wakeup watermark is readable) and a timer drains what stays below the watermark;
 the native shim decodes records into flat arrays, filters them and pushes them
 into that CPU's candidate queue — no Python loop per sample.
 
-``hint-faults``: with ``kernel.numa_balancing = 2`` the kernel
+``hint-faults``: with ``kernel.numa_balancing = 2`` (3 where normal balancing was on) the kernel
 makes only slow-tier pages take a NUMA hinting fault on their next touch, and the
 software page-fault event with PERF_SAMPLE_ADDR records exactly those pages.
 ``numa_balancing_promote_rate_limit_MBps = 0`` stops the kernel from promoting
@@ -205,6 +205,15 @@ class _PerfSampler(SamplerBase[list[int] | None]):
         return {**self.rings.stats(), **super().stats()}
 
 
+def tiering_mode(fs: KernelFs) -> str:
+    """The kernel.numa_balancing value the sampler sets: 2 (memory tiering), or 3 (tiering
+    and normal balancing) when normal NUMA balancing (bit 0) is on, as distributions enable
+    it on multi-socket machines: the sampler adds tiering without switching off the
+    operator's balancing of tasks and pages between CPU nodes."""
+    text = (fs.read_optional(NUMA_BALANCING) or "0").strip()
+    return "3" if text.isdigit() and int(text) & 1 else "2"
+
+
 class HintFaultSampler(_PerfSampler):
     name = "hint-faults"
 
@@ -215,7 +224,7 @@ class HintFaultSampler(_PerfSampler):
                           precise_ip=0, ring_pages=cfg.ring_pages, by_phys_node=False)
         super().__init__(ctx, rings, ("kernel_promoted_pages",))
         self.guard = SysctlGuard(ctx.fs, cfg.state_file,
-                                 {NUMA_BALANCING: "2", PROMOTE_RATE_LIMIT: "0"})
+                                 {NUMA_BALANCING: tiering_mode(ctx.fs), PROMOTE_RATE_LIMIT: "0"})
         self.kernel_promoting = False
         self._last_promote: int | None = None
 
