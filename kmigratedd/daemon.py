@@ -115,7 +115,10 @@ class Daemon:
 
     def capacity_pages(self, now: float) -> int:
         """Pages the fast tier can take now, over every fast node (the router's adaptive
-        threshold fits the candidates to it)."""
+        threshold fits the candidates to it).  Only while the sampler's own cold pages make
+        room: the kernel's demotion (damon-paddr, kswapd) makes room the workers cannot
+        count ahead, and the samplers without a fast-tier view (hint-faults) report the
+        same pages again and again with one sample each, which says nothing of hotness."""
         return sum(w.capacity_pages(now) for w in list(self.workers.values()))
 
     def _demotion_method(self, cfg: Config, sampler: str) -> str:
@@ -306,7 +309,9 @@ class Daemon:
             self._worker_tasks[node] = self._spawn(w.run(), f"worker-node{node}")
         self.router = Router(self.queues, inboxes, self.topology, self.mover, cfg,
                              executor=offload, demote_queues=self.demote_queues,
-                             cold_inboxes=cold, capacity=self.capacity_pages)
+                             cold_inboxes=cold,
+                             capacity=self.capacity_pages if self.demotion_method == "sampler"
+                             else None)
         self.router.paused = self.paused
         self._router_task = self._spawn(self.router.run(), "router")
 

@@ -312,7 +312,7 @@ class AdaptiveThreshold:
     capacity shows up."""
 
     floor: int
-    half_life_s: float = 5.0
+    half_life_s: float = 2.0
     enabled: bool = True
     value: int = 0
     hist: list[float] = field(default_factory=lambda: [0.0] * THRESHOLD_BINS)
