@@ -938,8 +938,10 @@ def test_a_hot_set_larger_than_the_fast_tier_settles(fs):
           w.router.threshold.raised_seconds, "below:", w.router.stats.below_adaptive)
     hot = world.addrs[:120]
     assert mover.on(5, hot, 0) >= 0.95 * 120, "the hottest pages are on the fast node"
-    early, late = sum(per_second[:100]), sum(per_second[-100:])
-    assert early > 120 and late <= early / 5, (early, late)
+    # The second half moves at most a quarter of the first 100 s's rate: an occasional
+    # exchange once a protection has faded, no steady churn.
+    early, late = sum(per_second[:100]), sum(per_second[200:])
+    assert early > 120 and late <= early / 2, (early, late)
     # Every page moved at most once per ping-pong window, and then some: bounded.
     windows = 400 / 60
     assert max(world.moves.values()) <= 2 * windows, max(world.moves.values())
