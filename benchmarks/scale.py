@@ -22,6 +22,11 @@ Natively, on this machine's real /proc:
    system-wide; with a scope they keep the samples of the pids in it):
    ``shim.samples_filter`` over 65,536 samples against an allow list of 10 to 10,000
    pids, in ns per sample.
+6. **The idle daemon against memory mapped** (``--mapped 1,2,4`` runs only this, GiB,
+   and replaces its section of scale.md): one process in scope holding 1 to 4 GiB
+   touched, with a fake /sys that puts this machine's memory on a slow node 0 (see
+   ``slow_node0_root``); the daemon's CPU and RSS as in 1, the pages it scanned and
+   tested, and that process's numa_maps read and ranking round.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import tracemalloc
 from array import array
 from pathlib import Path
 
-from common import REPO, ensure_venv, host_info, md_table, write_result
+from common import REPO, RESULTS, ensure_venv, host_info, md_table, write_result
 
 ensure_venv()
 
@@ -48,7 +53,7 @@ sys.path.insert(0, str(REPO / "tests" / "vm" / "guest"))
 
 from daemonproc import DaemonProcess, proc_cpu_seconds  # noqa: E402
 from kmigratedd import procfs, shim  # noqa: E402
-from kmigratedd.config import ScopeConfig  # noqa: E402
+from kmigratedd.config import IdleConfig, ScopeConfig  # noqa: E402
 from kmigratedd.kernelfs import KernelFs  # noqa: E402
 from kmigratedd.ranking import RANK_PAGES_PER_ROUND, Ranking, Watchlist  # noqa: E402
 from kmigratedd.samplers.idle import BITMAP, SCAN_PIDS, SCAN_WINDOW  # noqa: E402
@@ -69,7 +74,10 @@ for _ in range(n):
         os.close(r)
         if size:
             m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-            m.write(b"\1" * size)
+            # touched 16 MiB at a time: the helper holds SIZE, not twice SIZE
+            block = b"\1" * min(size, 1 << 24)
+            while m.tell() < size:
+                m.write(block[:size - m.tell()])
         os.write(w, b"x")
         os.close(w)
         while True:
@@ -118,6 +126,44 @@ def fake_root(tmp: Path) -> Path:
     with open(bitmap, "wb") as f:
         f.truncate(8 * MiB)  # one bit per PFN: 256 GiB of 4 KiB pages, sparse
     (root / "proc").symlink_to("/proc")
+    return root
+
+
+def slow_node0_root(tmp: Path) -> Path:
+    """fake_root with this machine's memory on a slow node 0 and a fast node 1.
+
+    cxl2's blocks (1 GiB each, node 0 fast from 0 to 8 GiB, node 1 slow from 8 to
+    12 GiB) do not match this machine's physical memory: the pages of a process would
+    count as fast, slow or on no node depending on where the kernel put them.  Here
+    node 0 owns this machine's real memory blocks (its block size, the blocks of its
+    node 0), node 1 owns 4 GiB of blocks past them (no real page), and the config's
+    ``topology.tiers: [[1], [0]]`` makes node 0 the lower tier: every resident page
+    of a process is on the slow tier, so the idle sampler tests every one."""
+    root = fake_root(tmp)
+    mem = root / "sys/devices/system/memory"
+    nodes = root / "sys/devices/system/node"
+    for d in mem.glob("memory*"):
+        shutil.rmtree(d)
+    for link in nodes.glob("node*/memory*"):
+        link.unlink()
+    real = Path("/sys/devices/system/memory/block_size_bytes").read_text()
+    (mem / "block_size_bytes").write_text(real)
+    block = int(real, 16)
+    blocks = sorted(int(m.name[6:]) for m in Path("/sys/devices/system/node/node0")
+                    .glob("memory*") if m.name[6:].isdigit())
+    fast = range(blocks[-1] + 1, blocks[-1] + 1 + (4 << 30) // block)
+    for node, ids in ((0, blocks), (1, fast)):
+        for b in ids:
+            (mem / f"memory{b}").mkdir()
+            (mem / f"memory{b}/state").write_text("online\n")
+            (nodes / f"node{node}/memory{b}").symlink_to(f"../../memory/memory{b}")
+    # Every page idle, as the kernel would show the pages of a process that sleeps: the
+    # sampler tests each and marks none.  Left at 0 ("accessed"), the marks would not
+    # stick: the sampler writes whole bitmap words, whose 0 bits the kernel ignores and
+    # a file does not, so every page would read accessed round after round and be
+    # offered for promotion to a node 1 that has no memory.
+    bitmap = root / BITMAP.lstrip("/")
+    bitmap.write_bytes(b"\xff" * bitmap.stat().st_size)
     return root
 
 
@@ -209,6 +255,68 @@ def numa_maps_cost(size: int, reps: int = 5) -> dict[str, float]:
         kids.stop()
 
 
+def mapped_daemon_cost(size: int, warmup_s: float, measure_s: float) -> dict[str, float]:
+    """The idle daemon with one process in scope holding ``size`` bytes touched, all of
+    it on the slow tier (slow_node0_root); then, in this process, that process's
+    numa_maps read and a ranking round that measures it."""
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        root = slow_node0_root(tmp)
+        kids = Children(1, size)
+        try:
+            fs = KernelFs()
+            pid = next(p for p in fs.proc_pids() if _ppid(p) == kids.proc.pid)
+            cfg = (f"sampler:\n  name: idle\nmetrics:\n  port: 0\n"
+                   f"control:\n  socket_path: {tmp}/control.sock\n"
+                   f"topology:\n  tiers: [[1], [0]]\n"
+                   f"scope:\n  pids: [{pid}]\n")
+            lines: list[str] = []
+            dp = DaemonProcess(cfg, tmp, "--root", str(root), echo=lines.append)
+            try:
+                dp.wait_for("running (pid", 60)
+                dp.wait_for("metrics on http://", 30)
+                time.sleep(warmup_s)
+
+                def counters() -> tuple[float, float, float]:
+                    return (dp.metric_sum("kmigratedd_sampler_samples_total", sampler="idle"),
+                            dp.metric_sum("kmigratedd_sampler_events_total", sampler="idle",
+                                          event="pages_tested"),
+                            dp.metric_sum("kmigratedd_sampler_candidates_total",
+                                          sampler="idle"))
+                s0 = counters()
+                c0, t0 = proc_cpu_seconds(dp.proc.pid), time.monotonic()
+                rss = 0
+                while time.monotonic() - t0 < measure_s:
+                    time.sleep(1)
+                    rss = max(rss, dp.rss_kib())
+                cpu = proc_cpu_seconds(dp.proc.pid) - c0
+                wall = time.monotonic() - t0
+                s1 = counters()
+            finally:
+                dp.stop()
+            t_numa = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                counts = procfs.numa_pages(fs, pid)
+                t_numa.append(time.perf_counter() - t0)
+            assert counts and sum(counts.values()) * 4096 >= size * 0.9
+            # A ranking round that measures this process (node 0 slow, as in the daemon):
+            # CPU time, as in ranking_round_cost.
+            r = Ranking(Scope(ScopeConfig(pids=(pid,)), fs), fs, [0])
+            t0 = time.process_time()
+            r.refresh()
+            r.measure()
+            rank_ms = (time.process_time() - t0) * 1000
+            slow = r.slow_pages(pid)
+        finally:
+            kids.stop()
+    return {"gib": size / 2**30, "cpu_pct": 100 * cpu / wall, "rss_mib": rss / 1024,
+            "scanned_per_s": (s1[0] - s0[0]) / wall, "tested_per_s": (s1[1] - s0[1]) / wall,
+            "offered": s1[2] - s0[2],
+            "numa_maps_ms": statistics.median(t_numa) * 1000, "rank_round_ms": rank_ms,
+            "rank_slow_gib": slow * 4096 / 2**30, "measure_s": wall}
+
+
 def _ppid(pid: int) -> int | None:
     fields = procfs.stat_fields(KernelFs(), pid)
     return int(fields[1]) if fields else None
@@ -260,10 +368,30 @@ Per round (``sampler.interval_ms``, 1 s by default), from the tables above:
   filter of section 4 only when the scope is narrowed (an allow list), else a deny
   list of kmigratedd itself and ``scope.exclude_pids``.
 
-Not measured here: the daemon against 1, 4 and 16 GiB mapped in the guest.  On paper,
-from the figures above: the ranking's cost per round does not change with it (the page
-budget), but a 16 GiB process is re-measured every 256 rounds; damon's does not
-(regions); idle's grows with the pages scanned up to its budget.
+Against memory mapped (section 6, natively; not in the guest):
+
+- **idle**: linear in the resident pages of the processes scanned (a pagemap entry read
+  and a test per page each pass), up to ``sampler.idle.scan_budget_pages_per_s``
+  (2^20 pages: 4 GiB of 4 KiB pages a second).  Past it the CPU stays at the budget's
+  and a pass takes longer (1 TiB: 256 s, so a page's history spans 256 s per round);
+  its state is 2 bytes per 4 KiB of the 16 MiB chunks that hold a tracked page, THP
+  or not (512 MiB for 1 TiB).  The kernel's rmap walk per idle page tested comes on
+  top (the bitmap here is a file).
+- **Ranking**: constant per round (the page budget); a process is re-measured every
+  resident size / 64 MiB rounds (16 GiB: 256), its numa_maps read growing with its
+  resident memory.
+- **damon**: the kdamond checks one page per region per sample interval, with regions
+  between ``sampler.damon.min_regions`` and ``max_regions`` (10..1000), every
+  ``sample_interval_ms`` (5 ms): at most 200,000 checks a second per 1,000 regions,
+  whatever the memory mapped (DAMON's region-based sampling); precision per region
+  falls instead.
+- **hint-faults**: the kernel's NUMA scanner (task_numa_work) unmaps
+  ``numa_balancing_scan_size_mb`` (256 MB) of a process's address space per scan, and
+  each page touched then takes a hint fault.  The scan period starts at
+  ``numa_balancing_scan_period_min_ms`` (1 s) divided by the process's 256 MB windows
+  of RSS, floored at 100 ms (at most 2,560 MB a second: MAX_SCAN_WINDOW), and backs
+  off towards ``numa_balancing_scan_period_max_ms`` (60 s): the kernel's cost grows
+  with the memory touched, up to that rate; the daemon's is per sample (section 4).
 """
 
 
@@ -293,15 +421,92 @@ def guest_rows(path: Path) -> list[list[object]]:
     return rows
 
 
+def mapped_section(sizes_gib: list[float], warmup_s: float, measure_s: float) -> list[str]:
+    """Section 6: the idle daemon against one process's memory mapped, with its table,
+    plot and the slopes the README's extrapolation uses."""
+    print("6. idle daemon (node 0 slow, real /proc) against memory mapped", flush=True)
+    rows, pts, res = [], [], []
+    for gib in sizes_gib:
+        r = mapped_daemon_cost(int(gib * 2**30), warmup_s, measure_s)
+        print(f"  {gib:g} GiB: {r}", flush=True)
+        res.append(r)
+        rows.append([f"{gib:g}", f"{r['cpu_pct']:.1f}", f"{r['rss_mib']:.1f}",
+                     f"{r['scanned_per_s'] / 1000:.0f}", f"{r['tested_per_s'] / 1000:.0f}",
+                     f"{r['offered']:.0f}", f"{r['numa_maps_ms']:.1f}",
+                     f"{r['rank_round_ms']:.1f}", f"{r['measure_s']:.0f}"])
+        pts.append((gib, r["cpu_pct"]))
+    t6 = md_table(["GiB touched", "daemon CPU % of one core", "RSS MiB",
+                   "pagemap entries read /s (k)", "pages tested /s (k)",
+                   "candidates offered", "numa_maps ms",
+                   "ranking round CPU ms", "measured s"], rows)
+    print(t6)
+    budget = IdleConfig().scan_budget_pages_per_s
+    budget_gib = budget * 4096 / 2**30
+    out = ["## 6. The idle daemon against memory mapped (native)", "",
+           "kmigratedd --root as in section 1, but node 0 owns this machine's memory blocks "
+           "and is the lower tier (`topology.tiers: [[1], [0]]`, node 1 a fast node with "
+           "no real page): every resident page of the process counts as slow, so the idle "
+           "sampler reads its pagemap and tests every page each pass. Scope: one process "
+           "(`scope.pids`) holding this much anonymous memory, touched (4 KiB pages: "
+           "transparent huge pages are madvise-only here), then left alone. The page_idle "
+           "bitmap is a file with every bit set: every page reads idle, as the kernel "
+           "would show them, so each is tested and none marked or offered (the steady "
+           "state of an idle process). The daemon's own work is measured (pagemap reads, "
+           "the per-page C steps, its state), not the kernel's rmap walk per idle page "
+           "that a real bitmap read adds (benchmarks/results/idle_scan.md). Pages read and "
+           "tested, candidates: the sampler's counters over the window. numa_maps and the "
+           "ranking round (a round that measures this "
+           "process, node 0 slow; CPU of the benchmark's process) are the ranking's cost "
+           "for it with more than 64 processes in scope. "
+           f"Warm-up {warmup_s:g} s, then measured; default config "
+           f"(sampler.idle.scan_budget_pages_per_s {budget}, {budget_gib:g} GiB of "
+           "4 KiB pages a second). "
+           f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with "
+           f"`benchmarks/scale.py --mapped {','.join(f'{g:g}' for g in sizes_gib)}`.", "",
+           t6, "", "```", ascii_plot(pts, "GiB touched", "daemon CPU % of one core"), "```", ""]
+    if len(res) > 1:
+        a, b = res[0], res[-1]
+        dg = b["gib"] - a["gib"]
+        cpu_slope = (b["cpu_pct"] - a["cpu_pct"]) / dg
+        rss_slope = (b["rss_mib"] - a["rss_mib"]) / dg
+        numa_slope = (b["numa_maps_ms"] - a["numa_maps_ms"]) / dg
+        capped = min(budget_gib, b["gib"]) * cpu_slope + a["cpu_pct"] - a["gib"] * cpu_slope
+        out += [f"Slopes from {a['gib']:g} to {b['gib']:g} GiB: {cpu_slope:.2f}% of one core, "
+                f"{rss_slope:.2f} MiB of RSS and {numa_slope:.1f} ms of numa_maps per GiB "
+                "resident. Extrapolated to 1 TiB on these slopes (linear in the pages "
+                "read, as the rows are; 4 KiB pages, none accessed, this CPU): scanning "
+                f"every page each second would take {cpu_slope * 1024 / 100:.0f} cores; "
+                f"the budget caps the scan at {budget_gib:g} GiB a second, so about "
+                f"{capped:.1f}% of one core with a pass over the process every "
+                f"{1024 / budget_gib:.0f} s; RSS {rss_slope * 1024:.0f} MiB more (the "
+                "history); one numa_maps read about "
+                f"{numa_slope * 1024 / 1000:.0f} s.", ""]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="shorter measures (10 s each)")
-    ap.add_argument("--warmup-s", type=float, default=15)
-    ap.add_argument("--measure-s", type=float, default=60)
+    ap.add_argument("--quick", action="store_true",
+                    help="shorter measures (10 s each; not the --mapped sweep's)")
+    ap.add_argument("--warmup-s", type=float,
+                    help="before each daemon measure (15 s; --quick 5 s; --mapped 10 s)")
+    ap.add_argument("--measure-s", type=float,
+                    help="each daemon measure (60 s; --quick 10 s; --mapped 30 s)")
     ap.add_argument("--guest-log", type=Path, help="output of tests/vm/test_vm_scale.py -s")
+    ap.add_argument("--mapped", metavar="GIB,...",
+                    type=lambda v: [float(x) for x in v.split(",")],
+                    help="only the memory-mapped sweep (section 6) for these sizes, e.g. "
+                         "1,2,4: replaces that section of benchmarks/results/scale.md")
     args = ap.parse_args()
-    if args.quick:
-        args.warmup_s, args.measure_s = 5, 10
+    if args.mapped:
+        # one window per size is the whole measure: kept long enough to average rounds
+        mapped(args.mapped, 10 if args.warmup_s is None else args.warmup_s,
+               30 if args.measure_s is None else args.measure_s)
+        return
+    if args.warmup_s is None:
+        args.warmup_s = 5 if args.quick else 15
+    if args.measure_s is None:
+        args.measure_s = 10 if args.quick else 60
     h = host_info()
     out = ["# How cost grows with the processes in scope and the memory mapped", "",
            f"Host: {h['cpu']}, {h['cores']} cores, {h['mem_gib']} GiB, Linux {h['kernel']}; "
@@ -405,7 +610,22 @@ def main() -> None:
                 "scope DAMON has 64 targets, whatever their number. "
                 f"From `{args.guest_log}`, which names the commit of each guest run.", "",
                 t5, ""]
+    out += mapped_section([1, 2, 4], 10, 30)
     out += ["## Cost model", "", COST_MODEL, ""]
+    write_result("scale.md", "\n".join(out) + "\n")
+
+
+def mapped(sizes_gib: list[float], warmup_s: float, measure_s: float) -> None:
+    """Run section 6 alone and put it into the existing scale.md in place of its
+    previous version, before the cost model (rewritten from COST_MODEL)."""
+    section = mapped_section(sizes_gib, warmup_s, measure_s)
+    path = RESULTS / "scale.md"
+    text = path.read_text() if path.exists() else "# How cost grows\n\n"
+    head = text
+    for mark in ("## 6. ", "## Cost model"):
+        if mark in head:
+            head = head[:head.index(mark)]
+    out = [head.rstrip("\n"), "", *section, "## Cost model", "", COST_MODEL, ""]
     write_result("scale.md", "\n".join(out) + "\n")
 
 
