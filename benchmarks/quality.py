@@ -250,6 +250,10 @@ def render(found: list[tuple[str, str, dict[str, Any]]]) -> str:
             f0 = next((r.get("filler") for r in data["runs"] if r.get("filler")), None) or {}
             out += [f"## {case}: a full fast tier, {p['hot_mib']:g} MiB hot + "
                     f"{p['cold_mib']:g} MiB cold on node 1, kernel {kernel}", "",
+                    f"Run {data['guest'].get('date', '?')}, guest node memory "
+                    f"{data['guest'].get('node_mem_mib', '?')} MiB, host load average right "
+                    f"after: {' / '.join(f'{x:.1f}' for x in data.get('host_load_after', []))}.",
+                    "",
                     f"Node 0 of 4.5 GiB: before each contender a fresh cold process fills it "
                     f"to {p['full_free_mib']:g} MiB free (about "
                     f"{f0.get('pages', 0) * 4096 / (1 << 20):,.0f} MiB of cold anonymous "
