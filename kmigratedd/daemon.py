@@ -198,7 +198,9 @@ class Daemon:
             demoter = PaddrDemoter(self.fs, targets, cfg.demotion, cfg.sampler.damon,
                                    page_size=self.topology.page_size, room_for=self._room_for,
                                    count=self._count_demoted,
-                                   executor=self._pool(1, "kmigratedd-demote"))
+                                   executor=self._pool(1, "kmigratedd-demote"),
+                                   owner_file=demotion.owner_path(
+                                       cfg.sampler.hint_faults.state_file))
             try:
                 await demoter.start()
             except SamplerUnavailableError as exc:
@@ -236,6 +238,8 @@ class Daemon:
         # killed kswapd demotion demotion_enabled.
         sysctl.recover(self.fs, cfg.sampler.hint_faults.state_file)
         sysctl.recover(self.fs, demotion.state_path(cfg.sampler.hint_faults.state_file))
+        demotion.recover_kdamonds(self.fs,
+                                  demotion.owner_path(cfg.sampler.hint_faults.state_file))
         self.topology = topo = self._discover(cfg)
         for line in topo.describe().splitlines():
             log.info("%s", line)

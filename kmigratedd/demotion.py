@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -82,6 +83,46 @@ def state_path(sysctl_state_file: str | Path) -> Path:
     return p.with_name(f"demotion-{p.name}")
 
 
+def owner_path(sysctl_state_file: str | Path) -> Path:
+    """The file naming the kdamonds the paddr demoter turned on (index and pid), beside the
+    sysctl state files: a daemon killed before it could turn them off leaves it, and the
+    next start turns those kdamonds off (:func:`recover_kdamonds`)."""
+    p = Path(sysctl_state_file)
+    return p.with_name(f"kdamonds-{p.name}")
+
+
+def recover_kdamonds(fs: KernelFs, path: str | Path) -> list[int]:
+    """Turn off the kdamonds a previous run left on (those still on with the pid it
+    recorded), then forget the file; returns their indexes."""
+    p = Path(path)
+    try:
+        owned = json.loads(p.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        log.warning("demotion: ignoring %s: %s", p, exc)
+        owned = {}
+    stopped = []
+    for idx, pid in (owned.items() if isinstance(owned, dict) else ()):
+        k = DamonSysfs(fs, int(idx))
+        on = (fs.read_optional(k.state) or "").strip() == "on"
+        now = (fs.read_optional(f"{k.kdamond}/pid") or "").strip()
+        if on and now == str(pid):
+            try:
+                k.command("off")
+                stopped.append(int(idx))
+                log.warning("demotion: turned off kdamond %s (pid %s), left on by a previous "
+                            "run", idx, pid)
+            except OSError as exc:
+                log.warning("demotion: could not turn off kdamond %s left on by a previous "
+                            "run: %s", idx, exc)
+    try:
+        p.unlink()
+    except OSError:
+        pass
+    return stopped
+
+
 def paddr_unavailable(fs: KernelFs) -> str | None:
     """Why the damon-paddr method cannot run here, or None."""
     if not fs.exists(NR_KDAMONDS):
@@ -100,6 +141,9 @@ def kswapd_unavailable(fs: KernelFs) -> str | None:
     if not fs.exists(sysctl.DEMOTION_ENABLED.kpath):
         return (f"the kernel has no {sysctl.DEMOTION_ENABLED.kpath} (memory tiering, "
                 "CONFIG_NUMA, Linux >= 5.15)")
+    if not os.access(fs.path(sysctl.DEMOTION_ENABLED.kpath), os.W_OK):
+        return (f"{sysctl.DEMOTION_ENABLED.kpath} is not writable here (root, and under "
+                "systemd ReadWritePaths= with ProtectKernelTunables=)")
     return None
 
 
@@ -128,12 +172,13 @@ class PaddrDemoter:
     def __init__(self, fs: KernelFs, targets: Mapping[int, int], cfg: DemotionConfig,
                  damon: DamonConfig, *, page_size: int, room_for: Callable[[int], int],
                  count: Callable[[int, int, int], None], executor: Executor,
-                 interval_ms: int = INTERVAL_MS) -> None:
+                 interval_ms: int = INTERVAL_MS, owner_file: str | Path | None = None) -> None:
         """``targets``: fast node → the slower node it demotes to.  ``room_for(node)``
         (called in the executor) gives the bytes the node's worker needs;
         ``count(src, dst, pages)`` (called on the loop) counts what was demoted."""
         self.fs = fs
         self.cfg = cfg
+        self.owner_file = Path(owner_file) if owner_file is not None else None
         self.page_size = page_size
         self.room_for = room_for
         self.count = count
@@ -202,12 +247,31 @@ class PaddrDemoter:
                 log.info("demotion: kdamond %d (paddr) watches node %d (%d MiB in %d ranges); "
                          "cold pages go to node %d", n.sysfs.index, n.node,
                          sum(e - s for s, e in n.ranges) >> 20, len(n.ranges), n.target)
+            self._record_owned()
         except SamplerUnavailableError:
             self.close()
             raise
         except OSError as exc:
             self.close()
             raise SamplerUnavailableError(self._why("setting up DAMON paddr", exc)) from None
+
+    def _record_owned(self) -> None:
+        """Name the kdamonds turned on (index and pid) in the owner file, so that a next
+        start after a crash turns them off."""
+        if self.owner_file is None:
+            return
+        owned = {}
+        for n in self.nodes:
+            pid = (self.fs.read_optional(f"{n.sysfs.kdamond}/pid") or "").strip()
+            if pid.isdigit():
+                owned[str(n.sysfs.index)] = int(pid)
+        try:
+            self.owner_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = self.owner_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(owned))
+            os.replace(tmp, self.owner_file)
+        except OSError as exc:
+            self._error(f"writing {self.owner_file}", exc)
 
     def _why(self, what: str, exc: OSError) -> str:
         if exc.errno == errno.EBUSY:
@@ -233,6 +297,13 @@ class PaddrDemoter:
         self._found_nr_kdamonds = None
         for n in self.nodes:
             n.active = False
+        if self.owner_file is not None:
+            try:
+                self.owner_file.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self._error(f"removing {self.owner_file}", exc)
 
     def _error(self, what: str, exc: BaseException) -> None:
         self.errors += 1

@@ -456,3 +456,26 @@ def test_kswapd_counts_what_reclaim_demoted_from_the_fast_node(tmp_path: Path) -
     assert k.poll() == [(0, 1, 52)]
     assert k.stats()["nodes"] == {"0": {"to": 1, "demoted_pages": 52}}
     asyncio.run(k.stop())
+
+
+def test_kdamonds_left_on_by_a_killed_run_are_turned_off(tmp_path: Path) -> None:
+    """The demoter names the kdamonds it turned on; after a crash the next start turns off
+    those still on with the recorded pid, and leaves another tool's alone."""
+    from kmigratedd import demotion
+    from kmigratedd.samplers.damon_sysfs import DamonSysfs
+
+    fs = make_tree(tmp_path)
+    owner = tmp_path / "state" / "kdamonds-sysctl-state.json"
+    owner.parent.mkdir()
+    k0, k1 = DamonSysfs(fs, 0), DamonSysfs(fs, 1)
+    for k, pid in ((k0, 4242), (k1, 5151)):
+        p = fs.path(k.kdamond)
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "state").write_text("on\n")
+        (p / "pid").write_text(f"{pid}\n")
+    owner.write_text(json.dumps({"0": 4242, "1": 999}))   # kdamond 1 is someone else's now
+    assert demotion.recover_kdamonds(fs, owner) == [0]
+    assert fs.path(k0.state).read_text().strip() == "off"
+    assert fs.path(k1.state).read_text().strip() == "on"
+    assert not owner.exists()
+    assert demotion.recover_kdamonds(fs, owner) == []       # nothing recorded: nothing done

@@ -25,12 +25,13 @@ from kmigratedd.procfs import online_cpus
 from kmigratedd.queues import CandidateQueues, merge
 from kmigratedd.samplers.base import SamplerContext
 from kmigratedd.samplers.damon import DamonSampler
-from kmigratedd.samplers.damon_sysfs import NR_KDAMONDS, STATE
+from kmigratedd.samplers.damon_sysfs import NR_KDAMONDS, DamonSysfs
 from kmigratedd.scope import Scope
 from daemonproc import proc_cpu_seconds
 from workload import Workload
 
 SLOW = 1
+STATE = DamonSysfs(KernelFs()).state  # kdamond 0's state file
 # Time bound for 90% hot-set coverage.  Measured ~2 s on an idle host, but 100 s once
 # with the 2-CPU host compiling a kernel next to the guest (RCU stalls in the guest).
 COVERAGE_BOUND_S = 150.0
