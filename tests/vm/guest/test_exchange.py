@@ -139,7 +139,7 @@ def test_default_config_makes_room_on_a_full_fast_tier(tmp_path: Path) -> None:
             assert hot0 >= 0.9, result
             assert filler_down <= bound, result           # no mass eviction
             # The workload's cold set stays on node 1, but for what DAMON's regions, coarser
-            # than the hot set, carry along (issue 14: up to 15% of this cold set in a run);
+            # than the hot set, carry along;
             # the per-page samplers promote none of it.
             damon = SAMPLER == "damon"
             assert cold1 >= (0.75 if damon else 0.98), result
