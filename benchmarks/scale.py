@@ -172,6 +172,17 @@ def user_pids() -> list[int]:
     return [p for p in fs.proc_pids() if procfs.is_kernel_thread(fs, p) is False]
 
 
+def measure(dp: DaemonProcess, measure_s: float) -> tuple[float, float, int]:
+    """The daemon's CPU seconds, the wall seconds and its peak RSS (KiB, sampled each
+    second) over ``measure_s``."""
+    c0, t0 = proc_cpu_seconds(dp.proc.pid), time.monotonic()
+    rss = 0
+    while time.monotonic() - t0 < measure_s:
+        time.sleep(1)
+        rss = max(rss, dp.rss_kib())
+    return proc_cpu_seconds(dp.proc.pid) - c0, time.monotonic() - t0, rss
+
+
 def idle_daemon_cost(n: int, warmup_s: float, measure_s: float,
                      exclude: list[int]) -> dict[str, float]:
     """The idle daemon's CPU with ``n`` small processes added; the processes in
@@ -191,13 +202,7 @@ def idle_daemon_cost(n: int, warmup_s: float, measure_s: float,
             try:
                 dp.wait_for("running (pid", 60)
                 time.sleep(warmup_s)
-                c0, t0 = proc_cpu_seconds(dp.proc.pid), time.monotonic()
-                rss = 0
-                while time.monotonic() - t0 < measure_s:
-                    time.sleep(1)
-                    rss = max(rss, dp.rss_kib())
-                cpu = proc_cpu_seconds(dp.proc.pid) - c0
-                wall = time.monotonic() - t0
+                cpu, wall, rss = measure(dp, measure_s)
             finally:
                 dp.stop()
         finally:
@@ -284,13 +289,7 @@ def mapped_daemon_cost(size: int, warmup_s: float, measure_s: float) -> dict[str
                             dp.metric_sum("kmigratedd_sampler_candidates_total",
                                           sampler="idle"))
                 s0 = counters()
-                c0, t0 = proc_cpu_seconds(dp.proc.pid), time.monotonic()
-                rss = 0
-                while time.monotonic() - t0 < measure_s:
-                    time.sleep(1)
-                    rss = max(rss, dp.rss_kib())
-                cpu = proc_cpu_seconds(dp.proc.pid) - c0
-                wall = time.monotonic() - t0
+                cpu, wall, rss = measure(dp, measure_s)
                 s1 = counters()
             finally:
                 dp.stop()

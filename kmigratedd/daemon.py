@@ -34,6 +34,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -547,22 +548,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.sampler is not None:
-            try:
-                await asyncio.wait_for(self.sampler.stop(), timeout)
-            except TimeoutError:
-                log.warning("sampler did not stop within %.1fs", timeout)
-            except Exception:  # keep shutting down
-                log.exception("sampler stop failed")
+            await _stop_within(self.sampler.stop(), timeout, "sampler")
         if self.demoter is not None:
             # Off before the workers stop: nothing demotes once promotion has ended.
             if self._demoter_task is not None:
                 self._demoter_task.cancel()
-            try:
-                await asyncio.wait_for(self.demoter.stop(), timeout)
-            except TimeoutError:
-                log.warning("demotion did not stop within %.1fs", timeout)
-            except Exception:  # keep shutting down
-                log.exception("stopping demotion failed")
+            await _stop_within(self.demoter.stop(), timeout, "demotion")
         # The router stops taking candidates; workers finish the batch in flight, then leave.
         if self.router is not None:
             self.router.stop()
@@ -588,6 +579,17 @@ class Daemon:
         promoted = sum(w.snapshot().promoted_pages for w in self.workers.values())
         log.info("stopped (%d pages promoted)", promoted)
         self.notifier.close()
+
+
+async def _stop_within(stop: Awaitable[None], timeout: float, what: str) -> None:
+    """Await ``stop`` for at most ``timeout`` seconds; a timeout or an error is logged and
+    the shutdown goes on."""
+    try:
+        await asyncio.wait_for(stop, timeout)
+    except TimeoutError:
+        log.warning("%s did not stop within %.1fs", what, timeout)
+    except Exception:  # keep shutting down
+        log.exception("stopping the %s failed", what)
 
 
 async def _main(daemon: Daemon) -> int:

@@ -16,7 +16,7 @@ free-memory figures, so tests drive every piece with tables.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -323,11 +323,13 @@ class AdaptiveThreshold:
         self.value = max(1, self.floor)
 
     def observe(self, counts: Iterable[int]) -> None:
-        """Folded counts of the candidates just drained."""
+        """Folded counts of the candidates just drained (each at least 1: the fold drops
+        zero counts).  Counted by bit length in C (map, Counter); the Python loop runs
+        over the bins, not the candidates."""
         hist = self.hist
         top = THRESHOLD_BINS - 1
-        for c in counts:
-            hist[min(top, max(1, c).bit_length() - 1)] += 1
+        for length, n in Counter(map(int.bit_length, counts)).items():
+            hist[min(top, max(1, length) - 1)] += n
 
     def update(self, capacity_pages: int, now: float) -> int:
         """Decay the histogram to ``now`` and set the threshold for ``capacity_pages``;
