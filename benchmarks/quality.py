@@ -59,8 +59,8 @@ CASES = {"dense": 1, "sparse": 16}
 FULL_CASES = {"full128": 128, "full256": 256}
 FULL_FREE_MIB = 120
 FULL_MEM = ["4608M", "2048M"]
-FULL_CONTENDERS = ("kmigratedd:auto,kmigratedd:damon,kmigratedd:hint-faults,nb2:demote,"
-                   "damon:migrate_hot+cold")
+FULL_CONTENDERS = ("kmigratedd:auto,kmigratedd:hint-faults/damon-paddr,kmigratedd:damon,"
+                   "kmigratedd:damon/kswapd,nb2:demote,damon:migrate_hot+cold")
 FULL_IDLE_CONTENDERS = "kmigratedd:auto,kmigratedd:idle,nb2:demote"
 
 

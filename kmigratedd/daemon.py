@@ -95,6 +95,8 @@ class Daemon:
     _worker_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     _router_task: asyncio.Task[None] | None = None
     _demoter_task: asyncio.Task[None] | None = None
+    # Fast nodes whose demotion target is short of free memory (kswapd demotion).
+    kswapd_target_short: set[int] = dataclasses.field(default_factory=set)
     _pools: list[ThreadPoolExecutor] = field(default_factory=list)
     _last_reload_error: str = ""
 
@@ -124,9 +126,13 @@ class Daemon:
 
     def _demotion_method(self, cfg: Config, sampler: str) -> str:
         """The demotion method for this sampler: off, sampler, damon-paddr or kswapd.
-        auto takes the sampler's cold pages where it sees the fast tier, else a DAMON
-        paddr scheme where the kernel has one, else kswapd.  A method named in the
-        config that cannot run here raises KmigratedError."""
+        auto takes the sampler's cold pages where it sees the fast tier, else kswapd where
+        demotion_enabled is writable, else a DAMON paddr scheme where the kernel has one.
+        kswapd comes before damon-paddr because it makes room at once: its LRU already
+        tells cold from hot, where a paddr scheme first waits a cold age for DAMON's
+        regions, and then again for the pages whose accessed bit it finds set
+        (benchmarks/quality.py, full fast tier).  A method named in the config that
+        cannot run here raises KmigratedError."""
         method = cfg.demotion.method
         if method == "off":
             return "off"
@@ -140,20 +146,21 @@ class Daemon:
         if method == "damon-paddr" and sampler == "damon":
             raise KmigratedError("demotion.method damon-paddr: the damon sampler runs DAMON "
                                  "already: use demotion.method damon (or auto)")
-        if method in ("auto", "damon-paddr"):
-            why = demotion.paddr_unavailable(self.fs)
-            if why is None:
-                return "damon-paddr"
-            if method == "damon-paddr":
-                raise KmigratedError(f"demotion.method damon-paddr: {why}")
-            log.info("demotion: no DAMON paddr demotion (%s)", why)
-        why = demotion.kswapd_unavailable(self.fs)
+        why_kswapd = None
+        if method in ("auto", "kswapd"):
+            why_kswapd = demotion.kswapd_unavailable(self.fs)
+            if why_kswapd is None:
+                return "kswapd"
+            if method == "kswapd":
+                raise KmigratedError(f"demotion.method kswapd: {why_kswapd}")
+            log.info("demotion: kswapd cannot demote (%s)", why_kswapd)
+        why = demotion.paddr_unavailable(self.fs)
         if why is None:
-            return "kswapd"
-        if method == "kswapd":
-            raise KmigratedError(f"demotion.method kswapd: {why}")
-        log.warning("demotion: the %s sampler does not see the fast tier and %s: no demotion",
-                    sampler, why)
+            return "damon-paddr"
+        if method == "damon-paddr":
+            raise KmigratedError(f"demotion.method damon-paddr: {why}")
+        log.warning("demotion: the %s sampler does not see the fast tier, %s and %s: "
+                    "no demotion", sampler, why_kswapd, why)
         return "off"
 
     def _demotion_queues(self, cfg: Config) -> CandidateQueues:
@@ -162,21 +169,48 @@ class Daemon:
         return CandidateQueues(online_cpus(self.fs), cfg.queues.capacity_per_cpu,
                                self.topology.page_size)
 
-    def _workers_config(self, cfg: Config) -> WorkersConfig:
-        """The workers' config; with kswapd demoting, no headroom: promotion takes the
-        fast node down to its watermarks, where the allocations wake kswapd.  With the
+    def _workers_config(self, cfg: Config, node: int | None = None) -> WorkersConfig:
+        """The workers' config (of ``node``'s worker); with kswapd demoting, no headroom:
+        promotion takes the fast node down to its watermarks, where the allocations wake
+        kswapd.  Not while the node's demotion target has less than min_free_bytes free:
+        kswapd's demotions would fail there, and its reclaim would drop page cache (or
+        swap) on the fast node instead (:meth:`_kswapd_targets_check`).  With the
         sampler's cold pages or a paddr scheme making room, promotion resumes once free
         memory is one batch above min_free_bytes rather than at resume_free_bytes: the room
         demotion makes is for the pages waiting, and a wide hysteresis would demote that
         much more before the first of them moves."""
         w = cfg.workers
         if self.demotion_method == "kswapd":
+            if node is not None and node in self.kswapd_target_short:
+                return w
             return dataclasses.replace(w, min_free_bytes=0, resume_free_bytes=0)
         if self.demotion_method in ("sampler", "damon-paddr"):
             page = self.topology.page_size if self.topology is not None else 4096
             resume = min(w.resume_free_bytes, w.min_free_bytes + w.batch_pages * page)
             return dataclasses.replace(w, resume_free_bytes=resume)
         return w
+
+    def _kswapd_targets_check(self, targets: dict[int, int]) -> None:
+        """With kswapd demoting: a fast node whose demotion target has less than
+        workers.min_free_bytes free keeps its headroom until the target has that again."""
+        floor = self.config.workers.min_free_bytes
+        for node, dst in targets.items():
+            free = read_node_meminfo(self.fs, dst, "MemFree").get("MemFree", 0)
+            short = free < floor
+            if short == (node in self.kswapd_target_short):
+                continue
+            if short:
+                self.kswapd_target_short.add(node)
+                log.warning("demotion: node %d has %d MiB free, less than workers.min_free_bytes:"
+                            " promotion to node %d keeps its headroom (kswapd could not demote "
+                            "there)", dst, free >> 20, node)
+            else:
+                self.kswapd_target_short.discard(node)
+                log.info("demotion: node %d has room again: promotion to node %d may wake "
+                         "kswapd", dst, node)
+            w = self.workers.get(node)
+            if w is not None:
+                w.configure(self._workers_config(self.config, node))
 
     def _room_for(self, node: int) -> int:
         w = self.workers.get(node)
@@ -212,7 +246,7 @@ class Daemon:
                             "kswapd demotes" if why is None else f"no demotion ({why})")
                 self.demotion_method = "kswapd" if why is None else "off"
                 for w in self.workers.values():
-                    w.configure(self._workers_config(cfg))
+                    w.configure(self._workers_config(cfg, w.node))
             else:
                 self.demoter = demoter
                 log.info("demotion: a DAMON paddr migrate_cold scheme makes room on a full "
@@ -222,8 +256,9 @@ class Daemon:
                        if (down := self.topology.demotion_target(n)) is not None}
             self.demoter = KswapdDemotion(
                 self.fs, demotion.state_path(cfg.sampler.hint_faults.state_file), targets,
-                self._count_demoted)
+                self._count_demoted, check=self._kswapd_targets_check)
             await self.demoter.start()
+            self._kswapd_targets_check(targets)
         if self.demoter is not None:
             self._demoter_task = self._spawn(self.demoter.run(), "demoter")
 
@@ -305,7 +340,7 @@ class Daemon:
                                     self._pool(1, f"kmigratedd-move{node}"),
                                     page_size=self.topology.page_size, idle_cpus=idle)
             w = NodeWorker(node, topology=self.topology, inbox=inboxes[node], pipeline=pipeline,
-                           cfg=self._workers_config(self.config), fs=self.fs,
+                           cfg=self._workers_config(self.config, node), fs=self.fs,
                            demote_inbox=cold.get(node),
                            demote_to=down if node in cold else None,
                            demotion=self.config.demotion)
@@ -525,7 +560,7 @@ class Daemon:
                 return False
         self.config = cfg
         for w in self.workers.values():
-            w.configure(self._workers_config(cfg))
+            w.configure(self._workers_config(cfg, w.node))
             w.configure_demotion(cfg.demotion)
             w.wake()
         if isinstance(self.demoter, PaddrDemoter):

@@ -408,11 +408,15 @@ class KswapdDemotion:
     def __init__(self, fs: KernelFs, state_file: str | Path,
                  targets: Mapping[int, int] | None = None,
                  count: Callable[[int, int, int], None] | None = None,
-                 interval_ms: int = INTERVAL_MS) -> None:
+                 interval_ms: int = INTERVAL_MS,
+                 check: Callable[[dict[int, int]], None] | None = None) -> None:
+        """``check(targets)`` runs every interval on the loop: the daemon looks at the
+        demotion targets' free memory there."""
         self.fs = fs
         self.guard = SysctlGuard(fs, state_file, {sysctl.DEMOTION_ENABLED.kpath: "1"})
         self.targets = dict(targets or {})
         self.count = count
+        self.check = check
         self.interval_ms = interval_ms
         self._seen: dict[int, int] = {}
         self.demoted: dict[int, int] = dict.fromkeys(self.targets, 0)
@@ -444,6 +448,8 @@ class KswapdDemotion:
             for src, dst, pages in self.poll():
                 if self.count is not None:
                     self.count(src, dst, pages)
+            if self.check is not None:
+                self.check(self.targets)
 
     def stats(self) -> dict[str, object]:
         return {"method": self.method,

@@ -343,7 +343,7 @@ def method_of(fs: KernelFs, sampler: str, method: str) -> str:
 @pytest.mark.parametrize("sampler,method,want", [
     ("damon", "auto", "sampler"), ("damon", "damon", "sampler"), ("damon", "off", "off"),
     ("damon", "kswapd", "kswapd"),
-    ("hint-faults", "auto", "damon-paddr"), ("pebs", "auto", "damon-paddr"),
+    ("hint-faults", "auto", "kswapd"), ("pebs", "auto", "kswapd"),
     ("hint-faults", "damon", "off"), ("hint-faults", "kswapd", "kswapd"),
     ("hint-faults", "damon-paddr", "damon-paddr"), ("hint-faults", "off", "off")])
 def test_the_method_for_each_sampler(tmp_path: Path, sampler: str, method: str,
@@ -351,10 +351,12 @@ def test_the_method_for_each_sampler(tmp_path: Path, sampler: str, method: str,
     assert method_of(make_tree(tmp_path), sampler, method) == want
 
 
-def test_auto_falls_back_to_kswapd_then_off(tmp_path: Path) -> None:
-    fs = make_tree(tmp_path, release="6.8.0")
-    assert method_of(fs, "hint-faults", "auto") == "kswapd"
+def test_auto_falls_back_to_damon_paddr_then_off(tmp_path: Path) -> None:
+    fs = make_tree(tmp_path)
     (tmp_path / DEMOTION_ENABLED.lstrip("/")).unlink()
+    assert method_of(fs, "hint-faults", "auto") == "damon-paddr"
+    fs = make_tree(tmp_path / "old", release="6.8.0")
+    (tmp_path / "old" / DEMOTION_ENABLED.lstrip("/")).unlink()
     assert method_of(fs, "hint-faults", "auto") == "off"
 
 
@@ -479,3 +481,29 @@ def test_kdamonds_left_on_by_a_killed_run_are_turned_off(tmp_path: Path) -> None
     assert fs.path(k1.state).read_text().strip() == "on"
     assert not owner.exists()
     assert demotion.recover_kdamonds(fs, owner) == []       # nothing recorded: nothing done
+
+
+def test_kswapd_keeps_the_headroom_while_the_demotion_target_is_short(tmp_path: Path) -> None:
+    """With kswapd demoting, promotion may take the fast node below its headroom only while
+    the node it demotes to has workers.min_free_bytes free: else kswapd's demotions would fail
+    and its reclaim would drop page cache on the fast node instead."""
+    from types import SimpleNamespace
+
+    fs = make_tree(tmp_path)
+    meminfo = "/sys/devices/system/node/node1/meminfo"
+    d, cfg = daemon_for(fs, tmp_path, "kswapd")
+    d.demotion_method = "kswapd"
+    floor = cfg.workers.min_free_bytes
+    configured: list[tuple[int, int]] = []
+    d.workers = {0: SimpleNamespace(  # type: ignore[dict-item]
+        node=0, configure=lambda w: configured.append((w.min_free_bytes, w.resume_free_bytes)))}
+    put(tmp_path, meminfo, f"Node 1 MemFree: {(floor >> 10) + 4096} kB\n")
+    d._kswapd_targets_check({0: 1})
+    assert configured == [] and d._workers_config(cfg, 0).min_free_bytes == 0
+    put(tmp_path, meminfo, f"Node 1 MemFree: {(floor >> 10) - 4} kB\n")
+    d._kswapd_targets_check({0: 1})
+    assert configured == [(floor, cfg.workers.resume_free_bytes)]
+    d._kswapd_targets_check({0: 1})  # still short: nothing more to do
+    put(tmp_path, meminfo, f"Node 1 MemFree: {floor >> 10} kB\n")
+    d._kswapd_targets_check({0: 1})
+    assert configured[-1] == (0, 0) and len(configured) == 2

@@ -90,14 +90,34 @@ class Mechanism:
 
     def start(self) -> None: ...
     def cpu_seconds(self) -> float | None: return None
+    def status(self) -> dict[str, Any]:
+        """The daemon's status over its control socket."""
+        import json
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as sk:
+            sk.settimeout(10)
+            sk.connect(str(self.tmp / "control.sock"))
+            sk.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = sk.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return json.loads(buf)["result"]
+
+    def probe(self) -> list[float] | None: return None
     def extra(self) -> dict[str, Any]: return {}
     def stop(self) -> None: ...
 
 
 class Kmigratedd(Mechanism):
-    def __init__(self, sampler: str, tmp: Path) -> None:
-        self.sampler = sampler
-        self.name = f"kmigratedd:{sampler}"
+    """``kmigratedd:SAMPLER`` or ``kmigratedd:SAMPLER/DEMOTION`` (demotion.method)."""
+
+    def __init__(self, spec: str, tmp: Path) -> None:
+        self.sampler, _, self.demotion = spec.partition("/")
+        self.name = f"kmigratedd:{spec}"
         self.tmp = tmp
         self.d: Any = None
         self.kd: list[int] = []
@@ -113,6 +133,8 @@ sampler:
   name: {self.sampler}
   hint_faults:
     state_file: {self.tmp}/sysctl-state.json
+demotion:
+  method: {self.demotion or "auto"}
 metrics:
   port: 0
 control:
@@ -142,6 +164,23 @@ control:
                 self.kd_last = now - self.kd0
         return c
 
+    def probe(self) -> list[float] | None:
+        """The daemon's view each interval: [promoted, demoted, inbox pages, room needed
+        MiB, headroom blocked, free MiB of node 0 as the daemon reads it]."""
+        try:
+            mt = self.d.metrics()
+        except Exception:  # noqa: BLE001 - a missed probe is only a gap
+            return None
+
+        def total(name: str, **labels: str) -> float:
+            return sum(v for (n, ls), v in mt.items()
+                       if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+        return [total("kmigratedd_promoted_pages_total"), total("kmigratedd_demoted_pages_total"),
+                total("kmigratedd_worker_inbox_pages"),
+                round(total("kmigratedd_room_needed_bytes") / MiB, 1),
+                total("kmigratedd_headroom_blocked"),
+                round(total("kmigratedd_node_memory_free_bytes", node=str(FAST)) / MiB, 1)]
+
     def extra(self) -> dict[str, Any]:
         m = {}
         try:
@@ -160,6 +199,10 @@ control:
                  "daemon_dropped": dropped, "rss_kib": self.d.rss_kib()}
         except Exception as exc:  # noqa: BLE001 - report, do not fail the run
             m = {"metrics_error": str(exc)}
+        try:
+            m["demotion"] = self.status().get("demotion")
+        except (OSError, ValueError) as exc:
+            m["status_error"] = str(exc)
         sel = [ln.split("] ", 1)[-1] for ln in self.d.lines
                if "sampler" in ln and ("auto" in ln or "started" in ln)]
         warn = [ln.split("] ", 1)[-1] for ln in self.d.lines if "WARNING" in ln][:5]
@@ -378,7 +421,7 @@ def available(contenders: list[str]) -> list[tuple[str, str | None]]:
         if c == "kmigratedd:auto":
             why = None  # the embedded default: whatever auto picks here
         elif c.startswith("kmigratedd:"):
-            f = FACTORIES.get(c.split(":", 1)[1])
+            f = FACTORIES.get(c.split(":", 1)[1].partition("/")[0])
             why = ("sampler not registered in kmigratedd.samplers.FACTORIES" if f is None
                    else f.probe(ctx))
         elif c.startswith("nb2:"):
@@ -429,6 +472,7 @@ def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any],
         cpu_w0 = g.proc_cpu(w.pid)
         mcpu0 = mech.cpu_seconds()
         series: list[list[float]] = []
+        probes: list[list[float]] = []
         t50 = t90 = None
         stop_at = t_on + a.bound_s
         try:
@@ -439,15 +483,20 @@ def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any],
                 cold = g.count_on(w.pid, w.cold, FAST) / n_cold if n_cold else 0.0
                 mig = g.vmstat("pgmigrate_success")["pgmigrate_success"] - vm0["pgmigrate_success"]
                 series.append([round(t, 2), hot, cold, mig, round(g.free_mib(FAST), 1)])
+                probe = mech.probe()
+                if probe is not None:
+                    probes.append([round(t, 2), *probe])
                 if t50 is None and hot >= 0.5:
                     t50 = t
                 if t90 is None and hot >= 0.9:
                     t90 = t
                     stop_at = min(stop_at, now + a.tail_s)
-                if len(series) % 5 == 1 or t90 == t:
+                if len(series) % 5 == 1 or t90 == t or probes:
                     say(f"   t={t:6.1f}s  hot on node 0 {100 * hot:5.1f}%  cold on node 0 "
                         f"{100 * cold:5.1f}%  migrated {mig:7d} pages  node 0 free "
-                        f"{series[-1][4]:.0f} MiB")
+                        f"{series[-1][4]:.0f} MiB"
+                        + (f"  daemon {probes[-1][1:]}" if probes and probes[-1][0] == round(t, 2)
+                           else ""))
                 if now >= stop_at or not w.alive():
                     break
                 time.sleep(max(0.0, a.interval_s - (time.monotonic() - now)))
@@ -483,6 +532,7 @@ def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any],
         "vmstat_delta": {k: vm1[k] - vm0[k] for k in VMSTAT},
         "passes_per_s_before": base_rate, "passes_per_s_during": run_rate,
         "verify_ok": ok, "workload_alive": alive, "series": series, "extra": extra,
+        "probes": probes,
         "filler": filler_info,
     }
     say(f"   => {mech.name}: t50 {fmt(t50)} s, t90 {fmt(t90)} s, hot {hot_on}/{n_hot}, cold "

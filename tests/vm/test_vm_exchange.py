@@ -1,6 +1,7 @@
 """Host side: kmigratedd makes room on a full fast tier in the guest (node 0 of 4.5 GiB held by
 a cold process), with the embedded default config (tests/vm/guest/test_exchange.py): sampler
-auto picks hint-faults on Debian 6.12, and demotion auto a DAMON paddr migrate_cold scheme."""
+auto picks hint-faults on Debian 6.12, and demotion auto kswapd (demotion_enabled=1, with the
+workers' headroom lifted so that promotion wakes it)."""
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,7 +1,7 @@
 """Host side: with the damon sampler, whose cold regions the workers demote with move_pages,
 kmigratedd makes room on a full fast tier in the guest (tests/vm/guest/test_exchange.py).
 The embedded default (tests/vm/test_vm_exchange.py) picks hint-faults, which sees no access
-on the fast tier, and a DAMON paddr migrate_cold scheme to make room."""
+on the fast tier, and kswapd to make room."""
 from __future__ import annotations
 
 from collections.abc import Callable
