@@ -370,6 +370,8 @@ class _Decoder:
             return self.dataclass(tp, raw, path)
         if origin is Literal:
             choices = typing.get_args(tp)
+            if raw is False and "off" in choices:
+                return "off"  # YAML reads a bare `off` as false
             if not isinstance(raw, str | int | float | type(None)) or raw not in choices:
                 raise self.fail(path, f"must be one of {', '.join(map(str, choices))}, "
                                       f"got {brief(raw)}")

@@ -391,18 +391,20 @@ def test_kswapd_lifts_the_workers_headroom(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text,ok", [("damon-paddr", True), ("kswapd", True), ("sampler", True),
-                                     ("memory.reclaim", False)])
+                                     ("off", True), ('"off"', True), ("memory.reclaim", False),
+                                     ("on", False)])
 def test_config_method_values(tmp_path: Path, text: str, ok: bool) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(f"demotion:\n  method: {text}\n")
     load: Callable[[], config.Config] = lambda: config.load(str(path))
-    if ok:
-        assert load().demotion.method == text
+    if ok:  # a bare `off` is YAML's false, and means off
+        assert load().demotion.method == text.strip('"')
         return
     with pytest.raises(ConfigError) as info:
         load()
+    got = "True" if text == "on" else f"'{text}'"  # a bare `on` is YAML's true
     assert str(info.value) == (f"{path}: demotion.method: must be one of auto, off, sampler, "
-                               f"damon, damon-paddr, kswapd, got '{text}'")
+                               f"damon, damon-paddr, kswapd, got {got}")
 
 
 def daemon_for(fs: KernelFs, tmp_path: Path, method: str) -> tuple[Daemon, config.Config]:

@@ -105,6 +105,7 @@ def test_workload_unmaps_half_its_hot_set(tmp_path, pressure):
 
 
 def test_fast_node_nearly_full_headroom_stops_promotion(tmp_path):
+    """With demotion off, promotion stops at workers.min_free_bytes on a nearly full node."""
     filler = fill_node(0, 200)  # about 200 MiB free on node 0
     try:
         # The floor is set from what is free now, not from the fill target: the fill is
@@ -113,9 +114,12 @@ def test_fast_node_nearly_full_headroom_stops_promotion(tmp_path):
         free0 = node_free_mib(0)
         floor = int(free0) - 96  # the daemon's own ~40 MiB, then ~56 MiB of promotion
         assert floor > 32, f"node 0 has only {free0:.0f} MiB free"
+        # No demotion: the guard alone decides (demotion auto would lift the headroom and
+        # let kswapd make room).
         d = DaemonProcess(config(tmp_path, f"  min_free_bytes: {floor}MiB\n"
                                            f"  resume_free_bytes: {floor + 32}MiB\n")
-                          .replace("  min_free_bytes: 64MiB\n  resume_free_bytes: 96MiB\n", ""),
+                          .replace("  min_free_bytes: 64MiB\n  resume_free_bytes: 96MiB\n", "")
+                          + "demotion:\n  method: off\n",
                           tmp_path)
         try:
             d.wait_for("running (pid")
