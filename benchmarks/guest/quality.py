@@ -90,6 +90,63 @@ class Mechanism:
 
     def start(self) -> None: ...
     def cpu_seconds(self) -> float | None: return None
+    def probe(self) -> list[float] | None: return None
+    def extra(self) -> dict[str, Any]: return {}
+    def stop(self) -> None: ...
+
+
+class Kmigratedd(Mechanism):
+    """``kmigratedd:SAMPLER`` or ``kmigratedd:SAMPLER/DEMOTION`` (demotion.method)."""
+
+    def __init__(self, spec: str, tmp: Path) -> None:
+        self.sampler, _, self.demotion = spec.partition("/")
+        self.name = f"kmigratedd:{spec}"
+        self.tmp = tmp
+        self.d: Any = None
+        self.kd: list[int] = []
+        self.kd0 = 0.0
+        self.kd_last = 0.0
+        self.startup_s = 0.0
+
+    def start(self) -> None:
+        from daemonproc import DaemonProcess
+
+        cfg = f"""
+sampler:
+  name: {self.sampler}
+  hint_faults:
+    state_file: {self.tmp}/sysctl-state.json
+demotion:
+  method: {self.demotion or "auto"}
+metrics:
+  port: 0
+control:
+  socket_path: {self.tmp}/control.sock
+"""
+        t = time.monotonic()
+        self.d = DaemonProcess(cfg, self.tmp)
+        self.d.wait_for("running (pid", 180)
+        self.startup_s = time.monotonic() - t
+        # The damon sampler, and the damon-paddr demoter of the other samplers, run a
+        # kdamond: its CPU is the mechanism's too.  One the demoter starts later is
+        # picked up in cpu_seconds().
+        self.kd = kdamond_pids()
+        self.kd0 = sum(sum(g.proc_cpu(p)) for p in self.kd)
+
+    def _kdamonds(self) -> None:
+        for p in kdamond_pids():
+            if p not in self.kd:
+                self.kd.append(p)
+
+    def cpu_seconds(self) -> float | None:
+        c = self.d.cpu_seconds()
+        self._kdamonds()
+        if self.kd:
+            now = sum(sum(g.proc_cpu(p)) for p in self.kd)
+            if now == now:  # not nan: the threads still exist
+                self.kd_last = now - self.kd0
+        return c
+
     def status(self) -> dict[str, Any]:
         """The daemon's status over its control socket."""
         from kmigratedd.ctl import call
