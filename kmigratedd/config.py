@@ -540,6 +540,8 @@ def _yaml(text: str, source: str) -> Any:
                                       f"{_one_line(exc.problem or '')}") from None
     except yaml.YAMLError as exc:  # ReaderError: a character YAML does not allow
         raise ConfigError(source, "", f"invalid YAML: {_one_line(str(exc))}") from None
+    except (ValueError, OverflowError) as exc:  # the scanner's chr() of a "\U" escape
+        raise ConfigError(source, "", f"invalid YAML: {_one_line(str(exc))}") from None
 
 
 def parse(text: str, source: str) -> Config:

@@ -129,6 +129,12 @@ BAD = [
      "(20), the most accesses DAMON counts per aggregation interval"),
     ("tab indentation", "topology:\n\ttiers: []\n",
      "invalid YAML at line 2 column 1: found character '\\t' that cannot start any token"),
+    # PyYAML's scanner takes chr() of a \U escape: past 0x10FFFF a ValueError, past 2^31 an
+    # OverflowError, neither of them a YAMLError.
+    ("escape past unicode", 'log_level: "\\U00110000"\n',
+     "invalid YAML: chr() arg not in range(0x110000)"),
+    ("escape past C int", 'log_level: "\\U99999999"\n',
+     "invalid YAML: Python int too large to convert to C int"),
 ]
 
 
