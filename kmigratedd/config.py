@@ -538,9 +538,9 @@ def _yaml(text: str, source: str) -> Any:
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "?"
         raise ConfigError(source, "", f"invalid YAML at {where}: "
                                       f"{_one_line(exc.problem or '')}") from None
-    except yaml.YAMLError as exc:  # ReaderError: a character YAML does not allow
-        raise ConfigError(source, "", f"invalid YAML: {_one_line(str(exc))}") from None
-    except (ValueError, OverflowError) as exc:  # the scanner's chr() of a "\U" escape
+    # ReaderError: a character YAML does not allow; ValueError, OverflowError: the scanner's
+    # chr() of a "\U" escape past the code points.
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:
         raise ConfigError(source, "", f"invalid YAML: {_one_line(str(exc))}") from None
 
 

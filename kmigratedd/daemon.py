@@ -95,8 +95,6 @@ class Daemon:
     _worker_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     _router_task: asyncio.Task[None] | None = None
     _demoter_task: asyncio.Task[None] | None = None
-    # Fast nodes whose demotion target is short of free memory (kswapd demotion).
-    kswapd_target_short: set[int] = dataclasses.field(default_factory=set)
     _pools: list[ThreadPoolExecutor] = field(default_factory=list)
     _last_reload_error: str = ""
 
@@ -174,14 +172,14 @@ class Daemon:
         promotion takes the fast node down to its watermarks, where the allocations wake
         kswapd.  Not while the node's demotion target has less than min_free_bytes free:
         kswapd's demotions would fail there, and its reclaim would drop page cache (or
-        swap) on the fast node instead (:meth:`_kswapd_targets_check`).  With the
+        swap) on the fast node instead (:attr:`KswapdDemotion.short`).  With the
         sampler's cold pages or a paddr scheme making room, promotion resumes once free
         memory is one batch above min_free_bytes rather than at resume_free_bytes: the room
         demotion makes is for the pages waiting, and a wide hysteresis would demote that
         much more before the first of them moves."""
         w = cfg.workers
         if self.demotion_method == "kswapd":
-            if node is not None and node in self.kswapd_target_short:
+            if isinstance(self.demoter, KswapdDemotion) and node in self.demoter.short:
                 return w
             return dataclasses.replace(w, min_free_bytes=0, resume_free_bytes=0)
         if self.demotion_method in ("sampler", "damon-paddr"):
@@ -190,27 +188,12 @@ class Daemon:
             return dataclasses.replace(w, resume_free_bytes=resume)
         return w
 
-    def _kswapd_targets_check(self, targets: dict[int, int]) -> None:
-        """With kswapd demoting: a fast node whose demotion target has less than
-        workers.min_free_bytes free keeps its headroom until the target has that again."""
-        floor = self.config.workers.min_free_bytes
-        for node, dst in targets.items():
-            free = read_node_meminfo(self.fs, dst, "MemFree").get("MemFree", 0)
-            short = free < floor
-            if short == (node in self.kswapd_target_short):
-                continue
-            if short:
-                self.kswapd_target_short.add(node)
-                log.warning("demotion: node %d has %d MiB free, less than workers.min_free_bytes:"
-                            " promotion to node %d keeps its headroom (kswapd could not demote "
-                            "there)", dst, free >> 20, node)
-            else:
-                self.kswapd_target_short.discard(node)
-                log.info("demotion: node %d has room again: promotion to node %d may wake "
-                         "kswapd", dst, node)
-            w = self.workers.get(node)
-            if w is not None:
-                w.configure(self._workers_config(self.config, node))
+    def _headroom_changed(self, node: int) -> None:
+        """The kswapd demoter found ``node``'s demotion target short of free memory, or
+        back above the floor: its worker's headroom follows."""
+        w = self.workers.get(node)
+        if w is not None:
+            w.configure(self._workers_config(self.config, node))
 
     def _room_for(self, node: int) -> int:
         w = self.workers.get(node)
@@ -256,9 +239,9 @@ class Daemon:
                        if (down := self.topology.demotion_target(n)) is not None}
             self.demoter = KswapdDemotion(
                 self.fs, demotion.state_path(cfg.sampler.hint_faults.state_file), targets,
-                self._count_demoted, check=self._kswapd_targets_check)
+                self._count_demoted, target_floor_bytes=cfg.workers.min_free_bytes,
+                on_short=self._headroom_changed)
             await self.demoter.start()
-            self._kswapd_targets_check(targets)
         if self.demoter is not None:
             self._demoter_task = self._spawn(self.demoter.run(), "demoter")
 

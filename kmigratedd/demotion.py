@@ -53,6 +53,7 @@ from .samplers import damon_model as model
 from .samplers.damon_sysfs import (ADMIN, MIGRATE_KERNEL, NR_KDAMONDS, DamonSysfs, damon_in_use,
                                    kernel_release)
 from .sysctl import SysctlGuard
+from .topology import read_node_meminfo
 
 log = logging.getLogger("kmigratedd.demotion")
 
@@ -408,15 +409,19 @@ class KswapdDemotion:
     def __init__(self, fs: KernelFs, state_file: str | Path,
                  targets: Mapping[int, int] | None = None,
                  count: Callable[[int, int, int], None] | None = None,
-                 interval_ms: int = INTERVAL_MS,
-                 check: Callable[[dict[int, int]], None] | None = None) -> None:
-        """``check(targets)`` runs every interval on the loop: the daemon looks at the
-        demotion targets' free memory there."""
+                 interval_ms: int = INTERVAL_MS, target_floor_bytes: int = 0,
+                 on_short: Callable[[int], None] | None = None) -> None:
+        """A fast node is ``short`` while its demotion target has less than
+        ``target_floor_bytes`` free (kswapd's demotions there would fail, and its reclaim
+        drop page cache on the fast node instead); ``on_short(node)`` is called on the loop
+        when that changes."""
         self.fs = fs
         self.guard = SysctlGuard(fs, state_file, {sysctl.DEMOTION_ENABLED.kpath: "1"})
         self.targets = dict(targets or {})
         self.count = count
-        self.check = check
+        self.target_floor_bytes = target_floor_bytes
+        self.on_short = on_short
+        self.short: set[int] = set()
         self.interval_ms = interval_ms
         self._seen: dict[int, int] = {}
         self.demoted: dict[int, int] = dict.fromkeys(self.targets, 0)
@@ -424,6 +429,7 @@ class KswapdDemotion:
     async def start(self) -> None:
         self._seen = {n: node_demoted_pages(self.fs, n) for n in self.targets}
         self.guard.apply()
+        self.check_targets()
         log.info("demotion: kswapd demotes (demotion_enabled=1); promotion may take the fast "
                  "tier below the workers' headroom")
 
@@ -442,14 +448,32 @@ class KswapdDemotion:
                 out.append((node, dst, pages))
         return out
 
+    def check_targets(self) -> None:
+        """Update ``short`` from the demotion targets' free memory."""
+        for node, dst in self.targets.items():
+            free = read_node_meminfo(self.fs, dst, "MemFree").get("MemFree", 0)
+            short = free < self.target_floor_bytes
+            if short == (node in self.short):
+                continue
+            if short:
+                self.short.add(node)
+                log.warning("demotion: node %d has %d MiB free, less than workers.min_free_bytes:"
+                            " promotion to node %d keeps its headroom (kswapd could not demote "
+                            "there)", dst, free >> 20, node)
+            else:
+                self.short.discard(node)
+                log.info("demotion: node %d has room again: promotion to node %d may wake "
+                         "kswapd", dst, node)
+            if self.on_short is not None:
+                self.on_short(node)
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_ms / 1000)
             for src, dst, pages in self.poll():
                 if self.count is not None:
                     self.count(src, dst, pages)
-            if self.check is not None:
-                self.check(self.targets)
+            self.check_targets()
 
     def stats(self) -> dict[str, object]:
         return {"method": self.method,

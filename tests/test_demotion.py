@@ -500,12 +500,16 @@ def test_kswapd_keeps_the_headroom_while_the_demotion_target_is_short(tmp_path: 
     d.workers = {0: SimpleNamespace(  # type: ignore[dict-item]
         node=0, configure=lambda w: configured.append((w.min_free_bytes, w.resume_free_bytes)))}
     put(tmp_path, meminfo, f"Node 1 MemFree: {(floor >> 10) + 4096} kB\n")
-    d._kswapd_targets_check({0: 1})
-    assert configured == [] and d._workers_config(cfg, 0).min_free_bytes == 0
+    k = KswapdDemotion(fs, demotion.state_path(tmp_path / "state" / "s.json"), {0: 1},
+                       target_floor_bytes=floor, on_short=d._headroom_changed)
+    d.demoter = k
+    asyncio.run(k.start())
+    assert configured == [] and k.short == set() and d._workers_config(cfg, 0).min_free_bytes == 0
     put(tmp_path, meminfo, f"Node 1 MemFree: {(floor >> 10) - 4} kB\n")
-    d._kswapd_targets_check({0: 1})
-    assert configured == [(floor, cfg.workers.resume_free_bytes)]
-    d._kswapd_targets_check({0: 1})  # still short: nothing more to do
+    k.check_targets()
+    assert k.short == {0} and configured == [(floor, cfg.workers.resume_free_bytes)]
+    k.check_targets()  # still short: nothing more to do
     put(tmp_path, meminfo, f"Node 1 MemFree: {floor >> 10} kB\n")
-    d._kswapd_targets_check({0: 1})
-    assert configured[-1] == (0, 0) and len(configured) == 2
+    k.check_targets()
+    assert k.short == set() and configured[-1] == (0, 0) and len(configured) == 2
+    asyncio.run(k.stop())

@@ -157,21 +157,23 @@ control:
     def probe(self) -> list[float] | None:
         """The daemon's view each interval: [promoted, demoted, inbox pages, room needed
         MiB, headroom blocked, free MiB of node 0 as the daemon reads it]."""
+        from daemonproc import metric_total
+
         try:
             mt = self.d.metrics()
         except Exception:  # noqa: BLE001 - a missed probe is only a gap
             return None
-
-        def total(name: str, **labels: str) -> float:
-            return sum(v for (n, ls), v in mt.items()
-                       if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
-        return [total("kmigratedd_promoted_pages_total"), total("kmigratedd_demoted_pages_total"),
-                total("kmigratedd_worker_inbox_pages"),
-                round(total("kmigratedd_room_needed_bytes") / MiB, 1),
-                total("kmigratedd_headroom_blocked"),
-                round(total("kmigratedd_node_memory_free_bytes", node=str(FAST)) / MiB, 1)]
+        return [metric_total(mt, "kmigratedd_promoted_pages_total"),
+                metric_total(mt, "kmigratedd_demoted_pages_total"),
+                metric_total(mt, "kmigratedd_worker_inbox_pages"),
+                round(metric_total(mt, "kmigratedd_room_needed_bytes") / MiB, 1),
+                metric_total(mt, "kmigratedd_headroom_blocked"),
+                round(metric_total(mt, "kmigratedd_node_memory_free_bytes",
+                                   node=str(FAST)) / MiB, 1)]
 
     def extra(self) -> dict[str, Any]:
+        from daemonproc import metric_total
+
         m = {}
         try:
             mt = self.d.metrics()
@@ -180,12 +182,9 @@ control:
                 if n == "kmigratedd_worker_dropped_pages_total" and v:
                     r = dict(ls).get("reason", "?")
                     dropped[r] = dropped.get(r, 0) + v
-            m = {"daemon_promoted": sum(v for (n, _), v in mt.items()
-                                        if n == "kmigratedd_promoted_pages_total"),
-                 "daemon_batches": sum(v for (n, _), v in mt.items()
-                                       if n == "kmigratedd_batches_total"),
-                 "daemon_demoted": sum(v for (n, _), v in mt.items()
-                                       if n == "kmigratedd_demoted_pages_total"),
+            m = {"daemon_promoted": metric_total(mt, "kmigratedd_promoted_pages_total"),
+                 "daemon_batches": metric_total(mt, "kmigratedd_batches_total"),
+                 "daemon_demoted": metric_total(mt, "kmigratedd_demoted_pages_total"),
                  "daemon_dropped": dropped, "rss_kib": self.d.rss_kib()}
         except Exception as exc:  # noqa: BLE001 - report, do not fail the run
             m = {"metrics_error": str(exc)}
@@ -481,12 +480,10 @@ def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any],
                 if t90 is None and hot >= 0.9:
                     t90 = t
                     stop_at = min(stop_at, now + a.tail_s)
-                if len(series) % 5 == 1 or t90 == t or probes:
+                if len(series) % 5 == 1 or t90 == t or probe is not None:
                     say(f"   t={t:6.1f}s  hot on node 0 {100 * hot:5.1f}%  cold on node 0 "
                         f"{100 * cold:5.1f}%  migrated {mig:7d} pages  node 0 free "
-                        f"{series[-1][4]:.0f} MiB"
-                        + (f"  daemon {probes[-1][1:]}" if probes and probes[-1][0] == round(t, 2)
-                           else ""))
+                        f"{series[-1][4]:.0f} MiB" + (f"  daemon {probe}" if probe else ""))
                 if now >= stop_at or not w.alive():
                     break
                 time.sleep(max(0.0, a.interval_s - (time.monotonic() - now)))

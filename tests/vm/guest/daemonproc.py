@@ -79,8 +79,7 @@ class DaemonProcess:
         return out
 
     def metric_sum(self, name: str, **labels: str) -> float:
-        return sum(v for (n, ls), v in self.metrics().items()
-                   if n == name and all(dict(ls).get(k) == val for k, val in labels.items()))
+        return metric_total(self.metrics(), name, **labels)
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -107,3 +106,11 @@ def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of a process, in seconds (OSError once it is gone)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric_total(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+                 **labels: str) -> float:
+    """The sum of ``name``'s samples in a :meth:`DaemonProcess.metrics` snapshot whose labels
+    include ``labels``."""
+    return sum(v for (n, ls), v in metrics.items()
+               if n == name and all(dict(ls).get(k) == val for k, val in labels.items()))
