@@ -106,8 +106,12 @@ def recover_kdamonds(fs: KernelFs, path: str | Path) -> list[int]:
     stopped = []
     for idx, pid in (owned.items() if isinstance(owned, dict) else ()):
         k = DamonSysfs(fs, int(idx))
-        on = (fs.read_optional(k.state) or "").strip() == "on"
-        now = (fs.read_optional(f"{k.kdamond}/pid") or "").strip()
+        try:
+            on, now = k.is_on(), k.pid()
+        except OSError as exc:
+            log.warning("demotion: could not read kdamond %s left by a previous run: %s",
+                        idx, exc)
+            continue
         if on and now == str(pid):
             try:
                 k.command("off")
@@ -263,7 +267,7 @@ class PaddrDemoter:
             return
         owned = {}
         for n in self.nodes:
-            pid = (self.fs.read_optional(f"{n.sysfs.kdamond}/pid") or "").strip()
+            pid = n.sysfs.pid() or ""
             if pid.isdigit():
                 owned[str(n.sysfs.index)] = int(pid)
         try:
@@ -384,7 +388,8 @@ class PaddrDemoter:
                     "demoted_bytes": n.demoted_pages * self.page_size,
                     "tried_bytes": n.stats.get("sz_tried", 0),
                     "regions_applied": n.stats.get("nr_applied", 0),
-                    "quota_exceeded": n.stats.get("qt_exceeds", 0)} for n in self.nodes}}
+                    "quota_exceeded": n.stats.get("qt_exceeds", 0),
+                    "sysfs_busy": n.sysfs.busy_retries} for n in self.nodes}}
 
 
 def node_demoted_pages(fs: KernelFs, node: int) -> int:

@@ -50,6 +50,9 @@ class FakeDamonFs(KernelFs):
     def __init__(self, root: Path) -> None:
         super().__init__(root, record_writes=True)
         self.fail: dict[tuple[str, str], int] = {}  # (path, value) -> errno
+        # path, or (path, value) for a write -> how many reads or writes fail with EBUSY
+        # first, as DAMON's sysfs lock does while a kdamond or another writer holds it.
+        self.busy: dict[str | tuple[str, str], int] = {}
         self.commit_stops = False
         self.commit_stops_late = False  # state reads "on" until the next command
         self._stopping = False
@@ -57,7 +60,18 @@ class FakeDamonFs(KernelFs):
     def _set_state(self, value: str) -> None:
         self.path(STATE).write_text(value + "\n")
 
+    def _lock(self, key: str | tuple[str, str]) -> None:
+        if self.busy.get(key, 0) > 0:
+            self.busy[key] -= 1
+            raise OSError(errno.EBUSY, f"{key}: busy")
+
+    def read(self, kpath: str) -> str:
+        self._lock(kpath)
+        return super().read(kpath)
+
     def write(self, kpath: str, value: str) -> None:
+        self._lock(kpath)
+        self._lock((kpath, value))
         super().write(kpath, value)
         err = self.fail.get((kpath, value))
         if err:
@@ -332,7 +346,13 @@ def test_start_with_nothing_in_scope_leaves_damon_off(tmp_path: Path) -> None:
     assert fs.writes[-1] == (f"{K}/nr_kdamonds", "0")
 
 
-def test_start_fails_cleanly_when_damon_is_busy(tmp_path: Path) -> None:
+@pytest.fixture
+def short_busy_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An EBUSY that lasts: give up on it after 50 ms, not seconds."""
+    monkeypatch.setattr(DamonSysfs, "busy_wait_s", 0.05)
+
+
+def test_start_fails_cleanly_when_damon_is_busy(tmp_path: Path, short_busy_wait: None) -> None:
     make_tree(tmp_path)
     fs = FakeDamonFs(tmp_path)
     fs.fail[(f"{K}/nr_kdamonds", "1")] = errno.EBUSY
@@ -340,10 +360,10 @@ def test_start_fails_cleanly_when_damon_is_busy(tmp_path: Path) -> None:
     with pytest.raises(SamplerUnavailableError, match="in use by another tool"):
         run(s.start)
     run(s.stop)
-    assert fs.writes == [(f"{K}/nr_kdamonds", "1")]
+    assert set(fs.writes) == {(f"{K}/nr_kdamonds", "1")}  # retried, then given up
 
 
-def test_start_undoes_itself_when_on_fails(tmp_path: Path) -> None:
+def test_start_undoes_itself_when_on_fails(tmp_path: Path, short_busy_wait: None) -> None:
     make_tree(tmp_path)
     fs = FakeDamonFs(tmp_path)
     fs.fail[(STATE, "on")] = errno.EBUSY  # e.g. damon_reclaim started meanwhile
@@ -415,7 +435,8 @@ def test_round_turns_hot_regions_into_page_candidates(tmp_path: Path) -> None:
         "pages_unconfirmed": 0, "pages_sparse": 0, "pages_over_budget": 0, "pages_probed": 12,
         "pages_skipped_on_fast": 0, "pid_gone": 0, "errors": 0,
         "kdamond_starts": 1, "kdamond_stops": 0, "commits": 0, "quiet_entered": 0,
-        "quiet_left": 0, "targets": 1, "kdamond_on": 1, "quiet": 0}
+        "quiet_left": 0, "targets": 1, "kdamond_on": 1, "quiet": 0,
+        "sysfs_busy": 0}
 
     # Second round, same scope: no target writes, only the update.
     del fs.writes[:]
@@ -681,6 +702,34 @@ def test_a_commit_that_stops_the_kdamond_restarts_it(tmp_path: Path) -> None:
     assert (st["kdamond_stops"], st["kdamond_starts"], st["kdamond_on"]) == (1, 2, 1)
 
 
+def test_damon_sysfs_lock_held_for_a_while_is_waited_for(tmp_path: Path) -> None:
+    """The state and nr_* files answer EBUSY while anyone holds DAMON's sysfs lock (the
+    kdamond takes it every sampling interval, and through a tried-regions update).  A
+    commit, a state read and the update itself wait for it: no commit is lost, nothing
+    counts as an error, and the waits are counted."""
+    make_tree(tmp_path, pids={PID: 1, PID2: 3})
+    fs = FakeDamonFs(tmp_path)
+    s = DamonSampler(make_ctx(fs, pids=(PID, PID2)), query_nodes=FakeQuery())
+    fs.busy[f"{K}/nr_kdamonds"] = 2
+    s.open()
+    try:
+        s.run_round()
+        (tmp_path / f"proc/{PID}/stat").unlink()
+        fs.busy[STATE] = 3  # the round's state read waits
+        fs.busy[(STATE, "commit")] = 2
+        fs.busy[f"{C}/targets/nr_targets"] = 1
+        del fs.writes[:]
+        s.run_round()
+        same_writes(fs.writes, target_writes([PID2]) + [(STATE, "commit"),
+                                                        (STATE, "update_schemes_tried_regions")])
+        st = s.stats()
+        assert (st["commits"], st["targets"], st["errors"]) == (1, 1, 0)
+        assert st["sysfs_busy"] == 2 + 3 + 2 + 1
+        assert not any(fs.busy.values())
+    finally:
+        s.close()
+
+
 def test_a_commit_that_stops_the_kdamond_a_bit_later(tmp_path: Path) -> None:
     make_tree(tmp_path, pids={PID: 1, PID2: 3})
     fs = FakeDamonFs(tmp_path)
@@ -732,7 +781,8 @@ def test_on_with_an_exited_pid_retries_with_the_live_ones(tmp_path: Path) -> Non
     assert s.stats()["kdamond_starts"] == 1 and s.stats()["targets"] == 1
 
 
-def test_failures_at_run_time_are_counted_not_raised(tmp_path: Path) -> None:
+def test_failures_at_run_time_are_counted_not_raised(tmp_path: Path,
+                                                     short_busy_wait: None) -> None:
     fs = regions_tree(tmp_path)
     fs.fail[(STATE, "update_schemes_tried_regions")] = errno.EBUSY
     s = DamonSampler(make_ctx(fs), query_nodes=FakeQuery())

@@ -20,6 +20,7 @@ from kmigratedd.demotion import KswapdDemotion, PaddrDemoter, node_memory_ranges
 from kmigratedd.errors import ConfigError, KmigratedError, SamplerUnavailableError
 from kmigratedd.kernelfs import KernelFs
 from kmigratedd.samplers import damon_model as model
+from kmigratedd.samplers.damon_sysfs import DamonSysfs
 
 K = "/sys/kernel/mm/damon/admin/kdamonds"
 C = f"{K}/0/contexts/0"
@@ -279,7 +280,8 @@ def test_a_kernel_without_migrate_cold_is_refused_cleanly(tmp_path: Path) -> Non
     assert fs.writes[-1] == (f"{K}/nr_kdamonds", "0")
 
 
-def test_busy_damon_is_refused_cleanly(tmp_path: Path) -> None:
+def test_busy_damon_is_refused_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(DamonSysfs, "busy_wait_s", 0.05)  # an EBUSY that lasts
     fs = make_tree(tmp_path)
     fs.fail[(f"{K}/nr_kdamonds", "1")] = errno.EBUSY
     with pytest.raises(SamplerUnavailableError, match="EBUSY"):
@@ -466,7 +468,6 @@ def test_kdamonds_left_on_by_a_killed_run_are_turned_off(tmp_path: Path) -> None
     """The demoter names the kdamonds it turned on; after a crash the next start turns off
     those still on with the recorded pid, and leaves another tool's alone."""
     from kmigratedd import demotion
-    from kmigratedd.samplers.damon_sysfs import DamonSysfs
 
     fs = make_tree(tmp_path)
     owner = tmp_path / "state" / "kdamonds-sysctl-state.json"

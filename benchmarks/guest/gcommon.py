@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO / "tests" / "vm" / "guest"))
 
 from kmigratedd import shim  # noqa: E402
 from kmigratedd.kernelfs import KernelFs  # noqa: E402
+from kmigratedd.samplers.damon_sysfs import retry_busy  # noqa: E402
 from kmigratedd.topology import read_node_meminfo  # noqa: E402
 
 MiB = 1 << 20
@@ -163,12 +164,16 @@ def vmstat(*keys: str) -> dict[str, int]:
 
 
 def read(path: str) -> str:
-    return Path(path).read_text().strip()
+    """A file's text; DAMON's files answer EBUSY while a kdamond holds their lock, which
+    is waited for."""
+    return retry_busy(lambda: Path(path).read_text().strip())
 
 
 def write(path: str, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
+    def once() -> None:
+        with open(path, "w") as f:
+            f.write(value)
+    retry_busy(once)
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -298,7 +298,7 @@ class DamonSampler(SamplerBase[DamonRound]):
 
     def extra_stats(self) -> dict[str, int]:
         return {"targets": len(self._targets), "kdamond_on": int(self._running),
-                "quiet": int(self._quiet)}
+                "quiet": int(self._quiet), "sysfs_busy": self.sysfs.busy_retries}
 
     def deliver(self, result: DamonRound) -> None:
         self.push(result.hot)
@@ -729,7 +729,7 @@ class DamonSampler(SamplerBase[DamonRound]):
         """Only the pids of the targets that changed (as many targets as before)."""
         for i, (old, new) in enumerate(zip(before, want)):
             if old != new:
-                self.fs.write(f"{self.sysfs.context}/targets/{i}/pid_target", str(new))
+                self.sysfs.write(f"{self.sysfs.context}/targets/{i}/pid_target", str(new))
         self._targets = tuple(want)
 
     def _restart(self) -> None:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.vm
 
 
 def test_damon_sampler_612(guest_pytest: Callable[..., vmrun.VMResult]) -> None:
-    guest_pytest("test_sampler_damon.py", passed=4, skipped=1, topology="2node", kernel="debian-6.12", timeout=900)
+    guest_pytest("test_sampler_damon.py", passed=5, skipped=1, topology="2node", kernel="debian-6.12", timeout=900)
 
 
 def test_damon_probe_61(guest_pytest: Callable[..., vmrun.VMResult]) -> None:

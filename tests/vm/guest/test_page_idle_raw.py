@@ -16,6 +16,7 @@ drains those batches on all CPUs, so the test drains them that way before markin
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 import time
@@ -128,6 +129,22 @@ def test_mark_idle_then_access(node: int) -> None:
         assert set(nr.query_nodes(addrs)) == {node}
 
 
+def damon_file(path: Path, value: str | None = None) -> str:
+    """Read (or write ``value`` to) a kdamond's state or pid: they answer EBUSY for the
+    moments the kdamond holds DAMON's sysfs lock (mutex_trylock), so retry."""
+    for attempt in range(200):
+        try:
+            if value is None:
+                return path.read_text().strip()
+            path.write_text(value)
+            return value
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or attempt == 199:
+                raise
+            time.sleep(0.01)
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.skipif(not DAMON.exists(), reason="kernel without DAMON sysfs")
 def test_damon_vaddr_starts_and_stops() -> None:
     k = DAMON / "kdamonds"
@@ -139,11 +156,11 @@ def test_damon_vaddr_starts_and_stops() -> None:
         (ctx / "operations").write_text("vaddr\n")
         (ctx / "targets/nr_targets").write_text("1\n")
         (ctx / "targets/0/pid_target").write_text(f"{os.getpid()}\n")
-        (k / "0/state").write_text("on\n")
+        damon_file(k / "0/state", "on\n")
         time.sleep(0.3)
-        assert (k / "0/state").read_text().strip() == "on"
-        assert int((k / "0/pid").read_text()) > 0
-        (k / "0/state").write_text("off\n")
-        assert (k / "0/state").read_text().strip() == "off"
+        assert damon_file(k / "0/state") == "on"
+        assert int(damon_file(k / "0/pid")) > 0
+        damon_file(k / "0/state", "off\n")
+        assert damon_file(k / "0/state") == "off"
     finally:
-        (k / "nr_kdamonds").write_text("0\n")
+        damon_file(k / "nr_kdamonds", "0\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import subprocess
 import time
@@ -31,7 +32,7 @@ from daemonproc import proc_cpu_seconds
 from workload import Workload
 
 SLOW = 1
-STATE = DamonSysfs(KernelFs()).state  # kdamond 0's state file
+KDAMOND = DamonSysfs(KernelFs())  # kdamond 0 (its reads wait out DAMON's sysfs lock)
 # Time bound for 90% hot-set coverage.  Measured ~2 s on an idle host, but 100 s once
 # with the 2-CPU host compiling a kernel next to the guest (RCU stalls in the guest).
 COVERAGE_BOUND_S = 150.0
@@ -217,7 +218,7 @@ def test_a_pid_that_exits_mid_run_is_counted(damon_kernel: None,
                 for pid, addrs in seen.items():
                     stray = on_slow(pid, addrs - mine[pid])
                     assert len(stray) <= 0.01 * len(addrs), where(pid, stray)
-                assert read(STATE) == "on"
+                assert KDAMOND.is_on()
                 wa.stop()  # target 0 exits (and is reaped) while DAMON watches it
                 t_exit = time.monotonic()
                 while sampler.stats()["commits"] < 1:
@@ -238,7 +239,7 @@ def test_a_pid_that_exits_mid_run_is_counted(damon_kernel: None,
                 st = sampler.stats()
                 assert (st["pid_gone"], st["targets"], st["kdamond_on"]) == (1, 1, 1), st
                 assert sampler._task is not None and not sampler._task.done()
-                assert read(STATE) == "on"
+                assert KDAMOND.is_on()
                 assert kdamond_threads() != []
             finally:
                 await sampler.stop()
@@ -297,7 +298,7 @@ def test_a_commit_naming_an_exited_pid_restarts_the_kdamond(
                 while not drain(ctx):
                     assert time.monotonic() - t1 < 90, sampler.stats()
                     await asyncio.sleep(0.2)
-                assert read(STATE) == "on"
+                assert KDAMOND.is_on()
                 return time.monotonic() - t1
             finally:
                 await sampler.stop()
@@ -311,6 +312,67 @@ def test_a_commit_naming_an_exited_pid_restarts_the_kdamond(
         assert stats["errors"] == 0
         assert wl.verify()
     assert read(NR_KDAMONDS) == found_nr
+    assert kdamond_threads() == []
+
+
+def test_reads_of_the_kdamond_state_wait_out_damons_sysfs_lock(
+        damon_kernel: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """DAMON's state file answers EBUSY while its sysfs lock is held, which the kdamond
+    does through every tried-regions update of the sampler's rounds.  Another thread
+    reading the state raw sees EBUSY; through DamonSysfs it waits and reads "on"."""
+    import threading
+
+    with Workload(8, 8, node=SLOW, flush_ms=10) as wl:
+        ctx = make_ctx((wl.pid,))
+        sampler = DamonSampler(ctx)
+        reader = DamonSysfs(KernelFs())
+        counts = {"raw": 0, "raw_busy": 0, "waited": 0, "waited_on": 0}
+        done = threading.Event()
+
+        def hammer() -> None:
+            while not done.is_set():
+                try:
+                    Path(reader.state).read_text()
+                    counts["raw"] += 1
+                except OSError as exc:
+                    assert exc.errno == errno.EBUSY, exc
+                    counts["raw_busy"] += 1
+                counts["waited"] += 1
+                counts["waited_on"] += reader.is_on()
+                time.sleep(0.001)
+
+        async def run() -> None:
+            await sampler.start()
+            try:
+                t0 = time.monotonic()
+                while sampler.stats()["rounds"] < 2:
+                    assert time.monotonic() - t0 < 60, sampler.stats()
+                    await asyncio.sleep(0.1)
+                thread = threading.Thread(target=hammer)
+                thread.start()
+                try:
+                    # Until a few reads were refused (or long enough to say they never are).
+                    t1 = time.monotonic()
+                    while time.monotonic() - t1 < 8 or (
+                            counts["raw_busy"] < 3 and time.monotonic() - t1 < 90):
+                        await asyncio.sleep(0.5)
+                finally:
+                    done.set()
+                    await asyncio.to_thread(thread.join)
+            finally:
+                await sampler.stop()
+
+        asyncio.run(run())
+        stats = sampler.stats()
+        show(capsys, f"\nDAMON sysfs lock: {counts['raw_busy']} of "
+                     f"{counts['raw'] + counts['raw_busy']} raw state reads answered EBUSY "
+                     f"during {stats['rounds']} rounds; {counts['waited_on']} of "
+                     f"{counts['waited']} waited reads saw 'on', after "
+                     f"{reader.busy_retries} retries\n  stats {stats}")
+        assert counts["raw_busy"] > 0, "the kernel's trylock never refused a read"
+        assert counts["waited_on"] == counts["waited"] > 0
+        assert stats["errors"] == 0
+        assert wl.verify()
     assert kdamond_threads() == []
 
 
