@@ -106,6 +106,9 @@ def format_status(st: dict[str, Any]) -> str:
                          f"{_mib(d['demoted_bytes'])} demoted")
             else:
                 line += f"{d['demoted_pages']:,} pages demoted by reclaim"
+                if d.get("target_short"):
+                    line += (f" (node {d['to']} short of free memory: promotion keeps "
+                             "the headroom)")
         lines.append(line)
     q = st.get("queues")
     if q:

@@ -483,5 +483,6 @@ class KswapdDemotion:
     def stats(self) -> dict[str, object]:
         return {"method": self.method,
                 "sysctl_originals_unknown": len(self.guard.unknown),
-                "nodes": {str(n): {"to": d, "demoted_pages": self.demoted[n]}
+                "nodes": {str(n): {"to": d, "demoted_pages": self.demoted[n],
+                                   "target_short": n in self.short}
                           for n, d in self.targets.items()}}

@@ -460,7 +460,7 @@ def test_kswapd_counts_what_reclaim_demoted_from_the_fast_node(tmp_path: Path) -
     assert k.poll() == []
     put(tmp_path, vmstat, "nr_free_pages 5\npgdemote_kswapd 150\npgdemote_direct 9\n")
     assert k.poll() == [(0, 1, 52)]
-    assert k.stats()["nodes"] == {"0": {"to": 1, "demoted_pages": 52}}
+    assert k.stats()["nodes"] == {"0": {"to": 1, "demoted_pages": 52, "target_short": False}}
     asyncio.run(k.stop())
 
 
@@ -509,6 +509,13 @@ def test_kswapd_keeps_the_headroom_while_the_demotion_target_is_short(tmp_path: 
     put(tmp_path, meminfo, f"Node 1 MemFree: {(floor >> 10) - 4} kB\n")
     k.check_targets()
     assert k.short == {0} and configured == [(floor, cfg.workers.resume_free_bytes)]
+    assert k.stats()["nodes"]["0"]["target_short"] is True
+    from kmigratedd.ctl import format_status
+    text = format_status({"version": "0", "pid": 1, "uptime_s": 1, "state": "running",
+                          "paused": False, "dry_run": False, "sampler": "hint-faults",
+                          "demotion": k.stats(), "nodes": {}, "rate_interval_s": 10})
+    assert ("demotion: kswapd; node 0 -> 1: 0 pages demoted by reclaim (node 1 short of free "
+            "memory: promotion keeps the headroom)") in text
     k.check_targets()  # still short: nothing more to do
     put(tmp_path, meminfo, f"Node 1 MemFree: {floor >> 10} kB\n")
     k.check_targets()

@@ -17,3 +17,11 @@ def test_exchange_on_a_full_fast_tier_debian_612(
         guest_pytest: Callable[..., vmrun.VMResult]) -> None:
     guest_pytest("test_exchange.py", passed=1, topology="2node", kernel="debian-6.12",
                  mem=["4608M", "2048M"], timeout=1500, pytest_args=["-s"])
+
+
+def test_headroom_kept_while_the_slow_node_is_short_debian_612(
+        guest_pytest: Callable[..., vmrun.VMResult]) -> None:
+    """The same full node 0, with node 1 filled below workers.min_free_bytes: no promotion
+    until node 1 has room again (tests/vm/guest/test_exchange_short_target.py)."""
+    guest_pytest("test_exchange_short_target.py", passed=1, topology="2node",
+                 kernel="debian-6.12", mem=["4608M", "2048M"], timeout=1200, pytest_args=["-s"])
