@@ -135,7 +135,9 @@ def format_status(st: dict[str, Any]) -> str:
                 cold = w.get("promoted_then_cold", 0)
                 row += (f"\n{'':>4} precision guard: {cold:,} of the promoted pages seen cold "
                         f"since ({100 * cold / w['promoted_pages']:.1f}%), "
-                        f"{w.get('demotion_regrets', 0):,} demoted pages wanted back")
+                        f"{w.get('demotion_regrets', 0):,} demoted pages wanted back, "
+                        f"{w.get('pingpongs', 0):,} promoted pages bounced back within "
+                        f"{w.get('pingpong_window_s', 0):g}s")
             if w.get("room_needed_bytes") or w.get("demoted_pages"):
                 row += (f"\n{'':>4} exchange: room needed {_mib(w['room_needed_bytes'])}, "
                         f"{w['demoted_pages']:,} cold pages demoted, "

@@ -399,6 +399,8 @@ class Daemon:
                         "demotion_regrets": snap.demote_regrets,
                         "promoted_then_cold": snap.promoted_then_cold,
                         "promoted_protect_s": round(snap.protect_s, 1),
+                        "pingpongs": snap.pingpongs,
+                        "pingpong_window_s": round(snap.pingpong_window_s, 1),
                         "dry_run_pages": snap.dry_run_pages,
                         "heartbeat_age_s": round(time.time() - snap.heartbeat, 3)
                         if snap.heartbeat else None,

@@ -155,6 +155,15 @@ class KmigratedCollector(Collector):
                                     "How long a promoted page is not demoted: the ping-pong "
                                     "window, longer while demoted pages come back",
                                     labels=["node"])
+        window = GaugeMetricFamily("kmigratedd_pingpong_window_seconds",
+                                   "How long after its promotion a page seen back on a slow "
+                                   "node counts as a bounce (and is held off): "
+                                   "workers.pingpong_window_ms, wider while promoted pages "
+                                   "keep bouncing", labels=["node"])
+        bounces = CounterMetricFamily("kmigratedd_pingpong_bounces",
+                                      "Promoted pages seen back on a slow node within the "
+                                      "ping-pong window, each bounce counted once",
+                                      labels=["node"])
         starved = CounterMetricFamily("kmigratedd_room_starved_seconds",
                                       "Time room was needed with no cold page to demote",
                                       labels=["node"])
@@ -205,6 +214,8 @@ class KmigratedCollector(Collector):
             regrets.add_metric([n], s.demote_regrets)
             guard.add_metric([n], s.promoted_then_cold)
             protect.add_metric([n], s.protect_s)
+            window.add_metric([n], s.pingpong_window_s)
+            bounces.add_metric([n], s.pingpongs)
         router = self.src.router()
         if router is not None:
             # Dropped before routing: no target node yet (node="").
@@ -226,7 +237,8 @@ class KmigratedCollector(Collector):
                 dropped.add_metric(["", reason], c)
             for reason, c in sorted(r.query_errors.items()):
                 whole.add_metric(["", reason], c)
-        yield from (dpages, dbytes, doutcomes, drefused, room, starved, regrets, guard, protect)
+        yield from (dpages, dbytes, doutcomes, drefused, room, starved, regrets, guard, protect,
+                    window, bounces)
         yield from (pages, nbytes, outcomes, whole, dropped, batches, rate_s, head_s, enomem_s,
                     dry, pingpong, retried, beat, inbox, blocked)
 

@@ -95,6 +95,8 @@ class HeadroomGuard:
 # More than this share of the demoted pages wanted back within the window: the exchange
 # churns, and promoted pages are protected longer.
 REGRET_SHARE = 0.1
+# Fewer bounces than this in a period never widen the ping-pong window (noise).
+MIN_BOUNCES = 64
 
 
 @dataclass
@@ -124,6 +126,9 @@ class PingPongDamper:
     # for demotion.cold_age_ms) while we still remember them, each counted once.
     promoted_then_cold: int = 0
     cold_seen: dict[int, set[int]] = field(default_factory=dict)
+    # The window and the holdoff are scaled by widen (>= 1): it grows while promoted pages
+    # keep bouncing back (:meth:`adapt_window`).
+    widen: float = 1.0
 
     def __post_init__(self) -> None:
         self.protect_s = max(self.protect_s, self.window_s)
@@ -163,10 +168,10 @@ class PingPongDamper:
             for a in back:
                 when = promoted.pop(a)
                 self.size -= 1
-                if now - when <= self.window_s:
+                if now - when <= self.window_s * self.widen:
                     # Demoted again soon after we promoted it: the page bounces.
                     self.pingpongs += 1
-                    self.held.setdefault(pid, {})[a] = now + self.holdoff_s
+                    self.held.setdefault(pid, {})[a] = now + self.holdoff_s * self.widen
                     blocked.add(a)
         if not blocked:
             return addrs
@@ -213,6 +218,28 @@ class PingPongDamper:
             # judge by) lets it fade more slowly.
             self.protect_s = max(self.window_s, self.protect_s * (0.5 if demoted else 0.85))
 
+    def adapt_window(self, promoted: int, pingpongs: int, max_widen: float) -> None:
+        """Once a period, with the pages promoted and the bounces in it: double the window
+        and the holdoff while bounces exceed a REGRET_SHARE of the promotions (and
+        MIN_BOUNCES), halve them back towards the configured ones while pages are promoted
+        and none bounces.  A period with neither (the bounced pages held, nothing else to
+        promote) leaves them as they are: that is the exchange settled.
+
+        A bounce is the kernel demoting a page we promoted (kswapd, under memory
+        pressure): where that keeps happening the hot set is larger than the fast tier,
+        and promoting more only swaps hot pages for each other.  The wider window catches
+        the bounces that show up late (the NUMA scanner's period grows to a minute and
+        more), and the longer holdoff keeps each bounced page where it is."""
+        if pingpongs >= MIN_BOUNCES and pingpongs > promoted * REGRET_SHARE:
+            self.widen = min(max_widen, self.widen * 2)
+        elif pingpongs == 0 and promoted > 0:
+            self.widen = max(1.0, self.widen * 0.5)
+
+    @property
+    def window_now_s(self) -> float:
+        """The ping-pong window in force (the configured one, widened)."""
+        return self.window_s * self.widen
+
     def forget_pid(self, pid: int) -> None:
         self.size -= len(self.promoted.pop(pid, {}))
         self.held.pop(pid, None)
@@ -221,7 +248,7 @@ class PingPongDamper:
 
     def expire(self, now: float) -> None:
         """Drop entries that can no longer matter (once per round)."""
-        keep_s = max(self.window_s, self.protect_s)
+        keep_s = max(self.window_s * self.widen, self.protect_s)
         for pid, table in list(self.promoted.items()):
             fresh = {a: t for a, t in table.items() if now - t <= keep_s}
             self.size -= len(table) - len(fresh)

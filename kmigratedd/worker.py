@@ -47,6 +47,8 @@ EXPIRE_EVERY_S = 1.0
 # it grows at most (in ping-pong windows).
 ADAPT_EVERY_S = 30.0
 MAX_PROTECT_WINDOWS = 16
+# How far the ping-pong window and holdoff widen at most while promoted pages bounce.
+MAX_WIDEN = 16
 # Whole-call errors after which a process is forgotten (an exiting process, its mm
 # already gone, fails with EINVAL rather than ESRCH).
 PID_GONE_ERRNOS = (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES)
@@ -129,6 +131,8 @@ class WorkerSnapshot:
     demote_regrets: int
     protect_s: float
     promoted_then_cold: int
+    pingpong_window_s: float
+    pingpongs: int
 
 
 class NodeWorker(LoopStage):
@@ -157,7 +161,8 @@ class NodeWorker(LoopStage):
         self._backoff_until = 0.0
         self._expired_at = 0.0
         self._adapted_at = clock()
-        self._adapt_base = (0, 0)   # demoted pages and regrets at the last adaptation
+        # Demoted pages, regrets, promoted pages and bounces at the last adaptation.
+        self._adapt_base = (0, 0, 0, 0)
         self.last_room_needed = 0  # room_needed() of the last round, readable from any thread
         self.configure(cfg)
         self.configure_demotion(demotion or DemotionConfig())
@@ -201,7 +206,8 @@ class NodeWorker(LoopStage):
             demote_inbox_pages=self.demote_inbox.pages if self.demote_inbox else 0,
             room_starved_seconds=s.room_starved_seconds, demote_to=self.demote_to,
             demote_regrets=self.damper.regrets, protect_s=self.damper.protect_s,
-            promoted_then_cold=self.damper.promoted_then_cold)
+            promoted_then_cold=self.damper.promoted_then_cold,
+            pingpong_window_s=self.damper.window_now_s, pingpongs=self.damper.pingpongs)
 
     def take_observations(self) -> tuple[list[int], list[float]]:
         """Batch sizes and move durations since the last call (for the histograms)."""
@@ -499,12 +505,16 @@ class NodeWorker(LoopStage):
 
     def _adapt_protection(self, now: float) -> None:
         """Protect promoted pages longer while the pages demoted to make room are wanted
-        back within the window: the hot set is larger than the fast tier, and exchanging
-        its pages for each other only churns (see PingPongDamper.adapt)."""
-        demoted, regrets = self.stats.demoted_pages, self.damper.regrets
-        self.damper.adapt(demoted - self._adapt_base[0], regrets - self._adapt_base[1],
-                          MAX_PROTECT_WINDOWS * self.damper.window_s)
-        self._adapt_base = (demoted, regrets)
+        back within the window, and widen the ping-pong window while the pages promoted
+        bounce back: either way the hot set is larger than the fast tier, and exchanging
+        its pages for each other only churns (see PingPongDamper.adapt and
+        PingPongDamper.adapt_window)."""
+        d = self.damper
+        base = (self.stats.demoted_pages, d.regrets, self.stats.promoted_pages, d.pingpongs)
+        delta = [a - b for a, b in zip(base, self._adapt_base)]
+        d.adapt(delta[0], delta[1], MAX_PROTECT_WINDOWS * d.window_s)
+        d.adapt_window(delta[2], delta[3], MAX_WIDEN)
+        self._adapt_base = base
         self._adapted_at = now
 
     def _settle_demotion(self, s: Settled) -> None:

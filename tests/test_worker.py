@@ -218,6 +218,35 @@ def test_pingpong_damper_is_bounded():
     assert d.size == 0 and not d.promoted
 
 
+def test_pingpong_window_widens_while_promoted_pages_bounce():
+    d = PingPongDamper(window_s=10, holdoff_s=100)
+    d.adapt_window(promoted=1000, pingpongs=63, max_widen=16)    # under a batch's worth
+    assert d.widen == 1
+    d.adapt_window(promoted=1000, pingpongs=100, max_widen=16)   # 10%: not more
+    assert d.widen == 1
+    d.adapt_window(promoted=1000, pingpongs=101, max_widen=16)
+    assert d.widen == 2 and d.window_now_s == 20
+    d.adapt_window(promoted=0, pingpongs=500, max_widen=16)      # all held: still bouncing
+    assert d.widen == 4
+    for _ in range(5):
+        d.adapt_window(promoted=10, pingpongs=500, max_widen=16)
+    assert d.widen == 16
+    # The widened window counts a page back after 150 s as a bounce, and holds it 1600 s.
+    d.record_promoted(7, [1, 2], now=0)
+    assert d.filter(7, [1], now=150) == [] and d.held[7][1] == 150 + 1600
+    d.expire(now=150)
+    assert 2 in d.promoted[7]                                    # kept for the wider window
+    d.adapt_window(promoted=100, pingpongs=1, max_widen=16)      # some bounce: no change
+    assert d.widen == 16
+    d.adapt_window(promoted=100, pingpongs=0, max_widen=16)      # none while promoting
+    assert d.widen == 8
+    d.adapt_window(promoted=0, pingpongs=0, max_widen=16)        # settled: kept
+    assert d.widen == 8
+    for _ in range(20):
+        d.adapt_window(promoted=100, pingpongs=0, max_widen=16)
+    assert d.widen == 1
+
+
 def test_retry_once():
     r = RetryOnce(delay_s=1)
     assert r.failed(1, 10, now=0) is True
@@ -952,3 +981,68 @@ def test_a_hot_set_larger_than_the_fast_tier_settles(fs):
     assert w.router.threshold.raised_seconds > 0 and w.router.stats.below_adaptive > 0
     # What went down to make room: the cold process's pages.
     assert mover.on(7, world.filler, 1) > 0
+
+
+def kswapd_churn(fs, clock_start: float = 0.0, seconds: int = 900) -> tuple[list[int], NodeWorker]:
+    """The kernel demotes (demotion.method kswapd): the fast node has room for 512 of a
+    process's 2048 hot pages next to another hot process.  Each page promoted past those
+    512 makes reclaim demote the one promoted longest ago (the LRU), and the sampler sees
+    a demoted page on the slow node again 10 to 120 s later (the NUMA scanner's period).
+    Returns the pages moved each second."""
+    import random
+    from collections import OrderedDict
+
+    mover, clock = FakeMover(), Clock()
+    clock.t = clock_start
+    w, q = make(fs, mover, clock, pingpong_window_ms=60_000, pingpong_holdoff_ms=300_000,
+                max_wait_ms=2)
+    rng = random.Random(11)
+    mine = pages(2048)
+    mover.place(5, mine, 1)
+    visible = dict.fromkeys(mine, clock_start)
+    fast: OrderedDict[int, None] = OrderedDict()
+    moved = []
+    for _ in range(seconds):
+        now = clock()
+        seen = [a for a in mine if mover.where[(5, a)] == 1 and visible[a] <= now]
+        if seen:
+            offer(q, 5, seen)
+        before = {a for a in mine if mover.where[(5, a)] == 0}
+        run(steps(w, clock, 5, dt=0.2))
+        up = [a for a in mine if mover.where[(5, a)] == 0 and a not in before]
+        fast.update(dict.fromkeys(up))
+        while len(fast) > 512:
+            a, _ = fast.popitem(last=False)
+            mover.place(5, [a], 1)
+            visible[a] = clock() + rng.uniform(10, 120)
+        moved.append(len(up))
+    return moved, w.w
+
+
+def test_bounces_widen_the_pingpong_window_until_kswapds_exchange_settles(fs, monkeypatch):
+    """With kswapd demoting, a hot set larger than the fast tier bounces: what the worker
+    promotes pushes what it promoted before back down.  Bounces seen within the window
+    widen it (and the holdoff), so that the late ones count too and each bounced page stays
+    put: after the first exchange, only an occasional one as holdoffs run out.  With the
+    window kept as configured, the promotions go on at the pace the scanner finds the
+    bounced pages again."""
+    import kmigratedd.worker as worker_mod
+
+    moved, w = kswapd_churn(fs)
+    per_100 = [sum(moved[i:i + 100]) for i in range(0, len(moved), 100)]
+    monkeypatch.setattr(worker_mod, "MAX_WIDEN", 1)
+    fixed, wf = kswapd_churn(fs)
+    fixed_100 = [sum(fixed[i:i + 100]) for i in range(0, len(fixed), 100)]
+    print("promotions per 100 s, widening:", per_100, "window", w.damper.window_now_s,
+          "bounces", w.damper.pingpongs, "| fixed window:", fixed_100, "bounces",
+          wf.damper.pingpongs)
+    assert per_100[0] >= 2048                          # the first exchange runs in full
+    # Then an exchange now and then, as holdoffs run out, where a fixed window churns on
+    # at the pace the scanner finds the pages again.
+    late, late_fixed = sum(per_100[2:]), sum(fixed_100[2:])
+    assert late_fixed >= 2 * 2048, fixed_100
+    assert late <= late_fixed / 4, (per_100, fixed_100)
+    assert w.damper.widen > 1 and w.damper.pingpongs > 0
+    snap = w.snapshot()
+    assert snap.pingpong_window_s == w.damper.window_s * w.damper.widen
+    assert snap.pingpongs == w.damper.pingpongs

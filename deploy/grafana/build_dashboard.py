@@ -145,10 +145,16 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[tuple[str, str]]]]]] =
         ("timeseries", "Exchange regrets and protection", "short",
          "Demoted pages wanted back within workers.pingpong_window_ms (per second), and how "
          "long a promoted page is kept from demotion: the window, doubled while more than "
-         "one demoted page in ten comes back (a hot set larger than the fast tier).",
+         "one demoted page in ten comes back (a hot set larger than the fast tier). "
+         "Promoted pages the kernel demoted back within the ping-pong window (bounces per "
+         "second), and that window: doubled, with the holdoff, while more than one "
+         "promoted page in ten bounces.",
          [(rate("kmigratedd_demotion_regrets_total", IN), "{{instance}} node {{node}} regrets/s"),
           (f"kmigratedd_promoted_protect_seconds{{{IN}}}",
-           "{{instance}} node {{node}} protection (s)")]),
+           "{{instance}} node {{node}} protection (s)"),
+          (rate("kmigratedd_pingpong_bounces_total", IN), "{{instance}} node {{node}} bounces/s"),
+          (f"kmigratedd_pingpong_window_seconds{{{IN}}}",
+           "{{instance}} node {{node}} ping-pong window (s)")]),
         ("timeseries", "Demotion refusals and outcomes", "pages/s",
          "Cold pages not demoted: promoted_recently (within workers.pingpong_window_ms), "
          "rate_limited, busy, gone, not_needed; and the per-page outcomes of demotions.",

@@ -25,3 +25,11 @@ def test_headroom_kept_while_the_slow_node_is_short_debian_612(
     until node 1 has room again (tests/vm/guest/test_exchange_short_target.py)."""
     guest_pytest("test_exchange_short_target.py", passed=1, topology="2node",
                  kernel="debian-6.12", mem=["4608M", "2048M"], timeout=1200, pytest_args=["-s"])
+
+
+def test_hot_set_larger_than_the_fast_tier_settles_debian_612(
+        guest_pytest: Callable[..., vmrun.VMResult]) -> None:
+    """Node 0 held by a hot process, a hot set on node 1: the exchange settles
+    (tests/vm/guest/test_hot_set_larger_than_fast_tier.py)."""
+    guest_pytest("test_hot_set_larger_than_fast_tier.py", passed=1, topology="2node",
+                 kernel="debian-6.12", mem=["4608M", "2048M"], timeout=1200, pytest_args=["-s"])
