@@ -182,17 +182,24 @@ class PingPongDamper:
         one offered for promotion in that window is a regret."""
         addrs = list(addrs)
         self.held.setdefault(pid, {}).update(dict.fromkeys(addrs, now + self.window_s))
+        promoted = self.promoted.get(pid)
+        if promoted:  # back on the slow node by our hand: not a bounce
+            for a in promoted.keys() & set(addrs):
+                del promoted[a]
+                self.size -= 1
         table = self.demoted.setdefault(pid, {})
         table.update(dict.fromkeys(addrs, now))
         if len(table) > self.max_entries:  # bounded: forget the oldest half
             self.demoted[pid] = dict(list(table.items())[len(table) // 2:])
 
     def promoted_recently(self, pid: int, addrs: Sequence[int], now: float) -> set[int]:
-        """The pages of ``addrs`` we promoted within ``protect_s``: never demoted."""
+        """The pages of ``addrs`` we promoted within ``protect_s`` (or the widened window,
+        if longer): never demoted."""
         table = self.promoted.get(pid)
         if not table:
             return set()
-        return {a for a in table.keys() & set(addrs) if now - table[a] <= self.protect_s}
+        keep_s = max(self.protect_s, self.window_now_s)
+        return {a for a in table.keys() & set(addrs) if now - table[a] <= keep_s}
 
     def seen_cold(self, pid: int, addrs: Sequence[int]) -> int:
         """Count the pages of ``addrs`` (offered as cold) that we promoted and still

@@ -236,6 +236,9 @@ def test_pingpong_window_widens_while_promoted_pages_bounce():
     assert d.filter(7, [1], now=150) == [] and d.held[7][1] == 150 + 1600
     d.expire(now=150)
     assert 2 in d.promoted[7]                                    # kept for the wider window
+    assert d.promoted_recently(7, [2], now=150) == {2}           # and not demoted within it
+    d.record_demoted(7, [2], now=151)                            # unless by us: not a bounce
+    assert 2 not in d.promoted[7] and d.filter(7, [2], now=152) == [] and d.pingpongs == 1
     d.adapt_window(promoted=100, pingpongs=1, max_widen=16)      # some bounce: no change
     assert d.widen == 16
     d.adapt_window(promoted=100, pingpongs=0, max_widen=16)      # none while promoting
