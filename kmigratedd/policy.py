@@ -85,11 +85,17 @@ class HeadroomGuard:
             self.blocked = True
         return not self.blocked
 
-    def allowance(self, free_bytes: int) -> int:
-        """Bytes that may be promoted now without crossing ``min_free_bytes``."""
+    def allowance(self, free_bytes: int, unit: int = 1) -> int:
+        """Bytes that may be promoted now without crossing ``min_free_bytes``.  Less than
+        one ``unit`` (a page) left above it is the floor reached: blocked, as below it,
+        until free memory is back above ``resume_free_bytes``."""
         if not self.update(free_bytes):
             return 0
-        return max(0, free_bytes - self.min_free_bytes)
+        room = free_bytes - self.min_free_bytes
+        if room < unit:
+            self.blocked = True
+            return 0
+        return room
 
 
 # More than this share of the demoted pages wanted back within the window: the exchange

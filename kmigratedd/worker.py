@@ -356,7 +356,7 @@ class NodeWorker(LoopStage):
         # Headroom on the target node, counting what the queued jobs will use and free.
         in_flight = (self.pipeline.in_flight(demote=False)
                      - self.pipeline.in_flight(demote=True)) * page
-        allowance = self.headroom.allowance(self._free_bytes(now) - in_flight) // page
+        allowance = self.headroom.allowance(self._free_bytes(now) - in_flight, page) // page
         if allowance <= 0:
             self.inbox.put_back(pid, keys, since)
             self.stats.headroom_blocked_seconds += self.poll_s

@@ -193,6 +193,9 @@ def test_headroom_allowance_never_crosses_the_floor():
     g = HeadroomGuard(300, 500)
     assert g.allowance(1000) == 700 and g.allowance(200) == 0 and g.allowance(400) == 0
     assert g.allowance(600) == 300
+    # Promoting up to the floor (less than a page left above it) blocks too, until resume.
+    assert g.allowance(303, unit=4) == 0 and g.blocked
+    assert g.allowance(450, unit=4) == 0 and g.allowance(500, unit=4) == 200
 
 
 def test_pingpong_damper():
@@ -344,6 +347,9 @@ def test_headroom_trims_a_batch_to_what_fits(fs):
     offer(q, 5, pages(100))
     run(steps(w, clock, 6, dt=1))
     assert w.stats.promoted_pages == 30       # the cached free figure shrinks as we move
+    # Promotion took the node to its floor without crossing it: that is blocked too (the
+    # gauge and the status say so) until the free memory is back above resume_free_bytes.
+    assert w.headroom.blocked and w.snapshot().headroom_blocked
 
 
 def test_pingpong_hold_off_in_the_worker(fs):
