@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -80,6 +82,14 @@ class DaemonProcess:
 
     def metric_sum(self, name: str, **labels: str) -> float:
         return metric_total(self.metrics(), name, **labels)
+
+    def status(self) -> dict[str, Any]:
+        """``kmigratedctl status --json``, through its default control socket."""
+        ctl = Path(self.proc.args[0]).with_name("kmigratedctl")
+        out = subprocess.run([str(ctl), "status", "--json"], capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+        st: dict[str, Any] = json.loads(out)
+        return st
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -14,7 +14,6 @@ line also gives the daemon's and the kdamonds' CPU seconds.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 from daemonproc import DaemonProcess, proc_cpu_seconds
 from kmigratedd import config
-from workload import Workload, fill_node, node_free_mib
+from workload import Workload, fill_node, node_free_mib, node_total_mib
 
 KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
 BOUND_S = float(os.environ.get("KMIGRATEDD_E2E_BOUND_S", "300"))
@@ -76,15 +75,14 @@ def config_text() -> str | None:
 
 
 def test_default_config_makes_room_on_a_full_fast_tier(tmp_path: Path) -> None:
-    total0 = int(Path("/sys/devices/system/node/node0/meminfo").read_text().split(
-        "MemTotal:")[1].split()[0]) // 1024
-    assert total0 >= 4 * 1024, f"node 0 has {total0} MiB: give it at least 4 GiB"
+    total0 = node_total_mib(0)
+    assert total0 >= 4 * 1024, f"node 0 has {total0:.0f} MiB: give it at least 4 GiB"
     filler = fill_node(0, FREE_LEFT_MIB)
     assert filler is not None
     try:
         with Workload(HOT_MIB, COLD_MIB, node=1, flush_ms=10) as w:
             free0 = node_free_mib(0)
-            print(f"node 0: {free0:.0f} MiB free of {total0} MiB; the cold process holds "
+            print(f"node 0: {free0:.0f} MiB free of {total0:.0f} MiB; the cold process holds "
                   f"{len(filler.cold) * PAGE / MiB:.0f} MiB there; hot set {HOT_MIB} MiB on "
                   "node 1", flush=True)
             assert free0 < HOT_MIB
@@ -110,7 +108,7 @@ def test_default_config_makes_room_on_a_full_fast_tier(tmp_path: Path) -> None:
                 demoted = d.metric_sum("kmigratedd_demoted_pages_total")
                 ctl = Path(d.proc.args[0]).with_name("kmigratedctl")
                 status = os.popen(f"{ctl} status").read()
-                st = json.loads(os.popen(f"{ctl} status --json").read())
+                st = d.status()
                 drops = {dict(ls).get("reason"): v for (n, ls), v in d.metrics().items()
                          if n == "kmigratedd_worker_dropped_pages_total"}
                 ok = w.verify() and filler.verify()

@@ -12,17 +12,15 @@ workload's cold set stays on node 1.  Every word of every process stays intact.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from daemonproc import DaemonProcess
 from kmigratedd import config
-from workload import Workload, fill_node, node_free_mib
+from workload import Workload, fill_node, node_free_mib, node_total_mib
 
 KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
 BOUND_S = float(os.environ.get("KMIGRATEDD_E2E_BOUND_S", "300"))
@@ -35,16 +33,9 @@ pytestmark = pytest.mark.skipif(KERNEL != "debian-6.12",
                                  reason="a kernel with NUMA balancing tiering (6.12)")
 
 
-def status(d: DaemonProcess) -> dict[str, Any]:
-    ctl = Path(d.proc.args[0]).with_name("kmigratedctl")
-    out: dict[str, Any] = json.loads(os.popen(f"{ctl} status --json").read())
-    return out
-
-
 def test_promotion_keeps_the_headroom_while_the_slow_node_is_short(tmp_path: Path) -> None:
-    total0 = int(Path("/sys/devices/system/node/node0/meminfo").read_text().split(
-        "MemTotal:")[1].split()[0]) // 1024
-    assert total0 >= 4 * 1024, f"node 0 has {total0} MiB: give it at least 4 GiB"
+    total0 = node_total_mib(0)
+    assert total0 >= 4 * 1024, f"node 0 has {total0:.0f} MiB: give it at least 4 GiB"
     floor_mib = config.Config().workers.min_free_bytes / MiB
     filler0 = fill_node(0, FREE_LEFT_MIB)
     assert filler0 is not None
@@ -65,7 +56,7 @@ def test_promotion_keeps_the_headroom_while_the_slow_node_is_short(tmp_path: Pat
                 while time.monotonic() - t0 < SHORT_S:
                     time.sleep(2)
                     assert w.alive() and d.proc.poll() is None
-                st = status(d)
+                st = d.status()
                 short = st["demotion"]["nodes"]["0"]
                 promoted_short = d.metric_sum("kmigratedd_promoted_pages_total")
                 hot0_short = w.fraction_on(w.hot, 0)
@@ -89,7 +80,7 @@ def test_promotion_keeps_the_headroom_while_the_slow_node_is_short(tmp_path: Pat
                     if w.fraction_on(w.hot, 0) >= 0.9:
                         t90 = time.monotonic() - t1
                         break
-                st = status(d)
+                st = d.status()
                 result = dict(t90=t90, hot_on_fast=w.fraction_on(w.hot, 0),
                               workload_cold_on_slow=w.fraction_on(w.cold, 1),
                               promoted=d.metric_sum("kmigratedd_promoted_pages_total"),

@@ -12,17 +12,15 @@ process stays on node 0, and every word of both processes stays intact.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from daemonproc import DaemonProcess
 from kmigratedd import config
-from workload import Workload, node_free_mib
+from workload import Workload, node_free_mib, node_total_mib
 
 KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
 FREE_LEFT_MIB = 120
@@ -34,16 +32,9 @@ pytestmark = pytest.mark.skipif(KERNEL != "debian-6.12",
                                  reason="a kernel with NUMA balancing tiering (6.12)")
 
 
-def status(d: DaemonProcess) -> dict[str, Any]:
-    ctl = Path(d.proc.args[0]).with_name("kmigratedctl")
-    out: dict[str, Any] = json.loads(os.popen(f"{ctl} status --json").read())
-    return out
-
-
 def test_a_hot_set_larger_than_the_fast_tier_settles(tmp_path: Path) -> None:
-    total0 = int(Path("/sys/devices/system/node/node0/meminfo").read_text().split(
-        "MemTotal:")[1].split()[0]) // 1024
-    assert total0 >= 4 * 1024, f"node 0 has {total0} MiB: give it at least 4 GiB"
+    total0 = node_total_mib(0)
+    assert total0 >= 4 * 1024, f"node 0 has {total0:.0f} MiB: give it at least 4 GiB"
     with Workload(node_free_mib(0) - FREE_LEFT_MIB, 0, node=0, flush_ms=10) as hot0, \
             Workload(HOT_MIB, COLD_MIB, node=1, flush_ms=10) as w:
         print(f"node 0: {node_free_mib(0):.0f} MiB free, {len(hot0.hot) >> 8} MiB of it held "
@@ -58,7 +49,7 @@ def test_a_hot_set_larger_than_the_fast_tier_settles(tmp_path: Path) -> None:
                 assert w.alive() and hot0.alive() and d.proc.poll() is None
                 promoted.append(d.metric_sum("kmigratedd_promoted_pages_total"))
             per_period = [b - a for a, b in zip(promoted, promoted[1:])]
-            worker = status(d)["nodes"]["0"]["worker"]
+            worker = d.status()["nodes"]["0"]["worker"]
             result = dict(
                 promoted_per_period=per_period,
                 bounces=worker["pingpongs"], window_s=worker["pingpong_window_s"],

@@ -154,6 +154,10 @@ def node_free_mib(node: int, fs: KernelFs | None = None) -> float:
     return read_node_meminfo(fs or KernelFs(), node).get("MemFree", 0) / (1 << 20)
 
 
+def node_total_mib(node: int, fs: KernelFs | None = None) -> float:
+    return read_node_meminfo(fs or KernelFs(), node).get("MemTotal", 0) / (1 << 20)
+
+
 def fill_node(node: int, leave_free_mib: float) -> Workload | None:
     """Pin memory on ``node`` until about ``leave_free_mib`` is free (None if already so)."""
     take = node_free_mib(node) - leave_free_mib
