@@ -174,7 +174,7 @@ class PingPongDamper:
             for a in back:
                 when = promoted.pop(a)
                 self.size -= 1
-                if now - when <= self.window_s * self.widen:
+                if now - when <= self.window_now_s:
                     # Demoted again soon after we promoted it: the page bounces.
                     self.pingpongs += 1
                     self.held.setdefault(pid, {})[a] = now + self.holdoff_s * self.widen
@@ -261,7 +261,7 @@ class PingPongDamper:
 
     def expire(self, now: float) -> None:
         """Drop entries that can no longer matter (once per round)."""
-        keep_s = max(self.window_s * self.widen, self.protect_s)
+        keep_s = max(self.window_now_s, self.protect_s)
         for pid, table in list(self.promoted.items()):
             fresh = {a: t for a, t in table.items() if now - t <= keep_s}
             self.size -= len(table) - len(fresh)
