@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 
 from kmigratedd import shim
@@ -34,15 +35,34 @@ def binary() -> Path:
     if not out.exists():
         BUILD.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(tmp), str(SOURCE)], check=True)
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(tmp), str(SOURCE), "-lm"],
+                       check=True)
         os.replace(tmp, out)
     return out
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One --report-ms interval of the workload's main thread (a STAT line)."""
+
+    t_ns: int              # CLOCK_MONOTONIC at the end of the interval
+    accesses: int          # page accesses in the interval
+    fast_accesses: int     # those to pages on the fast node
+    pages_on_fast: int     # the accessed region's pages on the fast node
+    oracle_accesses: int   # what the same number of the interval's hottest pages served
+    utime_ticks: int       # the main thread's CPU so far
+    stime_ticks: int
+    rotations: int         # hot-set rotations so far (--zipf)
 
 
 class Workload:
     def __init__(self, hot_mib: float, cold_mib: float, node: int = 1, *, sparse: int = 1,
                  flush_ms: int = 0, thp: bool = False, idle: bool = False,
-                 info_dir: str = "/tmp") -> None:
+                 info_dir: str = "/tmp", zipf: float = 0.0, report_ms: int = 0,
+                 fast_node: int = 0) -> None:
+        """``zipf``: Zipf-distributed accesses of that exponent over the hot region
+        instead of sweeps; ``report_ms``: per-interval access reports (:attr:`stats`),
+        counting the accesses served by ``fast_node``."""
         self.info_path = Path(info_dir) / f"workload-{os.getpid()}-{time.monotonic_ns()}.json"
         args = [str(binary()), "--hot-mib", str(hot_mib), "--cold-mib", str(cold_mib),
                 "--node", str(node), "--sparse", str(sparse), "--info", str(self.info_path)]
@@ -52,9 +72,14 @@ class Workload:
             args.append("--thp")
         if idle:
             args.append("--idle")
+        if zipf:
+            args += ["--zipf", str(zipf)]
+        if report_ms:
+            args += ["--report-ms", str(report_ms), "--fast-node", str(fast_node)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.passes: list[tuple[int, int]] = []  # (passes, monotonic ns)
+        self.stats: list[Interval] = []  # one per --report-ms interval
         self._cond = threading.Condition()
         ready = self._readline_until("READY", 300)
         if ready is None:
@@ -94,6 +119,8 @@ class Workload:
                 m = re.fullmatch(r"PASSES (\d+) (\d+)", line)
                 if m:
                     self.passes.append((int(m.group(1)), time.monotonic_ns()))
+                elif line.startswith("STAT "):
+                    self.stats.append(Interval(*map(int, line.split()[1:])))
                 self._cond.notify_all()
 
     def wait_line(self, prefix: str, timeout: float = 120) -> str:
@@ -124,6 +151,14 @@ class Workload:
         if len(pts) < 2:
             return 0.0
         return (pts[-1][0] - pts[0][0]) / ((pts[-1][1] - pts[0][1]) / 1e9)
+
+    def rotate(self) -> None:
+        """Move the hot pages of a --zipf workload elsewhere (SIGHUP)."""
+        self.proc.send_signal(signal.SIGHUP)
+
+    def intervals(self, since_ns: int = 0) -> list[Interval]:
+        with self._cond:
+            return [s for s in self.stats if s.t_ns >= since_ns]
 
     def verify(self) -> bool:
         self.proc.send_signal(signal.SIGUSR1)
