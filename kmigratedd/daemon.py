@@ -41,11 +41,13 @@ from dataclasses import dataclass, field
 from . import __version__, demotion, logsetup, samplers, sysctl
 from . import config as config_mod
 from .config import Config, WorkersConfig
+from .capacity import NodeLevels
 from .demotion import KswapdDemotion, PaddrDemoter
 from .control import ControlServer
 from .errors import KmigratedError, SamplerUnavailableError
 from .kernelfs import KernelFs
 from .metrics import Metrics, MetricsServer, MetricsSources
+from .pressure import PressureMonitor
 from .procfs import online_cpus
 from .queues import CandidateQueues
 from .samplers.base import Sampler, SamplerContext
@@ -61,6 +63,10 @@ log = logging.getLogger("kmigratedd")
 
 # Samplers that see accesses on the fast tier and offer its cold pages for demotion.
 DEMOTING_SAMPLERS = ("damon", "idle")
+# Samplers that learn of a hot page only when the kernel reports an access to it, and the
+# samplers (reading accessed bits themselves) that sweep beside them at start, in order.
+WAITING_SAMPLERS = ("hint-faults", "pebs", "ibs")
+SWEEP_SAMPLERS = ("idle", "damon")
 
 
 @dataclass
@@ -73,6 +79,8 @@ class Daemon:
     topology: Topology | None = None
     queues: CandidateQueues | None = None
     sampler: Sampler | None = None
+    # The start-up sweep (sampler.startup_sweep_ms) while it runs.
+    sweep: Sampler | None = None
     workers: dict[int, NodeWorker] = field(default_factory=dict)
     router: Router | None = None
     demote_queues: CandidateQueues | None = None
@@ -82,6 +90,7 @@ class Daemon:
     demoter: PaddrDemoter | KswapdDemotion | None = None
     # --dry-run on the command line: it holds across reloads too.
     dry_run_override: bool | None = None
+    pressure: PressureMonitor | None = None
     metrics: Metrics | None = None
     metrics_server: MetricsServer | None = None
     control: ControlServer | None = None
@@ -167,37 +176,71 @@ class Daemon:
         return CandidateQueues(online_cpus(self.fs), cfg.queues.capacity_per_cpu,
                                self.topology.page_size)
 
-    def _workers_config(self, cfg: Config, node: int | None = None) -> WorkersConfig:
-        """The workers' config (of ``node``'s worker); with kswapd demoting, no headroom:
-        promotion takes the fast node down to its watermarks, where the allocations wake
-        kswapd.  Not while the node's demotion target has less than min_free_bytes free:
-        kswapd's demotions would fail there, and its reclaim would drop page cache (or
-        swap) on the fast node instead (:attr:`KswapdDemotion.short`).  With the
-        sampler's cold pages or a paddr scheme making room, promotion resumes once free
-        memory is one batch above min_free_bytes rather than at resume_free_bytes: the room
-        demotion makes is for the pages waiting, and a wide hysteresis would demote that
-        much more before the first of them moves."""
+    def _workers_config(self, cfg: Config) -> WorkersConfig:
+        """The workers' config.  With the sampler's cold pages or a paddr scheme making
+        room, promotion resumes once free memory is one batch above min_free_bytes rather
+        than at resume_free_bytes: the room demotion makes is for the pages waiting, and a
+        wide hysteresis would demote that much more before the first of them moves.  (With
+        kswapd, :meth:`_configure_worker` puts the node's watermarks in place of the
+        headroom.)"""
         w = cfg.workers
-        if self.demotion_method == "kswapd":
-            if isinstance(self.demoter, KswapdDemotion) and node in self.demoter.short:
-                return w
-            return dataclasses.replace(w, min_free_bytes=0, resume_free_bytes=0)
         if self.demotion_method in ("sampler", "damon-paddr"):
             page = self.topology.page_size if self.topology is not None else 4096
             resume = min(w.resume_free_bytes, w.min_free_bytes + w.batch_pages * page)
             return dataclasses.replace(w, resume_free_bytes=resume)
         return w
 
+    def _configure_worker(self, w: NodeWorker, cfg: Config) -> None:
+        """Apply ``cfg`` to a worker.  With kswapd demoting, the node's watermarks take the
+        place of the headroom (:mod:`~kmigratedd.capacity`): promotion takes the node
+        below its low watermarks, where the allocations wake kswapd, and stops above its
+        min watermarks, where they would reclaim themselves.  Not while the node's
+        demotion target has less than min_free_bytes free: kswapd's demotions would fail
+        there, and its reclaim would drop page cache (or swap) on the fast node instead
+        (:attr:`KswapdDemotion.short`), so the configured headroom holds."""
+        w.configure(self._workers_config(cfg))
+        short = isinstance(self.demoter, KswapdDemotion) and w.node in self.demoter.short
+        if self.demotion_method == "kswapd" and not short:
+            if w.levels is None:
+                assert self.topology is not None
+                w.levels = NodeLevels(self.fs, w.node, self.topology.page_size)
+                w.refresh_free()
+        elif w.levels is not None:
+            w.levels = None
+            w.refresh_free()
+
     def _headroom_changed(self, node: int) -> None:
         """The kswapd demoter found ``node``'s demotion target short of free memory, or
         back above the floor: its worker's headroom follows."""
         w = self.workers.get(node)
         if w is not None:
-            w.configure(self._workers_config(self.config, node))
+            self._configure_worker(w, self.config)
 
     def _room_for(self, node: int) -> int:
+        """The room ``node``'s worker needs: none while memory pressure holds."""
         w = self.workers.get(node)
-        return w.last_room_needed if w is not None else 0
+        if w is None or (self.pressure is not None and self.pressure.held):
+            return 0
+        return w.last_room_needed
+
+    def _wake_workers(self) -> None:
+        for w in self.workers.values():
+            w.wake()
+
+    def _apply_nice(self, nice: int) -> None:
+        """Set every thread of the daemon to ``nice`` (new threads inherit it from the
+        thread that starts them)."""
+        failed = []
+        for tid in self.fs.listdir("/proc/self/task", r"\d+"):
+            try:
+                if os.getpriority(os.PRIO_PROCESS, int(tid)) != nice:
+                    os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+            except OSError as exc:
+                failed.append(f"{tid}: {exc.strerror}")
+        if failed:
+            log.warning("daemon.nice %d: could not set %d thread(s) (%s); going below the "
+                        "niceness it started with needs CAP_SYS_NICE", nice, len(failed),
+                        failed[0])
 
     def _count_demoted(self, src: int, dst: int, pages: int) -> None:
         """Pages the kernel demoted for the demoter, counted with the worker's own
@@ -229,7 +272,7 @@ class Daemon:
                             "kswapd demotes" if why is None else f"no demotion ({why})")
                 self.demotion_method = "kswapd" if why is None else "off"
                 for w in self.workers.values():
-                    w.configure(self._workers_config(cfg, w.node))
+                    self._configure_worker(w, cfg)
             else:
                 self.demoter = demoter
                 log.info("demotion: a DAMON paddr migrate_cold scheme makes room on a full "
@@ -245,6 +288,46 @@ class Daemon:
         if self.demoter is not None:
             self._demoter_task = self._spawn(self.demoter.run(), "demoter")
 
+    async def _start_sweep(self, cfg: Config) -> None:
+        """The start-up sweep: beside a sampler that waits for the kernel's reports, a
+        sampler reading accessed bits runs for sampler.startup_sweep_ms, offering hot
+        pages only (its context has no demotion queues)."""
+        if (cfg.sampler.startup_sweep_ms <= 0 or self.sampler is None
+                or self.sampler.name not in WAITING_SAMPLERS):
+            return
+        ctx = self._sampler_context(cfg)
+        ctx.demote_queues = None
+        why = []
+        for name in SWEEP_SAMPLERS:
+            if name == "damon" and self.demotion_method == "damon-paddr":
+                why.append("damon: the damon-paddr demoter runs DAMON")
+                continue
+            missing = samplers.FACTORIES[name].probe(ctx)
+            if missing is not None:
+                why.append(f"{name}: {missing}")
+                continue
+            sweep = samplers.FACTORIES[name].create(ctx)
+            try:
+                await sweep.start()
+            except (KmigratedError, OSError) as exc:
+                why.append(f"{name}: {exc}")
+                continue
+            self.sweep = sweep
+            log.info("start-up sweep: %s for %.0f s beside %s", name,
+                     cfg.sampler.startup_sweep_ms / 1000, self.sampler.name)
+            self._spawn(self._end_sweep(cfg.sampler.startup_sweep_ms / 1000), "sweep")
+            return
+        log.info("no start-up sweep (%s)", "; ".join(why))
+
+    async def _end_sweep(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        sweep, self.sweep = self.sweep, None
+        if sweep is not None:
+            await _stop_within(sweep.stop(), self.config.daemon.shutdown_timeout_ms / 1000,
+                               "start-up sweep")
+            log.info("start-up sweep ended: %s offered %d candidates", sweep.name,
+                     sweep.stats().get("candidates_offered", 0))
+
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
         self._tasks.add(task)
@@ -253,6 +336,7 @@ class Daemon:
 
     async def startup(self) -> None:
         cfg = self.config
+        self._apply_nice(cfg.daemon.nice)
         # Whatever the sampler: a killed hint-faults run may have left sysctls changed, a
         # killed kswapd demotion demotion_enabled.
         sysctl.recover(self.fs, cfg.sampler.hint_faults.state_file)
@@ -267,7 +351,8 @@ class Daemon:
         self.metrics = Metrics(MetricsSources(
             fs=self.fs, topology=lambda: self.topology, workers=lambda: self.workers,
             router=lambda: self.router, queues=lambda: self.queues, sampler=lambda: self.sampler,
-            paused=lambda: self.paused, dry_run=lambda: self.config.workers.dry_run))
+            paused=lambda: self.paused, dry_run=lambda: self.config.workers.dry_run,
+            pressure=lambda: self.pressure))
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.listen_address,
                                                 cfg.metrics.port)
@@ -290,8 +375,14 @@ class Daemon:
                          "tier", self.sampler.name)
             await self.sampler.start()
             log.info("sampler %s started", self.sampler.name)
+            self.pressure = PressureMonitor(self.fs, cfg.scope.cgroups,
+                                            cfg.workers.pressure_hold_percent,
+                                            on_release=self._wake_workers)
+            self.pressure.poll()
+            self._spawn(self.pressure.run(), "pressure")
             self._start_workers()
             await self._start_demoter(cfg)
+            await self._start_sweep(cfg)
         else:
             log.warning("no node has a promotion target (one memory tier): nothing to promote; "
                         "set topology.tiers if the kernel's tiers are wrong")
@@ -323,11 +414,13 @@ class Daemon:
                                     self._pool(1, f"kmigratedd-move{node}"),
                                     page_size=self.topology.page_size, idle_cpus=idle)
             w = NodeWorker(node, topology=self.topology, inbox=inboxes[node], pipeline=pipeline,
-                           cfg=self._workers_config(self.config, node), fs=self.fs,
+                           cfg=self._workers_config(self.config), fs=self.fs,
                            demote_inbox=cold.get(node),
                            demote_to=down if node in cold else None,
                            demotion=self.config.demotion)
             w.paused = self.paused
+            w.pressure = self.pressure
+            self._configure_worker(w, self.config)
             self.workers[node] = w
             self._worker_tasks[node] = self._spawn(w.run(), f"worker-node{node}")
         self.router = Router(self.queues, inboxes, self.topology, self.mover, cfg,
@@ -392,6 +485,8 @@ class Daemon:
                                    if k not in ("moved",)} | {
                             f"call:{k}": v for k, v in snap.whole_call_errors.items()},
                         "headroom_blocked": snap.headroom_blocked,
+                        "headroom_floor_bytes": snap.headroom_floor_bytes,
+                        "pressure_held_s": round(snap.pressure_held_seconds, 1),
                         "room_needed_bytes": snap.room_needed_bytes,
                         "demoted_pages": snap.demoted_pages,
                         "demote_inbox_pages": snap.demote_inbox_pages,
@@ -414,8 +509,11 @@ class Daemon:
             "paused": self.paused, "dry_run": self.config.workers.dry_run,
             "sampler": self.sampler.name if self.sampler else None,
             "sampler_stats": self.sampler.stats() if self.sampler else {},
+            "sweep": ({"sampler": self.sweep.name, **self.sweep.stats()}
+                      if self.sweep is not None else None),
             "demotion": (self.demoter.stats() if self.demoter is not None
                          else {"method": self.demotion_method}),
+            "pressure": self.pressure.stats() if self.pressure is not None else None,
             "rate_interval_s": self.config.topology.refresh_interval_ms / 1000,
             "hot_threshold": self.router.threshold.value if self.router is not None else None,
             "queues": {"depth": qs.depth, "capacity_per_cpu": self.queues.capacity_per_cpu,
@@ -545,11 +643,14 @@ class Daemon:
                 return False
         self.config = cfg
         for w in self.workers.values():
-            w.configure(self._workers_config(cfg, w.node))
+            self._configure_worker(w, cfg)
             w.configure_demotion(cfg.demotion)
             w.wake()
         if isinstance(self.demoter, PaddrDemoter):
             self.demoter.configure(cfg.demotion)
+        if self.pressure is not None:
+            self.pressure.configure(cfg.scope.cgroups, cfg.workers.pressure_hold_percent)
+        self._apply_nice(cfg.daemon.nice)
         if self.router is not None:
             self.router.configure(cfg.workers)
         logsetup.set_level(cfg.log_level)
@@ -569,6 +670,8 @@ class Daemon:
         deadline = loop.time() + timeout
         if self.sampler is not None:
             await _stop_within(self.sampler.stop(), timeout, "sampler")
+        if self.sweep is not None:
+            await _stop_within(self.sweep.stop(), timeout, "start-up sweep")
         if self.demoter is not None:
             # Off before the workers stop: nothing demotes once promotion has ended.
             if self._demoter_task is not None:

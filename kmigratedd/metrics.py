@@ -55,6 +55,7 @@ class MetricsSources:
     sampler: Callable[[], Any] = lambda: None
     paused: Callable[[], bool] = lambda: False
     dry_run: Callable[[], bool] = lambda: False
+    pressure: Callable[[], Any] = lambda: None
 
 
 def read_vmstat(fs: KernelFs, path: str) -> dict[str, int]:
@@ -83,6 +84,7 @@ class KmigratedCollector(Collector):
         yield GaugeMetricFamily("kmigratedd_dry_run", "1 in dry-run mode (nothing is moved)",
                                 value=int(src.dry_run()))
         yield from self._workers()
+        yield from self._pressure()
         yield from self._queues()
         yield from self._sampler()
         yield from self._kernel()
@@ -117,6 +119,14 @@ class KmigratedCollector(Collector):
         head_s = CounterMetricFamily("kmigratedd_headroom_blocked_seconds",
                                      "Time promotion was blocked by the target's free-memory "
                                      "headroom", labels=["node"])
+        press_s = CounterMetricFamily("kmigratedd_pressure_held_seconds",
+                                      "Time pages waited while memory pressure held promotion "
+                                      "and demotion back (workers.pressure_hold_percent)",
+                                      labels=["node"])
+        floor = GaugeMetricFamily("kmigratedd_headroom_floor_bytes",
+                                  "Free memory promotion stops at: workers.min_free_bytes, or "
+                                  "with kswapd demoting, half way from the node's low to its "
+                                  "min watermarks", labels=["node"])
         enomem_s = CounterMetricFamily("kmigratedd_enomem_backoff_seconds",
                                        "Time a worker backed off after -ENOMEM", labels=["node"])
         dry = CounterMetricFamily("kmigratedd_dry_run_pages",
@@ -189,6 +199,8 @@ class KmigratedCollector(Collector):
             batches.add_metric([n, "parallel"], s.parallel_batches)
             rate_s.add_metric([n], s.rate_limited_seconds)
             head_s.add_metric([n], s.headroom_blocked_seconds)
+            press_s.add_metric([n], s.pressure_held_seconds)
+            floor.add_metric([n], s.headroom_floor_bytes)
             enomem_s.add_metric([n], s.enomem_backoff_seconds)
             dry.add_metric([n], s.dry_run_pages)
             pingpong.add_metric([n], s.pingpong_held)
@@ -239,8 +251,30 @@ class KmigratedCollector(Collector):
                 whole.add_metric(["", reason], c)
         yield from (dpages, dbytes, doutcomes, drefused, room, starved, regrets, guard, protect,
                     window, bounces)
-        yield from (pages, nbytes, outcomes, whole, dropped, batches, rate_s, head_s, enomem_s,
-                    dry, pingpong, retried, beat, inbox, blocked)
+        yield from (pages, nbytes, outcomes, whole, dropped, batches, rate_s, head_s, press_s,
+                    floor, enomem_s, dry, pingpong, retried, beat, inbox, blocked)
+
+    def _pressure(self) -> Iterator[Any]:
+        mon = self.src.pressure()
+        if mon is None:
+            return
+        yield GaugeMetricFamily("kmigratedd_pressure_held",
+                                "1 while memory pressure holds promotion and demotion back",
+                                value=int(mon.held))
+        share = GaugeMetricFamily("kmigratedd_memory_pressure_ratio",
+                                  "Share of the last poll tasks stalled on memory (PSI), of "
+                                  "the line held on: the system's full line, a scoped "
+                                  "cgroup's some line", labels=["source"])
+        for name, ratio in sorted(mon.guard.ratios.items()):
+            share.add_metric([name], ratio)
+        yield share
+        total = CounterMetricFamily("kmigratedd_memory_pressure_stalled_seconds",
+                                    "Time tasks stalled on memory (PSI total), by source "
+                                    "(system or a scoped cgroup) and line (some, full)",
+                                    labels=["source", "kind"])
+        for (name, kind), us in sorted(mon.totals.items()):
+            total.add_metric([name, kind], us / 1e6)
+        yield total
 
     def _queues(self) -> Iterator[Any]:
         q = self.src.queues()

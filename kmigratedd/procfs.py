@@ -8,6 +8,7 @@ last ``)`` (proc(5)).  Field numbers below are proc(5)'s, counting from 1.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from .kernelfs import KernelFs, line_with, parse_cpulist
 
@@ -156,3 +157,84 @@ def numa_pages(fs: KernelFs, pid: int, page_size: int = 4096) -> dict[int, int] 
                     n = int(node)
                     out[n] = out.get(n, 0) + int(count) * scale
     return out
+
+
+#: The watermarks of a zone, in pages (/proc/zoneinfo), and what it keeps back from a
+#: movable allocation (``protection``, the lowmem reserve, indexed by the highest zone
+#: an allocation may use).
+@dataclass(frozen=True)
+class ZoneMarks:
+    node: int
+    name: str
+    min: int
+    low: int
+    high: int
+    managed: int
+    protection: tuple[int, ...]
+
+
+def zone_marks(fs: KernelFs) -> list[ZoneMarks]:
+    """Every zone's watermarks from /proc/zoneinfo ([] without it).  Only the lines named
+    are parsed: the file also lists every CPU's page sets, long on a large machine."""
+    out: list[ZoneMarks] = []
+    text = fs.read_optional("/proc/zoneinfo") or ""
+    for block in text.split("\nNode "):
+        head, _, body = block.partition("\n")
+        head = head.removeprefix("Node ")
+        node_s, _, zone = head.partition(", zone")
+        if not node_s.strip().isdigit():
+            continue
+        vals: dict[str, int] = {}
+        prot: tuple[int, ...] = ()
+        for line in body.splitlines():
+            words = line.split()
+            if not words:
+                continue
+            key = words[0]
+            if key in ("min", "low", "high", "managed") and len(words) == 2:
+                vals[key] = int(words[1])
+            elif key == "protection:":
+                prot = tuple(int(x) for x in line.split("(", 1)[1].rstrip(")").split(","))
+            elif key == "nr_free_pages" and prot:
+                break  # the zone's counters follow: nothing more of ours in this block
+        if len(vals) == 4:
+            out.append(ZoneMarks(int(node_s), zone.strip(), vals["min"], vals["low"],
+                                 vals["high"], vals["managed"], prot))
+    return out
+
+
+def zone_free_pages(fs: KernelFs) -> dict[tuple[int, str], int]:
+    """Free pages of every zone, from /proc/buddyinfo (one line per zone: free blocks of
+    each order), keyed by (node, zone name)."""
+    out: dict[tuple[int, str], int] = {}
+    for line in (fs.read_optional("/proc/buddyinfo") or "").splitlines():
+        head, _, counts = line.partition(", zone")
+        words = counts.split()
+        node_s = head.removeprefix("Node").strip()
+        if not words or not node_s.isdigit():
+            continue
+        try:
+            out[(int(node_s), words[0])] = sum(int(c) << order
+                                               for order, c in enumerate(words[1:]))
+        except ValueError:
+            continue
+    return out
+
+
+def pressure_totals(fs: KernelFs, path: str) -> dict[str, int] | None:
+    """The cumulative stall times (microseconds) of a pressure file (/proc/pressure/memory
+    or a cgroup's memory.pressure): ``{"some": µs, "full": µs}``; None where it does not
+    exist (CONFIG_PSI off, psi=0 on the command line, no such cgroup)."""
+    try:
+        text = fs.read(path)
+    except OSError:
+        return None
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        i = rest.find("total=")
+        if kind in ("some", "full") and i >= 0:
+            value = rest[i + 6:].split(None, 1)[0]
+            if value.isdigit():
+                out[kind] = int(value)
+    return out or None

@@ -31,7 +31,9 @@ from .config import DemotionConfig, WorkersConfig
 from .errors import MovePagesError
 from .inbox import PAGE_MASK, Inbox
 from .kernelfs import KernelFs
+from .capacity import NodeLevels
 from .pipeline import MovePipeline, Settled
+from .pressure import PressureMonitor
 from .policy import HeadroomGuard, PingPongDamper, RetryOnce, TokenBucket
 from .stage import LoopStage
 from .topology import Topology, read_node_meminfo
@@ -81,6 +83,7 @@ class WorkerStats:
     rate_limited_seconds: float = 0.0   # waited for tokens
     rate_limited_batches: int = 0       # batches deferred or trimmed by the rate limit
     headroom_blocked_seconds: float = 0.0
+    pressure_held_seconds: float = 0.0  # memory pressure held promotion and demotion back
     enomem_backoff_seconds: float = 0.0
     move_seconds: float = 0.0
     batch_sizes: list[int] = field(default_factory=list)     # since last read by metrics
@@ -113,6 +116,8 @@ class WorkerSnapshot:
     rate_limited_seconds: float
     headroom_blocked_seconds: float
     headroom_blocked: bool
+    headroom_floor_bytes: int   # the free memory promotion stops at (the kernel's with kswapd)
+    pressure_held_seconds: float
     enomem_backoff_seconds: float
     dry_run_pages: int
     pingpong_held: int
@@ -158,6 +163,11 @@ class NodeWorker(LoopStage):
         self.damper = PingPongDamper(cfg.pingpong_window_ms / 1000, cfg.pingpong_holdoff_ms / 1000)
         self.retry = RetryOnce(cfg.busy_retry_ms / 1000)
         self._free: tuple[float, int] | None = None
+        # With kswapd making room: the node's watermarks in place of the headroom
+        # (set by the daemon, see kmigratedd.capacity).
+        self.levels: NodeLevels | None = None
+        # Memory pressure: promotion and demotion wait while it holds (the daemon's).
+        self.pressure: PressureMonitor | None = None
         self._backoff_until = 0.0
         self._expired_at = 0.0
         self._adapted_at = clock()
@@ -174,6 +184,7 @@ class NodeWorker(LoopStage):
         rate = cfg.rate_limit_mb_per_s * 1e6
         self.bucket = TokenBucket(rate, max(rate, cfg.batch_pages * self.page_size))
         self.headroom = HeadroomGuard(cfg.min_free_bytes, cfg.resume_free_bytes)
+        self._free = None  # the next round reads free memory (and the levels) again
         self.damper.window_s = cfg.pingpong_window_ms / 1000
         self.damper.holdoff_s = cfg.pingpong_holdoff_ms / 1000
         self.damper.protect_s = max(self.damper.protect_s, self.damper.window_s)
@@ -197,6 +208,8 @@ class NodeWorker(LoopStage):
             inbox_dropped=self.inbox.dropped, rate_limited_seconds=s.rate_limited_seconds,
             headroom_blocked_seconds=s.headroom_blocked_seconds,
             headroom_blocked=self.headroom.blocked,
+            headroom_floor_bytes=self.headroom.min_free_bytes,
+            pressure_held_seconds=s.pressure_held_seconds,
             enomem_backoff_seconds=s.enomem_backoff_seconds, dry_run_pages=s.dry_run_pages,
             pingpong_held=s.pingpong_held, busy_retried=s.busy_retried,
             busy_dropped=s.busy_dropped, pids_gone=s.pids_gone, heartbeat=s.heartbeat,
@@ -259,10 +272,13 @@ class NodeWorker(LoopStage):
             self._expired_at = now
         if now - self._adapted_at >= ADAPT_EVERY_S:
             self._adapt_protection(now)
-        if self.paused:
+        held = self.pressure is not None and self.pressure.held
+        if self.paused or held:
             if self.pipeline.jobs:  # already handed to the kernel: let them finish
                 await self._complete_oldest(submit=False)
                 return True
+            if held and (self.inbox.pages or (self.demote_inbox and self.demote_inbox.pages)):
+                self.stats.pressure_held_seconds += self.poll_s
             return False
         self._requeue_retries(now)
         self.last_room_needed = self.room_needed(now)
@@ -307,10 +323,28 @@ class NodeWorker(LoopStage):
     # --- policy: inbox -> pipeline ----------------------------------------
 
     def _free_bytes(self, now: float) -> int:
+        """The node's free memory, read every ``free_refresh_ms`` (and adjusted for what
+        we moved meanwhile).  With :attr:`levels`, the headroom is re-set from the node's
+        watermarks at each read: promotion stops half way between the level that wakes
+        kswapd and the one where allocations reclaim themselves, and goes on once a batch
+        fits above that again (kswapd reclaims up to the node's high or promo
+        watermarks)."""
         if self._free is None or now - self._free[0] >= self.cfg.free_refresh_ms / 1000:
-            free = read_node_meminfo(self.fs, self.node, "MemFree").get("MemFree", 0)
+            lv = self.levels.read() if self.levels is not None else None
+            if lv is not None:
+                free = lv.free
+                self.headroom.min_free_bytes = lv.floor
+                self.headroom.resume_free_bytes = lv.floor + self.cfg.batch_pages * self.page_size
+            else:
+                free = read_node_meminfo(self.fs, self.node, "MemFree").get("MemFree", 0)
+                if self.levels is not None:  # no zone in /proc/zoneinfo: no floor known
+                    self.headroom.min_free_bytes = self.headroom.resume_free_bytes = 0
             self._free = (now, free)
         return self._free[1]
+
+    def refresh_free(self) -> None:
+        """Read free memory (and the levels) again at the next round."""
+        self._free = None
 
     def note_free_change(self, delta: int) -> None:
         """Adjust the cached free figure by what we just moved onto the node."""
@@ -445,8 +479,10 @@ class NodeWorker(LoopStage):
         waiting = self.inbox.pages * page
         if not self.bucket.unlimited:
             waiting = min(waiting, int(self.bucket.burst_bytes))
-        floor = self.cfg.resume_free_bytes if self.headroom.blocked else self.cfg.min_free_bytes
-        free = (self._free_bytes(now) - self.pipeline.in_flight(demote=False) * page
+        free_now = self._free_bytes(now)
+        floor = (self.headroom.resume_free_bytes if self.headroom.blocked
+                 else self.headroom.min_free_bytes)
+        free = (free_now - self.pipeline.in_flight(demote=False) * page
                 + self.pipeline.in_flight(demote=True) * page)
         return max(0, waiting + floor - free)
 
@@ -458,7 +494,7 @@ class NodeWorker(LoopStage):
         free = (self._free_bytes(now) - self.pipeline.in_flight(demote=False) * page
                 + self.pipeline.in_flight(demote=True) * page)
         cold = self.demote_inbox.pages if self.demote_inbox is not None else 0
-        return max(0, free - self.cfg.min_free_bytes) // page + cold
+        return max(0, free - self.headroom.min_free_bytes) // page + cold
 
     def _submit_demotion(self, now: float) -> None:
         """Queue a demotion job of cold pages when room is needed: never more than the room,

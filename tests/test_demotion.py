@@ -376,18 +376,34 @@ def test_a_method_that_cannot_run_is_an_error(tmp_path: Path, sampler: str, meth
         method_of(fs, sampler, method)
 
 
-def test_kswapd_lifts_the_workers_headroom(tmp_path: Path) -> None:
-    cfg = config.Config()
-    d = Daemon(config=cfg, config_path=None, fs=make_tree(tmp_path))
+def fake_worker(node: int, log: list[tuple[int, int, bool]]) -> object:
+    """A worker as the daemon configures it: what it was given is appended to ``log``
+    (min_free_bytes, resume_free_bytes, whether the node's watermarks replace them)."""
+    from types import SimpleNamespace
+
+    w = SimpleNamespace(node=node, levels=None)
+    w.configure = lambda c: log.append((c.min_free_bytes, c.resume_free_bytes, False))
+    w.refresh_free = lambda: log.append((log[-1][0], log[-1][1], w.levels is not None))
+    return w
+
+
+def test_kswapd_puts_the_nodes_watermarks_in_place_of_the_headroom(tmp_path: Path) -> None:
+    from kmigratedd.capacity import NodeLevels
+
+    d, cfg = daemon_for(make_tree(tmp_path), tmp_path, "kswapd")
     d.demotion_method = "kswapd"
-    w = d._workers_config(cfg)
-    assert (w.min_free_bytes, w.resume_free_bytes) == (0, 0)
+    log: list[tuple[int, int, bool]] = []
+    w = fake_worker(0, log)
+    d._configure_worker(w, cfg)  # type: ignore[arg-type]
+    assert isinstance(w.levels, NodeLevels) and log[-1] == (
+        cfg.workers.min_free_bytes, cfg.workers.resume_free_bytes, True)
     # Demotion making room: promotion resumes one batch above min_free_bytes.
     for method in ("damon-paddr", "sampler"):
         d.demotion_method = method
-        w = d._workers_config(cfg)
-        assert (w.min_free_bytes, w.resume_free_bytes) == (
-            cfg.workers.min_free_bytes, cfg.workers.min_free_bytes + cfg.workers.batch_pages * 4096)
+        d._configure_worker(w, cfg)  # type: ignore[arg-type]
+        assert w.levels is None
+        assert log[-1] == (cfg.workers.min_free_bytes,
+                           cfg.workers.min_free_bytes + cfg.workers.batch_pages * 4096, False)
     d.demotion_method = "off"
     assert d._workers_config(cfg) is cfg.workers
 
@@ -487,28 +503,29 @@ def test_kdamonds_left_on_by_a_killed_run_are_turned_off(tmp_path: Path) -> None
 
 
 def test_kswapd_keeps_the_headroom_while_the_demotion_target_is_short(tmp_path: Path) -> None:
-    """With kswapd demoting, promotion may take the fast node below its headroom only while
-    the node it demotes to has workers.min_free_bytes free: else kswapd's demotions would fail
-    and its reclaim would drop page cache on the fast node instead."""
-    from types import SimpleNamespace
-
+    """With kswapd demoting, promotion may take the fast node below its headroom (down to
+    its watermarks) only while the node it demotes to has workers.min_free_bytes free: else
+    kswapd's demotions would fail and its reclaim would drop page cache on the fast node
+    instead."""
     fs = make_tree(tmp_path)
     meminfo = "/sys/devices/system/node/node1/meminfo"
     d, cfg = daemon_for(fs, tmp_path, "kswapd")
     d.demotion_method = "kswapd"
     floor = cfg.workers.min_free_bytes
-    configured: list[tuple[int, int]] = []
-    d.workers = {0: SimpleNamespace(  # type: ignore[dict-item]
-        node=0, configure=lambda w: configured.append((w.min_free_bytes, w.resume_free_bytes)))}
+    log: list[tuple[int, int, bool]] = []
+    w = fake_worker(0, log)
+    d.workers = {0: w}  # type: ignore[dict-item]
+    d._configure_worker(w, cfg)  # type: ignore[arg-type]
     put(tmp_path, meminfo, f"Node 1 MemFree: {(floor >> 10) + 4096} kB\n")
     k = KswapdDemotion(fs, demotion.state_path(tmp_path / "state" / "s.json"), {0: 1},
                        target_floor_bytes=floor, on_short=d._headroom_changed)
     d.demoter = k
     asyncio.run(k.start())
-    assert configured == [] and k.short == set() and d._workers_config(cfg, 0).min_free_bytes == 0
+    assert k.short == set() and w.levels is not None and len(log) == 2
     put(tmp_path, meminfo, f"Node 1 MemFree: {(floor >> 10) - 4} kB\n")
     k.check_targets()
-    assert k.short == {0} and configured == [(floor, cfg.workers.resume_free_bytes)]
+    assert k.short == {0} and w.levels is None
+    assert log[-1] == (floor, cfg.workers.resume_free_bytes, False)
     assert k.stats()["nodes"]["0"]["target_short"] is True
     from kmigratedd.ctl import format_status
     text = format_status({"version": "0", "pid": 1, "uptime_s": 1, "state": "running",
@@ -516,8 +533,10 @@ def test_kswapd_keeps_the_headroom_while_the_demotion_target_is_short(tmp_path: 
                           "demotion": k.stats(), "nodes": {}, "rate_interval_s": 10})
     assert ("demotion: kswapd; node 0 -> 1: 0 pages demoted by reclaim (node 1 short of free "
             "memory: promotion keeps the headroom)") in text
+    n = len(log)
     k.check_targets()  # still short: nothing more to do
+    assert len(log) == n
     put(tmp_path, meminfo, f"Node 1 MemFree: {floor >> 10} kB\n")
     k.check_targets()
-    assert k.short == set() and configured[-1] == (0, 0) and len(configured) == 2
+    assert k.short == set() and w.levels is not None and log[-1][2] is True
     asyncio.run(k.stop())

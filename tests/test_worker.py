@@ -352,6 +352,44 @@ def test_headroom_trims_a_batch_to_what_fits(fs):
     assert w.headroom.blocked and w.snapshot().headroom_blocked
 
 
+def test_with_kswapd_promotion_stops_between_the_nodes_min_and_low_watermarks(fs, data_dir):
+    """With kswapd making room, the node's watermarks replace the headroom: promotion takes
+    the node below its low watermarks (which wakes kswapd) but stops half way to its min
+    watermarks, where move_pages' own allocations would reclaim with its batch's pages
+    unmapped; it goes on once kswapd has the node back above the low watermarks."""
+    from kmigratedd.capacity import NodeLevels
+
+    fs.path("/proc").mkdir(exist_ok=True)
+    shutil.copy(data_dir / "zones" / "zoneinfo", fs.path("/proc/zoneinfo"))
+
+    def buddy(normal: int) -> None:   # DMA32 at its min watermark plus reserve: out of reach
+        fs.path("/proc/buddyinfo").write_text(
+            f"Node 0, zone DMA 1920\nNode 0, zone DMA32 {10310 + 1463}\n"
+            f"Node 0, zone Normal {normal}\n")
+
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, min_free_bytes=256 * MiB, resume_free_bytes=512 * MiB,
+                free_refresh_ms=100000)
+    w.w.levels = NodeLevels(fs, 0, PAGE, clock=clock)
+    buddy(6400 + 100)                 # Normal 100 pages above its low watermark
+    mover.place(5, pages(10000), 1)
+    offer(q, 5, pages(10000))
+    run(steps(w, clock, 8, dt=1))
+    # DMA32 is out of reach, Normal (min 5120 pages, low 6400) gives 1380 pages before its
+    # min watermark and 100 before its low one: promotion stops half way, 740 pages in.
+    assert w.stats.promoted_pages == 740 and w.headroom.blocked
+    assert w.snapshot().headroom_floor_bytes == (1920 + 11773 + 6500 - 740) * PAGE
+    buddy(6000)           # kswapd not done yet: 440 pages above the floor, less than a batch
+    w.refresh_free()
+    run(steps(w, clock, 4, dt=1))
+    assert w.stats.promoted_pages == 740 and w.headroom.blocked
+    buddy(8960)           # kswapd balanced the node (Normal's promo watermark)
+    w.refresh_free()
+    run(steps(w, clock, 4, dt=1))
+    assert w.stats.promoted_pages == 740 + (8960 - 5120 + 8960 - 6400) // 2
+    assert w.headroom.blocked
+
+
 def test_pingpong_hold_off_in_the_worker(fs):
     mover, clock = FakeMover(), Clock()
     w, q = make(fs, mover, clock, pingpong_window_ms=10_000, pingpong_holdoff_ms=60_000)

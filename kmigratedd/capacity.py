@@ -1,0 +1,104 @@
+"""How far promotion may fill a fast node: its free memory, and the floor the kernel's
+watermarks put under it when kswapd makes the room.
+
+With ``demotion.method: kswapd`` promotion has to take the node below its low
+watermarks, since that is what wakes kswapd, but never below its min watermarks.  There
+every allocation on the node, our move_pages(2) among them
+(``GFP_HIGHUSER_MOVABLE | __GFP_THISNODE`` in mm/migrate.c), reclaims in the allocating
+task.  move_pages migrates up to 512 pages at a time (``migrate_pages_batch``): it
+unmaps every page of the batch first, allocating each one's destination on the way,
+and copies them after.  A destination allocation that reclaims keeps the pages already
+unmapped out of reach, and a task touching one of them waits in
+``migration_entry_wait`` until the whole batch has moved.  Reclaim that cannot find a
+page to demote (pages just written are young) loops and throttles for seconds.
+
+So the floor lies between the two levels (:class:`ReclaimLevels`), computed per zone
+from /proc/zoneinfo (watermarks, lowmem reserve) and /proc/buddyinfo (free pages), as
+``zone_watermark_ok()`` checks them for a movable allocation: a zone below its
+watermark plus the reserve it keeps from such an allocation is not used at that
+level.  kswapd, once woken, reclaims until the node is balanced again (its high or,
+in NUMA balancing's tiering mode, promo watermark), and promotion goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .kernelfs import KernelFs
+from .procfs import ZoneMarks, zone_free_pages, zone_marks
+
+# Watermarks change only with vm.min_free_kbytes, vm.watermark_scale_factor or memory
+# hotplug: re-read this often.
+MARKS_REFRESH_S = 30.0
+
+
+@dataclass(frozen=True)
+class ReclaimLevels:
+    """A node's free memory and what movable allocations on it may take (bytes) before
+    one wakes kswapd (``to_wake``: every zone at its low watermark plus reserve) and
+    before one reclaims in the allocating task (``to_direct``: every zone at its min
+    watermark plus reserve)."""
+
+    free: int
+    to_direct: int
+    to_wake: int
+
+    @property
+    def floor(self) -> int:
+        """The free memory promotion stops at: half way from where it wakes kswapd to
+        where it would reclaim itself.  Below the first, so kswapd is awake; the other half
+        is left for the node's other allocations meanwhile."""
+        return self.free - (self.to_direct + self.to_wake) // 2
+
+
+def movable_index(zones: list[ZoneMarks]) -> int:
+    """The index of ZONE_MOVABLE in a node's zones (the highest zone a movable
+    allocation may use), which indexes each zone's lowmem reserve."""
+    names = [z.name for z in zones]
+    if "Movable" in names:
+        return names.index("Movable")
+    return max(0, len(names) - 1 - int("Device" in names))
+
+
+def reclaim_levels(zones: list[ZoneMarks], free: dict[str, int], page_size: int
+                   ) -> ReclaimLevels:
+    """The levels of one node from its zones' watermarks and free pages (by zone name):
+    each zone gives what it has above its watermark plus the reserve it keeps from a
+    movable allocation (``zone_watermark_ok()``)."""
+    idx = movable_index(zones)
+    total = to_direct = to_wake = 0
+    for z in zones:
+        if z.managed <= 0:
+            continue
+        f = free.get(z.name, 0)
+        reserve = z.protection[idx] if idx < len(z.protection) else 0
+        total += f
+        to_direct += max(0, f - z.min - reserve)
+        to_wake += max(0, f - z.low - reserve)
+    return ReclaimLevels(total * page_size, to_direct * page_size, to_wake * page_size)
+
+
+class NodeLevels:
+    """The reclaim levels of one fast node, read on demand (watermarks cached)."""
+
+    def __init__(self, fs: KernelFs, node: int, page_size: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fs = fs
+        self.node = node
+        self.page_size = page_size
+        self.clock = clock
+        self._marks: tuple[float, list[ZoneMarks]] | None = None
+
+    def read(self) -> ReclaimLevels | None:
+        """The node's levels now; None where the kernel does not show its zones."""
+        now = self.clock()
+        if self._marks is None or now - self._marks[0] >= MARKS_REFRESH_S:
+            self._marks = (now, [z for z in zone_marks(self.fs) if z.node == self.node])
+        zones = self._marks[1]
+        if not zones:
+            return None
+        free = {name: pages for (n, name), pages in zone_free_pages(self.fs).items()
+                if n == self.node}
+        return reclaim_levels(zones, free, self.page_size)
