@@ -104,6 +104,7 @@ class DamonConfig:
 class SamplerConfig:
     name: SamplerName = "auto"
     interval_ms: int = field(default=1000, metadata=_spec("ms", 10, 3_600_000))
+    startup_sweep_ms: int = field(default=30_000, metadata=_spec("ms", 0, 3_600_000))
     hint_faults: HintFaultsConfig = field(default_factory=HintFaultsConfig)
     pmu: PmuConfig = field(default_factory=PmuConfig)
     idle: IdleConfig = field(default_factory=IdleConfig)
@@ -143,6 +144,7 @@ class WorkersConfig:
     parallel_min_pages: int = field(default=2048, metadata=_spec(None, 2, 1 << 24))
     move_all: bool = False
     dry_run: bool = False
+    pressure_hold_percent: float = field(default=20.0, metadata=_spec(None, 0, 100))
 
 
 DemotionMethod = Literal["auto", "off", "sampler", "damon", "damon-paddr", "kswapd"]
@@ -171,6 +173,7 @@ class ControlConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     shutdown_timeout_ms: int = field(default=5000, metadata=_spec("ms", 0, 600_000))
+    nice: int = field(default=10, metadata=_spec(None, -20, 19))
 
 
 @dataclass(frozen=True)

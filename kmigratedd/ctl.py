@@ -96,6 +96,10 @@ def format_status(st: dict[str, Any]) -> str:
         f"{' [PAUSED]' if st['paused'] else ''}{' [DRY RUN]' if st['dry_run'] else ''}",
         f"sampler: {st['sampler'] or '-'}",
     ]
+    sw = st.get("sweep")
+    if sw:
+        lines.append(f"start-up sweep: {sw.get('sampler')}, "
+                     f"{sw.get('candidates_offered', 0):,} candidates offered so far")
     dm = st.get("demotion") or {}
     if dm:
         line = f"demotion: {dm.get('method', '-')}"
@@ -110,6 +114,14 @@ def format_status(st: dict[str, Any]) -> str:
                     line += (f" (node {d['to']} short of free memory: promotion keeps "
                              "the headroom)")
         lines.append(line)
+    pr = st.get("pressure")
+    if pr:
+        srcs = ", ".join(f"{name} {d['percent']:g}% ({d['watch']})"
+                         + (" (not readable)" if d.get("missing") else "")
+                         for name, d in (pr.get("sources") or {}).items())
+        state = "HOLDING promotion and demotion" if pr["held"] else "not holding"
+        lines.append(f"memory pressure: {srcs}; {state} (at {pr['hold_percent']:g}%, "
+                     f"{pr['held_seconds']:g}s held so far)")
     q = st.get("queues")
     if q:
         lines.append(f"queues: {q['depth']} candidates waiting (capacity {q['capacity_per_cpu']} "

@@ -8,7 +8,9 @@
   window is not demoted, and one demoted within it is not promoted;
 - :class:`RetryOnce`: pages that came back -EBUSY are retried once, later;
 - :class:`AdaptiveThreshold`: the hotness threshold that fits what is promoted to the
-  room the fast tier has (a histogram of candidate hotness, as MEMTIS keeps).
+  room the fast tier has (a histogram of candidate hotness, as MEMTIS keeps);
+- :class:`PressureGuard`: holds promotion and demotion back while tasks stall on memory
+  (the kernel's pressure-stall information).
 
 Nothing here reads the clock or the kernel: callers pass ``now`` (seconds) and
 free-memory figures, so tests drive every piece with tables.
@@ -400,3 +402,47 @@ class AdaptiveThreshold:
             passing = b
         self.value = max(floor, value)
         return self.value
+
+
+@dataclass
+class PressureGuard:
+    """Holds promotion and demotion back while memory pressure is high.
+
+    ``update`` is fed the cumulative stall times (microseconds, PSI's ``total=``) of each
+    source; the share of the time since the previous update spent stalled is that
+    source's pressure.  Promotion is held from when a source's share reaches
+    ``hold_ratio`` until every source is below half of it (hysteresis); 0 turns it off.
+    A source seen for the first time (or going back, a cgroup recreated) gives no share
+    until its next update."""
+
+    hold_ratio: float
+    held: bool = False
+    last: float | None = None
+    totals: dict[str, int] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    held_seconds: float = 0.0
+    holds: int = 0            # times it started holding
+
+    def update(self, now: float, totals: dict[str, int]) -> bool:
+        """Feed the sources' totals at ``now``; returns whether promotion is held."""
+        if self.last is not None and now > self.last:
+            dt = now - self.last
+            if self.held:
+                self.held_seconds += dt
+            ratios = {}
+            for src, total in totals.items():
+                before = self.totals.get(src)
+                if before is not None and total >= before:
+                    ratios[src] = min(1.0, (total - before) / (dt * 1e6))
+            self.ratios = ratios
+        self.totals = dict(totals)
+        self.last = now if self.last is None else max(self.last, now)
+        top = max(self.ratios.values(), default=0.0)
+        if self.hold_ratio <= 0:
+            self.held = False
+        elif not self.held and top >= self.hold_ratio:
+            self.held = True
+            self.holds += 1
+        elif self.held and top < self.hold_ratio / 2:
+            self.held = False
+        return self.held

@@ -175,3 +175,29 @@ def test_metrics_endpoint_serves_prometheus_text(tmp_path):
         assert info.value.code == 404
     finally:
         d.close()
+
+
+def thread_nice(pid: int) -> dict[int, int]:
+    """The niceness of each thread of ``pid`` (field 19 of /proc/PID/task/TID/stat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        out[int(task.name)] = int(fields[16])
+    return out
+
+
+def test_every_thread_runs_at_daemon_nice_and_a_reload_changes_it(tmp_path):
+    """daemon.nice (10 by default) on every thread the daemon runs, so an application's
+    threads get the CPU first; a reload applies a new value to every thread."""
+    d = Daemon(cwd=tmp_path)
+    try:
+        d.wait_for("running (pid")
+        nice = thread_nice(d.proc.pid)
+        assert len(nice) > 1 and set(nice.values()) == {10}, nice
+        cfg = tmp_path / "port0.yaml"
+        cfg.write_text(port0(tmp_path) + "daemon:\n  nice: 5\n")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("config reloaded from")
+        assert set(thread_nice(d.proc.pid).values()) == {5}
+    finally:
+        d.close()
