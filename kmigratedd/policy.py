@@ -18,7 +18,7 @@ free-memory figures, so tests drive every piece with tables.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -105,6 +105,9 @@ class HeadroomGuard:
 REGRET_SHARE = 0.1
 # Fewer bounces than this in a period never widen the ping-pong window (noise).
 MIN_BOUNCES = 64
+# How often the held and demoted pages are swept of entries whose time is up (each is
+# checked against the clock when read, so this only bounds their memory).
+SWEEP_EVERY_S = 10.0
 
 
 @dataclass
@@ -137,24 +140,47 @@ class PingPongDamper:
     # The window and the holdoff are scaled by widen (>= 1): it grows while promoted pages
     # keep bouncing back (:meth:`adapt_window`).
     widen: float = 1.0
+    # The promotions in time order, one entry per batch: (time, pid, page addresses).
+    # Expiry pops them from the front, so each promoted page costs one look when it is
+    # forgotten rather than one per expiry round.
+    order: deque[tuple[float, int, Sequence[int]]] = field(default_factory=deque)
+    # When held and demoted (small, and checked against the clock when read) were last
+    # swept of old entries.
+    swept_at: float = -1e18
 
     def __post_init__(self) -> None:
         self.protect_s = max(self.protect_s, self.window_s)
 
-    def record_promoted(self, pid: int, addrs: Iterable[int], now: float) -> None:
+    def record_promoted(self, pid: int, addrs: Sequence[int], now: float) -> None:
         table = self.promoted.setdefault(pid, {})
         before = len(table)
         table.update(dict.fromkeys(addrs, now))
+        self.order.append((now, pid, addrs))
         self.size += len(table) - before
         if self.size > self.max_entries:
-            self._shrink()
+            self._forget_oldest(self.max_entries // 2)
 
-    def _shrink(self) -> None:
-        # Forget the oldest half of every pid's promotions.
-        for pid, table in list(self.promoted.items()):
-            keep = list(table.items())[len(table) // 2:]
-            self.promoted[pid] = dict(keep)
-        self.size = sum(len(t) for t in self.promoted.values())
+    def _forget_oldest(self, keep: int, older_than: float | None = None) -> None:
+        """Forget promotions from the oldest on, until at most ``keep`` pages are left
+        or (with ``older_than``) none promoted before that time is."""
+        while self.order and (self.size > keep if older_than is None
+                              else self.order[0][0] < older_than):
+            t, pid, addrs = self.order.popleft()
+            table = self.promoted.get(pid)
+            if not table:
+                continue
+            # A page promoted again since has a later time: it stays.
+            gone = [a for a in addrs if table.get(a) == t]
+            for a in gone:
+                del table[a]
+            self.size -= len(gone)
+            seen = self.cold_seen.get(pid)
+            if seen is not None:
+                seen.difference_update(gone)
+                if not seen:
+                    del self.cold_seen[pid]
+            if not table:
+                del self.promoted[pid]
 
     def filter(self, pid: int, addrs: Sequence[int], now: float) -> Sequence[int]:
         """The candidates (pages now on a slow node) that may be promoted."""
@@ -262,20 +288,13 @@ class PingPongDamper:
         self.cold_seen.pop(pid, None)
 
     def expire(self, now: float) -> None:
-        """Drop entries that can no longer matter (once per round)."""
-        keep_s = max(self.window_now_s, self.protect_s)
-        for pid, table in list(self.promoted.items()):
-            fresh = {a: t for a, t in table.items() if now - t <= keep_s}
-            self.size -= len(table) - len(fresh)
-            if fresh:
-                self.promoted[pid] = fresh
-            else:
-                del self.promoted[pid]
-            seen = self.cold_seen.get(pid)
-            if seen is not None:
-                seen &= fresh.keys()
-                if not seen:
-                    del self.cold_seen[pid]
+        """Drop entries that can no longer matter: promotions older than the window (or
+        the protection, if longer), each batch once; every ``SWEEP_EVERY_S`` also the held
+        and demoted pages whose time is up."""
+        self._forget_oldest(0, older_than=now - max(self.window_now_s, self.protect_s))
+        if now - self.swept_at < SWEEP_EVERY_S:
+            return
+        self.swept_at = now
         for pid, table in list(self.held.items()):
             fresh = {a: t for a, t in table.items() if t > now}
             if fresh:
