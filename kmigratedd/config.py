@@ -129,6 +129,7 @@ class QueuesConfig:
 @dataclass(frozen=True)
 class WorkersConfig:
     batch_pages: int = field(default=512, metadata=_spec(None, 1, 65536))
+    max_batch_ms: int = field(default=10, metadata=_spec("ms", 0, 60_000))
     max_wait_ms: int = field(default=100, metadata=_spec("ms", 1, 60_000))
     min_samples: int = field(default=1, metadata=_spec(None, 1, 1_000_000))
     adaptive_threshold: bool = True

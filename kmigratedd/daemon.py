@@ -33,6 +33,7 @@ import dataclasses
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
@@ -105,6 +106,8 @@ class Daemon:
     _router_task: asyncio.Task[None] | None = None
     _demoter_task: asyncio.Task[None] | None = None
     _pools: list[ThreadPoolExecutor] = field(default_factory=list)
+    _move_tids: set[int] = field(default_factory=set)
+    _start_nice: int = 0
     _last_reload_error: str = ""
 
     # --- building ----------------------------------------------------------
@@ -229,9 +232,11 @@ class Daemon:
 
     def _apply_nice(self, nice: int) -> None:
         """Set every thread of the daemon to ``nice`` (new threads inherit it from the
-        thread that starts them)."""
+        thread that starts them), but the move threads (:meth:`_move_thread`)."""
         failed = []
         for tid in self.fs.listdir("/proc/self/task", r"\d+"):
+            if int(tid) in self._move_tids:
+                continue
             try:
                 if os.getpriority(os.PRIO_PROCESS, int(tid)) != nice:
                     os.setpriority(os.PRIO_PROCESS, int(tid), nice)
@@ -336,6 +341,7 @@ class Daemon:
 
     async def startup(self) -> None:
         cfg = self.config
+        self._start_nice = os.getpriority(os.PRIO_PROCESS, 0)
         self._apply_nice(cfg.daemon.nice)
         # Whatever the sampler: a killed hint-faults run may have left sysctls changed, a
         # killed kswapd demotion demotion_enabled.
@@ -391,16 +397,30 @@ class Daemon:
             self._spawn(self._watchdog_loop(self.notifier.watchdog_s), "watchdog")
         self.notifier.ready(self.status_line())
 
-    def _pool(self, threads: int, name: str) -> ThreadPoolExecutor:
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+    def _pool(self, threads: int, name: str, *, moves: bool = False) -> ThreadPoolExecutor:
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name,
+                                  initializer=self._move_thread if moves else None)
         self._pools.append(pool)
         return pool
+
+    def _move_thread(self) -> None:
+        """A thread that calls move_pages runs at the niceness the daemon started with,
+        not daemon.nice: the pages of its batch are out of the application's reach until
+        the kernel has copied them, so the batch must not wait for a CPU behind the
+        application itself."""
+        tid = threading.get_native_id()
+        self._move_tids.add(tid)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, self._start_nice)
+        except OSError as exc:
+            log.warning("move thread: could not keep niceness %d (%s): it runs at %d",
+                        self._start_nice, exc.strerror, os.getpriority(os.PRIO_PROCESS, tid))
 
     def _start_workers(self) -> None:
         assert self.topology is not None and self.queues is not None
         cfg = self.config.workers
         offload = self._pool(2, "kmigratedd-io")
-        self.mover = self.mover or ShimMover(self._pool(64, "kmigratedd-copy"))
+        self.mover = self.mover or ShimMover(self._pool(64, "kmigratedd-copy", moves=True))
         idle = IdleCpus(self.fs)
         inboxes: dict[int, Inbox] = {}
         cold: dict[int, Inbox] = {}
@@ -411,7 +431,7 @@ class Daemon:
             if self.demote_queues is not None and down is not None:
                 cold[node] = Inbox(inbox_limit(cfg))
             pipeline = MovePipeline(node, self.mover, WorkerStats(),
-                                    self._pool(1, f"kmigratedd-move{node}"),
+                                    self._pool(1, f"kmigratedd-move{node}", moves=True),
                                     page_size=self.topology.page_size, idle_cpus=idle)
             w = NodeWorker(node, topology=self.topology, inbox=inboxes[node], pipeline=pipeline,
                            cfg=self._workers_config(self.config), fs=self.fs,
@@ -481,6 +501,7 @@ class Daemon:
                         "promoted_mb_per_s": round(bps / 1e6, 3),
                         "inbox_pages": snap.inbox_pages,
                         "batches": snap.batches,
+                        "batch_pages_now": snap.batch_pages_now,
                         "errors": {k: v for k, v in sorted(snap.outcomes.items())
                                    if k not in ("moved",)} | {
                             f"call:{k}": v for k, v in snap.whole_call_errors.items()},

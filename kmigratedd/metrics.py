@@ -123,6 +123,10 @@ class KmigratedCollector(Collector):
                                       "Time pages waited while memory pressure held promotion "
                                       "and demotion back (workers.pressure_hold_percent)",
                                       labels=["node"])
+        batch_now = GaugeMetricFamily("kmigratedd_batch_pages_target",
+                                      "Pages per move_pages call now: workers.batch_pages, "
+                                      "cut to what moves within workers.max_batch_ms",
+                                      labels=["node"])
         floor = GaugeMetricFamily("kmigratedd_headroom_floor_bytes",
                                   "Free memory promotion stops at: workers.min_free_bytes, or "
                                   "with kswapd demoting, half way from the node's low to its "
@@ -201,6 +205,7 @@ class KmigratedCollector(Collector):
             head_s.add_metric([n], s.headroom_blocked_seconds)
             press_s.add_metric([n], s.pressure_held_seconds)
             floor.add_metric([n], s.headroom_floor_bytes)
+            batch_now.add_metric([n], s.batch_pages_now)
             enomem_s.add_metric([n], s.enomem_backoff_seconds)
             dry.add_metric([n], s.dry_run_pages)
             pingpong.add_metric([n], s.pingpong_held)
@@ -252,7 +257,7 @@ class KmigratedCollector(Collector):
         yield from (dpages, dbytes, doutcomes, drefused, room, starved, regrets, guard, protect,
                     window, bounces)
         yield from (pages, nbytes, outcomes, whole, dropped, batches, rate_s, head_s, press_s,
-                    floor, enomem_s, dry, pingpong, retried, beat, inbox, blocked)
+                    floor, batch_now, enomem_s, dry, pingpong, retried, beat, inbox, blocked)
 
     def _pressure(self) -> Iterator[Any]:
         mon = self.src.pressure()

@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 # Jobs queued on a worker's move thread at once: the next waits behind the one the
 # kernel is copying, so the thread never idles while the loop accounts and takes.
 PIPELINE_DEPTH = 2
+# Batches are never cut below this many pages by workers.max_batch_ms: each move_pages
+# call also drains every CPU's LRU caches (lru_cache_disable() in do_pages_move).
+MIN_BATCH_PAGES = 16
+# Weight of the latest call in the running estimate of the time a page takes to move.
+PAGE_TIME_WEIGHT = 0.3
 
 
 class Mover(Protocol):
@@ -159,6 +164,9 @@ class MovePipeline:
         self.depth = depth
         self.jobs: deque[Job] = deque()  # queued on the move thread, oldest first
         self.cfg = WorkersConfig()
+        # Seconds one page took to move, a running estimate over the calls made (None
+        # before the first).
+        self.seconds_per_page: float | None = None
 
     @property
     def full(self) -> bool:
@@ -172,6 +180,18 @@ class MovePipeline:
             idle = self.idle_cpus.idle() if self.idle_cpus else 0
             return max(1, min(idle, n // (self.cfg.parallel_min_pages // 2)))
         return int(ct)
+
+    def batch_pages(self) -> int:
+        """Pages per move_pages call: workers.batch_pages, cut to what moves within
+        workers.max_batch_ms at the pace pages have been moving.  The kernel unmaps every
+        page of a call's batch before it copies them (``migrate_pages_batch``), so a task
+        touching one of them waits until its copy is done: hot pages, in use while they
+        move, take longer to move, and a smaller batch keeps that wait short."""
+        n = self.cfg.batch_pages
+        spp = self.seconds_per_page
+        if self.cfg.max_batch_ms <= 0 or not spp:
+            return n
+        return max(min(n, MIN_BATCH_PAGES), min(n, int(self.cfg.max_batch_ms / 1000 / spp)))
 
     def in_flight(self, demote: bool) -> int:
         """Pages queued to move, promotions or demotions."""
@@ -189,7 +209,7 @@ class MovePipeline:
         """Queue ``keys`` (sorted, one pid) on the move thread, in batches, to ``dst``
         (default: this pipeline's node, a promotion)."""
         flags = shim.MPOL_MF_MOVE_ALL if self.cfg.move_all else shim.MPOL_MF_MOVE
-        n = self.cfg.batch_pages
+        n = self.batch_pages()
         dst = self.node if dst is None else dst
         plan = [(c, self.threads_for(len(c))) for c in (keys[i:i + n]
                                                         for i in range(0, len(keys), n))]
@@ -269,6 +289,10 @@ class MovePipeline:
         if seconds is not None:
             self.stats.move_seconds += seconds
             self.stats.move_durations.append(seconds)
+            if pages > 0 and threads <= 1:
+                spp = seconds / pages
+                self.seconds_per_page = spp if self.seconds_per_page is None else (
+                    PAGE_TIME_WEIGHT * spp + (1 - PAGE_TIME_WEIGHT) * self.seconds_per_page)
         if threads > 1:
             self.stats.parallel_batches += 1
 

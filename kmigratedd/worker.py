@@ -118,6 +118,7 @@ class WorkerSnapshot:
     headroom_blocked: bool
     headroom_floor_bytes: int   # the free memory promotion stops at (the kernel's with kswapd)
     pressure_held_seconds: float
+    batch_pages_now: int        # pages per move_pages call now (workers.max_batch_ms)
     enomem_backoff_seconds: float
     dry_run_pages: int
     pingpong_held: int
@@ -210,6 +211,7 @@ class NodeWorker(LoopStage):
             headroom_blocked=self.headroom.blocked,
             headroom_floor_bytes=self.headroom.min_free_bytes,
             pressure_held_seconds=s.pressure_held_seconds,
+            batch_pages_now=self.pipeline.batch_pages(),
             enomem_backoff_seconds=s.enomem_backoff_seconds, dry_run_pages=s.dry_run_pages,
             pingpong_held=s.pingpong_held, busy_retried=s.busy_retried,
             busy_dropped=s.busy_dropped, pids_gone=s.pids_gone, heartbeat=s.heartbeat,

@@ -201,3 +201,60 @@ def test_every_thread_runs_at_daemon_nice_and_a_reload_changes_it(tmp_path):
         assert set(thread_nice(d.proc.pid).values()) == {5}
     finally:
         d.close()
+
+
+def test_a_startup_sweep_runs_beside_a_sampler_that_waits_for_the_kernel(tmp_path,
+                                                                        monkeypatch):
+    """sampler.startup_sweep_ms: beside hint-faults (or pebs, ibs) a sampler reading
+    accessed bits runs for a while, with no demotion queues; idle first, then damon (not
+    beside a damon-paddr demoter); none beside samplers that read accessed bits themselves."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from kmigratedd import config, samplers
+    from kmigratedd.daemon import Daemon
+    from kmigratedd.kernelfs import KernelFs
+    from kmigratedd.samplers.base import SamplerFactory
+
+    events: list[str] = []
+
+    class Fake:
+        def __init__(self, name, ctx):
+            self.name, self.ctx = name, ctx
+
+        async def start(self):
+            events.append(f"start {self.name} demote_queues={self.ctx.demote_queues}")
+
+        async def stop(self):
+            events.append(f"stop {self.name}")
+
+        def stats(self):
+            return {"candidates_offered": 7}
+
+    def factory(name, missing=None):
+        return SamplerFactory(name, lambda c: missing, lambda c: Fake(name, c), name)
+
+    monkeypatch.setitem(samplers.FACTORIES, "idle", factory("idle", "no page_idle"))
+    monkeypatch.setitem(samplers.FACTORIES, "damon", factory("damon"))
+    cfg = config.Config()
+    d = Daemon(config=cfg, config_path=None, fs=KernelFs(tmp_path))
+    d._sampler_context = lambda c: SimpleNamespace(demote_queues=object())  # type: ignore
+
+    async def go(sampler: str, method: str) -> object:
+        events.clear()
+        d.sampler, d.sweep = SimpleNamespace(name=sampler), None  # type: ignore[assignment]
+        d.demotion_method = method
+        await d._start_sweep(cfg)
+        sweep = d.sweep
+        await d._end_sweep(0)
+        return sweep
+
+    assert asyncio.run(go("hint-faults", "kswapd")) is not None
+    assert events == ["start damon demote_queues=None", "stop damon"] and d.sweep is None
+    assert asyncio.run(go("hint-faults", "damon-paddr")) is None and events == []
+    assert asyncio.run(go("damon", "sampler")) is None and events == []
+    off = config.Config(sampler=config.SamplerConfig(startup_sweep_ms=0))
+    d.config = off
+    d.sampler = SimpleNamespace(name="pebs")  # type: ignore[assignment]
+    asyncio.run(d._start_sweep(off))
+    assert d.sweep is None and events == []

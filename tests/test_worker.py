@@ -131,7 +131,7 @@ class Stage:
 def make(fs: KernelFs, mover: FakeMover, clock: Clock, **overrides) -> tuple[Stage,
                                                                             CandidateQueues]:
     base = dict(max_wait_ms=100, rate_limit_mb_per_s=0, min_free_bytes=0, resume_free_bytes=0,
-                copy_threads=1)
+                copy_threads=1, max_batch_ms=0)
     cfg = dataclasses.replace(config.WorkersConfig(), **{**base, **overrides})
     topo = discover(fs, page_size=PAGE)
     queues = CandidateQueues([0, 1], 1 << 16, page_size=PAGE)
@@ -1093,3 +1093,33 @@ def test_bounces_widen_the_pingpong_window_until_kswapds_exchange_settles(fs, mo
     snap = w.snapshot()
     assert snap.pingpong_window_s == w.damper.window_s * w.damper.widen
     assert snap.pingpongs == w.damper.pingpongs
+
+
+def test_batches_are_cut_to_what_moves_within_max_batch_ms(fs):
+    """The kernel unmaps a whole batch before it copies it, so a task touching one of its
+    pages waits for the batch: calls are cut to the pages that move within
+    workers.max_batch_ms at the pace they have been moving (never below 16 pages)."""
+    from kmigratedd.pipeline import MIN_BATCH_PAGES
+
+    class Slow(FakeMover):
+        per_page_s = 0.0
+
+        def move(self, pid, addrs, node, flags, threads):
+            time.sleep(self.per_page_s * len(addrs))
+            return super().move(pid, addrs, node, flags, threads)
+
+    mover, clock = Slow(), Clock()
+    w, q = make(fs, mover, clock, batch_pages=512, max_batch_ms=10)
+    assert w.pipeline.batch_pages() == 512             # nothing measured yet
+    mover.per_page_s = 0.0002                          # 200 µs a page: 50 fit in 10 ms
+    mover.place(5, pages(4000), 1)
+    offer(q, 5, pages(4000))
+    run(steps(w, clock, 12, dt=1))
+    assert w.stats.promoted_pages == 4000
+    assert 25 <= w.pipeline.batch_pages() <= 60, w.pipeline.seconds_per_page
+    assert {n for _, n, _, _ in mover.calls[-3:]} <= set(range(25, 61))
+    assert w.snapshot().batch_pages_now == w.pipeline.batch_pages()
+    w.pipeline.seconds_per_page = 1.0                  # very slow: not below the floor
+    assert w.pipeline.batch_pages() == MIN_BATCH_PAGES
+    w.pipeline.cfg = dataclasses.replace(w.pipeline.cfg, max_batch_ms=0)
+    assert w.pipeline.batch_pages() == 512             # 0: always batch_pages

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,11 @@ class Workload:
     def __init__(self, hot_mib: float, cold_mib: float, node: int = 1, *, sparse: int = 1,
                  flush_ms: int = 0, thp: bool = False, idle: bool = False,
                  info_dir: str = "/tmp", zipf: float = 0.0, report_ms: int = 0,
-                 fast_node: int = 0) -> None:
+                 fast_node: int = 0, preexec: Callable[[], None] | None = None) -> None:
         """``zipf``: Zipf-distributed accesses of that exponent over the hot region
         instead of sweeps; ``report_ms``: per-interval access reports (:attr:`stats`),
-        counting the accesses served by ``fast_node``."""
+        counting the accesses served by ``fast_node``; ``preexec``: run in the child
+        before it starts (to enter a cgroup, say)."""
         self.info_path = Path(info_dir) / f"workload-{os.getpid()}-{time.monotonic_ns()}.json"
         args = [str(binary()), "--hot-mib", str(hot_mib), "--cold-mib", str(cold_mib),
                 "--node", str(node), "--sparse", str(sparse), "--info", str(self.info_path)]
@@ -76,7 +78,7 @@ class Workload:
             args += ["--zipf", str(zipf)]
         if report_ms:
             args += ["--report-ms", str(report_ms), "--fast-node", str(fast_node)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, preexec_fn=preexec)
         self.lines: list[str] = []
         self.passes: list[tuple[int, int]] = []  # (passes, monotonic ns)
         self.stats: list[Interval] = []  # one per --report-ms interval
