@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +62,9 @@ U64_MAX = (1 << 64) - 1
 # damon:migrate_hot+cold: a node-0 region is cold after this long with no access (the
 # default demotion.cold_age_ms of kmigratedd).
 COLD_AGE_S = 5.0
+# A second with fewer accesses than this share of the application's unhindered rate (the
+# 75th percentile of its seconds in the run) is a stall.
+STALL_SHARE = 0.1
 
 
 def kernel_promote_threshold_mib() -> float:
@@ -435,19 +439,27 @@ def available(contenders: list[str]) -> list[tuple[str, str | None]]:
 def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any],
             filler: Any = None) -> dict[str, Any]:
     """One contender on a fresh workload; ``filler``: the cold process holding node 0 (the
-    full fast tier case), whose pages found on node 1 at the end were demoted."""
+    full fast tier case), whose pages found on node 1 at the end were demoted.
+
+    The workload reports its accesses every second (tests/vm/workload, --report-ms):
+    those are the application's figures (:func:`app_figures`).  With ``--run-s`` every
+    contender runs that long, so their stalls are counted over the same time; without,
+    a run ends ``--tail-s`` after t90 or at ``--bound-s``."""
     from workload import Workload
 
-    say(f"-- {mech.name}: workload {a.hot_mib:g} MiB hot (1 page in {a.sparse} hot) + "
-        f"{a.cold_mib:g} MiB cold on node {SLOW}; node 0 free {g.free_mib(FAST):.0f} MiB")
-    with Workload(a.hot_mib, a.cold_mib, node=SLOW, sparse=a.sparse, flush_ms=a.flush_ms) as w:
+    zipf = a.zipf > 0
+    say(f"-- {mech.name}: workload {a.hot_mib:g} MiB "
+        + (f"Zipf {a.zipf:g}" if zipf else f"hot (1 page in {a.sparse} hot)")
+        + f" + {a.cold_mib:g} MiB cold on node {SLOW}; node 0 free {g.free_mib(FAST):.0f} MiB")
+    with Workload(a.hot_mib, a.cold_mib, node=SLOW, sparse=a.sparse, flush_ms=a.flush_ms,
+                  zipf=a.zipf, report_ms=1000, fast_node=FAST) as w:
         n_hot, n_cold = len(w.hot), len(w.cold)
         if g.count_on(w.pid, w.hot, SLOW) != n_hot or g.count_on(w.pid, w.cold, SLOW) != n_cold:
             raise RuntimeError("the workload is not entirely on node 1")
         time.sleep(2)
         tb = time.monotonic_ns()
         cpu_b0 = g.proc_cpu(w.pid)
-        time.sleep(a.baseline_s)
+        time.sleep(max(a.baseline_s, a.lead_s))
         cpu_b1 = g.proc_cpu(w.pid)
         base_rate = w.pass_rate(tb)
         base_wall = (time.monotonic_ns() - tb) / 1e9
@@ -455,6 +467,8 @@ def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any],
         base_utime_rate = (cpu_b1[0] - cpu_b0[0]) / base_wall
         node0_free_at_start = g.free_mib(FAST)
         vm0 = g.vmstat(*VMSTAT)
+        kswapd = kswapd_pid(FAST)
+        kswapd0 = sum(g.proc_cpu(kswapd)) if kswapd else float("nan")
         mech.start()
         t_on = time.monotonic()
         t_on_ns = time.monotonic_ns()
@@ -463,38 +477,55 @@ def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any],
         series: list[list[float]] = []
         probes: list[list[float]] = []
         t50 = t90 = None
-        stop_at = t_on + a.bound_s
+        rotated_at = None
+        stop_at = t_on + (a.run_s if a.run_s else a.bound_s)
         try:
             while True:
                 now = time.monotonic()
                 t = now - t_on
-                hot = g.count_on(w.pid, w.hot, FAST) / n_hot
+                if zipf:  # the workload asks where its region's pages are every second
+                    hot = w.stats[-1].pages_on_fast / n_hot if w.stats else 0.0
+                else:
+                    hot = g.count_on(w.pid, w.hot, FAST) / n_hot
                 cold = g.count_on(w.pid, w.cold, FAST) / n_cold if n_cold else 0.0
                 mig = g.vmstat("pgmigrate_success")["pgmigrate_success"] - vm0["pgmigrate_success"]
                 series.append([round(t, 2), hot, cold, mig, round(g.free_mib(FAST), 1)])
-                probe = mech.probe()
+                # Prometheus scrapes every 15 s or more; a scrape costs the daemon's loop
+                # a few hundred ms under TCG, so the benchmark probes only now and then.
+                probe = mech.probe() if (len(series) - 1) % a.probe_every == 0 else None
                 if probe is not None:
                     probes.append([round(t, 2), *probe])
                 if t50 is None and hot >= 0.5:
                     t50 = t
                 if t90 is None and hot >= 0.9:
                     t90 = t
-                    stop_at = min(stop_at, now + a.tail_s)
+                    if not a.run_s:
+                        stop_at = min(stop_at, now + a.tail_s)
+                if a.rotate and rotated_at is None and t >= a.run_s / 2:
+                    w.rotate()
+                    rotated_at = t
+                    say(f"   t={t:6.1f}s  rotated the hot pages")
                 if len(series) % 5 == 1 or t90 == t or probe is not None:
+                    last = w.stats[-1] if w.stats else None
+                    share = (last.fast_accesses / last.accesses if last and last.accesses
+                             else 0.0)
                     say(f"   t={t:6.1f}s  hot on node 0 {100 * hot:5.1f}%  cold on node 0 "
                         f"{100 * cold:5.1f}%  migrated {mig:7d} pages  node 0 free "
-                        f"{series[-1][4]:.0f} MiB" + (f"  daemon {probe}" if probe else ""))
+                        f"{series[-1][4]:.0f} MiB  accesses/s {last.accesses if last else 0}"
+                        f" (fast {share:.2f})" + (f"  daemon {probe}" if probe else ""))
                 if now >= stop_at or not w.alive():
                     break
                 time.sleep(max(0.0, a.interval_s - (time.monotonic() - now)))
             wall = time.monotonic() - t_on
             cpu_w1 = g.proc_cpu(w.pid)
             mcpu1 = mech.cpu_seconds()
+            kswapd1 = sum(g.proc_cpu(kswapd)) if kswapd else float("nan")
             run_rate = w.pass_rate(t_on_ns)
             vm1 = g.vmstat(*VMSTAT)
             extra = mech.extra()
         finally:
             mech.stop()
+        intervals = w.intervals(t_on_ns + 500_000_000)
         hot_on = g.count_on(w.pid, w.hot, FAST)
         cold_on = g.count_on(w.pid, w.cold, FAST)
         ok = w.verify()
@@ -506,27 +537,114 @@ def run_one(mech: Mechanism, a: argparse.Namespace, regime: dict[str, Any],
                        "verify_ok": filler.verify()}
         ok = ok and filler_info["verify_ok"]
     promoted = hot_on + cold_on
+    mcpu = (mcpu1 - mcpu0) if mcpu1 is not None and mcpu0 is not None else None
+    extra_stime = (cpu_w1[1] - cpu_w0[1]) - base_stime_rate * wall
     res = {
         "contender": mech.name, "regime": regime, "node0_free_at_start_mib": node0_free_at_start,
-        "hot_pages": n_hot, "cold_pages": n_cold, "t50_s": t50, "t90_s": t90, "wall_s": wall,
+        "hot_pages": n_hot, "cold_pages": n_cold, "t50_s": None if zipf else t50,
+        "t90_s": None if zipf else t90, "wall_s": wall,
         "hot_on_node0": hot_on, "cold_on_node0": cold_on, "promoted_pages": promoted,
-        "cold_fraction_of_promoted": cold_on / promoted if promoted else None,
+        "cold_fraction_of_promoted": None if zipf else (cold_on / promoted if promoted
+                                                        else None),
         "cold_fraction_of_cold_set": cold_on / n_cold if n_cold else None,
-        "mechanism_cpu_s": (mcpu1 - mcpu0) if mcpu1 is not None and mcpu0 is not None else None,
-        "workload_extra_stime_s": (cpu_w1[1] - cpu_w0[1]) - base_stime_rate * wall,
+        "mechanism_cpu_s": mcpu,
+        "kswapd_cpu_s": kswapd1 - kswapd0,
+        "workload_extra_stime_s": extra_stime,
         "workload_stime_s": cpu_w1[1] - cpu_w0[1], "workload_utime_s": cpu_w1[0] - cpu_w0[0],
         "workload_base_stime_per_s": base_stime_rate, "workload_base_utime_per_s": base_utime_rate,
         "vmstat_delta": {k: vm1[k] - vm0[k] for k in VMSTAT},
         "passes_per_s_before": base_rate, "passes_per_s_during": run_rate,
         "verify_ok": ok, "workload_alive": alive, "series": series, "extra": extra,
-        "probes": probes,
-        "filler": filler_info,
+        "probes": probes, "filler": filler_info, "rotated_at_s": rotated_at,
+        # One row per second: [t, accesses, fast accesses, region pages on the fast node,
+        # oracle accesses, main thread utime ticks, stime ticks, rotations].
+        "intervals": [[round((iv.t_ns - t_on_ns) / 1e9, 2), iv.accesses, iv.fast_accesses,
+                       iv.pages_on_fast, iv.oracle_accesses, iv.utime_ticks, iv.stime_ticks,
+                       iv.rotations] for iv in intervals],
     }
+    res["app"] = app_figures(res, a)
+    app = res["app"]
     say(f"   => {mech.name}: t50 {fmt(t50)} s, t90 {fmt(t90)} s, hot {hot_on}/{n_hot}, cold "
-        f"{cold_on}/{n_cold} on node 0, mechanism CPU {fmt(res['mechanism_cpu_s'], '{:.2f}')} s,"
-        f" workload extra sys {res['workload_extra_stime_s']:.2f} s, passes/s "
-        f"{base_rate:.1f} -> {run_rate:.1f}, verify {'OK' if ok else 'BAD'}")
+        f"{cold_on}/{n_cold} on node 0, mechanism CPU {fmt(mcpu, '{:.2f}')} s (kswapd "
+        f"{res['kswapd_cpu_s']:.2f} s), workload extra sys {extra_stime:.2f} s; app: "
+        f"{app['accesses_per_s_p75']:,.0f} accesses/s unhindered, stalls {app['stall_s']} s "
+        f"(longest {app['longest_stall_s']} s), fast-tier share {fmt(app['share'], '{:.3f}')}"
+        f" (oracle {fmt(app['oracle_share'], '{:.3f}')}, after the rotation "
+        f"{fmt(app['share_after_rotation'], '{:.3f}')}), verify {'OK' if ok else 'BAD'}")
     return res
+
+
+def app_figures(r: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+    """The application's figures over the run, from its per-second reports.
+
+    Its unhindered rate is the 75th percentile of its accesses per second over the run; a
+    stall is a second below STALL_SHARE of it.  The fast-tier share is the share of all
+    its accesses that pages on node 0 served (of those after the hot pages rotated, for
+    --rotate), the oracle share what the same number of pages on node 0 would have
+    served had they been each second's most accessed ones, and the modelled latency the
+    HMAT read latencies of node 0 and node 1 weighted by the share.  CPU per GiB placed:
+    the mechanism's CPU (the daemon's and its kdamond's, or for the kernel's tiering the
+    workload's extra system time) over the GiB of the workload on node 0 at the end."""
+    iv = r["intervals"]
+    acc = [row[1] for row in iv]
+    p75 = sorted(acc)[int(0.75 * (len(acc) - 1))] if acc else 0
+    stalls = [x < STALL_SHARE * p75 for x in acc]
+    longest = run_ = 0
+    for st in stalls:
+        run_ = run_ + 1 if st else 0
+        longest = max(longest, run_)
+    total = sum(acc)
+    fast = sum(row[2] for row in iv)
+    oracle = sum(row[4] for row in iv)
+    after = [row for row in iv if r.get("rotated_at_s") is not None
+             and row[0] > r["rotated_at_s"]]
+    after_total = sum(row[1] for row in after)
+    lat = hmat_latencies()
+    share = fast / total if total else None
+    placed_gib = r["promoted_pages"] * g.PAGE / (1 << 30)
+    if r["contender"].startswith("nb2"):
+        cpu = max(0.0, r["workload_extra_stime_s"])
+    else:
+        cpu = (r["mechanism_cpu_s"] or 0.0) + (r["extra"].get("kdamond_cpu_s") or 0.0)
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {
+        "accesses_per_s_p75": p75,
+        "rate_ratio_median": (statistics.median(x / p75 for x in acc) if p75 else None),
+        "stall_s": sum(stalls), "longest_stall_s": longest,
+        "main_thread_stime_s": ((iv[-1][6] - iv[0][6]) / ticks) if len(iv) > 1 else 0.0,
+        "share": share,
+        "share_after_rotation": (sum(row[2] for row in after) / after_total
+                                 if after_total else None),
+        "oracle_share": oracle / total if total else None,
+        "latency_ns": (share * lat[FAST] + (1 - share) * lat[SLOW]
+                       if share is not None and lat else None),
+        "hmat_latency_ns": lat,
+        "cpu_s_per_gib_placed": cpu / placed_gib if placed_gib > 0 else None,
+    }
+
+
+def hmat_latencies() -> dict[int, float]:
+    """Read latency (ns) of node 0 and node 1 from node 0's CPUs, as HMAT gives them."""
+    from kmigratedd.topology import discover
+
+    topo = discover(g.FS)
+    out = {}
+    for n in (FAST, SLOW):
+        h = topo.nodes[n].hmat if n in topo.nodes else None
+        if h is not None and h.read_latency_ns:
+            out[n] = float(h.read_latency_ns)
+    return out if len(out) == 2 else {}
+
+
+def kswapd_pid(node: int) -> int:
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if Path(f"/proc/{d}/comm").read_text().strip() == f"kswapd{node}":
+                    return int(d)
+            except OSError:
+                pass
+    return 0
 
 
 def mechanism(c: str, tmp: Path) -> Mechanism:
@@ -554,7 +672,7 @@ def run_full(c: str, a: argparse.Namespace, thr: float, out: dict[str, Any]
                 return [run_one(mechanism(c, Path(td)), a, regime, filler)]
             except Exception as exc:  # noqa: BLE001 - record and go on
                 say(f"   !! {c} failed: {exc!r}")
-                out["skipped"][c] = f"failed: {exc!r}"
+                out["skipped"][f"{c} ({len(out['runs'])})"] = f"failed: {exc!r}"
                 return []
     finally:
         if filler is not None:
@@ -573,12 +691,27 @@ def main() -> int:
     ap.add_argument("--hot-mib", type=float, default=128)
     ap.add_argument("--cold-mib", type=float, default=128)
     ap.add_argument("--sparse", type=int, default=1)
+    ap.add_argument("--zipf", type=float, default=0.0,
+                    help="Zipf-distributed accesses of this exponent over the hot region, "
+                         "its pages spread by a fixed permutation (0: sweeps of the hot set)")
+    ap.add_argument("--rotate", action="store_true",
+                    help="rotate the hot pages half way through --run-s (with --zipf)")
     ap.add_argument("--flush-ms", type=int, default=10)
+    ap.add_argument("--run-s", type=float, default=0,
+                    help="every contender runs this long (0: until --tail-s after t90)")
     ap.add_argument("--bound-s", type=float, default=120)
     ap.add_argument("--tail-s", type=float, default=10)
     ap.add_argument("--interval-s", type=float, default=1)
+    ap.add_argument("--probe-every", type=int, default=5,
+                    help="read the daemon's metrics every this many intervals")
     ap.add_argument("--baseline-s", type=float, default=5)
-    ap.add_argument("--fill-free-mib", type=float, default=700)
+    ap.add_argument("--lead-s", type=float, default=0,
+                    help="the workload runs at least this long before the mechanism starts")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every contender this many times, interleaved")
+    ap.add_argument("--fill-free-mib", type=float, default=700,
+                    help="node 0 filled to this many MiB free for every contender but the "
+                         "*:empty ones (0: node 0 as booted for all)")
     ap.add_argument("--full-free-mib", type=float, default=0,
                     help="the full fast tier case: before each contender a fresh cold "
                          "process fills node 0 to this many MiB free (0: off)")
@@ -592,6 +725,7 @@ def main() -> int:
                            "skipped": {}}
     thr = kernel_promote_threshold_mib()
     out["kernel_promote_threshold_mib"] = thr
+    out["hmat_latency_ns"] = {str(k): v for k, v in hmat_latencies().items()}
     say(f"guest: {out['guest']}")
     say(f"kernel free-space threshold on node 0 (numa_balancing=2 promotes without limits "
         f"above it): {thr:.0f} MiB free")
@@ -603,23 +737,37 @@ def main() -> int:
             out["skipped"][c] = why
         else:
             todo.append(c)
-    if a.full_free_mib > 0:
-        try:
-            for c in todo:
-                out["runs"].extend(run_full(c, a, thr, out))
-                g.dump(a.out, out)
-        finally:
-            write(NB, "0")
-        g.dump(a.out, out)
-        return 0
-    filled = [c for c in todo if not c.endswith(":empty")]
-    empty = [c for c in todo if c.endswith(":empty")]
+    try:
+        for rep in range(a.repeat):
+            say(f"== repetition {rep + 1} of {a.repeat}")
+            if a.full_free_mib > 0:
+                for c in todo:
+                    for r in run_full(c, a, thr, out):
+                        r["rep"] = rep
+                        out["runs"].append(r)
+                    g.dump(a.out, out)
+            else:
+                run_groups(todo, a, thr, out, rep, fill_node)
+    finally:
+        write(NB, "0")
+    g.dump(a.out, out)
+    return 0
+
+
+def run_groups(todo: list[str], a: argparse.Namespace, thr: float, out: dict[str, Any],
+               rep: int, fill_node: Any) -> None:
+    """One repetition of the contenders: those on a filled node 0 (one filler for them
+    all), then the ``*:empty`` ones with node 0 as booted (all of them with
+    --fill-free-mib 0)."""
+    fill = a.fill_free_mib > 0
+    filled = [c for c in todo if fill and not c.endswith(":empty")]
+    empty = [c for c in todo if c not in filled]
     filler = None
     try:
-        for group, fill in ((filled, True), (empty, False)):
+        for group, full in ((filled, True), (empty, False)):
             if not group:
                 continue
-            if fill:
+            if full:
                 say(f"filling node 0 to {a.fill_free_mib:.0f} MiB free")
                 filler = fill_node(FAST, a.fill_free_mib)
             elif filler is not None:
@@ -627,22 +775,21 @@ def main() -> int:
                 filler = None
             for c in group:
                 free = g.free_mib(FAST)
-                regime = {"node0": "filled" if fill else "empty", "node0_free_mib": free,
+                regime = {"node0": "filled" if full else "empty", "node0_free_mib": free,
                           "threshold_mib": thr, "kernel_would_promote_unlimited": free > thr}
                 with tempfile.TemporaryDirectory() as td:
                     mech = mechanism(c, Path(td))
                     try:
-                        out["runs"].append(run_one(mech, a, regime))
+                        r = run_one(mech, a, regime)
+                        r["rep"] = rep
+                        out["runs"].append(r)
                     except Exception as exc:  # noqa: BLE001 - record and go on
                         say(f"   !! {c} failed: {exc!r}")
-                        out["skipped"][c] = f"failed: {exc!r}"
+                        out["skipped"][f"{c} (repetition {rep + 1})"] = f"failed: {exc!r}"
                 g.dump(a.out, out)
     finally:
         if filler is not None:
             filler.stop()
-        write(NB, "0")
-    g.dump(a.out, out)
-    return 0
 
 
 if __name__ == "__main__":
