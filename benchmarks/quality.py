@@ -184,15 +184,18 @@ def notes(data: dict[str, Any]) -> list[str]:
     out = []
     for c, rs in by_contender(data["runs"]).items():
         vm = [r["vmstat_delta"] for r in rs]
-        line = (f"- `{c}`: pgpromote_success {spread([v['pgpromote_success'] for v in vm], '{:,.0f}')}"
-                f", numa_hint_faults {spread([v['numa_hint_faults'] for v in vm], '{:,.0f}')}"
-                f", pgdemote_kswapd {spread([v.get('pgdemote_kswapd', 0) for v in vm], '{:,.0f}')}"
-                f", pgdemote_direct {spread([v.get('pgdemote_direct', 0) for v in vm], '{:,.0f}')}")
+        def count(key: str) -> str:
+            return spread([v.get(key, 0) for v in vm], "{:,.0f}")
+
+        line = (f"- `{c}`: pgpromote_success {count('pgpromote_success')}, numa_hint_faults "
+                f"{count('numa_hint_faults')}, pgdemote_kswapd {count('pgdemote_kswapd')}, "
+                f"pgdemote_direct {count('pgdemote_direct')}")
         if c.startswith("kmigratedd"):
             ex = [r.get("extra", {}) for r in rs]
-            line += (f"; daemon promoted {spread([e.get('daemon_promoted') for e in ex], '{:,.0f}')}"
-                     f" and demoted {spread([e.get('daemon_demoted') for e in ex], '{:,.0f}')}"
-                     f" pages, start-up {spread([e.get('startup_s') for e in ex])} s, RSS "
+            line += (f"; daemon promoted "
+                     f"{spread([e.get('daemon_promoted') for e in ex], '{:,.0f}')} and demoted "
+                     f"{spread([e.get('daemon_demoted') for e in ex], '{:,.0f}')} pages, "
+                     f"start-up {spread([e.get('startup_s') for e in ex])} s, RSS "
                      f"{spread([(e.get('rss_kib') or 0) / 1024 for e in ex], '{:.0f}')} MiB")
         out.append(line)
     for c, why in data.get("skipped", {}).items():
