@@ -103,7 +103,8 @@ def run_one(contender: str, a: argparse.Namespace, rep: int) -> dict[str, Any]:
     d = None
     try:
         with tempfile.TemporaryDirectory() as td, \
-                Workload(a.hot_mib, a.cold_mib, node=1, flush_ms=10, report_ms=1000) as w:
+                Workload(a.hot_mib, a.cold_mib, node=1, flush_ms=10, report_ms=1000,
+                         zipf=a.zipf) as w:
             time.sleep(a.baseline_s)
             if contender == "tpp":
                 was = (read(NB), read(DEMOTION))
@@ -213,6 +214,8 @@ def main() -> int:
     ap.add_argument("--free-mib", type=float, default=160)
     ap.add_argument("--hot-mib", type=float, default=256)
     ap.add_argument("--cold-mib", type=float, default=128)
+    ap.add_argument("--zipf", type=float, default=0.0,
+                    help="Zipf accesses of this exponent over the hot region (0: sweeps)")
     ap.add_argument("--run-s", type=float, default=45)
     ap.add_argument("--baseline-s", type=float, default=5)
     ap.add_argument("--sample-ms", type=float, default=100)
