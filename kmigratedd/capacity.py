@@ -1,5 +1,6 @@
-"""How far promotion may fill a fast node: its free memory, and the floor the kernel's
-watermarks put under it when kswapd makes the room.
+"""How far promotion may fill a fast node: its free memory, the moves queued, the headroom,
+the room needed (:class:`NodeCapacity`, one per worker), and the floor the kernel's
+watermarks put under it when kswapd makes the room (:class:`NodeLevels`).
 
 With ``demotion.method: kswapd`` promotion has to take the node below its low
 watermarks, since that is what wakes kswapd, but never below its min watermarks.  There
@@ -27,7 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .kernelfs import KernelFs
+from .policy import HeadroomGuard
 from .procfs import ZoneMarks, zone_free_pages, zone_marks
+from .topology import read_node_meminfo
 
 # Watermarks change only with vm.min_free_kbytes, vm.watermark_scale_factor or memory
 # hotplug: re-read this often.
@@ -102,3 +105,86 @@ class NodeLevels:
         free = {name: pages for (n, name), pages in zone_free_pages(self.fs).items()
                 if n == self.node}
         return reclaim_levels(zones, free, self.page_size)
+
+
+class NodeCapacity:
+    """What one fast node can take, computed once per round of its worker: its free memory
+    (read every ``workers.free_refresh_ms``, adjusted for what moved meanwhile), the moves
+    queued, the headroom it keeps (the configured one, or with :attr:`levels` the one its
+    watermarks give) and the room promotion needs."""
+
+    def __init__(self, fs: KernelFs, node: int, page_size: int, headroom: HeadroomGuard,
+                 in_flight: Callable[[], int], clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        """``in_flight()``: pages queued to move onto the node, less those queued to move
+        off it (the move pipeline's)."""
+        self.fs = fs
+        self.node = node
+        self.page_size = page_size
+        self.headroom = headroom
+        self.in_flight = in_flight
+        self.clock = clock
+        self.refresh_s = 1.0
+        self.batch_bytes = 0
+        # With kswapd making room: the node's watermarks in place of the headroom.
+        self.levels: NodeLevels | None = None
+        self._free: tuple[float, int] | None = None
+        self.room_needed = 0  # the last round's, readable from any thread
+
+    def configure(self, headroom: HeadroomGuard, refresh_ms: int, batch_bytes: int) -> None:
+        self.headroom = headroom
+        self.refresh_s = refresh_ms / 1000
+        self.batch_bytes = batch_bytes
+        self._free = None
+
+    def refresh(self) -> None:
+        """Read free memory (and the levels) again at the next round."""
+        self._free = None
+
+    def free_bytes(self, now: float) -> int:
+        """The node's free memory, read every ``refresh_s`` (and adjusted for what moved
+        meanwhile).  With :attr:`levels`, the headroom is set from the node's watermarks at
+        each read: promotion stops half way between the level that wakes kswapd and the one
+        where allocations reclaim themselves, and goes on once a batch fits above that
+        again (kswapd reclaims up to the node's high or promo watermarks)."""
+        if self._free is None or now - self._free[0] >= self.refresh_s:
+            lv = self.levels.read() if self.levels is not None else None
+            if lv is not None:
+                free = lv.free
+                self.headroom.min_free_bytes = lv.floor
+                self.headroom.resume_free_bytes = lv.floor + self.batch_bytes
+            else:
+                free = node_free_bytes(self.fs, self.node)
+                if self.levels is not None:  # no zone in /proc/zoneinfo: no floor known
+                    self.headroom.min_free_bytes = self.headroom.resume_free_bytes = 0
+            self._free = (now, free)
+        return self._free[1]
+
+    def moved(self, delta_bytes: int) -> None:
+        """Adjust the free figure by what just moved onto (negative) or off the node."""
+        if self._free is not None:
+            self._free = (self._free[0], self._free[1] + delta_bytes)
+
+    def available(self, now: float) -> int:
+        """Free memory less the moves queued onto the node."""
+        return self.free_bytes(now) - self.in_flight() * self.page_size
+
+    def need(self, waiting_bytes: int, now: float) -> int:
+        """Bytes to free before ``waiting_bytes`` more fit above the headroom (the resume
+        level while the guard blocks); kept in :attr:`room_needed`."""
+        if waiting_bytes <= 0:
+            self.room_needed = 0
+            return 0
+        floor = (self.headroom.resume_free_bytes if self.headroom.blocked
+                 else self.headroom.min_free_bytes)
+        self.room_needed = max(0, waiting_bytes + floor - self.available(now))
+        return self.room_needed
+
+    def pages_above_headroom(self, now: float) -> int:
+        """Pages that fit now without crossing the headroom."""
+        return max(0, self.available(now) - self.headroom.min_free_bytes) // self.page_size
+
+
+def node_free_bytes(fs: KernelFs, node: int) -> int:
+    """A node's MemFree (node*/meminfo)."""
+    return read_node_meminfo(fs, node, "MemFree").get("MemFree", 0)

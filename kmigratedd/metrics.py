@@ -20,16 +20,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from . import __version__
+from . import __version__, families
 from .kernelfs import KernelFs
 from .router import Router
 from .topology import NODE_DIR, Topology, read_node_meminfo
-from .worker import DEMOTE_REFUSALS, NodeWorker
+from .worker import NodeWorker
 
 log = logging.getLogger("kmigratedd.metrics")
 
@@ -38,9 +38,6 @@ VMSTAT_PREFIXES = ("pgpromote_", "pgdemote_", "pgmigrate_", "numa_", "thp_migrat
                    "pgsteal_demote", "nr_promoted", "nr_demoted")
 _VMSTAT_RX = re.compile(r"^(" + "|".join(VMSTAT_PREFIXES) + r")\S*$")
 
-BATCH_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 16384, 65536)
-DURATION_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                    1.0, 2.5, 5.0)
 
 
 @dataclass
@@ -90,152 +87,15 @@ class KmigratedCollector(Collector):
         yield from self._kernel()
 
     def _workers(self) -> Iterator[Any]:
+        """The workers' families (kmigratedd/families.py), the router's drops and query
+        errors added with an empty node (they happen before a page has a target), and the
+        router's threshold."""
         workers = self.src.workers()
         topo = self.src.topology()
-        page = topo.page_size if topo else 4096
-        pages = CounterMetricFamily("kmigratedd_promoted_pages",
-                                    "Pages promoted, by source and destination node",
-                                    labels=["src_node", "dst_node"])
-        nbytes = CounterMetricFamily("kmigratedd_promoted_bytes",
-                                     "Bytes promoted, by source and destination node",
-                                     labels=["src_node", "dst_node"])
-        outcomes = CounterMetricFamily("kmigratedd_page_outcomes",
-                                       "Per-page move_pages outcomes by reason "
-                                       "(moved, not_moved, or the errno name)",
-                                       labels=["node", "reason"])
-        whole = CounterMetricFamily("kmigratedd_move_call_errors",
-                                    "move_pages calls that failed as a whole, by errno name "
-                                    "(node is empty for the router's location queries)",
-                                    labels=["node", "reason"])
-        dropped = CounterMetricFamily("kmigratedd_worker_dropped_pages",
-                                      "Candidates dropped before moving, by reason (node is "
-                                      "empty for the router's: below_threshold, "
-                                      "below_adaptive_threshold, on_fast_tier, gone)",
-                                      labels=["node", "reason"])
-        batches = CounterMetricFamily("kmigratedd_batches", "move_pages batches issued",
-                                      labels=["node", "mode"])
-        rate_s = CounterMetricFamily("kmigratedd_rate_limited_seconds",
-                                     "Time a worker waited for the rate limit", labels=["node"])
-        head_s = CounterMetricFamily("kmigratedd_headroom_blocked_seconds",
-                                     "Time promotion was blocked by the target's free-memory "
-                                     "headroom", labels=["node"])
-        press_s = CounterMetricFamily("kmigratedd_pressure_held_seconds",
-                                      "Time pages waited while memory pressure held promotion "
-                                      "and demotion back (workers.pressure_hold_percent)",
-                                      labels=["node"])
-        batch_now = GaugeMetricFamily("kmigratedd_batch_pages_target",
-                                      "Pages per move_pages call now: workers.batch_pages, "
-                                      "cut to what moves within workers.max_batch_ms",
-                                      labels=["node"])
-        floor = GaugeMetricFamily("kmigratedd_headroom_floor_bytes",
-                                  "Free memory promotion stops at: workers.min_free_bytes, or "
-                                  "with kswapd demoting, half way from the node's low to its "
-                                  "min watermarks", labels=["node"])
-        enomem_s = CounterMetricFamily("kmigratedd_enomem_backoff_seconds",
-                                       "Time a worker backed off after -ENOMEM", labels=["node"])
-        dry = CounterMetricFamily("kmigratedd_dry_run_pages",
-                                  "Pages that would have been promoted (dry run)",
-                                  labels=["node"])
-        pingpong = CounterMetricFamily("kmigratedd_pingpong_pages",
-                                       "Pages held off because they bounced back to a slow node",
-                                       labels=["node"])
-        retried = CounterMetricFamily("kmigratedd_busy_retries",
-                                      "Busy (-EBUSY) pages by what happened next",
-                                      labels=["node", "result"])
-        dpages = CounterMetricFamily("kmigratedd_demoted_pages",
-                                     "Cold pages demoted to make room, by source and "
-                                     "destination node", labels=["src_node", "dst_node"])
-        dbytes = CounterMetricFamily("kmigratedd_demoted_bytes",
-                                     "Bytes demoted to make room, by source and destination "
-                                     "node", labels=["src_node", "dst_node"])
-        doutcomes = CounterMetricFamily("kmigratedd_demotion_outcomes",
-                                        "Per-page move_pages outcomes of demotions by reason",
-                                        labels=["node", "reason"])
-        drefused = CounterMetricFamily("kmigratedd_demotion_refused_pages",
-                                       "Demotion candidates not demoted, by reason "
-                                       "(promoted_recently, rate_limited, busy, gone, "
-                                       "not_needed)", labels=["node", "reason"])
-        room = GaugeMetricFamily("kmigratedd_room_needed_bytes",
-                                 "Fast-tier bytes to free before the hot pages waiting fit "
-                                 "(waiting + headroom - free)", labels=["node"])
-        regrets = CounterMetricFamily("kmigratedd_demotion_regrets",
-                                      "Demoted pages offered for promotion again within "
-                                      "workers.pingpong_window_ms", labels=["node"])
-        guard = CounterMetricFamily("kmigratedd_promoted_then_cold_pages",
-                                    "Precision guard: pages promoted that the sampler then "
-                                    "saw cold (no access for demotion.cold_age_ms) while "
-                                    "still remembered, each counted once", labels=["node"])
-        protect = GaugeMetricFamily("kmigratedd_promoted_protect_seconds",
-                                    "How long a promoted page is not demoted: the ping-pong "
-                                    "window, longer while demoted pages come back",
-                                    labels=["node"])
-        window = GaugeMetricFamily("kmigratedd_pingpong_window_seconds",
-                                   "How long after its promotion a page seen back on a slow "
-                                   "node counts as a bounce (and is held off): "
-                                   "workers.pingpong_window_ms, wider while promoted pages "
-                                   "keep bouncing", labels=["node"])
-        bounces = CounterMetricFamily("kmigratedd_pingpong_bounces",
-                                      "Promoted pages seen back on a slow node within the "
-                                      "ping-pong window, each bounce counted once",
-                                      labels=["node"])
-        starved = CounterMetricFamily("kmigratedd_room_starved_seconds",
-                                      "Time room was needed with no cold page to demote",
-                                      labels=["node"])
-        beat = GaugeMetricFamily("kmigratedd_worker_heartbeat_timestamp_seconds",
-                                 "Unix time of each worker's last round", labels=["node"])
-        inbox = GaugeMetricFamily("kmigratedd_worker_inbox_pages",
-                                  "Pages routed to a worker and waiting for a batch",
-                                  labels=["node"])
-        blocked = GaugeMetricFamily("kmigratedd_headroom_blocked",
-                                    "1 while the target node is out of headroom",
-                                    labels=["node"])
-        for node, w in sorted(workers.items()):
-            n, s = str(node), w.snapshot()
-            for (src, dst), c in sorted(s.promoted.items()):
-                pages.add_metric([str(src), str(dst)], c)
-                nbytes.add_metric([str(src), str(dst)], c * page)
-            for reason, c in sorted(s.outcomes.items()):
-                outcomes.add_metric([n, reason], c)
-            for reason, c in sorted(s.whole_call_errors.items()):
-                whole.add_metric([n, reason], c)
-            dropped.add_metric([n, "inbox_full"], s.inbox_dropped)
-            batches.add_metric([n, "single"], s.batches - s.parallel_batches)
-            batches.add_metric([n, "parallel"], s.parallel_batches)
-            rate_s.add_metric([n], s.rate_limited_seconds)
-            head_s.add_metric([n], s.headroom_blocked_seconds)
-            press_s.add_metric([n], s.pressure_held_seconds)
-            floor.add_metric([n], s.headroom_floor_bytes)
-            batch_now.add_metric([n], s.batch_pages_now)
-            enomem_s.add_metric([n], s.enomem_backoff_seconds)
-            dry.add_metric([n], s.dry_run_pages)
-            pingpong.add_metric([n], s.pingpong_held)
-            retried.add_metric([n, "retried"], s.busy_retried)
-            retried.add_metric([n, "dropped"], s.busy_dropped)
-            beat.add_metric([n], s.heartbeat)
-            inbox.add_metric([n], s.inbox_pages)
-            blocked.add_metric([n], int(s.headroom_blocked))
-            # Every series exists from the start (at 0), demoting or not, so dashboards and
-            # rate() see the first demotion.
-            down = "" if s.demote_to is None else str(s.demote_to)
-            demoted = {(str(a), str(b)): c for (a, b), c in s.demoted.items()} or {(n, down): 0}
-            for (down_src, down_dst), c in sorted(demoted.items()):
-                dpages.add_metric([down_src, down_dst], c)
-                dbytes.add_metric([down_src, down_dst], c * page)
-            for reason, c in sorted(({"moved": 0} | s.demote_outcomes).items()):
-                doutcomes.add_metric([n, reason], c)
-            for reason, c in sorted((dict.fromkeys(DEMOTE_REFUSALS, 0)
-                                     | s.demote_refused).items()):
-                drefused.add_metric([n, reason], c)
-            room.add_metric([n], s.room_needed_bytes)
-            starved.add_metric([n], s.room_starved_seconds)
-            regrets.add_metric([n], s.demote_regrets)
-            guard.add_metric([n], s.promoted_then_cold)
-            protect.add_metric([n], s.protect_s)
-            window.add_metric([n], s.pingpong_window_s)
-            bounces.add_metric([n], s.pingpongs)
+        fams = families.collect({n: w.snapshot() for n, w in workers.items()},
+                                topo.page_size if topo else 4096)
         router = self.src.router()
         if router is not None:
-            # Dropped before routing: no target node yet (node="").
             r = router.stats
             yield GaugeMetricFamily("kmigratedd_hot_threshold",
                                     "Folded samples a candidate needs to be promoted: "
@@ -246,6 +106,7 @@ class KmigratedCollector(Collector):
                                       "Time the adaptive hotness threshold was above "
                                       "workers.min_samples",
                                       value=router.threshold.raised_seconds)
+            dropped = fams["kmigratedd_worker_dropped_pages"]
             for reason, c in (("below_threshold", r.below_threshold),
                               ("below_adaptive_threshold", r.below_adaptive),
                               ("on_fast_tier", r.on_fast_tier), ("gone", r.gone_before_move),
@@ -253,11 +114,8 @@ class KmigratedCollector(Collector):
                               ("cold_gone", r.cold_gone)):
                 dropped.add_metric(["", reason], c)
             for reason, c in sorted(r.query_errors.items()):
-                whole.add_metric(["", reason], c)
-        yield from (dpages, dbytes, doutcomes, drefused, room, starved, regrets, guard, protect,
-                    window, bounces)
-        yield from (pages, nbytes, outcomes, whole, dropped, batches, rate_s, head_s, press_s,
-                    floor, batch_now, enomem_s, dry, pingpong, retried, beat, inbox, blocked)
+                fams["kmigratedd_move_call_errors"].add_metric(["", reason], c)
+        yield from fams.values()
 
     def _pressure(self) -> Iterator[Any]:
         mon = self.src.pressure()
@@ -365,31 +223,14 @@ class KmigratedCollector(Collector):
 
 
 class Metrics:
-    """The registry plus the histograms fed from workers' observations."""
+    """The daemon's registry: one collector reads everything when Prometheus scrapes."""
 
     def __init__(self, sources: MetricsSources) -> None:
         self.sources = sources
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(KmigratedCollector(sources))
-        self.batch_pages = Histogram("kmigratedd_batch_pages", "Pages per move_pages batch",
-                                     ["node"], buckets=BATCH_BUCKETS, registry=self.registry)
-        self.move_seconds = Histogram("kmigratedd_move_pages_duration_seconds",
-                                      "Wall time of one move_pages batch (all copy threads)",
-                                      ["node"], buckets=DURATION_BUCKETS, registry=self.registry)
-
-    def observe(self) -> None:
-        """Move the workers' batch observations into the histograms."""
-        for node, w in self.sources.workers().items():
-            sizes, durations = w.take_observations()
-            h1 = self.batch_pages.labels(str(node))
-            h2 = self.move_seconds.labels(str(node))
-            for v in sizes:
-                h1.observe(v)
-            for d in durations:
-                h2.observe(d)
 
     def render(self) -> bytes:
-        self.observe()
         return generate_latest(self.registry)
 
 

@@ -8,7 +8,8 @@ them, and count what the kernel did with every page.
   it, so the thread never waits for the event loop. A job holds up to a few batches
   of one pid, moved back to back in one C call with the GIL released.
 - Completing a job counts it (batches, pages, per-page outcomes by reason, promoted
-  pages by source and destination node) into the worker's stats and returns a
+  pages by source and destination node, the batch histograms) into its
+  :class:`~kmigratedd.stats.MoveStats` and returns a
   :class:`Settled`: what the worker's policy must react to (pages moved, tokens to
   refund, busy pages to retry, -ENOMEM, a whole-call failure, untried pages).
 - :class:`IdleCpus` says how many CPUs are idle, for parallel copy.
@@ -28,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from . import shim
 from .config import WorkersConfig
@@ -36,13 +37,18 @@ from .errors import MovePagesError
 from .inbox import PAGE_MASK
 from .kernelfs import KernelFs
 from .procfs import cpu_times
+from .stats import MoveStats
 
-if TYPE_CHECKING:
-    from .worker import WorkerStats
 
 # Jobs queued on a worker's move thread at once: the next waits behind the one the
 # kernel is copying, so the thread never idles while the loop accounts and takes.
 PIPELINE_DEPTH = 2
+# Batches of one pid moved by one job, back to back: fewer round trips through the
+# event loop (each costs a thread hand-off and a wake-up).
+MAX_BURST = 4
+# Whole-call errors after which a process is forgotten (an exiting process, its mm
+# already gone, fails with EINVAL rather than ESRCH).
+PID_GONE_ERRNOS = (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES)
 # Batches are never cut below this many pages by workers.max_batch_ms: each move_pages
 # call also drains every CPU's LRU caches (lru_cache_disable() in do_pages_move).
 MIN_BATCH_PAGES = 16
@@ -152,7 +158,7 @@ class Settled:
 
 
 class MovePipeline:
-    def __init__(self, node: int, mover: Mover, stats: WorkerStats, move_thread: Executor,
+    def __init__(self, node: int, mover: Mover, stats: MoveStats, move_thread: Executor,
                  *, page_size: int, idle_cpus: IdleCpus | None = None,
                  depth: int = PIPELINE_DEPTH) -> None:
         self.node = node
@@ -223,9 +229,7 @@ class MovePipeline:
         n = self.cfg.batch_pages
         for i in range(0, len(keys), n):
             size = len(keys[i:i + n])
-            self.stats.batches += 1
-            self.stats.pages_attempted += size
-            self.stats.batch_sizes.append(size)
+            self.stats.batch(size, None, 1)
             self.stats.dry_run_pages += size
 
     async def complete_oldest(self) -> tuple[Job, Settled]:
@@ -283,18 +287,11 @@ class MovePipeline:
         return out
 
     def _count_batch(self, pages: int, seconds: float | None, threads: int) -> None:
-        self.stats.batches += 1
-        self.stats.pages_attempted += pages
-        self.stats.batch_sizes.append(pages)
-        if seconds is not None:
-            self.stats.move_seconds += seconds
-            self.stats.move_durations.append(seconds)
-            if pages > 0 and threads <= 1:
-                spp = seconds / pages
-                self.seconds_per_page = spp if self.seconds_per_page is None else (
-                    PAGE_TIME_WEIGHT * spp + (1 - PAGE_TIME_WEIGHT) * self.seconds_per_page)
-        if threads > 1:
-            self.stats.parallel_batches += 1
+        self.stats.batch(pages, seconds, threads)
+        if seconds is not None and pages > 0 and threads <= 1:
+            spp = seconds / pages
+            self.seconds_per_page = spp if self.seconds_per_page is None else (
+                PAGE_TIME_WEIGHT * spp + (1 - PAGE_TIME_WEIGHT) * self.seconds_per_page)
 
     def _account(self, keys: array[int], status: array[int], out: Settled, dst: int) -> None:
         """Count one batch's per-page statuses (the status array is the result)."""

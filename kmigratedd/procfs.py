@@ -62,16 +62,37 @@ def has_capability(fs: KernelFs, cap: int) -> bool:
         return True
 
 
-def vmstat(fs: KernelFs, *keys: str) -> dict[str, int]:
-    """The named counters of /proc/vmstat (found by search, not by splitting every
-    line: the hint-fault sampler reads it every interval)."""
-    text = "\n" + (fs.read_optional("/proc/vmstat") or "")
+VMSTAT = "/proc/vmstat"
+
+
+def node_vmstat_path(node: int) -> str:
+    return f"/sys/devices/system/node/node{node}/vmstat"
+
+
+def vmstat(fs: KernelFs, *keys: str, path: str = VMSTAT,
+           prefixes: tuple[str, ...] = ()) -> dict[str, int]:
+    """Counters of a vmstat file (/proc/vmstat, or a node's: :func:`node_vmstat_path`): the
+    ``keys`` named, found by search rather than by splitting every line (the hint-fault
+    sampler reads one every interval), and every counter whose name starts with one of
+    ``prefixes``."""
+    raw = fs.read_optional(path) or ""
+    text = "\n" + raw
     out: dict[str, int] = {}
     for k in keys:
         line = line_with(text, f"\n{k} ")
         if line is not None:
             out[k] = int(line[len(k) + 1:])
+    if prefixes:
+        for line in raw.splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith(prefixes) and value.strip().isdigit():
+                out[name] = int(value)
     return out
+
+
+def node_vmstat(fs: KernelFs, node: int, prefixes: tuple[str, ...]) -> dict[str, int]:
+    """The counters of ``node``'s vmstat whose names start with one of ``prefixes``."""
+    return vmstat(fs, path=node_vmstat_path(node), prefixes=prefixes)
 
 
 def online_cpus(fs: KernelFs) -> list[int]:

@@ -9,7 +9,8 @@ Sources (all under the :class:`~kmigratedd.kernelfs.KernelFs` root):
 - ``/sys/devices/system/node/node*/access{0,1}/initiators/*``: HMAT latency (ns) and
   bandwidth (MB/s), when firmware provides an HMAT;
 - ``/sys/devices/system/memory/block_size_bytes`` (hex) and the ``node*/memoryN``
-  links: memory block N holds PFNs [N * block_pages, (N + 1) * block_pages).
+  links of the online blocks: memory block N holds PFNs [N * block_pages,
+  (N + 1) * block_pages).
 
 The promotion target of a node in a slower tier is the nearest node (by SLIT
 distance, then lowest id) of the fastest tier that has memory. Config may
@@ -118,6 +119,19 @@ class Topology:
                 table[b] = n.id
         return shift, table
 
+    def physical_ranges(self, node: int) -> list[tuple[int, int]]:
+        """Physical [start, end) ranges of ``node``'s online memory blocks, touching blocks
+        merged."""
+        size = self.block_size_bytes
+        out: list[tuple[int, int]] = []
+        for b in sorted(self.nodes[node].memory_blocks):
+            start, end = b * size, (b + 1) * size
+            if out and out[-1][1] == start:
+                out[-1] = (out[-1][0], end)
+            else:
+                out.append((start, end))
+        return out
+
     def slow_node_mask(self) -> bytes:
         """mask[node] = 1 for every node that has a promotion target."""
         size = max(self.nodes, default=0) + 1
@@ -190,7 +204,8 @@ def _read_nodes(fs: KernelFs) -> dict[int, Node]:
         row = (fs.read_optional(f"{base}/distance") or "").split()
         # The distance row lists every online node in id order (drivers/base/node.c).
         distances = {other: int(d) for other, d in zip(ids, row)} if len(row) == len(ids) else {}
-        blocks = tuple(int(n[6:]) for n in fs.listdir(base, r"memory\d+"))
+        blocks = tuple(int(n[6:]) for n in fs.listdir(base, r"memory\d+")
+                       if (fs.read_optional(f"{MEMORY_DIR}/{n}/online") or "1").strip() != "0")
         nodes[nid] = Node(
             id=nid, cpus=cpus, mem_total_bytes=meminfo.get("MemTotal", 0),
             mem_free_bytes=meminfo.get("MemFree", 0), distances=distances,

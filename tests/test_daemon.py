@@ -212,9 +212,11 @@ def test_a_startup_sweep_runs_beside_a_sampler_that_waits_for_the_kernel(tmp_pat
     from types import SimpleNamespace
 
     from kmigratedd import config, samplers
-    from kmigratedd.daemon import Daemon
+    from kmigratedd.engine import Engine
     from kmigratedd.kernelfs import KernelFs
+    from kmigratedd.queues import CandidateQueues
     from kmigratedd.samplers.base import SamplerFactory
+    from kmigratedd.topology import Topology
 
     events: list[str] = []
 
@@ -237,24 +239,25 @@ def test_a_startup_sweep_runs_beside_a_sampler_that_waits_for_the_kernel(tmp_pat
     monkeypatch.setitem(samplers.FACTORIES, "idle", factory("idle", "no page_idle"))
     monkeypatch.setitem(samplers.FACTORIES, "damon", factory("damon"))
     cfg = config.Config()
-    d = Daemon(config=cfg, config_path=None, fs=KernelFs(tmp_path))
-    d._sampler_context = lambda c: SimpleNamespace(demote_queues=object())  # type: ignore
+    topo = Topology(nodes={}, tiers=(), tier_source="kernel", targets={},
+                    block_size_bytes=1 << 27, page_size=4096)
+    e = Engine(cfg, KernelFs(tmp_path), topo, CandidateQueues([0], 64, 4096),
+               spawn=lambda coro, name: asyncio.get_running_loop().create_task(coro),
+               pool=lambda *a, **k: None)  # type: ignore[arg-type]
+    e.sampler_context = lambda c: SimpleNamespace(demote_queues=object())  # type: ignore
 
-    async def go(sampler: str, method: str) -> object:
+    async def go(sampler: str, method: str, c: config.Config = cfg) -> object:
         events.clear()
-        d.sampler, d.sweep = SimpleNamespace(name=sampler), None  # type: ignore[assignment]
-        d.demotion_method = method
-        await d._start_sweep(cfg)
-        sweep = d.sweep
-        await d._end_sweep(0)
+        e.sampler, e.sweep = SimpleNamespace(name=sampler), None  # type: ignore[assignment]
+        e.method = method
+        await e._start_sweep(c)
+        sweep = e.sweep
+        await e.end_sweep(0, 1)
         return sweep
 
     assert asyncio.run(go("hint-faults", "kswapd")) is not None
-    assert events == ["start damon demote_queues=None", "stop damon"] and d.sweep is None
+    assert events == ["start damon demote_queues=None", "stop damon"] and e.sweep is None
     assert asyncio.run(go("hint-faults", "damon-paddr")) is None and events == []
     assert asyncio.run(go("damon", "sampler")) is None and events == []
     off = config.Config(sampler=config.SamplerConfig(startup_sweep_ms=0))
-    d.config = off
-    d.sampler = SimpleNamespace(name="pebs")  # type: ignore[assignment]
-    asyncio.run(d._start_sweep(off))
-    assert d.sweep is None and events == []
+    assert asyncio.run(go("pebs", "kswapd", off)) is None and events == []

@@ -20,10 +20,11 @@ from kmigratedd import config
 from kmigratedd.errors import MovePagesError, SamplerUnavailableError
 from kmigratedd.kernelfs import KernelFs
 from kmigratedd.queues import CandidateQueues, merge
-from kmigratedd.samplers import damon, damon_model
+from kmigratedd.damon import model as damon_model
+from kmigratedd.samplers import damon
 from kmigratedd.samplers.base import SamplerContext
 from kmigratedd.samplers.damon import DamonSampler
-from kmigratedd.samplers.damon_sysfs import DamonSysfs
+from kmigratedd.damon.sysfs import DamonSysfs
 from kmigratedd.scope import Scope
 from kmigratedd.topology import Topology
 

@@ -30,7 +30,8 @@ from kmigratedd.topology import discover
 from kmigratedd.inbox import Inbox
 from kmigratedd.pipeline import MovePipeline, ShimMover
 from kmigratedd.router import Router
-from kmigratedd.worker import NodeWorker, WorkerStats, inbox_limit
+from kmigratedd.stats import MoveStats
+from kmigratedd.worker import NodeWorker, inbox_limit
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -349,12 +350,11 @@ def exported_metric_names() -> set[str]:
     worker, queues and a sampler in place (fake sysfs tree tests/data/cxl2)."""
     fs = KernelFs(REPO / "tests" / "data" / "cxl2")
     topo = discover(fs, page_size=4096)
-    stats = WorkerStats()
+    stats = MoveStats()
     stats.promoted[(1, 0)] = 3
     stats.outcomes["moved"] = 3
     stats.whole_call_errors["ESRCH"] = 1
-    stats.batch_sizes.append(3)
-    stats.move_durations.append(0.001)
+    stats.batch(3, 0.001, 1)
     cfg = config_mod.WorkersConfig()
     pipeline = MovePipeline(0, ShimMover(), stats, ThreadPoolExecutor(1), page_size=4096)
     inbox = Inbox(inbox_limit(cfg))

@@ -825,7 +825,7 @@ TICK_S = COLD_S / idle_mod.COLD_TICKS
 
 
 def test_the_daemon_demotes_with_the_idle_sampler() -> None:
-    from kmigratedd.daemon import DEMOTING_SAMPLERS
+    from kmigratedd.demotion import DEMOTING_SAMPLERS
 
     assert "idle" in DEMOTING_SAMPLERS
 

@@ -97,21 +97,26 @@ def test_a_worker_waits_while_pressure_holds(tmp_path: Path, data_dir: Path) -> 
     mover.place(5, pages(64), 1)
     offer(q, 5, pages(64))
     run(steps(w, clock, 6, dt=1))
-    assert w.stats.promoted_pages == 0 and w.stats.pressure_held_seconds > 0
-    assert w.snapshot().pressure_held_seconds == w.stats.pressure_held_seconds
+    assert w.moves.promoted_pages == 0 and w.stats.pressure_held_seconds > 0
+    assert w.snapshot().policy.pressure_held_seconds == w.stats.pressure_held_seconds
     Held.held = False
     run(steps(w, clock, 4, dt=1))
-    assert w.stats.promoted_pages == 64
+    assert w.moves.promoted_pages == 64
 
 
 def test_held_pressure_gives_the_paddr_demoter_no_room(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from kmigratedd import config
-    from kmigratedd.daemon import Daemon
+    from kmigratedd.engine import Engine
+    from kmigratedd.queues import CandidateQueues
+    from kmigratedd.topology import Topology
 
-    d = Daemon(config=config.Config(), config_path=None, fs=KernelFs(tmp_path))
-    d.workers = {0: SimpleNamespace(last_room_needed=1 << 30)}  # type: ignore[dict-item]
-    assert d._room_for(0) == 1 << 30
-    d.pressure = SimpleNamespace(held=True)  # type: ignore[assignment]
-    assert d._room_for(0) == 0
+    topo = Topology(nodes={}, tiers=(), tier_source="kernel", targets={},
+                    block_size_bytes=1 << 27, page_size=4096)
+    e = Engine(config.Config(), KernelFs(tmp_path), topo, CandidateQueues([0], 64, 4096),
+               spawn=lambda coro, name: None, pool=lambda *a, **k: None)  # type: ignore
+    e.workers = {0: SimpleNamespace(last_room_needed=1 << 30)}  # type: ignore[dict-item]
+    assert e.room_for(0) == 1 << 30
+    e.pressure = SimpleNamespace(held=True)  # type: ignore[assignment]
+    assert e.room_for(0) == 0

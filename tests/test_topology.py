@@ -158,3 +158,17 @@ def test_live_host_tree():
         pfn = entry & ((1 << 55) - 1)
         if entry >> 63 and pfn:
             assert pfn_to_node(t, pfn) == shim.query_nodes(0, array("Q", [addr]))[0]
+
+
+def test_physical_ranges_of_the_online_memory_blocks(data_dir, tmp_path):
+    """A node's physical memory: its memory blocks merged where they touch, an offline one
+    (hot-removed memory) left out."""
+    import shutil
+
+    shutil.copytree(data_dir / "cxl2", tmp_path / "root", symlinks=True)
+    online = tmp_path / "root/sys/devices/system/memory/memory3/online"
+    online.write_text("0\n")
+    t = discover(KernelFs(tmp_path / "root"), page_size=4096)
+    assert 3 not in t.nodes[0].memory_blocks
+    assert t.physical_ranges(0) == [(0, 3 * GiB), (4 * GiB, 8 * GiB)]
+    assert t.physical_ranges(1) == [(8 * GiB, 12 * GiB)]

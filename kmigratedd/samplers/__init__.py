@@ -46,8 +46,10 @@ AUTO_ORDER = ("hint-faults", "idle", "pebs", "ibs", "damon")
 AUTO_REASON = "ranked by measured precision: per-page samplers first (benchmarks/quality.py)"
 
 
-def create(name: str, ctx: SamplerContext) -> Sampler:
-    """Build the sampler ``name`` (or the best available for ``auto``)."""
+def resolve(name: str, ctx: SamplerContext) -> str:
+    """The sampler ``name`` stands for: itself, if it can run here, or for ``auto`` the best
+    available (the choice and why the others were skipped are logged); raises
+    SamplerUnavailableError saying what is missing.  Nothing is built."""
     if name != "auto":
         factory = FACTORIES.get(name)
         if factory is None:
@@ -56,7 +58,7 @@ def create(name: str, ctx: SamplerContext) -> Sampler:
         missing = factory.probe(ctx)
         if missing:
             raise SamplerUnavailableError(f"sampler {name!r} cannot run here: {missing}")
-        return factory.create(ctx)
+        return name
     reasons: list[str] = []
     for candidate in AUTO_ORDER:
         factory = FACTORIES.get(candidate)
@@ -66,9 +68,14 @@ def create(name: str, ctx: SamplerContext) -> Sampler:
         if missing is None:
             log.info("sampler auto: using %s (%s; %s)%s", candidate, factory.description,
                      AUTO_REASON, "; skipped " + "; ".join(reasons) if reasons else "")
-            return factory.create(ctx)
+            return candidate
         reasons.append(f"{candidate}: {missing}")
     raise SamplerUnavailableError("no sampler can run here: " + "; ".join(reasons))
 
 
-__all__ = ["AUTO_ORDER", "FACTORIES", "Sampler", "SamplerContext", "create"]
+def create(name: str, ctx: SamplerContext) -> Sampler:
+    """Build the sampler ``name`` (or the best available for ``auto``)."""
+    return FACTORIES[resolve(name, ctx)].create(ctx)
+
+
+__all__ = ["AUTO_ORDER", "FACTORIES", "Sampler", "SamplerContext", "create", "resolve"]

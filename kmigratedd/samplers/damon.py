@@ -9,11 +9,12 @@ interval, how many samples found the region accessed (``nr_accesses``).  This sa
 only *reads* that result; DAMOS ``migrate_hot`` is paddr-only on 6.12 and we use no
 DAMOS action: the node workers move pages.
 
-Three parts, as damo has them: ``damon_model.py`` says what DAMON is asked for (one
-vaddr context, one target per process in scope, one hot-region ``stat`` scheme per
+Three parts, as damo has them: kmigratedd/damon/model.py says what DAMON is asked for
+(one vaddr context, one target per process in scope, one hot-region ``stat`` scheme per
 target that keeps that target's regions only and, with demotion on, one cold-region
-``stat`` scheme per target after them), ``damon_sysfs.py`` writes it to
-/sys/kernel/mm/damon/admin and reads the tried regions back, and this module decides:
+``stat`` scheme per target after them), kmigratedd/damon/sysfs.py writes it to
+/sys/kernel/mm/damon/admin and reads the tried regions back (its kdamond a
+:class:`~kmigratedd.damon.kdamond.KdamondSession`), and this module decides:
 which processes, when to commit or restart, quiet mode, which regions count as hot
 or cold, and how they become page candidates.
 
@@ -87,11 +88,11 @@ from .. import shim
 from ..errors import SamplerUnavailableError
 from ..procfs import last_cpu
 from ..ranking import Ranking, Watchlist
-from . import damon_model as model
+from ..damon import model
+from ..damon.kdamond import KdamondSession
+from ..damon.model import Region
+from ..damon.sysfs import ADMIN, MIN_KERNEL, NR_KDAMONDS, damon_in_use, kernel_release
 from .base import Offer, SamplerBase, SamplerContext
-from .damon_model import Region
-from .damon_sysfs import (ADMIN, MIN_KERNEL, NR_KDAMONDS, DamonSysfs, damon_in_use,
-                          kernel_release)
 
 log = logging.getLogger("kmigratedd.sampler")
 
@@ -181,7 +182,8 @@ class DamonSampler(SamplerBase[DamonRound]):
             *(("cold_regions", "demotion_candidates_offered", "cold_pages_over_budget")
               if demote else ())))
         self.fs = ctx.fs
-        self.sysfs = DamonSysfs(ctx.fs)
+        self.session = KdamondSession(ctx.fs, 1, on_error=self._count_error)
+        self.sysfs = self.session.kdamonds[0]
         self.cfg = cfg = ctx.config.sampler.damon
         self.query_nodes = query_nodes
         self.max_pages_per_round = max_pages_per_round
@@ -220,7 +222,6 @@ class DamonSampler(SamplerBase[DamonRound]):
                                per_round=ctx.config.scope.rank_processes_per_round)
         self.watchlist = Watchlist(self.ranking, max_targets, min(TARGET_WINDOW, max_targets),
                                    dwell=self.settle_rounds + self.confirm_rounds + 1)
-        self._found_nr_kdamonds: int | None = None
         self._targets: tuple[int, ...] = ()  # pids as written; scheme i watches target i
         self._running = False
         self._gone_counted: set[int] = set()
@@ -254,12 +255,7 @@ class DamonSampler(SamplerBase[DamonRound]):
     # --- lifecycle ------------------------------------------------------------
 
     def open(self) -> None:
-        self._found_nr_kdamonds = self.sysfs.nr_kdamonds()
-        try:
-            self.sysfs.set_nr_kdamonds(1)
-        except OSError as exc:
-            self._found_nr_kdamonds = None
-            raise SamplerUnavailableError(self._why(NR_KDAMONDS, exc)) from None
+        self.session.claim()
         try:
             self.sysfs.write_context(model.Context("vaddr", self.attrs))
             pids = self._scope_pids()
@@ -271,12 +267,7 @@ class DamonSampler(SamplerBase[DamonRound]):
             raise
         except OSError as exc:
             self.close()
-            raise SamplerUnavailableError(self._why("setting up DAMON", exc)) from None
-
-    def _why(self, what: str, exc: OSError) -> str:
-        if exc.errno == errno.EBUSY:
-            return damon_in_use(self.fs) or f"{what}: DAMON is in use by another tool (EBUSY)"
-        return f"{what}: {exc.strerror or exc}"
+            raise SamplerUnavailableError(self.session.why("setting up DAMON", exc)) from None
 
     def interrupt(self) -> None:
         """A round blocked in the tried-regions write: turning the kdamond off releases it."""
@@ -284,16 +275,9 @@ class DamonSampler(SamplerBase[DamonRound]):
 
     def close(self) -> None:
         """Turn the kdamond off and restore nr_kdamonds (idempotent)."""
-        if self._found_nr_kdamonds is None:
-            return
-        self._turn_off()
-        try:
-            self.sysfs.set_nr_kdamonds(self._found_nr_kdamonds)
-        except OSError as exc:
-            self.counters["errors"] += 1
-            log.warning("restoring %s to %d failed: %s", NR_KDAMONDS, self._found_nr_kdamonds,
-                        exc)
-        self._found_nr_kdamonds = None
+        if self.session.claimed:
+            self._turn_off()
+        self.session.release()
         self._targets = ()
 
     def extra_stats(self) -> dict[str, int]:
@@ -763,14 +747,7 @@ class DamonSampler(SamplerBase[DamonRound]):
         self.counters["kdamond_starts"] += 1
 
     def _turn_off(self) -> None:
-        if not self._running and not self.sysfs.is_on():
-            return
-        try:
-            self.sysfs.command("off")
-        except OSError as exc:
-            # EPERM: it had stopped by itself meanwhile.
-            if exc.errno != errno.EPERM:
-                self._count_error("turning the kdamond off", exc)
+        self.session.off(self.sysfs, known_on=self._running)
         self._running = False
 
     def _pid_gone(self, pid: int) -> None:

@@ -26,7 +26,7 @@ from kmigratedd.procfs import online_cpus
 from kmigratedd.queues import CandidateQueues, merge
 from kmigratedd.samplers.base import SamplerContext
 from kmigratedd.samplers.damon import DamonSampler
-from kmigratedd.samplers.damon_sysfs import NR_KDAMONDS, DamonSysfs
+from kmigratedd.damon.sysfs import NR_KDAMONDS, DamonSysfs
 from kmigratedd.scope import Scope
 from daemonproc import proc_cpu_seconds
 from workload import Workload

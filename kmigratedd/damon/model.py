@@ -1,4 +1,4 @@
-"""What the DAMON sampler asks DAMON for, as data: no I/O (``damon_sysfs.py`` writes it).
+"""What the DAMON sampler asks DAMON for, as data: no I/O (``kmigratedd/damon/sysfs.py`` writes it).
 
 The shapes follow DAMON's own objects (include/linux/damon.h, and damo's ``_damon.py``):
 a :class:`Context` of ``vaddr`` operations with its :class:`MonitoringAttrs`, one

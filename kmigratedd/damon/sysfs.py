@@ -1,4 +1,4 @@
-"""DAMON's sysfs interface: writes a :mod:`~kmigratedd.samplers.damon_model` context to
+"""DAMON's sysfs interface: writes a :mod:`~kmigratedd.damon.model` context to
 /sys/kernel/mm/damon/admin and reads the tried regions back, all through
 :class:`~kmigratedd.kernelfs.KernelFs` (Documentation/admin-guide/mm/damon/usage.rst).
 
@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from ..errors import SamplerUnavailableError
 from ..kernelfs import KernelFs
-from .damon_model import AccessPattern, Context, Intervals, Region, Scheme, YoungFilter
+from .model import AccessPattern, Context, Intervals, Region, Scheme, YoungFilter
 
 ADMIN = "/sys/kernel/mm/damon/admin"
 KDAMONDS = f"{ADMIN}/kdamonds"
