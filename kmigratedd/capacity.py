@@ -18,11 +18,16 @@ from /proc/zoneinfo (watermarks, lowmem reserve) and /proc/buddyinfo (free pages
 ``zone_watermark_ok()`` checks them for a movable allocation: a zone below its
 watermark plus the reserve it keeps from such an allocation is not used at that
 level.  kswapd, once woken, reclaims until the node is balanced again (its high or,
-in NUMA balancing's tiering mode, promo watermark), and promotion goes on.
+in NUMA balancing's tiering mode, promo watermark), and promotion goes on.  Where
+kswapd has given the node up (its reclaim failed 16 times in a row, shown as
+``node_unreclaimable`` in /proc/zoneinfo: pages just written are young and cannot be
+demoted at once), nothing wakes it until some reclaim on the node succeeds, so
+promotion then lets its own allocations reclaim, in batches kept short.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +36,8 @@ from .kernelfs import KernelFs
 from .policy import HeadroomGuard
 from .procfs import ZoneMarks, zone_free_pages, zone_marks
 from .topology import read_node_meminfo
+
+log = logging.getLogger("kmigratedd.capacity")
 
 # Watermarks change only with vm.min_free_kbytes, vm.watermark_scale_factor or memory
 # hotplug: re-read this often.
@@ -47,6 +54,9 @@ class ReclaimLevels:
     free: int
     to_direct: int
     to_wake: int
+    # kswapd gave the node up (zoneinfo's node_unreclaimable): nothing wakes it until some
+    # reclaim on the node succeeds, so promotion lets its allocations reclaim.
+    unreclaimable: bool = False
 
     @property
     def floor(self) -> int:
@@ -72,6 +82,7 @@ def reclaim_levels(zones: list[ZoneMarks], free: dict[str, int], page_size: int
     movable allocation (``zone_watermark_ok()``)."""
     idx = movable_index(zones)
     total = to_direct = to_wake = 0
+    hopeless = any(z.node_unreclaimable for z in zones)
     for z in zones:
         if z.managed <= 0:
             continue
@@ -80,7 +91,7 @@ def reclaim_levels(zones: list[ZoneMarks], free: dict[str, int], page_size: int
         total += f
         to_direct += max(0, f - z.min - reserve)
         to_wake += max(0, f - z.low - reserve)
-    return ReclaimLevels(total * page_size, to_direct * page_size, to_wake * page_size)
+    return ReclaimLevels(total * page_size, to_direct * page_size, to_wake * page_size, hopeless)
 
 
 class NodeLevels:
@@ -94,10 +105,12 @@ class NodeLevels:
         self.clock = clock
         self._marks: tuple[float, list[ZoneMarks]] | None = None
 
-    def read(self) -> ReclaimLevels | None:
-        """The node's levels now; None where the kernel does not show its zones."""
+    def read(self, fresh: bool = False) -> ReclaimLevels | None:
+        """The node's levels now; None where the kernel does not show its zones.  The
+        watermarks are read again every MARKS_REFRESH_S, or now with ``fresh`` (which
+        also tells whether kswapd has given the node up)."""
         now = self.clock()
-        if self._marks is None or now - self._marks[0] >= MARKS_REFRESH_S:
+        if fresh or self._marks is None or now - self._marks[0] >= MARKS_REFRESH_S:
             self._marks = (now, [z for z in zone_marks(self.fs) if z.node == self.node])
         zones = self._marks[1]
         if not zones:
@@ -130,6 +143,7 @@ class NodeCapacity:
         self.levels: NodeLevels | None = None
         self._free: tuple[float, int] | None = None
         self.room_needed = 0  # the last round's, readable from any thread
+        self.hopeless = False  # kswapd gave the node up (see free_bytes)
 
     def configure(self, headroom: HeadroomGuard, refresh_ms: int, batch_bytes: int) -> None:
         self.headroom = headroom
@@ -148,8 +162,24 @@ class NodeCapacity:
         where allocations reclaim themselves, and goes on once a batch fits above that
         again (kswapd reclaims up to the node's high or promo watermarks)."""
         if self._free is None or now - self._free[0] >= self.refresh_s:
-            lv = self.levels.read() if self.levels is not None else None
-            if lv is not None:
+            # At the floor, read whether kswapd has given the node up as well.
+            lv = (self.levels.read(fresh=self.headroom.blocked) if self.levels is not None
+                  else None)
+            if lv is not None and lv.unreclaimable:
+                # Only a reclaim that succeeds wakes kswapd again: promotion lets its own
+                # allocations reclaim (each batch kept short by workers.max_batch_ms).
+                if not self.hopeless:
+                    log.warning("node %d: kswapd has given it up (node_unreclaimable): "
+                                "promotion goes below its min watermarks until reclaim on "
+                                "it succeeds", self.node)
+                self.hopeless = True
+                free = lv.free
+                self.headroom.min_free_bytes = self.headroom.resume_free_bytes = 0
+            elif lv is not None:
+                if self.hopeless:
+                    log.info("node %d: kswapd reclaims again: promotion stops above its "
+                             "min watermarks", self.node)
+                self.hopeless = False
                 free = lv.free
                 self.headroom.min_free_bytes = lv.floor
                 self.headroom.resume_free_bytes = lv.floor + self.batch_bytes

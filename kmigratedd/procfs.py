@@ -192,6 +192,9 @@ class ZoneMarks:
     high: int
     managed: int
     protection: tuple[int, ...]
+    # kswapd gave the node up (its reclaim failed MAX_RECLAIM_RETRIES times in a row) and
+    # is not woken again until some reclaim on the node succeeds.
+    node_unreclaimable: bool = False
 
 
 def zone_marks(fs: KernelFs) -> list[ZoneMarks]:
@@ -219,8 +222,10 @@ def zone_marks(fs: KernelFs) -> list[ZoneMarks]:
             elif key == "nr_free_pages" and prot:
                 break  # the zone's counters follow: nothing more of ours in this block
         if len(vals) == 4:
+            flag = line_with(body, "node_unreclaimable:")
             out.append(ZoneMarks(int(node_s), zone.strip(), vals["min"], vals["low"],
-                                 vals["high"], vals["managed"], prot))
+                                 vals["high"], vals["managed"], prot,
+                                 flag is not None and flag.split(":")[1].strip() == "1"))
     return out
 
 

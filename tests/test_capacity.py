@@ -96,3 +96,15 @@ def test_watermarks_cached_free_pages_read_each_time(tmp_path: Path, data_dir: P
     assert second.to_direct == first.to_direct - 100000 * PAGE
     now[0] += capacity.MARKS_REFRESH_S
     assert levels.read() is None   # re-read after MARKS_REFRESH_S: now there are none
+
+
+def test_a_node_kswapd_gave_up_is_seen_in_zoneinfo(tmp_path: Path, data_dir: Path) -> None:
+    fs = tree(tmp_path, data_dir, {(0, "Normal"): 6000, (0, "DMA32"): 11773})
+    levels = capacity.NodeLevels(fs, 0, PAGE)
+    lv = levels.read()
+    assert lv is not None and not lv.unreclaimable
+    zi = tmp_path / "root" / "proc" / "zoneinfo"
+    zi.write_text(zi.read_text().replace("node_unreclaimable:  0", "node_unreclaimable:  1"))
+    assert levels.read().unreclaimable is False  # type: ignore[union-attr]  # cached marks
+    lv = levels.read(fresh=True)
+    assert lv is not None and lv.unreclaimable

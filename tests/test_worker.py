@@ -394,6 +394,33 @@ def test_with_kswapd_promotion_stops_between_the_nodes_min_and_low_watermarks(fs
     assert w.headroom.blocked
 
 
+def test_with_kswapd_given_up_promotion_lets_its_allocations_reclaim(fs, data_dir):
+    """kswapd gives a node up after 16 reclaims in a row that failed (pages just written
+    are young), and nothing wakes it again until some reclaim on the node succeeds: at the
+    floor, the worker reads that (zoneinfo's node_unreclaimable) and lets promotion go
+    below the min watermarks, whose reclaim is what brings kswapd back."""
+    from kmigratedd.capacity import NodeLevels
+
+    fs.path("/proc").mkdir(exist_ok=True)
+    zoneinfo = fs.path("/proc/zoneinfo")
+    shutil.copy(data_dir / "zones" / "zoneinfo", zoneinfo)
+    fs.path("/proc/buddyinfo").write_text(
+        f"Node 0, zone DMA 1920\nNode 0, zone DMA32 {10310 + 1463}\nNode 0, zone Normal 6500\n")
+    mover, clock = FakeMover(), Clock()
+    w, q = make(fs, mover, clock, free_refresh_ms=100000)
+    w.w.capacity.levels = NodeLevels(fs, 0, PAGE, clock=clock)
+    mover.place(5, pages(2000), 1)
+    offer(q, 5, pages(2000))
+    run(steps(w, clock, 4, dt=1))
+    assert w.moves.promoted_pages == 740 and w.headroom.blocked   # at the floor
+    zoneinfo.write_text(zoneinfo.read_text().replace("node_unreclaimable:  0",
+                                                     "node_unreclaimable:  1"))
+    w.refresh_free()  # the next free_refresh_ms
+    run(steps(w, clock, 6, dt=1))
+    assert w.moves.promoted_pages == 2000 and w.capacity.hopeless
+    assert w.snapshot().headroom_floor_bytes == 0
+
+
 def test_pingpong_hold_off_in_the_worker(fs):
     mover, clock = FakeMover(), Clock()
     w, q = make(fs, mover, clock, pingpong_window_ms=10_000, pingpong_holdoff_ms=60_000)
