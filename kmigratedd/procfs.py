@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from .kernelfs import KernelFs, line_with, parse_cpulist
 
@@ -264,3 +265,32 @@ def pressure_totals(fs: KernelFs, path: str) -> dict[str, int] | None:
             if value.isdigit():
                 out[kind] = int(value)
     return out or None
+
+
+class Pagemap:
+    """/proc/PID/pagemap of one process, read in 8-byte entries by C (``shim.pread_words``):
+    bit 63 present, bits 0-54 the PFN (shown to CAP_SYS_ADMIN only).  The one reader of
+    pagemap; opening it checks ptrace read access (PermissionError), and a process that
+    exited gives FileNotFoundError or ESRCH."""
+
+    def __init__(self, fs: KernelFs, pid: int) -> None:
+        self.pid = pid
+        self.fd = fs.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+
+    def read(self, vpn: int, entries: Any) -> int:
+        """Entries from virtual page ``vpn`` into ``entries`` (a buffer of 8-byte words);
+        returns how many were read (fewer once the mm is gone)."""
+        from . import shim
+
+        return shim.pread_words(self.fd, vpn, entries)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Pagemap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

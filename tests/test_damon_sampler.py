@@ -21,7 +21,7 @@ from kmigratedd.errors import MovePagesError, SamplerUnavailableError
 from kmigratedd.kernelfs import KernelFs
 from kmigratedd.queues import CandidateQueues, merge
 from kmigratedd.damon import model as damon_model
-from kmigratedd.samplers import damon
+from kmigratedd.samplers import damon, damon_hot
 from kmigratedd.samplers.base import SamplerContext
 from kmigratedd.samplers.damon import DamonSampler
 from kmigratedd.damon.sysfs import DamonSysfs
@@ -647,7 +647,7 @@ def test_a_pid_moved_to_another_target_index_waits_for_damon_to_refit(tmp_path: 
     assert [c[0] for c in query.calls] == [PID]
     (tmp_path / f"proc/{PID}/stat").unlink()
     # update_us 1 s, interval 1 s: the commit round and the next are ignored.
-    assert s.settle_rounds == 2
+    assert s.targets.settle_rounds == 2
     s.run_round()
     s.run_round()
     assert [c[0] for c in query.calls] == [PID]
@@ -880,14 +880,14 @@ def test_a_large_hot_region_on_the_fast_tier_is_probed_not_offered(tmp_path: Pat
     query = FakeQuery(nodes)
     s = DamonSampler(ctx, query_nodes=query, confirm_rounds=1, warmup_rounds=0)
     assert s.run_round() == 0
-    assert [len(c[1]) for c in query.calls] == [512 // damon.PROBE_STRIDE]
+    assert [len(c[1]) for c in query.calls] == [512 // damon_hot.PROBE_STRIDE]
     st = s.stats()
     assert st["pages_probed"] == 16 and st["pages_skipped_on_fast"] == 512
     nodes[A + 77 * PS] = 1  # demoted back
     offered = []
-    for _ in range(damon.PROBE_STRIDE):
+    for _ in range(damon_hot.PROBE_STRIDE):
         offered.append(s.run_round())
-    assert sorted(offered) == [0] * (damon.PROBE_STRIDE - 1) + [512]  # found once its
+    assert sorted(offered) == [0] * (damon_hot.PROBE_STRIDE - 1) + [512]  # found once its
     got = merge(ctx.queues.drain(1000))                                # turn came
     assert sorted(got.addrs) == page_range(A, 512) and set(got.nodes) == {-1}
 

@@ -29,6 +29,7 @@ from kmigratedd import config, shim
 from kmigratedd.kernelfs import KernelFs
 from kmigratedd.queues import CandidateQueues, merge
 from kmigratedd.samplers import idle as idle_mod
+from kmigratedd.samplers import offers as offers_mod
 from kmigratedd.samplers.base import SamplerContext
 from kmigratedd.samplers.idle import (BITMAP, KPF_COMPOUND_HEAD, KPF_HUGE, KPF_THP, IdleSampler,
                                       parse_maps, scannable)
@@ -625,7 +626,7 @@ def test_pid_gone_before_and_during_a_scan(kern: FakeKernel, monkeypatch: pytest
     try:
         round_(s)
         assert s.stats()["tracked_pids"] == 2
-        real = s._read_pagemap
+        real = s.walk.read_pagemap
 
         def read_pagemap(fd: int, addr: int, entries: object) -> int:
             if os.readlink(f"/proc/self/fd/{fd}").endswith("/proc/101/pagemap"):
@@ -634,7 +635,7 @@ def test_pid_gone_before_and_during_a_scan(kern: FakeKernel, monkeypatch: pytest
                     f.truncate(0)
             return real(fd, addr, entries)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(s, "_read_pagemap", read_pagemap)
+        monkeypatch.setattr(s.walk, "read_pagemap", read_pagemap)
         round_(s)
         st = s.stats()
         assert st["pid_gone"] == 1 and st["errors"] == 0 and st["tracked_pids"] == 1
@@ -658,7 +659,7 @@ def test_pid_gone_between_scan_and_push(kern: FakeKernel, monkeypatch: pytest.Mo
     try:
         round_(s)
         kern.access(pfns)
-        monkeypatch.setattr(idle_mod, "last_cpu", lambda fs, pid: None)
+        monkeypatch.setattr(offers_mod, "last_cpu", lambda fs, pid: None)
         assert round_(s) == 0
         assert s.stats()["pid_gone"] == 1 and s.stats()["tracked_pids"] == 0
     finally:
@@ -964,13 +965,13 @@ def test_the_cold_pages_held_in_a_round_stay_bounded(kern: FakeKernel,
     s = IdleSampler(demote_ctx(kern.root, (100,), room), clock=clock)
     s.open()
     held: list[int] = []
-    real = s._keep_oldest
+    real = s.cold.keep_oldest
 
     def keep_oldest() -> None:
-        held.append(s._cold_held)
+        held.append(s.cold.held)
         real()
 
-    monkeypatch.setattr(s, "_keep_oldest", keep_oldest)
+    monkeypatch.setattr(s.cold, "keep_oldest", keep_oldest)
     try:
         cold_round(s)
         clock.t += COLD_S
@@ -1092,7 +1093,7 @@ def test_pid_gone_before_its_cold_pages_are_offered(kern: FakeKernel,
     try:
         cold_round(s)
         clock.t += COLD_S + TICK_S
-        monkeypatch.setattr(idle_mod, "last_cpu", lambda fs, pid: None)
+        monkeypatch.setattr(offers_mod, "last_cpu", lambda fs, pid: None)
         assert cold_round(s) == {}
         assert s.stats()["pid_gone"] == 1 and s.stats()["tracked_pids"] == 0
     finally:

@@ -174,20 +174,20 @@ def test_damon_targets_the_most_slow_memory_and_swaps_only_pids(tmp_path):
     fs = FakeDamonFs(tmp_path)
     s = DamonSampler(make_ctx(fs, pids=tuple(pids)), query_nodes=FakeQuery())
     s.run_round()
-    assert len(s._targets) == MAX_TARGETS and 1077 in s._targets
-    where = s._targets.index(1077)
-    first = set(s._targets)
-    for _ in range(s.watchlist.dwell * 3):
+    assert len(s.targets.pids) == MAX_TARGETS and 1077 in s.targets.pids
+    where = s.targets.pids.index(1077)
+    first = set(s.targets.pids)
+    for _ in range(s.targets.watchlist.dwell * 3):
         del fs.writes[:]
-        before = s._targets
+        before = s.targets.pids
         s.run_round()
-        if s._targets != before:
+        if s.targets.pids != before:
             paths = [p for p, _ in fs.writes if p != STATE]
             assert paths and all(p.startswith(f"{C}/targets/") and
                                  p.endswith("/pid_target") for p in paths), paths
             assert (STATE, "commit") in fs.writes
-        assert s._targets.index(1077) == where  # kept its index
-    assert set(s._targets) != first  # the window moved
+        assert s.targets.pids.index(1077) == where  # kept its index
+    assert set(s.targets.pids) != first  # the window moved
 
 
 def test_slow_only_watches_no_process_without_slow_pages(tmp_path):
@@ -228,7 +228,7 @@ def test_damon_stays_quiet_while_the_window_turns(tmp_path):
     targets = set()
     for _ in range(40):
         s.run_round()
-        targets.add(s._targets)
+        targets.add(s.targets.pids)
     st = s.stats()
     assert st["quiet"] == 1 and st["quiet_left"] == 0 and len(targets) > 3
     # a process new to the scope with much on the slow node: measured first, a target
@@ -236,6 +236,6 @@ def test_damon_stays_quiet_while_the_window_turns(tmp_path):
     fake_proc(tmp_path, 2000, slow=50_000)
     s.ctx.scope._pids = frozenset([*pids, 2000])
     s.run_round()
-    assert 2000 in s.watchlist.top and 2000 in s._targets
+    assert 2000 in s.targets.watchlist.top and 2000 in s.targets.pids
     st = s.stats()
     assert (st["quiet"], st["kdamond_starts"], st["kdamond_stops"]) == (0, 1, 0)

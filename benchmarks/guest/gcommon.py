@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests" / "vm" / "guest"))
 
 from kmigratedd import shim  # noqa: E402
 from kmigratedd.kernelfs import KernelFs  # noqa: E402
-from kmigratedd.samplers.damon_sysfs import retry_busy  # noqa: E402
+from kmigratedd.damon.sysfs import retry_busy  # noqa: E402
 from kmigratedd.topology import read_node_meminfo  # noqa: E402
 
 MiB = 1 << 20

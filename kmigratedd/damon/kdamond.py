@@ -16,7 +16,8 @@ import errno
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import SamplerUnavailableError
@@ -48,6 +49,20 @@ class KdamondSession:
         if exc.errno == errno.EBUSY:
             return damon_in_use(self.fs) or f"{what}: DAMON is in use by another tool (EBUSY)"
         return f"{what}: {exc.strerror or exc}"
+
+    @contextmanager
+    def setting_up(self, what: str, close: Callable[[], None]) -> Iterator[None]:
+        """Claim the session and set it up in the ``with`` block: on failure ``close()``
+        runs and a SamplerUnavailableError (an OSError's one line, :meth:`why`) leaves."""
+        self.claim()
+        try:
+            yield
+        except SamplerUnavailableError:
+            close()
+            raise
+        except OSError as exc:
+            close()
+            raise SamplerUnavailableError(self.why(what, exc)) from None
 
     def claim(self) -> None:
         """Write ``nr_kdamonds``; SamplerUnavailableError says why it could not."""

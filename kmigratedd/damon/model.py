@@ -48,6 +48,9 @@ class Intervals:
 
 @dataclass(frozen=True, slots=True)
 class MonitoringAttrs:
+    """A context's ``monitoring_attrs``: its intervals, and how many regions DAMON keeps
+    per target at least and at most."""
+
     intervals: Intervals
     min_regions: int
     max_regions: int
@@ -63,6 +66,9 @@ class Range:
 
 @dataclass(frozen=True, slots=True)
 class AccessPattern:
+    """A DAMOS ``access_pattern``: a scheme applies to the regions whose size (bytes),
+    access count (per aggregation) and age (aggregations) fall in these ranges."""
+
     sz: Range
     nr_accesses: Range
     age: Range

@@ -146,8 +146,7 @@ class PaddrDemoter:
     def open(self) -> None:
         """Write one kdamond per fast node, its scheme matching nothing yet, and turn
         them on; SamplerUnavailableError says why not (and leaves DAMON as found)."""
-        self.session.claim()
-        try:
+        with self.session.setting_up("setting up DAMON paddr", self.close):
             for n in self.nodes:
                 if not n.ranges:
                     raise SamplerUnavailableError(f"node {n.node} has no memory block in "
@@ -161,13 +160,6 @@ class PaddrDemoter:
                          "cold pages go to node %d", n.sysfs.index, n.node,
                          sum(e - s for s, e in n.ranges) >> 20, len(n.ranges), n.target)
             self.session.record_owner()
-        except SamplerUnavailableError:
-            self.close()
-            raise
-        except OSError as exc:
-            self.close()
-            raise SamplerUnavailableError(self.session.why("setting up DAMON paddr", exc)) \
-                from None
 
     def close(self) -> None:
         """Turn the kdamonds off and restore nr_kdamonds (idempotent)."""

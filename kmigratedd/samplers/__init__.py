@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import SamplerUnavailableError
+from ..errors import KmigratedError, SamplerUnavailableError
 from .base import Sampler, SamplerContext, SamplerFactory
 from .damon import DamonSampler
 from .idle import IdleSampler
@@ -79,3 +79,32 @@ def create(name: str, ctx: SamplerContext) -> Sampler:
 
 
 __all__ = ["AUTO_ORDER", "FACTORIES", "Sampler", "SamplerContext", "create", "resolve"]
+
+
+# Samplers that learn of a hot page only when the kernel reports an access to it, and the
+# samplers (reading accessed bits themselves) that sweep beside them at start, in order.
+WAITING_SAMPLERS = ("hint-faults", "pebs", "ibs")
+SWEEP_SAMPLERS = ("idle", "damon")
+
+
+async def start_sweep(ctx: SamplerContext, skip: dict[str, str]) -> tuple[Sampler | None,
+                                                                          list[str]]:
+    """Start the first of :data:`SWEEP_SAMPLERS` that can run on ``ctx`` (but those in
+    ``skip``: name -> why); returns it, or None and why none could."""
+    why = []
+    for name in SWEEP_SAMPLERS:
+        if name in skip:
+            why.append(f"{name}: {skip[name]}")
+            continue
+        missing = FACTORIES[name].probe(ctx)
+        if missing is not None:
+            why.append(f"{name}: {missing}")
+            continue
+        sweep = FACTORIES[name].create(ctx)
+        try:
+            await sweep.start()
+        except (KmigratedError, OSError) as exc:
+            why.append(f"{name}: {exc}")
+            continue
+        return sweep, why
+    return None, why

@@ -300,29 +300,29 @@ def _pmu_event(fs: KernelFs, pmu: str, event: str) -> tuple[int, int, int] | Non
     spec = fs.read_optional(f"{base}/events/{event}")
     if spec is None:
         return None
-    configs = {"config": 0, "config1": 0, "config2": 0}
+    configs = [0, 0, 0]
     for term in spec.strip().split(","):
         name, _, value = term.partition("=")
-        fmt = fs.read_optional(f"{base}/format/{name.strip()}")
-        if fmt is None:
-            continue
-        m = re.fullmatch(r"(config\d?):(\d+)(?:-(\d+))?", fmt.strip())
-        if not m:
-            continue
-        lo = int(m.group(2))
-        configs[m.group(1)] |= int(value or "1", 0) << lo
-    return int(type_text), configs["config"], configs["config1"]
+        where = _format_field(fs, pmu, name.strip())
+        if where is not None:
+            configs[where[0]] |= int(value or "1", 0) << where[1]
+    return int(type_text), configs[0], configs[1]
+
+
+def _format_field(fs: KernelFs, pmu: str, field: str) -> tuple[int, int, int] | None:
+    """Where a PMU format field sits: (config word 0-2, low bit, high bit), or None."""
+    fmt = fs.read_optional(f"{PMU_DIR}/{pmu}/format/{field}")
+    m = re.fullmatch(r"config(\d?):(\d+)(?:-(\d+))?", fmt.strip()) if fmt is not None else None
+    if not m:
+        return None
+    return int(m.group(1) or 0), int(m.group(2)), int(m.group(3) or m.group(2))
 
 
 def set_format_field(fs: KernelFs, pmu: str, field: str, configs: list[int], value: int) -> None:
-    fmt = fs.read_optional(f"{PMU_DIR}/{pmu}/format/{field}")
-    if fmt is None:
+    where = _format_field(fs, pmu, field)
+    if where is None:
         return
-    m = re.fullmatch(r"config(\d?):(\d+)(?:-(\d+))?", fmt.strip())
-    if not m:
-        return
-    which = int(m.group(1) or 0)
-    lo, hi = int(m.group(2)), int(m.group(3) or m.group(2))
+    which, lo, hi = where
     mask = ((1 << (hi - lo + 1)) - 1) << lo
     configs[which] = (configs[which] & ~mask) | ((value << lo) & mask)
 

@@ -274,7 +274,7 @@ def test_a_commit_naming_an_exited_pid_restarts_the_kdamond(
         dead = subprocess.Popen(["true"])
         dead.wait()
         assert not os.path.exists(f"/proc/{dead.pid}")
-        real = sampler._scope_pids
+        real = sampler.targets.choose
         lie = {"once": True}
 
         def scope_once_with_a_dead_pid() -> list[int]:
@@ -289,7 +289,7 @@ def test_a_commit_naming_an_exited_pid_restarts_the_kdamond(
                 while not drain(ctx):
                     assert time.monotonic() - t0 < COVERAGE_BOUND_S, sampler.stats()
                     await asyncio.sleep(0.2)
-                sampler._scope_pids = scope_once_with_a_dead_pid  # type: ignore[method-assign]
+                sampler.targets.choose = scope_once_with_a_dead_pid  # type: ignore[method-assign]
                 t1 = time.monotonic()
                 while sampler.stats()["kdamond_starts"] < 2:
                     assert time.monotonic() - t1 < 60, sampler.stats()

@@ -103,7 +103,7 @@ def test_pid_exiting_during_a_scan_is_counted_not_raised() -> None:
             ctx = make_context((keep.pid, victim.pid), interval_ms=200)
             s = IdleSampler(ctx)
             s.open()
-            real = s._read_pagemap
+            real = s.walk.read_pagemap
             calls = {"victim": 0}
             victim_map = f"/proc/{victim.pid}/pagemap"
 
@@ -115,7 +115,7 @@ def test_pid_exiting_during_a_scan_is_counted_not_raised() -> None:
                         victim.proc.wait()
                 return real(fd, addr, entries)  # type: ignore[arg-type]
 
-            s._read_pagemap = read_pagemap  # type: ignore[method-assign]
+            s.walk.read_pagemap = read_pagemap  # type: ignore[method-assign]
             try:
                 for _ in range(6):
                     s.push(s.scan_round())
