@@ -4,7 +4,7 @@ setuptools runs it at install time through cffi's integration (``cffi_modules`` 
 cffi in pyproject.toml's ``build-system.requires``): cffi generates the wrapper C source into the
 build directory and compiles it with ``native/km*.c``.  Nothing generated is committed.
 
-The wrapper declares only the functions in ``EXPORTED``, the ones ``kmigratedd/shim.py`` calls;
+The wrapper declares only the functions in ``EXPORTED``, the ones ``kmigratedd/shim/`` calls;
 the other functions of ``native/km*.c`` are internal to the extension, and the shared object is
 compiled with hidden visibility, so it exports nothing but its module init function.
 ``tests/test_artifact.py`` checks ``EXPORTED`` against the calls in the package.
