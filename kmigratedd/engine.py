@@ -39,11 +39,6 @@ from .worker import NodeWorker, inbox_limit
 
 log = logging.getLogger("kmigratedd")
 
-# Samplers that learn of a hot page only when the kernel reports an access to it, and the
-# samplers (reading accessed bits themselves) that sweep beside them at start, in order.
-WAITING_SAMPLERS = ("hint-faults", "pebs", "ibs")
-SWEEP_SAMPLERS = ("idle", "damon")
-
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 Pool = Callable[..., ThreadPoolExecutor]
 
@@ -237,32 +232,20 @@ class Engine:
         sampler reading accessed bits runs for sampler.startup_sweep_ms, offering hot
         pages only (its context has no demotion queues)."""
         if (cfg.sampler.startup_sweep_ms <= 0 or self.sampler is None
-                or self.sampler.name not in WAITING_SAMPLERS):
+                or self.sampler.name not in samplers.WAITING_SAMPLERS):
             return
         ctx = self.sampler_context(cfg)
         ctx.demote_queues = None
-        why = []
-        for name in SWEEP_SAMPLERS:
-            if name == "damon" and self.method == "damon-paddr":
-                why.append("damon: the damon-paddr demoter runs DAMON")
-                continue
-            missing = samplers.FACTORIES[name].probe(ctx)
-            if missing is not None:
-                why.append(f"{name}: {missing}")
-                continue
-            sweep = samplers.FACTORIES[name].create(ctx)
-            try:
-                await sweep.start()
-            except (KmigratedError, OSError) as exc:
-                why.append(f"{name}: {exc}")
-                continue
-            self.sweep = sweep
-            log.info("start-up sweep: %s for %.0f s beside %s", name,
-                     cfg.sampler.startup_sweep_ms / 1000, self.sampler.name)
-            self.spawn(self.end_sweep(cfg.sampler.startup_sweep_ms / 1000,
-                                      cfg.daemon.shutdown_timeout_ms / 1000), "sweep")
+        skip = ({"damon": "the damon-paddr demoter runs DAMON"}
+                if self.method == "damon-paddr" else {})
+        self.sweep, why = await samplers.start_sweep(ctx, skip)
+        if self.sweep is None:
+            log.info("no start-up sweep (%s)", "; ".join(why))
             return
-        log.info("no start-up sweep (%s)", "; ".join(why))
+        log.info("start-up sweep: %s for %.0f s beside %s", self.sweep.name,
+                 cfg.sampler.startup_sweep_ms / 1000, self.sampler.name)
+        self.spawn(self.end_sweep(cfg.sampler.startup_sweep_ms / 1000,
+                                  cfg.daemon.shutdown_timeout_ms / 1000), "sweep")
 
     async def end_sweep(self, after_s: float, timeout_s: float) -> None:
         await asyncio.sleep(after_s)

@@ -166,6 +166,10 @@ FAMILIES: tuple[Family, ...] = (
            "(and is held off): workers.pingpong_window_ms, wider while promoted pages keep "
            "bouncing", ("node",), _node(lambda s: s.pingpong_window_s), "pingpong_window_s",
            lambda s: round(s.pingpong_window_s, 1)),
+    Family("kmigratedd_pingpong_widenings", "counter",
+           "Times the ping-pong window and holdoff were widened because promoted pages kept "
+           "bouncing", ("node",), _node(lambda s: s.pingpong_widenings), "pingpong_widenings",
+           lambda s: s.pingpong_widenings),
     Family("kmigratedd_pingpong_bounces", "counter",
            "Promoted pages seen back on a slow node within the ping-pong window, each bounce "
            "counted once", ("node",), _node(lambda s: s.pingpongs), "pingpongs",

@@ -14,7 +14,7 @@ puts pages in, the worker takes them out.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from . import shim
 
@@ -59,6 +59,21 @@ class Inbox:
             return None
         pid = min(self.since, key=self.since.__getitem__)
         return pid, self.since[pid]
+
+    def ready(self, batch_pages: int, max_wait_s: float, now: float) -> bool:
+        """A full batch waits, or the oldest page has waited ``max_wait_s``."""
+        if self.pages >= batch_pages:
+            return True
+        oldest = self.oldest()
+        return oldest is not None and now - oldest[1] >= max_wait_s
+
+    def accept_each(self, due: Iterable[tuple[int, int]], now: float) -> None:
+        """Accept (pid, key) pairs, say the retries that are due, grouped by pid."""
+        by_pid: dict[int, list[int]] = {}
+        for pid, key in due:
+            by_pid.setdefault(pid, []).append(key)
+        for pid, keys in by_pid.items():
+            self.accept(pid, array("Q", keys), now)
 
     def accept(self, pid: int, keys: array[int], now: float) -> None:
         """Take pages in; over the bound, drop the oldest pages of the longest-waiting

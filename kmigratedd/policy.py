@@ -140,6 +140,7 @@ class PingPongDamper:
     # The window and the holdoff are scaled by widen (>= 1): it grows while promoted pages
     # keep bouncing back (:meth:`adapt_window`).
     widen: float = 1.0
+    widenings: int = 0   # times the window was widened, a counter that only grows
     # The promotions in time order, one entry per batch: (time, pid, page addresses).
     # Expiry pops them from the front, so each promoted page costs one look when it is
     # forgotten rather than one per expiry round.
@@ -147,6 +148,8 @@ class PingPongDamper:
     # When held and demoted (small, and checked against the clock when read) were last
     # swept of old entries.
     swept_at: float = -1e18
+    # Demoted pages, regrets, promoted pages and bounces at the last adapt_period.
+    _period_base: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def __post_init__(self) -> None:
         self.protect_s = max(self.protect_s, self.window_s)
@@ -272,9 +275,22 @@ class PingPongDamper:
         the bounces that show up late (the NUMA scanner's period grows to a minute and
         more), and the longer holdoff keeps each bounced page where it is."""
         if pingpongs >= MIN_BOUNCES and pingpongs > promoted * REGRET_SHARE:
+            if self.widen < max_widen:
+                self.widenings += 1
             self.widen = min(max_widen, self.widen * 2)
         elif pingpongs == 0 and promoted > 0:
             self.widen = max(1.0, self.widen * 0.5)
+
+    def adapt_period(self, demoted_total: int, promoted_total: int, max_protect_windows: float,
+                     max_widen: float) -> None:
+        """Once a period, from running totals of the pages demoted and promoted (its own
+        regrets and bounces too): :meth:`adapt` the protection and :meth:`adapt_window`
+        the window by what happened since the last period."""
+        base = (demoted_total, self.regrets, promoted_total, self.pingpongs)
+        delta = [a - b for a, b in zip(base, self._period_base)]
+        self.adapt(delta[0], delta[1], max_protect_windows * self.window_s)
+        self.adapt_window(delta[2], delta[3], max_widen)
+        self._period_base = base
 
     @property
     def window_now_s(self) -> float:

@@ -131,6 +131,7 @@ class WorkerSnapshot:
     protect_s: float
     promoted_then_cold: int
     pingpong_window_s: float
+    pingpong_widenings: int
     pingpongs: int
     # Pages the kernel demoted from this node for the demoter (kswapd, a paddr scheme).
     kernel_demoted: dict[tuple[int, int], int] = field(default_factory=dict)

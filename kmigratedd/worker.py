@@ -25,15 +25,14 @@ import copy
 import errno
 import logging
 import time
-from array import array
 from collections.abc import Callable, Mapping
 
-from . import shim
+from .admission import Admission
 from .capacity import NodeCapacity
 from .config import DemotionConfig, WorkersConfig
 from .demotion.lane import ColdLane
 from .errors import MovePagesError
-from .inbox import PAGE_MASK, Inbox
+from .inbox import Inbox
 from .kernelfs import KernelFs
 from .pipeline import MAX_BURST, PID_GONE_ERRNOS, MovePipeline, Settled
 from .policy import HeadroomGuard, PingPongDamper, RetryOnce, TokenBucket
@@ -75,7 +74,7 @@ class NodeWorker(LoopStage):
         self.page_size = topology.page_size
         self.damper = PingPongDamper(cfg.pingpong_window_ms / 1000, cfg.pingpong_holdoff_ms / 1000)
         self.retry = RetryOnce(cfg.busy_retry_ms / 1000)
-        self.headroom = HeadroomGuard(cfg.min_free_bytes, cfg.resume_free_bytes)
+        self.admission = Admission(cfg, self.page_size, self.damper, self.stats)
         self.capacity = NodeCapacity(fs, node, self.page_size, self.headroom,
                                      lambda: (self.pipeline.in_flight(demote=False)
                                               - self.pipeline.in_flight(demote=True)), clock)
@@ -91,10 +90,16 @@ class NodeWorker(LoopStage):
         self._backoff_until = 0.0
         self._expired_at = 0.0
         self._adapted_at = clock()
-        # Demoted pages, regrets, promoted pages and bounces at the last adaptation.
-        self._adapt_base = (0, 0, 0, 0)
         self.demotion = demotion or DemotionConfig()
         self.configure(cfg)
+
+    @property
+    def headroom(self) -> HeadroomGuard:
+        return self.admission.headroom
+
+    @property
+    def bucket(self) -> TokenBucket:
+        return self.admission.bucket
 
     @property
     def demote_inbox(self) -> Inbox | None:
@@ -113,9 +118,7 @@ class NodeWorker(LoopStage):
         """Apply a (re)loaded config; counters and state carry over."""
         self.cfg = cfg
         self.pipeline.cfg = cfg
-        rate = cfg.rate_limit_mb_per_s * 1e6
-        self.bucket = TokenBucket(rate, max(rate, cfg.batch_pages * self.page_size))
-        self.headroom = HeadroomGuard(cfg.min_free_bytes, cfg.resume_free_bytes)
+        self.admission.configure(cfg)
         self.capacity.configure(self.headroom, cfg.free_refresh_ms,
                                 cfg.batch_pages * self.page_size)
         self.damper.window_s = cfg.pingpong_window_ms / 1000
@@ -146,6 +149,7 @@ class NodeWorker(LoopStage):
             demote_inbox_pages=self.demote_inbox.pages if self.demote_inbox else 0,
             demote_to=self.demote_to, demote_regrets=d.regrets, protect_s=d.protect_s,
             promoted_then_cold=d.promoted_then_cold, pingpong_window_s=d.window_now_s,
+            pingpong_widenings=d.widenings,
             pingpongs=d.pingpongs, kernel_demoted=dict(self.kernel_demoted()))
 
     # --- the loop ---------------------------------------------------------
@@ -190,7 +194,13 @@ class NodeWorker(LoopStage):
             self.damper.expire(now)
             self._expired_at = now
         if now - self._adapted_at >= ADAPT_EVERY_S:
-            self._adapt_protection(now)
+            # Protect promoted pages longer while the pages demoted to make room are
+            # wanted back, widen the window while promoted pages bounce: either way the
+            # hot set is larger than the fast tier (PingPongDamper.adapt_period).
+            self.damper.adapt_period(
+                self.moves.demoted_pages + sum(self.kernel_demoted().values()),
+                self.moves.promoted_pages, MAX_PROTECT_WINDOWS, MAX_WIDEN)
+            self._adapted_at = now
         held = self.pressure is not None and self.pressure.held
         if self.paused or held:
             if self.pipeline.jobs:  # already handed to the kernel: let them finish
@@ -199,7 +209,7 @@ class NodeWorker(LoopStage):
             if held and (self.inbox.pages or (self.demote_inbox and self.demote_inbox.pages)):
                 self.stats.pressure_held_seconds += self.poll_s
             return False
-        self._requeue_retries(now)
+        self.inbox.accept_each(self.retry.due(now), now)
         room = self.room_needed(now)
         if self.lane is not None and not self.cfg.dry_run:
             self.lane.submit(now, room, self.poll_s)
@@ -211,19 +221,8 @@ class NodeWorker(LoopStage):
         return False
 
     def _ready(self, now: float) -> bool:
-        if not self.inbox.pages or now < self._backoff_until:
-            return False
-        if self.inbox.pages >= self.cfg.batch_pages:
-            return True
-        oldest = self.inbox.oldest()
-        return oldest is not None and now - oldest[1] >= self.cfg.max_wait_ms / 1000
-
-    def _requeue_retries(self, now: float) -> None:
-        by_pid: dict[int, list[int]] = {}
-        for pid, key in self.retry.due(now):
-            by_pid.setdefault(pid, []).append(key)
-        for pid, keys in by_pid.items():
-            self.inbox.accept(pid, array("Q", keys), now)
+        return (bool(self.inbox.pages) and now >= self._backoff_until
+                and self.inbox.ready(self.cfg.batch_pages, self.cfg.max_wait_ms / 1000, now))
 
     def forget_pid(self, pid: int) -> None:
         self.stats.pids_gone += 1
@@ -245,10 +244,8 @@ class NodeWorker(LoopStage):
         """Bytes this node must free before the hot pages waiting for it fit: what waits
         in the inbox (at most one burst of the rate limit) plus the headroom (the resume
         level while the guard blocks), less the free memory, counting the moves queued."""
-        waiting = self.inbox.pages * self.page_size
-        if not self.bucket.unlimited:
-            waiting = min(waiting, int(self.bucket.burst_bytes))
-        return self.capacity.need(waiting, now)
+        return self.capacity.need(self.admission.burst_limit(self.inbox.pages * self.page_size),
+                                  now)
 
     def capacity_pages(self, now: float) -> int:
         """Pages this node can take now: free memory above the headroom (counting the
@@ -295,46 +292,15 @@ class NodeWorker(LoopStage):
         full = len(self.inbox.keys[pid]) // self.cfg.batch_pages
         keys = self.inbox.take(pid, self.cfg.batch_pages * max(1, min(MAX_BURST, full)))
         self.pipeline.drop_queued(pid, keys)  # found again while queued: moved once
-        keys = self._pingpong(pid, keys, now)
-        if not len(keys):
-            return 0.0
-        page = self.page_size
-        # Headroom on the target node, counting what the queued jobs will use and free.
-        allowance = self.headroom.allowance(self.capacity.available(now), page) // page
-        if allowance <= 0:
-            self.inbox.put_back(pid, keys, since)
-            self.stats.headroom_blocked_seconds += self.poll_s
-            return self.poll_s
-        if allowance < len(keys):
-            self.inbox.put_back(pid, keys[allowance:], since)
-            keys = keys[:allowance]
-        granted = int(self.bucket.grant(len(keys) * page, now)) // page
-        if granted < len(keys):
-            self.stats.rate_limited_batches += 1
-        if granted <= 0:
-            self.inbox.put_back(pid, keys, since)
-            wait = min(self.bucket.wait_for(len(keys) * page, now), self.cfg.max_wait_ms / 1000)
-            wait = max(wait, 0.001)
-            self.stats.rate_limited_seconds += wait
+        keys, wait = self.admission.admit(self.inbox, self.capacity, pid, keys, since, now,
+                                          self.poll_s)
+        if wait or not len(keys):
             return wait
-        if granted < len(keys):
-            self.inbox.put_back(pid, keys[granted:], since)
-            keys = keys[:granted]
         if self.cfg.dry_run:
             self.pipeline.count_dry_run(keys)
             return 0.0
         self.pipeline.submit(pid, since, keys, generation)
         return 0.0
-
-    def _pingpong(self, pid: int, keys: array[int], now: float) -> array[int]:
-        """Hold off pages we promoted that are back on a slow node within the window."""
-        addrs, _ = shim.split_keys(keys, PAGE_MASK)
-        allowed = self.damper.filter(pid, addrs, now)
-        if len(allowed) == len(addrs):
-            return keys
-        self.stats.pingpong_held += len(addrs) - len(allowed)
-        ok = set(allowed)
-        return array("Q", [k for k in keys if k & PAGE_MASK in ok])
 
     async def _complete_oldest(self, submit: bool = True) -> None:
         """Wait for the oldest job and react to it. Before waiting, queue the next job
@@ -383,21 +349,6 @@ class NodeWorker(LoopStage):
         self._backoff_until = now + backoff
         self.stats.enomem_backoff_seconds += backoff
         self.capacity.refresh()  # re-read free memory after the back-off
-
-    def _adapt_protection(self, now: float) -> None:
-        """Protect promoted pages longer while the pages demoted to make room are wanted
-        back within the window, and widen the ping-pong window while the pages promoted
-        bounce back: either way the hot set is larger than the fast tier, and exchanging
-        its pages for each other only churns (see PingPongDamper.adapt and
-        PingPongDamper.adapt_window)."""
-        d = self.damper
-        demoted = self.moves.demoted_pages + sum(self.kernel_demoted().values())
-        base = (demoted, d.regrets, self.moves.promoted_pages, d.pingpongs)
-        delta = [a - b for a, b in zip(base, self._adapt_base)]
-        d.adapt(delta[0], delta[1], MAX_PROTECT_WINDOWS * d.window_s)
-        d.adapt_window(delta[2], delta[3], MAX_WIDEN)
-        self._adapt_base = base
-        self._adapted_at = now
 
 
 def inbox_limit(cfg: WorkersConfig) -> int:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kmigratedd.queues import CandidateQueues, merge
-from kmigratedd.shim import NativeQueue
 from kmigratedd.errors import ShimArgumentError
+from kmigratedd.queues import CandidateQueues, QueueThreadError, merge
+from kmigratedd.shim import NativeQueue
 
 PAGE = 4096
 
@@ -128,3 +129,20 @@ def test_unknown_cpu_maps_to_a_known_queue():
     qs = CandidateQueues([0, 1], capacity_per_cpu=4, page_size=PAGE)
     qs.push(17, array("i", [1]), array("Q", [0]))
     assert len(qs) == 1
+
+
+def test_queues_refuse_a_push_from_another_thread():
+    """The native queues have no lock: only the thread that created them may use them."""
+    from workerfake import offer, pages
+
+    q = CandidateQueues([0], 1 << 10, page_size=PAGE)
+    pool = ThreadPoolExecutor(1)
+    try:
+        with pytest.raises(QueueThreadError):
+            pool.submit(offer, q, 5, pages(4)).result()
+        with pytest.raises(QueueThreadError):
+            pool.submit(q.drain, 10).result()
+    finally:
+        pool.shutdown()
+    offer(q, 5, pages(4))
+    assert len(q) == 4

@@ -6,7 +6,7 @@ Every page promoted makes kswapd demote another hot page (in this guest, mostly 
 promoted before), which the NUMA scanner finds back on node 1 later.  The bounces widen
 the ping-pong window and holdoff (kmigratedd/policy.py, PingPongDamper.adapt_window), so
 the exchange settles: promotions in the last PERIOD_S of the run are at most a quarter of
-those in the first, the widened window and the bounces show in the status, the hot
+those in the first, the widenings and the bounces show in the status, the hot
 process stays on node 0, and every word of both processes stays intact.
 """
 
@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from daemonproc import DaemonProcess
-from kmigratedd import config
 from workload import Workload, node_free_mib, node_total_mib
 
 KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
@@ -52,7 +51,8 @@ def test_a_hot_set_larger_than_the_fast_tier_settles(tmp_path: Path) -> None:
             worker = d.status()["nodes"]["0"]["worker"]
             result = dict(
                 promoted_per_period=per_period,
-                bounces=worker["pingpongs"], window_s=worker["pingpong_window_s"],
+                bounces=worker["pingpongs"], widenings=worker["pingpong_widenings"],
+                window_s=worker["pingpong_window_s"],
                 demoted=d.metric_sum("kmigratedd_demoted_pages_total"),
                 held=d.metric_sum("kmigratedd_pingpong_pages_total"),
                 hot_on_fast=round(w.fraction_on(w.hot, 0), 3),
@@ -66,7 +66,8 @@ def test_a_hot_set_larger_than_the_fast_tier_settles(tmp_path: Path) -> None:
     assert rc == 0 and ok
     first, last = per_period[0], per_period[-1]
     assert first > 0 and last <= first / 4, result
-    window = config.Config().workers.pingpong_window_ms / 1000
-    assert result["bounces"] > 0 and result["window_s"] > window, result
+    # The window widened at least once (a counter: the window itself narrows back once
+    # the bounces stop, which is the exchange settled).
+    assert result["bounces"] > 0 and result["widenings"] > 0, result
     assert result["hot_process_on_fast"] >= 0.9, result
     assert result["workload_cold_on_slow"] >= 0.98, result

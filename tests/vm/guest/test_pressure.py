@@ -1,9 +1,9 @@
 """Memory pressure holds promotion back (Debian 6.12, 2-node guest): the workload's cgroup
 stalls on memory, and kmigratedd waits until it no longer does.
 
-A cgroup /app holds the workload (a 64 MiB hot set on node 1, node 0 filled below the
-kernel's own promotion threshold, so every promotion is kmigratedd's) and, in a child
-cgroup with memory.high far below what it touches, a process that allocates and frees
+A cgroup /app holds the workload (in /app/work: a 64 MiB hot set on node 1, node 0 filled
+below the kernel's own promotion threshold, so every promotion is kmigratedd's) and, in
+/app/hog with memory.high far below what it touches, a process that allocates and frees
 in a loop: the kernel throttles it at every allocation (mem_cgroup_handle_over_high), a
 memory stall that PSI counts in /app's memory.pressure.  kmigratedd watches /app
 (scope.cgroups) with the default workers.pressure_hold_percent: while the hog runs,
@@ -50,16 +50,19 @@ def test_memory_pressure_in_the_workloads_cgroup_holds_promotion(tmp_path: Path)
         pytest.skip("no memory controller in the guest's cgroup v2")
     (CG / "cgroup.subtree_control").write_text("+memory")
     app = CG / "app"
-    hog_cg = app / "hog"
+    work_cg, hog_cg = app / "work", app / "hog"
     app.mkdir(exist_ok=True)
+    # cgroup v2 keeps processes in leaves only once a cgroup hands controllers down:
+    # /app/work holds the workload, /app/hog the hog, and /app (the scope) both.
     (app / "cgroup.subtree_control").write_text("+memory")
+    work_cg.mkdir(exist_ok=True)
     hog_cg.mkdir(exist_ok=True)
     (hog_cg / "memory.high").write_text(str(16 << 20))
     filler = fill_node(0, 700)
     hog = None
     try:
-        # The workload in /app (started from a child that moved itself there first).
-        with Workload(64, 0, node=1, flush_ms=10, preexec=lambda: enter(app)) as w:
+        # The workload in /app/work (started from a child that moved itself there first).
+        with Workload(64, 0, node=1, flush_ms=10, preexec=lambda: enter(work_cg)) as w:
             hog = subprocess.Popen([sys.executable, "-c", HOG],
                                    preexec_fn=lambda: enter(hog_cg))
             time.sleep(5)
