@@ -100,7 +100,12 @@ def run_e2e(sampler: str, tmp: Path, flush_ms: int, fill_to_mib: float | None) -
             assert hot0 >= 0.9, result
             assert cold0 <= 0.05, result
             assert ok_verify and w.alive()
-            assert promoted == delta, result
+            # The daemon's count against the kernel's migrations (pgmigrate_success).
+            # They may differ by a few pages: move_pages(2) reports a page already on
+            # the target node with the target's number, as it reports a page it moved,
+            # so a candidate offered from a scan that raced its own move is counted
+            # without a migration; and compaction migrates pages too.
+            assert abs(promoted - delta) <= max(8, promoted // 1000), result
             assert (FS.read(NUMA_BALANCING), FS.read(PROMOTE_RATE_LIMIT)) == sysctls_before
             return result
     finally:
