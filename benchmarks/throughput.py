@@ -168,7 +168,8 @@ def host_worker_idle(seconds: float) -> dict[str, Any]:
     from kmigratedd.queues import CandidateQueues
     from kmigratedd.router import Router
     from kmigratedd.topology import discover
-    from kmigratedd.worker import NodeWorker, WorkerStats, inbox_limit
+    from kmigratedd.stats import MoveStats
+    from kmigratedd.worker import NodeWorker, inbox_limit
 
     print(f"== an idle router and NodeWorker on the host, natively ({seconds:.0f} s) ==",
           flush=True)
@@ -184,7 +185,7 @@ def host_worker_idle(seconds: float) -> dict[str, Any]:
         queues = CandidateQueues(list(range(os.cpu_count() or 1)), 65536)
         inbox = Inbox(inbox_limit(cfg))
         w = NodeWorker(n0, topology=topo, inbox=inbox, cfg=cfg, fs=fs,
-                       pipeline=MovePipeline(n0, mover, WorkerStats(), ThreadPoolExecutor(1),
+                       pipeline=MovePipeline(n0, mover, MoveStats(), ThreadPoolExecutor(1),
                                              page_size=topo.page_size))
         router = Router(queues, {n0: inbox}, topo, mover, cfg, executor=ThreadPoolExecutor(1))
         tasks = [asyncio.create_task(w.run()), asyncio.create_task(router.run())]

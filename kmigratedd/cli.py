@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from . import __version__, logsetup
 from . import config as config_mod
-from .errors import ConfigError, KmigratedError
+from .errors import ConfigError, KmigratedError, StartupError, startup_error
 from .kernelfs import KernelFs
+from .procfs import has_capability
 
 EXIT_CONFIG = 2
 
@@ -33,6 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+CAP_SYS_ADMIN = 21
+
+
+def check_privileges() -> None:
+    """Root, or CAP_SYS_ADMIN (sysctls, PFNs in pagemap, system-wide perf events): else
+    one line and exit 2 before anything happens."""
+    if os.geteuid() == 0 or has_capability(KernelFs(Path("/")), CAP_SYS_ADMIN):
+        return
+    raise StartupError(f"kmigratedd needs root, or CAP_SYS_ADMIN and CAP_SYS_PTRACE (see "
+                       f"deploy/kmigratedd.service); running as uid {os.geteuid()} without "
+                       "them: start it with sudo, or as the systemd unit")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     fs = KernelFs(Path(args.root))
@@ -43,15 +58,26 @@ def main(argv: list[str] | None = None) -> int:
             cfg, _ = config_mod.load_checked(args.check_config or args.config, fs)
             sys.stdout.write(config_mod.dump(cfg))
             return 0
+        cfg, _ = config_mod.load_checked(args.config, fs)
+        check_privileges()
         from .daemon import run
 
-        cfg, _ = config_mod.load_checked(args.config, fs)
         logsetup.setup(cfg.log_level, debug=args.debug)
         return run(cfg, args.config, fs, dry_run=args.dry_run)
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
         print(f"kmigratedd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (KmigratedError, OSError) as exc:
+    except MemoryError:
+        print("kmigratedd: out of memory: raise the memory limit (MemoryMax=, ulimit -v)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        err = startup_error(exc)
+        if args.debug:
+            logging.getLogger("kmigratedd").exception("fatal")
+        print(f"kmigratedd: {err}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(err, StartupError) else 1
+    except KmigratedError as exc:
         if args.debug:
             logging.getLogger("kmigratedd").exception("fatal")
         print(f"kmigratedd: {exc}", file=sys.stderr)

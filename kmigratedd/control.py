@@ -9,7 +9,9 @@ created mode 0600 (root only), or 0660 owned by ``control.group`` when one is
 set. The peer's credentials are checked again on every connection, as the kernel
 checks the file mode: root, the daemon's own uid, or a process whose primary *or
 supplementary* group is ``control.group`` (SO_PEERCRED and SO_PEERGROUPS, socket(7)).
-A refused peer gets a JSON-RPC error (-32001) that says what is required.
+A refused peer gets a JSON-RPC error (-32001) that says what is required; a method that
+refuses for an expected reason (a reload of a bad config) gets -32002 with the reason.
+A request with a duplicate key is invalid, and a notification (no ``id``) gets no reply.
 
 The socket path is ours only if it holds nothing or a stale socket: a live socket
 means another daemon (refused), and a regular file, directory, fifo or symlink is
@@ -39,8 +41,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from . import jsonstrict
 from .config import MAX_SOCKET_PATH_BYTES
-from .errors import ConfigError
+from .errors import ConfigError, KmigratedError
 from .kernelfs import KernelFs
 from .procfs import peer_ids
 
@@ -60,6 +63,13 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 NOT_ALLOWED = -32001
+REFUSED = -32002  # the method ran and refused, say a reload of a bad config
+
+
+class RequestRefused(KmigratedError):
+    """Raised by a method that refuses for an expected reason: the client gets
+    :data:`REFUSED` with the message, and the daemon logs it once (the method did)."""
+
 
 Handler = Callable[[], Awaitable[Any]]
 
@@ -249,14 +259,17 @@ class ControlServer:
                 await self._send(writer, _error(None, NOT_ALLOWED, why))
                 await self._discard_input(reader)
                 return
+            loop = asyncio.get_running_loop()
+            idle_until = loop.time() + IDLE_TIMEOUT_S  # moved on by requests, not blank lines
             while True:
                 try:
-                    first = await asyncio.wait_for(reader.read(1), IDLE_TIMEOUT_S)
+                    first = await asyncio.wait_for(reader.read(1),
+                                                   max(0.0, idle_until - loop.time()))
                 except TimeoutError:
                     return  # an idle client is let go
                 if not first:
                     return
-                if first == b"\n":
+                if first in b"\r\n\t ":
                     continue
                 try:
                     line = first + await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
@@ -272,7 +285,10 @@ class ControlServer:
                     return
                 if not line.strip():
                     continue
-                await self._send(writer, await self.dispatch(line))
+                idle_until = loop.time() + IDLE_TIMEOUT_S
+                reply = await self.dispatch(line)
+                if reply is not None:
+                    await self._send(writer, reply)
         except (TimeoutError, ConnectionError):
             pass
         finally:
@@ -280,15 +296,19 @@ class ControlServer:
                 self.clients.discard(task)
             writer.close()
 
-    async def dispatch(self, line: bytes) -> dict[str, Any]:
-        """The reply to one request line; never raises (but for cancellation)."""
+    async def dispatch(self, line: bytes) -> dict[str, Any] | None:
+        """The reply to one request line (None for a notification: a valid request with
+        no ``id`` member, which JSON-RPC 2.0 answers with nothing); never raises (but for
+        cancellation)."""
         if len(line) > MAX_LINE:
             return _error(None, INVALID_REQUEST, f"request longer than {MAX_LINE} bytes")
         if json_depth_exceeds(line, MAX_DEPTH):
             return _error(None, INVALID_REQUEST,
                           f"invalid request: nested deeper than {MAX_DEPTH} levels")
         try:
-            req = json.loads(line)
+            req = jsonstrict.loads(line)
+        except jsonstrict.DuplicateKey as exc:
+            return _error(None, INVALID_REQUEST, f"invalid request: {exc}")
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return _error(None, PARSE_ERROR, f"parse error: {str(exc)[:200]}")
         id_ = req.get("id") if isinstance(req, dict) else None
@@ -308,12 +328,15 @@ class ControlServer:
         params = req.get("params")
         if params not in (None, {}, []):
             return _error(id_, INVALID_PARAMS, f"{method} takes no parameters")
+        notification = "id" not in req
         try:
             result = await handler()
+        except RequestRefused as exc:
+            return None if notification else _error(id_, REFUSED, str(exc))
         except Exception as exc:  # reported to the client; the daemon goes on
             log.exception("control method %s failed", method)
-            return _error(id_, INTERNAL_ERROR, f"{method} failed: {exc}")
-        return {"jsonrpc": "2.0", "id": id_, "result": result}
+            return None if notification else _error(id_, INTERNAL_ERROR, f"{method} failed: {exc}")
+        return None if notification else {"jsonrpc": "2.0", "id": id_, "result": result}
 
     async def stop(self) -> None:
         if self.server is None:

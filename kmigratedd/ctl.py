@@ -14,8 +14,8 @@ The socket speaks JSON-RPC 2.0, one request per line, so scripts can also use
 from __future__ import annotations
 
 import argparse
-import errno
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -77,13 +77,22 @@ def call(path: str, method: str, timeout: float = 30.0) -> Any:
         reply = json.loads(buf)
     except ValueError:
         raise CtlError(f"{method}: kmigratedd sent a reply that is not JSON") from None
+    if not isinstance(reply, dict) or ("result" in reply) == ("error" in reply):
+        raise CtlError(f"{method}: kmigratedd sent a malformed reply (a JSON-RPC reply has "
+                       "either a result or an error)")
     if "error" in reply:
         err = reply["error"]
+        if not isinstance(err, dict):
+            raise CtlError(f"{method}: kmigratedd sent a malformed error")
         if err.get("code") == -32001:
             raise CtlError(f"{err.get('message')} on {path}: run as root or with the group "
                            "set in control.group (primary or supplementary)")
         raise CtlError(f"{method}: {err.get('message')}")
-    return reply["result"]
+    result = reply["result"]
+    if not isinstance(result, dict):
+        raise CtlError(f"{method}: kmigratedd sent a malformed result (expected an object, got "
+                       f"{type(result).__name__})")
+    return result
 
 
 def _mib(n: object) -> str:
@@ -202,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_mod.load(args.config)
             topo = discover(KernelFs(Path(args.root)), tiers=cfg.topology.tiers,
                             promotion_targets=cfg.topology.promotion_targets)
-            print(json.dumps(_topology_json(topo), indent=2) if args.json else topo.describe())
-            return 0
+            return emit((json.dumps(_topology_json(topo), indent=2) if args.json
+                         else topo.describe()) + "\n")
         result = call(args.socket, args.command)
     except ConfigError as exc:
         print(f"kmigratedctl: {exc}", file=sys.stderr)
@@ -213,26 +222,42 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 1
+    try:
+        text = render(args, result)
+    except ConfigError as exc:
+        print(f"kmigratedctl: {exc}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        print(f"kmigratedctl: {args.command}: kmigratedd sent a malformed reply "
+              f"({type(exc).__name__}: {str(exc)[:80]})", file=sys.stderr)
+        return 1
+    return emit(text)
+
+
+def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
     if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    elif args.command == "status":
-        print(format_status(result))
-    elif args.command == "config":
+        return json.dumps(result, indent=2, sort_keys=True) + "\n"
+    if args.command == "status":
+        return format_status(result) + "\n"
+    if args.command == "config":
         # JSON made the node ids keying topology.promotion_targets strings; from_json
         # turns them back, so the YAML printed loads as the running config.
-        try:
-            text = config_mod.dump(config_mod.from_json(result, "running config"))
-        except ConfigError as exc:
-            print(f"kmigratedctl: {exc}", file=sys.stderr)
-            return 2
-        print(text, end="")
-    else:
-        print(", ".join(f"{k}: {v}" for k, v in result.items()))
+        return config_mod.dump(config_mod.from_json(result, "running config"))
+    return ", ".join(f"{k}: {v}" for k, v in result.items()) + "\n"
+
+
+def emit(text: str) -> int:
+    """Print ``text``; a reader that went away (``| head -1``) ends it quietly, exit 1."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the pipe again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except OSError as exc:  # e.g. EPIPE on a closed stdout
-        sys.exit(1 if exc.errno != errno.EPIPE else 0)
+    sys.exit(main())

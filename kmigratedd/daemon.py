@@ -13,8 +13,12 @@ daemon started with.
 Lifecycle (as uvicorn): :meth:`Daemon.startup` → :meth:`Daemon.serve` →
 :meth:`Daemon.shutdown`.  Shutdown stops the sampler first (restoring any sysctl it
 changed), then lets the workers finish the batch in flight, bounded by
-``daemon.shutdown_timeout_ms``.  Signals are wired in :func:`run` only: SIGTERM/SIGINT
-stop, SIGHUP reloads (a bad file is logged and the running config stays).
+``daemon.shutdown_timeout_ms``.  Signals are wired in :func:`run` only: SIGTERM/SIGINT/
+SIGQUIT stop, SIGHUP reloads (a bad file is logged and the running config stays),
+SIGUSR1/SIGUSR2 log a status line, and the other signals that would end the process at
+once (SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGXCPU, SIGXFSZ...) are logged and
+ignored.  SIGKILL cannot be caught: the next start restores what the killed one changed
+(sysctls, kdamonds: :func:`kmigratedd.sysctl.recover`, :func:`kmigratedd.damon.kdamond.recover`).
 
 On a machine with no slower memory tier there is nothing to promote: the daemon says so,
 runs no sampler and no worker, and keeps serving its metrics.
@@ -24,10 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,10 +41,13 @@ from . import demotion, logsetup, status, sysctl
 from . import config as config_mod
 from .capacity import node_free_bytes
 from .config import Config
-from .control import ControlServer
+from .control import ControlServer, RequestRefused
 from .damon import kdamond
 from .engine import Engine
-from .errors import KmigratedError
+from .instance import InstanceLock
+from .supervise import Failures, supervised
+from .threads import Threads
+from .errors import KmigratedError, StartupError, startup_error
 from .kernelfs import KernelFs
 from .metrics import Metrics, MetricsServer, MetricsSources
 from .pipeline import Mover
@@ -73,48 +80,14 @@ class Daemon:
     _rate_snap: tuple[float, dict[int, int]] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _pools: list[ThreadPoolExecutor] = field(default_factory=list)
-    _move_tids: set[int] = field(default_factory=set)
-    _start_nice: int = 0
+    threads: Threads = field(default_factory=Threads)
     _last_reload_error: str = ""
-
-    # --- threads ---------------------------------------------------------------------
+    _lock: InstanceLock | None = None
+    # Failures of the periodic tasks (kmigratedd/supervise.py).
+    failures: Failures = field(default_factory=Failures)
 
     def pool(self, threads: int, name: str, *, moves: bool = False) -> ThreadPoolExecutor:
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name,
-                                  initializer=self._move_thread if moves else None)
-        self._pools.append(pool)
-        return pool
-
-    def _move_thread(self) -> None:
-        """A thread that calls move_pages runs at the niceness the daemon started with,
-        not daemon.nice: the pages of its batch are out of the application's reach until
-        the kernel has copied them, so the batch must not wait for a CPU behind the
-        application itself."""
-        tid = threading.get_native_id()
-        self._move_tids.add(tid)
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, self._start_nice)
-        except OSError as exc:
-            log.warning("move thread: could not keep niceness %d (%s): it runs at %d",
-                        self._start_nice, exc.strerror, os.getpriority(os.PRIO_PROCESS, tid))
-
-    def _apply_nice(self, nice: int) -> None:
-        """Set every thread of the daemon to ``nice`` (new threads inherit it from the
-        thread that starts them), but the move threads (:meth:`_move_thread`)."""
-        failed = []
-        for tid in self.fs.listdir("/proc/self/task", r"\d+"):
-            if int(tid) in self._move_tids:
-                continue
-            try:
-                if os.getpriority(os.PRIO_PROCESS, int(tid)) != nice:
-                    os.setpriority(os.PRIO_PROCESS, int(tid), nice)
-            except OSError as exc:
-                failed.append(f"{tid}: {exc.strerror}")
-        if failed:
-            log.warning("daemon.nice %d: could not set %d thread(s) (%s); going below the "
-                        "niceness it started with needs CAP_SYS_NICE", nice, len(failed),
-                        failed[0])
+        return self.threads.pool(threads, name, moves=moves)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
@@ -125,15 +98,51 @@ class Daemon:
     # --- lifecycle -----------------------------------------------------------------
 
     async def startup(self) -> None:
-        cfg = self.config
-        self._start_nice = os.getpriority(os.PRIO_PROCESS, 0)
-        self._apply_nice(cfg.daemon.nice)
+        """Everything that can refuse the start (another daemon, the metrics port, the
+        queues' memory, the open-file limit) is done before the first side effect: the
+        recovery of what a killed run left, then the sampler and the workers."""
+        try:
+            await self._claim()
+        except MemoryError:
+            raise StartupError(
+                f"cannot allocate the candidate queues (queues.capacity_per_cpu "
+                f"{self.config.queues.capacity_per_cpu} on each CPU): lower it, or raise the "
+                "memory limit") from None
+        except OSError as exc:
+            raise startup_error(exc) from None
+        cfg, topo = self.config, self.topology
+        assert topo is not None and self.queues is not None
         # Whatever the sampler: a killed hint-faults run may have left sysctls changed, a
         # killed kswapd demotion demotion_enabled, a killed paddr demoter kdamonds on.
         state = cfg.sampler.hint_faults.state_file
         sysctl.recover(self.fs, state)
         sysctl.recover(self.fs, demotion.state_path(state))
         kdamond.recover(self.fs, demotion.owner_path(state))
+        if topo.targets:
+            self.engine = Engine(cfg, self.fs, topo, self.queues, spawn=self._spawn,
+                                 pool=self.pool, mover=self.mover)
+            self.engine.paused = self.paused
+            try:
+                await self.engine.start()
+            except OSError as exc:
+                raise startup_error(exc) from None
+        else:
+            log.warning("no node has a promotion target (one memory tier): nothing to promote; "
+                        "set topology.tiers if the kernel's tiers are wrong")
+        self._spawn(supervised(self._refresh_loop, "topology refresh", self.failures),
+                    "topology-refresh")
+        if self.notifier.watchdog_s:
+            self._spawn(self._watchdog_loop(self.notifier.watchdog_s), "watchdog")
+        self.notifier.ready(status.line(self))
+
+    async def _claim(self) -> None:
+        """The instance lock, the topology, the queues, the metrics port and the control
+        socket: no side effect on the machine yet."""
+        cfg = self.config
+        self._lock = InstanceLock(cfg.control.socket_path)
+        self._lock.acquire()
+        self.threads.start_nice = os.getpriority(os.PRIO_PROCESS, 0)
+        self.threads.apply_nice(self.fs, cfg.daemon.nice)
         self.topology = topo = discover(self.fs, tiers=cfg.topology.tiers,
                                         promotion_targets=cfg.topology.promotion_targets)
         for line in topo.describe().splitlines():
@@ -144,24 +153,21 @@ class Daemon:
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.listen_address,
                                                 cfg.metrics.port)
-            await self.metrics_server.start()
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                self.metrics_server = None
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartupError(
+                        f"metrics.port {cfg.metrics.port} on {cfg.metrics.listen_address} is "
+                        "in use (another kmigratedd, or another exporter): choose another "
+                        "metrics.port") from None
+                raise
         self.control = ControlServer(cfg.control.socket_path, {
             "status": self._rpc_status, "pause": self._rpc_pause, "resume": self._rpc_resume,
             "reload": self._rpc_reload, "config": self._rpc_config}, cfg.control.group,
             source=self.config_path or config_mod.DEFAULT_SOURCE, fs=self.fs)
         await self.control.start()
-        if topo.targets:
-            self.engine = Engine(cfg, self.fs, topo, self.queues, spawn=self._spawn,
-                                 pool=self.pool, mover=self.mover)
-            self.engine.paused = self.paused
-            await self.engine.start()
-        else:
-            log.warning("no node has a promotion target (one memory tier): nothing to promote; "
-                        "set topology.tiers if the kernel's tiers are wrong")
-        self._spawn(self._refresh_loop(), "topology-refresh")
-        if self.notifier.watchdog_s:
-            self._spawn(self._watchdog_loop(self.notifier.watchdog_s), "watchdog")
-        self.notifier.ready(status.line(self))
 
     def _metrics_sources(self) -> MetricsSources:
         def part(name: str) -> Any:
@@ -171,7 +177,9 @@ class Daemon:
             fs=self.fs, topology=lambda: self.topology, workers=lambda: part("workers") or {},
             router=lambda: part("router"), queues=lambda: self.queues,
             sampler=lambda: part("sampler"), paused=lambda: self.paused,
-            dry_run=lambda: self.config.workers.dry_run, pressure=lambda: part("pressure"))
+            dry_run=lambda: self.config.workers.dry_run, pressure=lambda: part("pressure"),
+            task_failures=lambda: self.failures.total,
+            connections=lambda: self.metrics_server.stats if self.metrics_server else {})
 
     def stop(self) -> None:
         self._stop.set()
@@ -194,11 +202,13 @@ class Daemon:
             await self.metrics_server.stop()
         if self.control is not None:
             await self.control.stop()
-        for pool in self._pools:
-            pool.shutdown(wait=False, cancel_futures=True)
-        log.info("stopped (%d pages promoted)",
-                 self.engine.promoted_pages() if self.engine else 0)
+        self.threads.shutdown()
+        if self.control is not None:  # it had started (a refused start says why, once)
+            log.info("stopped (%d pages promoted)",
+                     self.engine.promoted_pages() if self.engine else 0)
         self.notifier.close()
+        if self._lock is not None:
+            self._lock.release()
 
     # --- running ---------------------------------------------------------------------
 
@@ -230,6 +240,9 @@ class Daemon:
             now = time.time()
             beats = self.engine.heartbeats() if self.engine else {}
             stale = [who for who, beat in beats.items() if beat and now - beat > period_s]
+            stale += [f"{t} (failing)" for t in self.failures.failing()]
+            stale += [f"{t.get_name()} (ended)" for t in self._tasks
+                      if t.done() and not t.cancelled() and t.get_name() != "sweep"]
             if not stale:
                 self.notifier.watchdog()
             else:
@@ -265,8 +278,8 @@ class Daemon:
 
     async def _rpc_reload(self) -> object:
         ok = await self.reload()
-        if not ok:
-            raise KmigratedError(self._last_reload_error or "reload rejected")
+        if not ok:  # reload() logged why, once
+            raise RequestRefused(self._last_reload_error or "reload rejected")
         return {"reloaded": True, "config_file": self.config_path}
 
     async def _rpc_config(self) -> object:
@@ -319,10 +332,16 @@ class Daemon:
         self.config = cfg
         if e is not None:
             e.apply(cfg)
-        self._apply_nice(cfg.daemon.nice)
+        self.threads.apply_nice(self.fs, cfg.daemon.nice)
         logsetup.set_level(cfg.log_level)
         log.info("config reloaded from %s", self.config_path or config_mod.DEFAULT_SOURCE)
         return True
+
+
+STATUS_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+IGNORED_SIGNALS = tuple(getattr(signal, name) for name in (
+    "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSTKFLT", "SIGXCPU", "SIGXFSZ")
+    if hasattr(signal, name))
 
 
 async def _main(daemon: Daemon) -> int:
@@ -337,13 +356,23 @@ async def _main(daemon: Daemon) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    # Signals whose default action would end the process at once (no shutdown: the
+    # control socket left behind, the sysctls changed): SIGQUIT stops it cleanly,
+    # SIGUSR1/SIGUSR2 log a status line, the others are logged and ignored.
+    loop.add_signal_handler(signal.SIGQUIT, daemon.stop)
+    for sig in STATUS_SIGNALS:
+        loop.add_signal_handler(sig, lambda: log.info("status: %s", status.line(daemon)))
+    for sig in IGNORED_SIGNALS:
+        loop.add_signal_handler(sig, log.warning, "%s ignored", sig.name)
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+               *STATUS_SIGNALS, *IGNORED_SIGNALS)
     try:
         await daemon.startup()
         log.info("running (pid %d)", os.getpid())
         await daemon.serve()
     finally:
         await daemon.shutdown()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in handled:
             loop.remove_signal_handler(sig)
     return 0
 

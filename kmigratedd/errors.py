@@ -7,7 +7,9 @@ one line and show a traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import errno
 import reprlib
+import resource
 
 
 class KmigratedError(Exception):
@@ -49,6 +51,12 @@ def brief(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+class StartupError(KmigratedError, RuntimeError):
+    """The daemon cannot start for a reason only the operator can fix (another daemon
+    running, a port in use, missing privileges, a resource limit): one line, exit 2, so
+    that systemd does not restart it in a loop (RestartPreventExitStatus=2)."""
+
+
 class TopologyError(KmigratedError, RuntimeError):
     """The NUMA topology cannot be read or does not allow promotion as configured."""
 
@@ -73,3 +81,22 @@ class SamplerUnavailableError(KmigratedError, RuntimeError):
 class SysctlStateError(KmigratedError, OSError):
     """The sysctl state cannot be kept safely: the state directory is writable by
     others or not root's, or a sysctl shows a value outside its valid range."""
+
+
+def startup_error(exc: OSError) -> Exception:
+    """What to raise for an OSError at start: a StartupError (one line, exit 2) where only
+    the operator can help (limits, privileges), else the error itself."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if isinstance(exc, KmigratedError):
+        return exc
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return StartupError(f"too many open files{where}: the open-file limit is {soft}; "
+                            "raise it (LimitNOFILE= in the unit, ulimit -n)")
+    if exc.errno == errno.ENOMEM:
+        return StartupError(f"out of memory{where}: raise the memory limit (MemoryMax=, "
+                            "ulimit -v) or lower queues.capacity_per_cpu")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StartupError(f"permission denied{where}: kmigratedd needs root, or the "
+                            "capabilities deploy/kmigratedd.service grants")
+    return exc

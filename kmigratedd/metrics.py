@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +26,9 @@ from prometheus_client.registry import Collector
 
 from . import __version__, families
 from .kernelfs import KernelFs
+from .procfs import node_vmstat, vmstat
 from .router import Router
-from .topology import NODE_DIR, Topology, read_node_meminfo
+from .topology import Topology, read_node_meminfo
 from .worker import NodeWorker
 
 log = logging.getLogger("kmigratedd.metrics")
@@ -36,7 +36,6 @@ log = logging.getLogger("kmigratedd.metrics")
 # vmstat counters worth having next to ours (prefix match).
 VMSTAT_PREFIXES = ("pgpromote_", "pgdemote_", "pgmigrate_", "numa_", "thp_migration_",
                    "pgsteal_demote", "nr_promoted", "nr_demoted")
-_VMSTAT_RX = re.compile(r"^(" + "|".join(VMSTAT_PREFIXES) + r")\S*$")
 
 
 
@@ -53,18 +52,8 @@ class MetricsSources:
     paused: Callable[[], bool] = lambda: False
     dry_run: Callable[[], bool] = lambda: False
     pressure: Callable[[], Any] = lambda: None
-
-
-def read_vmstat(fs: KernelFs, path: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for line in (fs.read_optional(path) or "").splitlines():
-        k, _, v = line.partition(" ")
-        if _VMSTAT_RX.match(k):
-            try:
-                out[k] = int(v)
-            except ValueError:
-                continue
-    return out
+    task_failures: Callable[[], Mapping[str, int]] = dict
+    connections: Callable[[], Mapping[str, int]] = dict  # the metrics server's, by outcome
 
 
 class KmigratedCollector(Collector):
@@ -80,6 +69,19 @@ class KmigratedCollector(Collector):
                                 value=int(src.paused()))
         yield GaugeMetricFamily("kmigratedd_dry_run", "1 in dry-run mode (nothing is moved)",
                                 value=int(src.dry_run()))
+        failures = CounterMetricFamily("kmigratedd_task_failures",
+                                       "Exceptions of the daemon's periodic tasks (each logged "
+                                       "and retried with back-off)", labels=["task"])
+        for task, n in sorted(src.task_failures().items()):
+            failures.add_metric([task], n)
+        yield failures
+        conns = CounterMetricFamily("kmigratedd_metrics_connections",
+                                    "Connections to /metrics by outcome: served, shed (idle, "
+                                    "closed to make room), rejected (503), timed_out",
+                                    labels=["outcome"])
+        for outcome, n in sorted(src.connections().items()):
+            conns.add_metric([outcome], n)
+        yield conns
         yield from self._workers()
         yield from self._pressure()
         yield from self._queues()
@@ -199,7 +201,7 @@ class KmigratedCollector(Collector):
         total = CounterMetricFamily("kmigratedd_kernel_vmstat",
                                     "Promotion/demotion/migration/NUMA counters of /proc/vmstat",
                                     labels=["counter"])
-        for k, v in sorted(read_vmstat(fs, "/proc/vmstat").items()):
+        for k, v in sorted(vmstat(fs, prefixes=VMSTAT_PREFIXES).items()):
             total.add_metric([k], v)
         yield total
         if topo is None:
@@ -214,7 +216,7 @@ class KmigratedCollector(Collector):
         for nid in topo.nodes:
             tier = topo.tier_of(nid)
             t = str(tier.rank) if tier else ""
-            for k, v in sorted(read_vmstat(fs, f"{NODE_DIR}/node{nid}/vmstat").items()):
+            for k, v in sorted(node_vmstat(fs, nid, VMSTAT_PREFIXES).items()):
                 per_node.add_metric([str(nid), k], v)
             info = read_node_meminfo(fs, nid)
             free.add_metric([str(nid), t], info.get("MemFree", 0))
@@ -242,23 +244,49 @@ HEADER_TIMEOUT_S = 5.0
 TOTAL_TIMEOUT_S = 10.0
 MAX_HEADER_LINES = 100
 MAX_CLIENTS = 64
+MAX_PER_PEER = 32
+
+
+@dataclass(eq=False)
+class _Conn:
+    peer: str
+    since: float
+    writer: asyncio.StreamWriter
+    idle: bool = True  # its request has not arrived yet
 
 
 class MetricsServer:
     """GET /metrics over HTTP/1.0 on the event loop: bounded request size, header and total
-    deadlines, at most :data:`MAX_CLIENTS` connections at once."""
+    deadlines, at most :data:`MAX_CLIENTS` connections at once and :data:`MAX_PER_PEER`
+    from one address.  A connection beyond a cap first sheds the oldest idle connection
+    (one whose request has not arrived: a scraper sends its request at once, a client
+    that holds connections open does not), and is answered 503 only when none is idle.
+    Connections served, shed, rejected and timed out are counted (``stats``, and
+    kmigratedd_metrics_connections_total)."""
 
     def __init__(self, metrics: Metrics, address: str, port: int, *,
                  header_timeout_s: float = HEADER_TIMEOUT_S,
-                 total_timeout_s: float = TOTAL_TIMEOUT_S) -> None:
+                 total_timeout_s: float = TOTAL_TIMEOUT_S, max_clients: int = MAX_CLIENTS,
+                 max_per_peer: int = MAX_PER_PEER) -> None:
         self.metrics = metrics
         self.address = address
         self.port = port
         self.header_timeout_s = header_timeout_s
         self.total_timeout_s = total_timeout_s
+        self.max_clients = max_clients
+        self.max_per_peer = max_per_peer
         self.server: asyncio.base_events.Server | None = None
-        self.clients = 0
-        self.timed_out = 0
+        self.conns: list[_Conn] = []
+        self.stats = {"served": 0, "shed": 0, "rejected": 0, "timed_out": 0}
+        self._warned = False
+
+    @property
+    def clients(self) -> int:
+        return len(self.conns)
+
+    @property
+    def timed_out(self) -> int:
+        return self.stats["timed_out"]
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, self.address, self.port,
@@ -276,14 +304,42 @@ class MetricsServer:
                 return request
         raise ValueError("too many header lines")
 
+    def _admit(self, conn: _Conn) -> bool:
+        """Make room for ``conn`` under the caps (shedding an idle connection), or say no."""
+        for over, pool in ((len(self.conns) >= self.max_clients, self.conns),
+                           (sum(c.peer == conn.peer for c in self.conns) >= self.max_per_peer,
+                            [c for c in self.conns if c.peer == conn.peer])):
+            if not over:
+                continue
+            idle = [c for c in pool if c.idle]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda c: c.since)
+            self.conns.remove(victim)
+            victim.writer.transport.abort()
+            self.stats["shed"] += 1
+            if not self._warned:
+                self._warned = True
+                log.warning("metrics: more than %d connections (or %d from %s) at once: idle "
+                            "ones are closed, counted in kmigratedd_metrics_connections_total",
+                            self.max_clients, self.max_per_peer, conn.peer)
+        return True
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.clients += 1
+        peer = writer.get_extra_info("peername")
+        conn = _Conn(str(peer[0]) if isinstance(peer, tuple) else str(peer),
+                     asyncio.get_running_loop().time(), writer)
+        if not self._admit(conn):
+            self.stats["rejected"] += 1
+            writer.write(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        self.conns.append(conn)
         try:
-            if self.clients > MAX_CLIENTS:
-                return
             async with asyncio.timeout(self.total_timeout_s):
                 request = await asyncio.wait_for(self._read_request(reader),
                                                  self.header_timeout_s)
+                conn.idle = False
                 parts = request.decode("latin-1").split()
                 if len(parts) >= 2 and parts[0] in ("GET", "HEAD") and \
                         parts[1].split("?")[0] in ("/metrics", "/"):
@@ -294,13 +350,15 @@ class MetricsServer:
                 else:
                     writer.write(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                 await writer.drain()
+                self.stats["served"] += 1
         except TimeoutError:
-            self.timed_out += 1
+            self.stats["timed_out"] += 1
             writer.transport.abort()  # do not wait to flush to a client that stalls
         except (asyncio.LimitOverrunError, ValueError, ConnectionError):
             pass
         finally:
-            self.clients -= 1
+            if conn in self.conns:
+                self.conns.remove(conn)
             writer.close()
 
     async def stop(self) -> None:

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from . import jsonstrict
 from .errors import SysctlStateError
 from .kernelfs import KernelFs
 
@@ -114,15 +115,6 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {_short(key)}")
-        out[key] = value
-    return out
-
-
 def parse_state(data: bytes) -> dict[str, str]:
     """The originals a state file holds (kernel path → value, every key in
     :data:`KNOWN`); ValueError says what makes it corrupt."""
@@ -131,7 +123,7 @@ def parse_state(data: bytes) -> dict[str, str]:
     except UnicodeDecodeError:
         raise ValueError("not ASCII text") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+        obj = jsonstrict.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc.msg}, offset {exc.pos}") from None
     except RecursionError:

@@ -257,8 +257,8 @@ def test_installed_daemon_refuses_a_group_writable_state_dir(
     cfg.write_text(daemon_config(tmp_path, state))
     r = subprocess.run([KMIGRATEDD, "--config", str(cfg), "--root", str(root)],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1
+    assert r.returncode == 2  # refused with the config check, before any side effect
     last = r.stderr.strip().splitlines()[-1]
-    assert last == (f"kmigratedd: sysctl state directory {state.parent} is writable by group "
-                    "or others (mode 0775): make it 0700")
+    assert last == (f"kmigratedd: {cfg}: sampler.hint_faults.state_file: its directory "
+                    f"{state.parent} is writable by group or others (mode 0775): make it 0700")
     assert (root / NB.lstrip("/")).read_text().strip() == "2"  # nothing trusted from there

@@ -44,7 +44,8 @@ from kmigratedd.topology import discover
 from kmigratedd.inbox import Inbox
 from kmigratedd.pipeline import MovePipeline, ShimMover
 from kmigratedd.router import Router
-from kmigratedd.worker import NodeWorker, WorkerStats, inbox_limit
+from kmigratedd.stats import MoveStats
+from kmigratedd.worker import NodeWorker, inbox_limit
 
 SRC, DST = 1, 0
 
@@ -224,7 +225,7 @@ def pipeline_once(n_pages: int, timeout: float) -> tuple[float, dict[str, Any]]:
         move_thread = ThreadPoolExecutor(1, thread_name_prefix="bench-move")
         inbox = Inbox(inbox_limit(cfg))
         worker = NodeWorker(DST, topology=topo, inbox=inbox, cfg=cfg, fs=g.FS,
-                            pipeline=MovePipeline(DST, mover, WorkerStats(), move_thread,
+                            pipeline=MovePipeline(DST, mover, MoveStats(), move_thread,
                                                   page_size=topo.page_size))
         router = Router(queues, {DST: inbox}, topo, mover, cfg, executor=offload)
 
@@ -235,7 +236,7 @@ def pipeline_once(n_pages: int, timeout: float) -> tuple[float, dict[str, Any]]:
             idle_since = None
             # Polled coarsely (every poll wakes the loop the worker runs on); the
             # time taken is up to the end of the last move_pages call.
-            while worker.stats.promoted_pages < n_pages and time.perf_counter() < deadline:
+            while worker.moves.promoted_pages < n_pages and time.perf_counter() < deadline:
                 await asyncio.sleep(0.02)
                 # Everything drained and nothing waiting: the rest was dropped.
                 if len(queues) == 0 and inbox.pages == 0:
@@ -245,7 +246,7 @@ def pipeline_once(n_pages: int, timeout: float) -> tuple[float, dict[str, Any]]:
                 else:
                     idle_since = None
             dt = time.perf_counter() - t0
-            if worker.stats.promoted_pages >= n_pages:
+            if worker.moves.promoted_pages >= n_pages:
                 dt = mover.last_end - t0
             worker.stop()
             router.stop()
@@ -256,9 +257,10 @@ def pipeline_once(n_pages: int, timeout: float) -> tuple[float, dict[str, Any]]:
         offload.shutdown()
         move_thread.shutdown()
         on_dst = g.count_on(pid, addrs, DST)
-        s = worker.stats
+        s = worker.moves
         info = {"pages": n_pages, "promoted": s.promoted_pages, "on_node0": on_dst,
-                "inbox_dropped": inbox.dropped, "batches": s.batches, "rounds": s.rounds,
+                "inbox_dropped": inbox.dropped, "batches": s.batches,
+                "rounds": worker.stats.rounds,
                 "move_seconds": s.move_seconds, "call_seconds": mover.call_seconds,
                 "seconds": dt, "outcomes": dict(s.outcomes),
                 "complete": on_dst == n_pages}

@@ -1,0 +1,60 @@
+"""The daemon's threads: its thread pools, and its niceness (``daemon.nice``) for every
+thread but those that call move_pages."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from .kernelfs import KernelFs
+
+log = logging.getLogger("kmigratedd")
+
+
+class Threads:
+    def __init__(self) -> None:
+        self.pools: list[ThreadPoolExecutor] = []
+        self.move_tids: set[int] = set()
+        self.start_nice = 0
+
+    def pool(self, threads: int, name: str, *, moves: bool = False) -> ThreadPoolExecutor:
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name,
+                                  initializer=self._move_thread if moves else None)
+        self.pools.append(pool)
+        return pool
+
+    def _move_thread(self) -> None:
+        """A thread that calls move_pages runs at the niceness the daemon started with,
+        not daemon.nice: the pages of its batch are out of the application's reach until
+        the kernel has copied them, so the batch must not wait for a CPU behind the
+        application itself."""
+        tid = threading.get_native_id()
+        self.move_tids.add(tid)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, self.start_nice)
+        except OSError as exc:
+            log.warning("move thread: could not keep niceness %d (%s): it runs at %d",
+                        self.start_nice, exc.strerror, os.getpriority(os.PRIO_PROCESS, tid))
+
+    def apply_nice(self, fs: KernelFs, nice: int) -> None:
+        """Set every thread of the daemon to ``nice`` (new threads inherit it from the
+        thread that starts them), but the move threads (:meth:`_move_thread`)."""
+        failed = []
+        for tid in fs.listdir("/proc/self/task", r"\d+"):
+            if int(tid) in self.move_tids:
+                continue
+            try:
+                if os.getpriority(os.PRIO_PROCESS, int(tid)) != nice:
+                    os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+            except OSError as exc:
+                failed.append(f"{tid}: {exc.strerror}")
+        if failed:
+            log.warning("daemon.nice %d: could not set %d thread(s) (%s); going below the "
+                        "niceness it started with needs CAP_SYS_NICE", nice, len(failed),
+                        failed[0])
+
+    def shutdown(self) -> None:
+        for pool in self.pools:
+            pool.shutdown(wait=False, cancel_futures=True)

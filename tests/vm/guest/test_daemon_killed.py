@@ -1,0 +1,132 @@
+"""kmigratedd killed in the middle of an exchange (Debian 6.12, node 0 of 4.5 GiB held by
+a cold process, a workload's hot set on node 1): SIGKILL for each demotion method, and
+an OOM kill in a memory-limited cgroup.
+
+SIGKILL and the OOM killer cannot be caught: the killed daemon leaves what it changed as
+it was (numa_balancing, demotion_enabled, a damon-paddr demoter's kdamonds on), and the
+pages of a batch in flight are either moved or not, never lost (move_pages migrates each
+page whole).  The next start restores the sysctls from the state files and turns off the
+kdamonds the killed one recorded as its own (kmigratedd/sysctl.py recover,
+kmigratedd/damon/kdamond.py recover); then, after that daemon stops, the sysctls are as
+before the first start, no kdamond runs, every page of both processes is present, and
+every word of both verifies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from daemonproc import DaemonProcess
+from workload import Workload, fill_node, node_total_mib
+
+KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
+FREE_LEFT_MIB = 120
+HOT_MIB, COLD_MIB = 128, 32
+PROMOTED_PAGES = 2048  # an exchange under way: promoted while node 0 is full
+NB = "/proc/sys/kernel/numa_balancing"
+DE = "/sys/kernel/mm/numa/demotion_enabled"
+KDAMONDS = Path("/sys/kernel/mm/damon/admin/kdamonds")
+CG = Path("/sys/fs/cgroup")
+
+pytestmark = pytest.mark.skipif(KERNEL != "debian-6.12",
+                                reason="a kernel with DAMON and NUMA balancing tiering (6.12)")
+
+
+def sysctls() -> tuple[str, str]:
+    return Path(NB).read_text().strip(), Path(DE).read_text().strip()
+
+
+def kdamonds_on() -> int:
+    if not (KDAMONDS / "nr_kdamonds").exists():
+        return 0
+    n = int((KDAMONDS / "nr_kdamonds").read_text())
+    return sum((KDAMONDS / str(i) / "state").read_text().strip() == "on" for i in range(n))
+
+
+def config(tmp: Path, method: str, sampler: str) -> str:
+    return (f"sampler:\n  name: {sampler}\n  hint_faults:\n"
+            f"    state_file: {tmp}/state/sysctl-state.json\n"
+            f"demotion:\n  method: {method}\n"
+            f"metrics:\n  port: 0\ncontrol:\n  socket_path: {tmp}/control.sock\n")
+
+
+def sigkill(d: DaemonProcess, tmp: Path) -> str:
+    d.proc.send_signal(signal.SIGKILL)
+    return "SIGKILL"
+
+
+def oom_kill(d: DaemonProcess, tmp: Path) -> str:
+    """Move the daemon into a cgroup, then set its memory.max below what it uses: the
+    kernel cannot reclaim its anonymous memory (no swap) and OOM-kills it."""
+    if "memory" not in (CG / "cgroup.controllers").read_text().split():
+        pytest.skip("no memory controller in the guest's cgroup v2")
+    (CG / "cgroup.subtree_control").write_text("+memory")
+    cg = CG / f"kmigratedd-oom-{os.getpid()}"
+    cg.mkdir(exist_ok=True)
+    (cg / "cgroup.procs").write_text(str(d.proc.pid))
+    try:
+        (cg / "memory.max").write_text(str(4 << 20))
+    except OSError:
+        pass  # the write returns once the OOM killer has run
+    events = dict(line.split() for line in (cg / "memory.events").read_text().splitlines())
+    return f"OOM kill (memory.events oom_kill {events.get('oom_kill')})"
+
+
+def exchange_then_kill(tmp: Path, method: str, sampler: str,
+                       kill: Callable[[DaemonProcess, Path], str]) -> None:
+    assert node_total_mib(0) >= 4 * 1024, "give node 0 at least 4 GiB"
+    before = sysctls()
+    filler = fill_node(0, FREE_LEFT_MIB)
+    try:
+        with Workload(HOT_MIB, COLD_MIB, node=1, flush_ms=10) as w:
+            d = DaemonProcess(config(tmp, method, sampler), tmp)
+            d.wait_for("running (pid", 180)
+            t0 = time.monotonic()
+            while d.metric_sum("kmigratedd_promoted_pages_total") < PROMOTED_PAGES:
+                assert time.monotonic() - t0 < 240, "no exchange under way"
+                assert d.proc.poll() is None
+                time.sleep(1)
+            changed, paddr = sysctls(), kdamonds_on()
+            how = kill(d, tmp)
+            rc = d.proc.wait(60)
+            left = sysctls(), kdamonds_on()
+            print(f"\n{method}/{sampler}: {how}: exit {rc}; sysctls before {before}, while "
+                  f"running {changed}, kdamonds on {paddr}; left by the killed one {left}",
+                  flush=True)
+            assert rc == -signal.SIGKILL
+            d2 = DaemonProcess(config(tmp, method, sampler), tmp)
+            d2.wait_for("running (pid", 180)
+            restored = [x for x in d2.lines if "left changed by a previous run" in x
+                        or "turned off kdamond" in x.lower()]
+            assert d2.stop() == 0
+            after = sysctls(), kdamonds_on()
+            present = w.fraction_on(w.hot, 0) + w.fraction_on(w.hot, 1)
+            print(f"next start: {len(restored)} restore line(s); after it stopped: sysctls "
+                  f"{after[0]}, kdamonds on {after[1]}; hot set present {present:.3f}",
+                  flush=True)
+            assert after == (before, 0)
+            if changed != before:
+                assert restored, "the next start did not say what it restored"
+            assert present == 1.0
+            assert w.verify()
+        assert filler is None or filler.verify()
+    finally:
+        if filler is not None:
+            filler.stop()
+
+
+@pytest.mark.parametrize("method,sampler", [("kswapd", "hint-faults"),
+                                            ("damon-paddr", "hint-faults"),
+                                            ("sampler", "damon")])
+def test_sigkill_mid_exchange(tmp_path: Path, method: str, sampler: str) -> None:
+    exchange_then_kill(tmp_path, method, sampler, sigkill)
+
+
+def test_oom_kill_mid_exchange(tmp_path: Path) -> None:
+    exchange_then_kill(tmp_path, "kswapd", "hint-faults", oom_kill)
