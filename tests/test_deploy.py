@@ -140,8 +140,9 @@ def test_the_unit_runs_what_the_readme_recipe_installs() -> None:
     venv it creates (the guest's systemd test runs the recipe and the unit as shipped)."""
     block = (REPO / "README.md").read_text().split("### systemd", 1)[1]
     block = block.split("```sh\n", 1)[1].split("```", 1)[0]
-    venv = re.search(r"python3 -m venv (\S+) && sudo \1/bin/pip install \.$", block, re.M)
-    assert venv, block
+    venv = re.search(r"^sudo /usr/bin/python3 -m venv (\S+) && sudo \1/bin/pip install \.$",
+                     block, re.M)
+    assert venv, block  # the system's python: ProtectHome= hides one under /root
     link = re.search(r"^sudo ln -s (.+) (\S+)/$", block, re.M)
     assert link, block
     sources, target_dir = link.group(1).split(), link.group(2)
@@ -268,10 +269,17 @@ def test_daemonset() -> None:
     assert volumes[mounts[config_dir]]["configMap"]["name"] == \
         objs["ConfigMap"]["metadata"]["name"]
     for c in daemonset_containers(ds):
-        assert f"{config_dir}/kmigratedd.yaml" in c["command"], c["name"]
-    (init,) = spec["initContainers"]
-    assert "--check-config" in init["command"]
-    assert init["securityContext"].get("privileged") is not True
+        if c["command"][0] == "kmigratedd":
+            assert f"{config_dir}/kmigratedd.yaml" in c["command"], c["name"]
+    inits = {c["name"]: c for c in spec["initContainers"]}
+    assert "--check-config" in inits["check-config"]["command"]
+    # kubelet makes hostPath directories 0755; the daemon wants its state directory 0700.
+    chmod = inits["state-dir"]
+    assert chmod["command"] == ["chmod", "0700", state_dir]
+    assert {m["mountPath"] for m in chmod["volumeMounts"]} == {state_dir}
+    for init in inits.values():
+        assert init["securityContext"].get("privileged") is not True
+        assert init["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
     # The metrics port: ConfigMap == containerPort == scrape annotation == probes.
     port = effective["metrics"]["port"]

@@ -260,5 +260,6 @@ def test_installed_daemon_refuses_a_group_writable_state_dir(
     assert r.returncode == 2  # refused with the config check, before any side effect
     last = r.stderr.strip().splitlines()[-1]
     assert last == (f"kmigratedd: {cfg}: sampler.hint_faults.state_file: its directory "
-                    f"{state.parent} is writable by group or others (mode 0775): make it 0700")
+                    f"{state.parent} has mode 0775: the state directory must be root's alone, "
+                    "mode 0700 (for example /var/lib/kmigratedd)")
     assert (root / NB.lstrip("/")).read_text().strip() == "2"  # nothing trusted from there

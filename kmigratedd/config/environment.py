@@ -59,7 +59,7 @@ VIRTUAL_FS = ("/proc", "/sys", "/dev")
 
 
 def state_dir_problem(state_file: str) -> str | None:
-    """Recovery files live in a directory only root can write, which the daemon creates
+    """Recovery files live in a directory only root can enter, which the daemon creates
     (0700) if it is missing: a file there is the daemon's, so it may set one aside."""
     d = os.path.dirname(os.path.realpath(state_file))
     if d.startswith(tuple(v + "/" for v in VIRTUAL_FS)) or d in VIRTUAL_FS:
@@ -75,9 +75,9 @@ def state_dir_problem(state_file: str) -> str | None:
     if st.st_uid not in (0, os.geteuid()):
         return (f"its directory {d} is owned by uid {st.st_uid}: the state directory must be "
                 "root's alone, mode 0700 (for example /var/lib/kmigratedd)")
-    if st.st_mode & 0o022:  # kubelet's DirectoryOrCreate makes 0755: readable is fine
-        return (f"its directory {d} is writable by group or others (mode "
-                f"{stat.S_IMODE(st.st_mode):04o}): make it 0700")
+    if st.st_mode & 0o077:
+        return (f"its directory {d} has mode {stat.S_IMODE(st.st_mode):04o}: the state "
+                "directory must be root's alone, mode 0700 (for example /var/lib/kmigratedd)")
     return None
 
 

@@ -85,11 +85,14 @@ class DaemonProcess:
 
     def status(self) -> dict[str, Any]:
         """``kmigratedctl status --json``, through its default control socket."""
-        ctl = Path(self.proc.args[0]).with_name("kmigratedctl")
-        out = subprocess.run([str(ctl), "status", "--json"], capture_output=True, text=True,
-                             check=True, timeout=30).stdout
-        st: dict[str, Any] = json.loads(out)
+        st: dict[str, Any] = json.loads(self.ctl("status", "--json"))
         return st
+
+    def ctl(self, *args: str) -> str:
+        """The output of ``kmigratedctl ARGS`` (the installed one, default socket)."""
+        ctl = Path(self.proc.args[0]).with_name("kmigratedctl")
+        return subprocess.run([str(ctl), *args], capture_output=True, text=True, check=True,
+                              timeout=60).stdout
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -10,6 +10,7 @@ pgmigrate_success.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -84,6 +85,14 @@ def run_e2e(sampler: str, tmp: Path, flush_ms: int, fill_to_mib: float | None) -
                         time.sleep(3)  # see whether cold pages follow
                         break
                 run_rate = w.pass_rate(t_run)
+                # The operator's live views of it: status --watch and the per-process top.
+                watched = d.ctl("status", "--watch", "0.5", "--count", "2")
+                top = json.loads(d.ctl("top", "--json", "--interval", "0.5"))
+                text_top = d.ctl("top", "--interval", "0.2")
+                # Paused, the batch in flight settles: then the daemon's count and the
+                # kernel's are read at rest.
+                assert json.loads(d.ctl("pause", "--json")) == {"paused": True}
+                time.sleep(2)
                 hot0, cold0 = w.fraction_on(w.hot, 0), w.fraction_on(w.cold, 0)
                 promoted = d.metric_sum("kmigratedd_promoted_pages_total")
                 delta = migrated() - m0
@@ -97,6 +106,13 @@ def run_e2e(sampler: str, tmp: Path, flush_ms: int, fill_to_mib: float | None) -
                           verify=ok_verify, node0_free_mib=node_free_mib(0))
             print("E2E", result)
             assert rc == 0
+            assert watched.count("every 0.5s, ") == 2 and "promoting" in watched
+            (mine,) = [p for p in top["processes"] if p["pid"] == w.pid]
+            hot_pages = HOT_MIB << 20 >> 12
+            assert mine["promoted_pages"] >= 0.9 * hot_pages, mine
+            assert mine["pages_by_node"].get("0", 0) >= 0.9 * hot_pages, mine
+            assert top["processes"][0]["slow_pages"] >= mine["slow_pages"]
+            assert f"{w.pid:7} " in text_top, text_top
             assert hot0 >= 0.9, result
             assert cold0 <= 0.05, result
             assert ok_verify and w.alive()
