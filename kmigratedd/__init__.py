@@ -52,17 +52,25 @@ Stages:
 Wiring, accounting, interfaces:
 - ``engine.py``    builds the stages for a config (sampler and demoter resolved first, each
                    built once), wires and runs them
-- ``daemon.py``    the lifecycle (startup → serve → reload → shutdown), thread pools, nice
+- ``daemon.py``    the lifecycle (startup → serve → reload → shutdown);  ``threads.py``:
+                   its thread pools and their niceness;  ``instance.py``: one daemon per
+                   control socket (a lock);  ``supervise.py``: periodic tasks retried with
+                   back-off, their failures counted
 - ``stats.py``     move stats (the pipeline's), policy stats (the worker's), the frozen
                    snapshot; ``families.py``: the one table metrics and status are built from
 - ``metrics.py``   Prometheus text on /metrics on the event loop;  ``status.py``: the status
-- ``control.py``   JSON-RPC control socket;  ``sdnotify.py``: systemd notifications
+- ``control.py``   JSON-RPC control socket (``jsonstrict.py``: duplicate keys refused);
+                   ``sdnotify.py``: systemd notifications
+- ``processes.py`` the per-process view: pages moved per pid (bounded), where each
+                   process's memory sits (``kmigratedctl top``, top-N metrics)
 - ``config/``      the sections (``schema.py``, the sampler's in ``samplers.py``), strict
                    YAML (``yamlload.py``), decoding (``decode.py``), the environment check
                    (``environment.py``); ``default.yaml`` is the embedded default
 - ``units.py``     human units ("200MiB", "100ms") parsed in one place
 - ``cli.py``       ``kmigratedd``;  ``ctl.py``: ``kmigratedctl``;  ``errors.py``: the one
-                   exception hierarchy
+                   exception hierarchy;  ``probe.py``: ``--probe``;  ``manpages.py`` and
+                   ``completion.py``: the manual pages and shell completion, generated from
+                   the parsers and the embedded config
 """
 
 __version__ = "0.1.0"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+
+import yaml
 
 from . import __version__, logsetup
 from . import config as config_mod
@@ -27,6 +30,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check-config", metavar="FILE", nargs="?", const="",
                    help="validate FILE (or the embedded default), print the effective config, "
                         "and exit: 0 if valid, 2 if not")
+    p.add_argument("--probe", action="store_true",
+                   help="print what this kernel and machine offer (tiers, samplers, demotion "
+                        "methods, the sysctls it would set, what auto picks) and exit; "
+                        "changes nothing")
+    p.add_argument("--json", action="store_true",
+                   help="with --probe or --check-config: print JSON")
+    p.add_argument("--man", metavar="PAGE", choices=("kmigratedd.8", "kmigratedctl.8",
+                                                      "kmigratedd.yaml.5"),
+                   help="print a manual page in roff (kmigratedd.8, kmigratedctl.8, "
+                        "kmigratedd.yaml.5) and exit, e.g. kmigratedd --man kmigratedd.8 | "
+                        "man -l -")
+    p.add_argument("--completion", metavar="SHELL", choices=("bash", "zsh"),
+                   help="print a completion script for kmigratedd and kmigratedctl (bash, zsh) "
+                        "and exit, e.g. kmigratedd --completion bash > "
+                        "/etc/bash_completion.d/kmigratedd")
     p.add_argument("--dry-run", action="store_true", default=None,
                    help="do everything but move pages (overrides workers.dry_run)")
     p.add_argument("--root", metavar="DIR", default="/", help=argparse.SUPPRESS)
@@ -56,7 +74,26 @@ def main(argv: list[str] | None = None) -> int:
         # this machine (config_mod.load_checked), checked before any side effect.
         if args.check_config is not None:
             cfg, _ = config_mod.load_checked(args.check_config or args.config, fs)
-            sys.stdout.write(config_mod.dump(cfg))
+            text = config_mod.dump(cfg)
+            if args.json:
+                text = json.dumps(yaml.safe_load(text), indent=2) + "\n"
+            sys.stdout.write(text)
+            return 0
+        if args.completion:
+            from .completion import script
+
+            sys.stdout.write(script(args.completion))
+            return 0
+        if args.man:
+            from .manpages import page
+
+            sys.stdout.write(page(args.man))
+            return 0
+        if args.probe:
+            from . import probe
+
+            cfg, topo = config_mod.load_checked(args.config, fs)
+            sys.stdout.write(probe.run(cfg, fs, topo, args.json))
             return 0
         cfg, _ = config_mod.load_checked(args.config, fs)
         check_privileges()

@@ -2,6 +2,9 @@
 
     kmigratedctl status [--json]     per node: tier, free memory, promotion rate,
                                      queue depth, errors by reason; sampler; state
+    kmigratedctl status --watch [S]  the same, refreshed every S seconds (default 2)
+    kmigratedctl top [--cgroups]     processes by memory on the slow tier: hot pages
+                                     waiting, promoted and demoted per second
     kmigratedctl pause | resume      stop / restart promotion (sampling goes on)
     kmigratedctl reload              re-read the config file (a bad one is refused)
     kmigratedctl config              the running config, as YAML (--json: JSON)
@@ -18,6 +21,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +109,8 @@ def format_status(st: dict[str, Any]) -> str:
         f"{' [PAUSED]' if st['paused'] else ''}{' [DRY RUN]' if st['dry_run'] else ''}",
         f"sampler: {st['sampler'] or '-'}",
     ]
+    if st.get("idle_reason"):
+        lines.append(f"idle: {st['idle_reason']}")
     sw = st.get("sweep")
     if sw:
         lines.append(f"start-up sweep: {sw.get('sampler')}, "
@@ -186,7 +192,8 @@ def _topology_json(topo: Topology) -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """kmigratedctl's command line (also the source of its manual page)."""
     doc = __doc__.replace("``", "")  # reST literals, plain in --help
     p = argparse.ArgumentParser(prog="kmigratedctl", description=doc.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -201,11 +208,26 @@ def main(argv: list[str] | None = None) -> int:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON")
+        if name == "status":
+            sp.add_argument("-w", "--watch", metavar="SECONDS", type=float, nargs="?",
+                            const=2.0, help="refresh every SECONDS (default 2) until ^C")
+            sp.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    tp = sub.add_parser("top", help="processes by memory on the slow tier: their hot pages "
+                                    "waiting, pages promoted and demoted per second")
+    tp.add_argument("-n", "--lines", type=int, default=20, help="processes shown (default 20)")
+    tp.add_argument("-i", "--interval", type=float, default=1.0, metavar="SECONDS",
+                    help="rates over this long (default 1)")
+    tp.add_argument("--cgroups", action="store_true", help="sum the processes by cgroup")
+    tp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     t = sub.add_parser("topology", help="nodes, tiers and promotion targets (no daemon needed)")
     t.add_argument("-c", "--config", metavar="FILE", help="config with tier/target overrides")
     t.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     t.add_argument("--root", metavar="DIR", default="/", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         if args.command == "topology":
             cfg = config_mod.load(args.config)
@@ -213,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
                             promotion_targets=cfg.topology.promotion_targets)
             return emit((json.dumps(_topology_json(topo), indent=2) if args.json
                          else topo.describe()) + "\n")
+        if getattr(args, "watch", None) is not None:
+            return watch(args)
+        if args.command == "top":
+            if args.interval <= 0 or args.lines <= 0:
+                print("kmigratedctl: top: --interval and --lines must be > 0", file=sys.stderr)
+                return 2
+            return emit(top(args))
         result = call(args.socket, args.command)
     except ConfigError as exc:
         print(f"kmigratedctl: {exc}", file=sys.stderr)
@@ -232,6 +261,69 @@ def main(argv: list[str] | None = None) -> int:
               f"({type(exc).__name__}: {str(exc)[:80]})", file=sys.stderr)
         return 1
     return emit(text)
+
+
+def top(args: argparse.Namespace) -> str:
+    """``top``: the per-process view, with rates over ``args.interval`` seconds."""
+    first = call(args.socket, "processes")
+    time.sleep(args.interval)
+    now = call(args.socket, "processes")
+    before = {p["pid"]: p for p in first["processes"]}
+    rows = []
+    for p in now["processes"][:args.lines]:
+        b = before.get(p["pid"], {})
+        rows.append({**p,
+                     "promoted_per_s": (p["promoted_pages"] - b.get("promoted_pages", 0))
+                     / args.interval,
+                     "demoted_per_s": (p["demoted_pages"] - b.get("demoted_pages", 0))
+                     / args.interval})
+    if args.json:
+        return json.dumps({"interval_s": args.interval, "processes": rows,
+                           "cgroups": now["cgroups"]}, indent=2) + "\n"
+    mib = now["page_size"] / (1 << 20)
+    if now.get("idle_reason"):
+        return f"idle: {now['idle_reason']}\n"
+    if args.cgroups:
+        out = [f"{'SLOW MiB':>9} {'WAITING':>8} {'PROMOTED':>9} {'DEMOTED':>8} {'PROCS':>5}  "
+               "CGROUP"]
+        for c in now["cgroups"][:args.lines]:
+            out.append(f"{c['slow_pages'] * mib:9.1f} {c['waiting_pages']:8} "
+                       f"{c['promoted_pages']:9} {c['demoted_pages']:8} {c['processes']:5}  "
+                       f"{c['cgroup'] or '-'}")
+        return "\n".join(out) + "\n"
+    out = [f"processes by memory on the slow tier; rates over {args.interval:g} s",
+           f"{'PID':>7} {'COMM':16} {'SLOW MiB':>9} {'FAST MiB':>9} {'WAITING':>8} "
+           f"{'PROM/s':>8} {'DEM/s':>8}  CGROUP"]
+    for r in rows:
+        total = sum(r["pages_by_node"].values())
+        out.append(f"{r['pid']:7} {r['comm'][:16]:16} {r['slow_pages'] * mib:9.1f} "
+                   f"{(total - r['slow_pages']) * mib:9.1f} {r['waiting_pages']:8} "
+                   f"{r['promoted_per_s']:8.0f} {r['demoted_per_s']:8.0f}  {r['cgroup'] or '-'}")
+    return "\n".join(out) + "\n"
+
+
+def watch(args: argparse.Namespace) -> int:
+    """``status --watch``: the status again every ``args.watch`` seconds, the screen cleared
+    first on a terminal, until ^C (or ``--count`` refreshes); a daemon that goes away ends
+    it with its one-line error."""
+    if args.watch <= 0:
+        print("kmigratedctl: status --watch: SECONDS must be > 0", file=sys.stderr)
+        return 2
+    tty = sys.stdout.isatty()
+    n = 0
+    try:
+        while True:
+            text = render(args, call(args.socket, "status"))
+            stamp = time.strftime("%H:%M:%S")
+            head = "\033[H\033[2J" if tty else ("\n" if n else "")
+            if emit(f"{head}every {args.watch:g}s, {stamp}\n{text}"):
+                return 1
+            n += 1
+            if args.count and n >= args.count:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
 
 
 def render(args: argparse.Namespace, result: dict[str, Any]) -> str:

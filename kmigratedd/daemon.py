@@ -27,6 +27,7 @@ runs no sampler and no worker, and keeps serving its metrics.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import errno
 import logging
@@ -37,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import demotion, logsetup, status, sysctl
+from . import demotion, logsetup, processes, status, sysctl
 from . import config as config_mod
 from .capacity import node_free_bytes
 from .config import Config
@@ -49,10 +50,11 @@ from .supervise import Failures, supervised
 from .threads import Threads
 from .errors import KmigratedError, StartupError, startup_error
 from .kernelfs import KernelFs
-from .metrics import Metrics, MetricsServer, MetricsSources
+from .metrics import PROCESS_SERIES, Metrics, MetricsServer, MetricsSources
 from .pipeline import Mover
 from .procfs import online_cpus
 from .queues import CandidateQueues
+from .scope import Scope
 from .sdnotify import Notifier
 from .topology import Topology, discover
 
@@ -127,8 +129,7 @@ class Daemon:
             except OSError as exc:
                 raise startup_error(exc) from None
         else:
-            log.warning("no node has a promotion target (one memory tier): nothing to promote; "
-                        "set topology.tiers if the kernel's tiers are wrong")
+            log.warning("idle: %s", status.IDLE_REASON)
         self._spawn(supervised(self._refresh_loop, "topology refresh", self.failures),
                     "topology-refresh")
         if self.notifier.watchdog_s:
@@ -165,7 +166,8 @@ class Daemon:
                 raise
         self.control = ControlServer(cfg.control.socket_path, {
             "status": self._rpc_status, "pause": self._rpc_pause, "resume": self._rpc_resume,
-            "reload": self._rpc_reload, "config": self._rpc_config}, cfg.control.group,
+            "reload": self._rpc_reload, "config": self._rpc_config,
+            "processes": self._rpc_processes}, cfg.control.group,
             source=self.config_path or config_mod.DEFAULT_SOURCE, fs=self.fs)
         await self.control.start()
 
@@ -179,7 +181,9 @@ class Daemon:
             sampler=lambda: part("sampler"), paused=lambda: self.paused,
             dry_run=lambda: self.config.workers.dry_run, pressure=lambda: part("pressure"),
             task_failures=lambda: self.failures.total,
-            connections=lambda: self.metrics_server.stats if self.metrics_server else {})
+            connections=lambda: self.metrics_server.stats if self.metrics_server else {},
+            processes=lambda: (self.engine.pid_moves.top(PROCESS_SERIES) if self.engine
+                                 else []))
 
     def stop(self) -> None:
         self._stop.set()
@@ -284,6 +288,20 @@ class Daemon:
 
     async def _rpc_config(self) -> object:
         return self.config.to_dict()
+
+    async def _rpc_processes(self) -> object:
+        """The per-process view; numa_maps is read off the loop (the kernel walks page
+        tables to write it)."""
+        e, topo = self.engine, self.topology
+        if e is None or topo is None:
+            return {"page_size": 4096, "processes": [], "cgroups": [],
+                    "idle_reason": status.idle_reason(self)}
+        scope = Scope(self.config.scope, self.fs)
+        moves = copy.deepcopy(e.pid_moves)
+        waiting = processes.waiting_by_pid(w.inbox.keys for w in e.workers.values())
+        return await asyncio.get_running_loop().run_in_executor(
+            None, processes.report, self.fs, scope.pids(), moves, waiting,
+            topo.slow_nodes, topo.page_size)
 
     async def reload(self) -> bool:
         """Re-read the config file; on any error keep the running config.

@@ -28,6 +28,7 @@ from .inbox import Inbox
 from .kernelfs import KernelFs
 from .pipeline import IdleCpus, MovePipeline, Mover, ShimMover
 from .pressure import PressureMonitor
+from .processes import PidMoves
 from .procfs import online_cpus
 from .queues import CandidateQueues
 from .router import Router
@@ -65,6 +66,7 @@ class Engine:
         self.pressure: PressureMonitor | None = None
         self.paused = False
         self.worker_tasks: dict[int, asyncio.Task[None]] = {}
+        self.pid_moves = PidMoves()  # pages moved per process, all workers
         self._demoter_task: asyncio.Task[None] | None = None
 
     # --- signals the stages share ----------------------------------------------
@@ -178,7 +180,8 @@ class Engine:
                 cold[node] = Inbox(inbox_limit(cfg))
             pipeline = MovePipeline(node, self.mover, MoveStats(),
                                     self.pool(1, f"kmigratedd-move{node}", moves=True),
-                                    page_size=self.topology.page_size, idle_cpus=idle)
+                                    page_size=self.topology.page_size, idle_cpus=idle,
+                                    by_pid=self.pid_moves)
             w = NodeWorker(node, topology=self.topology, inbox=inboxes[node], pipeline=pipeline,
                            cfg=self.workers_config(self.config), fs=self.fs,
                            demote_inbox=cold.get(node),

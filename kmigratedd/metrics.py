@@ -36,7 +36,8 @@ log = logging.getLogger("kmigratedd.metrics")
 # vmstat counters worth having next to ours (prefix match).
 VMSTAT_PREFIXES = ("pgpromote_", "pgdemote_", "pgmigrate_", "numa_", "thp_migration_",
                    "pgsteal_demote", "nr_promoted", "nr_demoted")
-
+# Processes with a series of their own in kmigratedd_process_moved_pages_total.
+PROCESS_SERIES = 10
 
 
 @dataclass
@@ -54,6 +55,8 @@ class MetricsSources:
     pressure: Callable[[], Any] = lambda: None
     task_failures: Callable[[], Mapping[str, int]] = dict
     connections: Callable[[], Mapping[str, int]] = dict  # the metrics server's, by outcome
+    # (pid, promoted, demoted) of the processes most pages moved for
+    processes: Callable[[], list[tuple[int, int, int]]] = list
 
 
 class KmigratedCollector(Collector):
@@ -82,11 +85,27 @@ class KmigratedCollector(Collector):
         for outcome, n in sorted(src.connections().items()):
             conns.add_metric([outcome], n)
         yield conns
+        yield from self._processes()
         yield from self._workers()
         yield from self._pressure()
         yield from self._queues()
         yield from self._sampler()
         yield from self._kernel()
+
+    def _processes(self) -> Iterator[Any]:
+        """Pages moved for the PROCESS_SERIES processes most moved for (bounded
+        cardinality: a process that drops out of the top, or exits, leaves the set)."""
+        fam = CounterMetricFamily("kmigratedd_process_moved_pages",
+                                  f"Pages moved for each of the {PROCESS_SERIES} processes most "
+                                  "pages were moved for, by direction (promoted, demoted)",
+                                  labels=["pid", "comm", "direction"])
+        for pid, promoted, demoted in self.src.processes()[:PROCESS_SERIES]:
+            comm = self.src.fs.read_optional(f"/proc/{pid}/comm")
+            if comm is None:
+                continue  # exited
+            fam.add_metric([str(pid), comm.strip(), "promoted"], promoted)
+            fam.add_metric([str(pid), comm.strip(), "demoted"], demoted)
+        yield fam
 
     def _workers(self) -> Iterator[Any]:
         """The workers' families (kmigratedd/families.py), the router's drops and query

@@ -36,6 +36,7 @@ from .config import WorkersConfig
 from .errors import MovePagesError
 from .inbox import PAGE_MASK
 from .kernelfs import KernelFs
+from .processes import PidMoves
 from .procfs import cpu_times
 from .stats import MoveStats
 
@@ -160,8 +161,9 @@ class Settled:
 class MovePipeline:
     def __init__(self, node: int, mover: Mover, stats: MoveStats, move_thread: Executor,
                  *, page_size: int, idle_cpus: IdleCpus | None = None,
-                 depth: int = PIPELINE_DEPTH) -> None:
+                 depth: int = PIPELINE_DEPTH, by_pid: PidMoves | None = None) -> None:
         self.node = node
+        self.by_pid = by_pid  # pages moved per process (the per-process view)
         self.mover = mover
         self.stats = stats
         self.move_thread = move_thread
@@ -306,6 +308,8 @@ class MovePipeline:
             for src, c in shim.count_statuses(srcs).by_node.items():
                 moved_to[(src, dst)] += c
             out.moved_addrs.append(moved_addrs)
+            if self.by_pid is not None:
+                self.by_pid.add(out.pid, moved_n, out.demote)
         not_moved = sum(c for nd, c in counts.by_node.items() if nd != dst)
         if not_moved:
             outcomes["not_moved"] += not_moved

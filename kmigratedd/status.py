@@ -24,6 +24,20 @@ def state(d: Daemon) -> str:
     return "dry-run" if d.config.workers.dry_run else "promoting"
 
 
+IDLE_REASON = ("one memory tier: no node has a slower node to promote from, so nothing is "
+               "promoted (kmigratedd --probe shows what this machine offers; topology.tiers "
+               "sets the tiers where the kernel's are wrong)")
+
+
+def idle_reason(d: Daemon) -> str | None:
+    """Why the daemon promotes nothing, when it is idle."""
+    if d.engine is not None and d.engine.workers:
+        return None
+    if d.topology is not None and not d.topology.targets:
+        return IDLE_REASON
+    return "no worker runs (starting, or stopped)"
+
+
 def line(d: Daemon) -> str:
     """The daemon's state in a line (sd_notify STATUS=)."""
     e = d.engine
@@ -61,7 +75,8 @@ def build(d: Daemon) -> dict[str, Any]:
     return {
         "version": __version__, "pid": os.getpid(),
         "uptime_s": round(time.time() - d.started_at, 1),
-        "state": state(d), "paused": d.paused, "dry_run": d.config.workers.dry_run,
+        "state": state(d), "idle_reason": idle_reason(d), "paused": d.paused,
+        "dry_run": d.config.workers.dry_run,
         "sampler": e.sampler.name if e and e.sampler else None,
         "sampler_stats": e.sampler.stats() if e and e.sampler else {},
         "sweep": ({"sampler": e.sweep.name, **e.sweep.stats()}

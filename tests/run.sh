@@ -5,7 +5,15 @@
 # Extra arguments go to pytest; the quick loop is `tests/run.sh -m "not vm"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tests/setup.sh
+# The quick loop (-m "not vm", or any marker expression that leaves the vm tests out)
+# installs no apt package: the host tests need only a C compiler and the Python headers.
+host_only=
+prev=
+for a in "$@"; do
+  if [ "$prev" = -m ] && [[ "$a" == *"not vm"* ]]; then host_only=--host-only; fi
+  prev=$a
+done
+bash tests/setup.sh $host_only
 VENV=$(bash tests/setup.sh --print-venv)
 # -P and PYTHONSAFEPATH (inherited by every python the tests start, in the guest
 # too): never put the working directory, the source tree, on sys.path, so that

@@ -7,6 +7,9 @@
 # `kmigratedd`, on the host and in the guest.
 #
 #   bash tests/setup.sh               set up (rebuild only what changed)
+#   bash tests/setup.sh --host-only   no apt: check that a C compiler, the Python
+#                                     headers and venv are there (the quick loop,
+#                                     `tests/run.sh -m "not vm"`, needs nothing else)
 #   bash tests/setup.sh --print-venv  print the test venv's path only
 #
 # The test state lives in $KMIGRATEDD_TEST_HOME (default ~/.cache/kmigratedd-test),
@@ -35,10 +38,29 @@ APT_PACKAGES=(
   prometheus                                    # promtool and a real Prometheus for the
                                                 # dashboard and alert-rule tests
   systemd                                       # systemd-analyze verify of the unit
+  man-db                                        # man -l of the generated manual pages
 )
 
+PY=${PYTHON:-python3}
+HOST_ONLY=0
+[ "${1:-}" = --host-only ] && HOST_ONLY=1
+
+if [ "$HOST_ONLY" = 1 ]; then
+  # The host tests build and install the wheel, nothing more: no apt, any user.
+  need=()
+  command -v cc >/dev/null || command -v gcc >/dev/null || need+=("a C compiler (build-essential)")
+  "$PY" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(
+      os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || need+=("the Python headers (python3-dev)")
+  "$PY" -c 'import ensurepip, venv' 2>/dev/null || need+=("venv (python3-venv)")
+  if ((${#need[@]})); then
+    printf 'tests/setup.sh: the host tests need %s; install them, or run as root without -m "not vm" to set up everything\n' "$(IFS=,; echo "${need[*]}" | sed 's/,/, /g')" >&2
+    exit 1
+  fi
+fi
+
 missing=()
-for p in "${APT_PACKAGES[@]}"; do
+((HOST_ONLY)) || for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
@@ -54,7 +76,6 @@ if ((${#missing[@]})); then
 fi
 
 # What goes into the sdist (MANIFEST.in, setup.py, pyproject.toml) decides when to rebuild.
-PY=${PYTHON:-python3}
 stamp=$( { cat pyproject.toml setup.py MANIFEST.in README.md;
            find kmigratedd native -type f ! -name '*.pyc' ! -name '*.so' ! -name _native.c \
              -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16)

@@ -96,6 +96,31 @@ def test_human_status_output(daemon):
     assert "node tier cpus" in out and "(rates over the last 5s)" in out
 
 
+def test_status_says_why_it_is_idle_on_one_tier(daemon):
+    """This host has one NUMA node: the status names the reason nothing is promoted."""
+    st = json.loads(ctl("-s", str(daemon.sock), "status", "--json").stdout)
+    assert st["state"] == "idle" and "one memory tier" in st["idle_reason"]
+    assert "idle: one memory tier" in ctl("-s", str(daemon.sock), "status").stdout
+
+
+def test_status_watch_refreshes(daemon):
+    r = ctl("-s", str(daemon.sock), "status", "--watch", "0.2", "--count", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("every 0.2s, ") == 3
+    assert r.stdout.count("kmigratedd ") >= 3 and "sampler:" in r.stdout
+    bad = ctl("-s", str(daemon.sock), "status", "--watch", "0")
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("SECONDS must be > 0")
+
+
+def test_top_says_why_it_is_idle_on_one_tier(daemon):
+    r = ctl("-s", str(daemon.sock), "top", "--interval", "0.1")
+    assert r.returncode == 0 and r.stdout.startswith("idle: one memory tier"), r.stderr
+    j = json.loads(ctl("-s", str(daemon.sock), "top", "--json", "--interval", "0.1").stdout)
+    assert j["processes"] == [] and j["cgroups"] == []
+    bad = ctl("-s", str(daemon.sock), "top", "--interval", "0")
+    assert bad.returncode == 2 and "must be > 0" in bad.stderr
+
+
 def test_not_running_message(tmp_path):
     r = ctl("-s", str(tmp_path / "none.sock"), "status")
     assert r.returncode == 1

@@ -492,11 +492,11 @@ def install_as_the_readme_says() -> None:
     dist = Path(os.environ["KMIGRATEDD_TEST_DIST"])
     assert list(dist.glob("wheelhouse/kmigratedd-*.whl")), dist
     offline = f"pip install --no-index --find-links {dist / 'wheelhouse'} kmigratedd"
-    python3 = os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
     for line in readme_systemd_recipe():
         assert "pip install ." in line or "pip install" not in line, line
+        # As written, the system's interpreter included (/usr/bin/python3, never one a
+        # PATH under /root would pick, which ProtectHome= hides from the unit).
         cmd = line.replace("pip install .", offline)
-        cmd = cmd.replace("python3 -m venv", f"{python3} -m venv")
         r = subprocess.run(cmd, shell=True, cwd=REPO, text=True, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, timeout=600)
         print(f"$ {cmd}\n{r.stdout}", flush=True)
