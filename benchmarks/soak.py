@@ -21,7 +21,7 @@ import common
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=int, default=60)
-    ap.add_argument("--rotate-s", type=float, default=300)
+    ap.add_argument("--rotate-s", type=float, default=180)
     a = ap.parse_args()
     common.ensure_venv()
     out = common.RAW / "soak.json"
@@ -42,10 +42,12 @@ def main() -> int:
             f"Command: `{command}` ({time.strftime('%Y-%m-%d')}; host {host['cpu']}, "
             f"{host['cores']} cores, no KVM; guest kernel {data['guest']['kernel_release']}). "
             + common.TCG_CAVEAT + "\n\n"
-            "Node 0 (4.5 GiB) held by a cold process down to 120 MiB free; a workload on "
-            f"node 1 with Zipf 0.99 accesses over 512 MiB, its hot pages moved every "
-            f"{a.rotate_s:g} s; kmigratedd on its embedded default config.  Data verified at "
-            f"the end: {'OK' if data['verify'] else 'FAILED'}.\n\n"
+            "Node 0 (4.5 GiB) held by cold processes down to 120 MiB free; every "
+            f"{a.rotate_s:g} s a new workload with a 256 MiB hot set (Zipf 0.99) on node 1 "
+            "replaces the last, and node 0 is topped up again: an exchange on a full fast "
+            f"tier each time ({rows[-1].get('cycles', 0)} in the run); kmigratedd on its "
+            "embedded default config.  Every process's data verified: "
+            f"{'OK' if data['verify'] else 'FAILED'}.\n\n"
             f"**RSS minute {first['minute']} → {last['minute']}: "
             f"{first['rss_kib'] / 1024:.1f} → {last['rss_kib'] / 1024:.1f} MiB; fds "
             f"{first['fds']} → {last['fds']}; threads {first['threads']} → "

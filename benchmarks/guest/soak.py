@@ -1,12 +1,14 @@
 """Guest half of benchmarks/soak.py: an hour of exchange churn, the daemon sampled every
 minute.
 
-Node 0 is held by a cold process down to about 120 MiB free; a workload on node 1 makes
-Zipf-distributed accesses over 512 MiB (a hot set larger than what is free on node 0),
-and its hot pages move elsewhere every ``--rotate-s``: kmigratedd (the embedded default
-config) exchanges pages for the whole run.  Every minute: the daemon's RSS, its open file
-descriptors, its threads, its CPU seconds, and the pages it promoted.  Writes one JSON
-file (``--out``).
+Node 0 is held by cold processes down to about 120 MiB free.  Every ``--rotate-s`` a new
+workload starts with a 256 MiB hot set (Zipf-distributed accesses) on node 1 and the one
+before it stops, and node 0 is topped up to 120 MiB free again: each cycle is an exchange
+on a full fast tier (kmigratedd on its embedded default config promotes, kswapd demotes
+the cold processes' pages).  The oldest top-up process is stopped once three are held,
+so that the slow node does not fill up with demoted pages.  Every minute: the daemon's
+RSS, its open file descriptors, its threads, its CPU seconds, and the pages it promoted.
+Every workload's data is verified before it stops.  Writes one JSON file (``--out``).
 """
 
 from __future__ import annotations
@@ -35,36 +37,51 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--minutes", type=int, default=60)
-    ap.add_argument("--rotate-s", type=float, default=300)
+    ap.add_argument("--rotate-s", type=float, default=180)
     a = ap.parse_args()
     filler = fill_node(0, 120)
+    topups: list[Workload] = []
     rows = []
+    cycles, ok = 0, True
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"soak-{os.getpid()}"
     tmp.mkdir(mode=0o700)
+    w = Workload(256, 0, node=1, flush_ms=10, zipf=0.99)
     try:
-        with Workload(512, 0, node=1, flush_ms=10, zipf=0.99) as w:
-            d = DaemonProcess(f"metrics:\n  port: 0\ncontrol:\n  socket_path: {tmp}/c.sock\n"
-                              f"sampler:\n  hint_faults:\n    state_file: {tmp}/s/state.json\n",
-                              tmp, echo=lambda line: None)
-            d.wait_for("running (pid", 180)
-            t0 = last_rot = time.monotonic()
-            for minute in range(a.minutes + 1):
-                while time.monotonic() < t0 + 60 * minute:
-                    time.sleep(1)
-                    if time.monotonic() - last_rot >= a.rotate_s:
-                        w.rotate()
-                        last_rot = time.monotonic()
-                row = {"minute": minute, **sample(d.proc.pid),
-                       "promoted": d.metric_sum("kmigratedd_promoted_pages_total")}
-                rows.append(row)
-                print(f"  minute {minute:3d}: RSS {row['rss_kib'] / 1024:6.1f} MiB, "
-                      f"{row['fds']} fds, {row['threads']} threads, CPU {row['cpu_s']:.0f} s, "
-                      f"promoted {row['promoted']:.0f} pages", flush=True)
-            assert d.stop() == 0
-            ok = w.verify()
+        d = DaemonProcess(f"metrics:\n  port: 0\ncontrol:\n  socket_path: {tmp}/c.sock\n"
+                          f"sampler:\n  hint_faults:\n    state_file: {tmp}/s/state.json\n",
+                          tmp, echo=lambda line: None)
+        d.wait_for("running (pid", 180)
+        t0 = last_rot = time.monotonic()
+        for minute in range(a.minutes + 1):
+            while time.monotonic() < t0 + 60 * minute:
+                time.sleep(1)
+                if time.monotonic() - last_rot >= a.rotate_s:
+                    ok = w.verify() and ok
+                    w.stop()
+                    top = fill_node(0, 120)
+                    if top is not None:
+                        topups.append(top)
+                    if len(topups) > 3:
+                        old = topups.pop(0)
+                        ok = old.verify() and ok
+                        old.stop()
+                    w = Workload(256, 0, node=1, flush_ms=10, zipf=0.99)
+                    cycles += 1
+                    last_rot = time.monotonic()
+            row = {"minute": minute, **sample(d.proc.pid), "cycles": cycles,
+                   "promoted": d.metric_sum("kmigratedd_promoted_pages_total")}
+            rows.append(row)
+            print(f"  minute {minute:3d}: RSS {row['rss_kib'] / 1024:6.1f} MiB, "
+                  f"{row['fds']} fds, {row['threads']} threads, CPU {row['cpu_s']:.0f} s, "
+                  f"promoted {row['promoted']:.0f} pages, {cycles} exchanges", flush=True)
+        assert d.stop() == 0
+        ok = w.verify() and ok
     finally:
-        if filler is not None:
-            filler.stop()
+        w.stop()
+        for f in (*topups, filler):
+            if f is not None:
+                ok = f.verify() and ok
+                f.stop()
     Path(a.out).write_text(json.dumps({"guest": g.guest_info(), "rows": rows,
                                        "verify": ok, "rotate_s": a.rotate_s}, indent=1))
     return 0 if ok else 1
