@@ -868,6 +868,37 @@ def test_stop_releases_a_round_stuck_in_the_kernel(tmp_path: Path) -> None:
     assert fs.writes[-1] == (f"{K}/nr_kdamonds", "0")
 
 
+def test_a_stop_cut_short_by_its_caller_still_turns_the_kdamond_off(tmp_path: Path) -> None:
+    """The engine waits for a sampler's stop (the start-up sweep's end, the shutdown) for
+    less than the sampler's own stop protocol may take: cancelled while a round is stuck,
+    stop() still turns the kdamond off and restores nr_kdamonds."""
+    import threading
+
+    fs = regions_tree(tmp_path)
+    entered, released = threading.Event(), threading.Event()
+
+    def stuck_query(pid: int, addrs: Any) -> array[int]:
+        entered.set()
+        released.wait(10)
+        return array("i", [1]) * len(addrs)
+
+    s = DamonSampler(make_ctx(fs, interval_ms=10), query_nodes=stuck_query, confirm_rounds=1,
+                     warmup_rounds=0)
+
+    async def go() -> None:
+        await s.start()
+        assert await asyncio.to_thread(entered.wait, 10)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(s.stop(), 0.2)  # s.stop_timeout_s is 10 s and more
+
+    try:
+        run(go)
+    finally:
+        released.set()
+    assert (STATE, "off") in fs.writes
+    assert fs.writes[-1] == (f"{K}/nr_kdamonds", "0")
+
+
 def test_a_large_hot_region_on_the_fast_tier_is_probed_not_offered(tmp_path: Path) -> None:
     """A 512-page hot region already on node 0 costs a probe of 16 pages a round; one
     page demoted back to node 1 is found within PROBE_STRIDE rounds, and then the

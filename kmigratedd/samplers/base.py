@@ -176,23 +176,29 @@ class SamplerBase(ABC, Generic[RoundT]):
         ``stop_timeout_s``), then ``close()``.  Idempotent."""
         self._stopping.set()
         task, self._task = self._task, None
-        if task is not None:
-            assert self._stop_requested is not None
-            self._stop_requested.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.stop_timeout_s)
-            except TimeoutError:
-                log.warning("%s sampler round still running after %.0f s; interrupting it",
-                            self.name, self.stop_timeout_s)
-                await asyncio.to_thread(self.interrupt)
+        try:
+            if task is not None:
+                assert self._stop_requested is not None
+                self._stop_requested.set()
                 try:
-                    await asyncio.wait_for(task, 10)
-                except (TimeoutError, asyncio.CancelledError):
-                    log.warning("%s sampler round did not end; releasing it anyway", self.name)
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            executor.shutdown(wait=False)
-        self.close()
+                    await asyncio.wait_for(asyncio.shield(task), self.stop_timeout_s)
+                except TimeoutError:
+                    log.warning("%s sampler round still running after %.0f s; interrupting "
+                                "it", self.name, self.stop_timeout_s)
+                    await asyncio.to_thread(self.interrupt)
+                    try:
+                        await asyncio.wait_for(task, 10)
+                    except (TimeoutError, asyncio.CancelledError):
+                        log.warning("%s sampler round did not end; releasing it anyway",
+                                    self.name)
+        finally:
+            # Also when the caller's own time-out cancels the wait above (the shutdown's,
+            # or the end of the start-up sweep): what start() acquired (a kdamond, a
+            # sysctl) is released whatever happens to the round in flight.
+            if self._executor is not None:
+                executor, self._executor = self._executor, None
+                executor.shutdown(wait=False)
+            self.close()
 
     def push(self, offers: Iterable[Offer]) -> int:
         """Offer candidates to the queues (event-loop thread only); returns how many."""
