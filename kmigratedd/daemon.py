@@ -54,6 +54,7 @@ from .metrics import PROCESS_SERIES, Metrics, MetricsServer, MetricsSources
 from .pipeline import Mover
 from .procfs import online_cpus
 from .queues import CandidateQueues
+from .samplers.damon import sampler_owner_path
 from .scope import Scope
 from .sdnotify import Notifier
 from .topology import Topology, discover
@@ -119,7 +120,8 @@ class Daemon:
         state = cfg.sampler.hint_faults.state_file
         sysctl.recover(self.fs, state)
         sysctl.recover(self.fs, demotion.state_path(state))
-        kdamond.recover(self.fs, demotion.owner_path(state))
+        for owner in (demotion.owner_path(state), sampler_owner_path(state)):
+            kdamond.recover(self.fs, owner)
         if topo.targets:
             self.engine = Engine(cfg, self.fs, topo, self.queues, spawn=self._spawn,
                                  pool=self.pool, mover=self.mover)

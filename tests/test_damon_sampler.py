@@ -146,9 +146,11 @@ def make_ctx(fs: KernelFs, pids: tuple[int, ...] = (PID,), targets: dict[int, in
     the density tests set it."""
     cfg = config.Config()
     damon = dataclasses.replace(cfg.sampler.damon, min_density=min_density)
+    # The sampler's owner file goes beside the state file: inside the fake root.
+    state = config.HintFaultsConfig(state_file=str(Path(fs.root) / "state/sysctl-state.json"))
     cfg = config.Config(
         scope=config.ScopeConfig(pids=pids),
-        sampler=config.SamplerConfig(interval_ms=interval_ms, damon=damon))
+        sampler=config.SamplerConfig(interval_ms=interval_ms, damon=damon, hint_faults=state))
     topo = Topology(nodes={}, tiers=(), tier_source="kernel",
                     targets={1: 0} if targets is None else targets,
                     block_size_bytes=1 << 27, page_size=PS)

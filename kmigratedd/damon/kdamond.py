@@ -132,7 +132,7 @@ def recover(fs: KernelFs, path: str | Path) -> list[int]:
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:
-        log.warning("demotion: ignoring %s: %s", p, exc)
+        log.warning("DAMON: ignoring %s: %s", p, exc)
         owned = {}
     stopped = []
     for idx, pid in (owned.items() if isinstance(owned, dict) else ()):
@@ -140,17 +140,17 @@ def recover(fs: KernelFs, path: str | Path) -> list[int]:
         try:
             on, now = k.is_on(), k.pid()
         except OSError as exc:
-            log.warning("demotion: could not read kdamond %s left by a previous run: %s",
+            log.warning("DAMON: could not read kdamond %s left by a previous run: %s",
                         idx, exc)
             continue
         if on and now == str(pid):
             try:
                 k.command("off")
                 stopped.append(int(idx))
-                log.warning("demotion: turned off kdamond %s (pid %s), left on by a previous "
+                log.warning("DAMON: turned off kdamond %s (pid %s), left on by a previous "
                             "run", idx, pid)
             except OSError as exc:
-                log.warning("demotion: could not turn off kdamond %s left on by a previous "
+                log.warning("DAMON: could not turn off kdamond %s left on by a previous "
                             "run: %s", idx, exc)
     try:
         p.unlink()

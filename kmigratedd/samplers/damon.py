@@ -76,6 +76,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from .. import shim
@@ -111,6 +112,13 @@ class DamonRound:
     hot: list[Offer] = field(default_factory=list)
     cold: list[Offer] = field(default_factory=list)
 
+
+
+def sampler_owner_path(sysctl_state_file: str | Path) -> Path:
+    """The file naming the kdamond the damon sampler (or the start-up sweep) turned on,
+    beside the sysctl state files (:func:`~kmigratedd.damon.kdamond.recover`)."""
+    p = Path(sysctl_state_file)
+    return p.with_name(f"kdamonds-sampler-{p.name}")
 
 class DamonSampler(SamplerBase[DamonRound]):
     """Hot pages of the processes in scope, from DAMON vaddr monitoring (and, with
@@ -152,7 +160,11 @@ class DamonSampler(SamplerBase[DamonRound]):
             *(("cold_regions", "demotion_candidates_offered", "cold_pages_over_budget")
               if demote else ())))
         self.fs = ctx.fs
-        self.session = KdamondSession(ctx.fs, 1, on_error=self._count_error)
+        # The owner file names the kdamond while it is on: a daemon killed before it could
+        # turn it off leaves the file, and the next start turns that kdamond off.
+        self.session = KdamondSession(
+            ctx.fs, 1, on_error=self._count_error,
+            owner_file=sampler_owner_path(ctx.config.sampler.hint_faults.state_file))
         self.sysfs = self.session.kdamonds[0]
         self.cfg = cfg = ctx.config.sampler.damon
         self.query_nodes = query_nodes

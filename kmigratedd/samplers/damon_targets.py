@@ -193,6 +193,7 @@ class DamonTargets:
                 return
             self.write(pids)
         self.running = True
+        self.session.record_owner()
         self.settling = dict.fromkeys(self.pids, self.warmup_rounds)
         self.counters["kdamond_starts"] += 1
 
