@@ -50,9 +50,14 @@ MAX_BURST = 4
 # Whole-call errors after which a process is forgotten (an exiting process, its mm
 # already gone, fails with EINVAL rather than ESRCH).
 PID_GONE_ERRNOS = (errno.ESRCH, errno.EINVAL, errno.EPERM, errno.EACCES)
-# Batches are never cut below this many pages by workers.max_batch_ms: each move_pages
-# call also drains every CPU's LRU caches (lru_cache_disable() in do_pages_move).
-MIN_BATCH_PAGES = 16
+# Batches are never cut below this many pages by workers.max_batch_ms.  Each move_pages
+# call has a cost of its own besides its pages' (it drains every CPU's LRU caches,
+# lru_cache_disable() in do_pages_move, and flushes TLBs), which the per-page estimate
+# spreads over the batch: the smaller the batch, the slower a page looks, and the
+# smaller the next batch.  The floor keeps that from shrinking batches to a crawl where
+# calls are slow (a loaded or emulated machine) while a batch of it still moves in well
+# under the application's notice.
+MIN_BATCH_PAGES = 64
 # Weight of the latest call in the running estimate of the time a page takes to move.
 PAGE_TIME_WEIGHT = 0.3
 
