@@ -14,6 +14,7 @@ every word of both verifies.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -42,11 +43,24 @@ def sysctls() -> tuple[str, str]:
     return Path(NB).read_text().strip(), Path(DE).read_text().strip()
 
 
+def read_damon(path: Path) -> str:
+    """A DAMON sysfs file that reaches a kdamond answers EBUSY while the kdamond holds its
+    lock (README: DAMON): retried for up to 3 s, as kmigratedd does."""
+    deadline = time.monotonic() + 3
+    while True:
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def kdamonds_on() -> int:
     if not (KDAMONDS / "nr_kdamonds").exists():
         return 0
-    n = int((KDAMONDS / "nr_kdamonds").read_text())
-    return sum((KDAMONDS / str(i) / "state").read_text().strip() == "on" for i in range(n))
+    n = int(read_damon(KDAMONDS / "nr_kdamonds"))
+    return sum(read_damon(KDAMONDS / str(i) / "state") == "on" for i in range(n))
 
 
 def config(tmp: Path, method: str, sampler: str) -> str:
