@@ -81,7 +81,7 @@ class DaemonProcess:
                                             timeout=30) as r:
                     text = r.read().decode()
                 break
-            except TimeoutError:
+            except OSError:  # TimeoutError, or URLError wrapping one
                 if attempt == 2 or self.proc.poll() is not None:
                     raise
         out = {}
