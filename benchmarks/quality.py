@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -274,7 +275,8 @@ def render(found: list[tuple[str, str, dict[str, Any]]]) -> str:
                 f"{data['guest'].get('node_mem_mib', '?')} MiB, HMAT read latency node 0 "
                 f"{lat.get('0', '?')} ns, node 1 {lat.get('1', '?')} ns; host load average "
                 f"right after: "
-                f"{' / '.join(f'{x:.1f}' for x in data.get('host_load_after', []))}.", "",
+                f"{' / '.join(f'{x:.1f}' for x in data.get('host_load_after', []))}."
+                + (f" {data['host_note']}" if data.get("host_note") else ""), "",
                 summary_table(data["runs"], bool(p.get("zipf"))), ""]
         if p.get("full_free_mib"):
             out += [full_table(data["runs"]), ""]
@@ -319,6 +321,10 @@ def main() -> int:
             f = common.RAW / raw_name(kernel, case)
             d = json.loads(f.read_text())
             d["host_load_after"] = res.host_load_after  # type: ignore[attr-defined]
+            tcg = os.environ.get("KMIGRATEDD_VM_TCG_THREAD", "multi")
+            d["host_note"] = (f"TCG {tcg}-threaded (the guest's 2 vCPUs in "
+                              f"{'one host thread' if tcg == 'single' else 'two host threads'})"
+                              ".")
             d["command"] = (f"python3 benchmarks/quality.py --cases {case} --repeat {a.repeat}"
                             + (f" --kernel {kernel}" if kernel != "debian-6.12" else "")
                             + (f" --contenders {a.contenders}" if a.contenders else ""))

@@ -17,4 +17,5 @@ def test_exchange_on_a_full_fast_tier_idle_sampler(
         guest_pytest: Callable[..., vmrun.VMResult]) -> None:
     guest_pytest("test_exchange.py", passed=1, topology="2node", kernel="idle",
                  mem=["4608M", "2048M"], timeout=1500, pytest_args=["-s"],
-                 env={"KMIGRATEDD_EXCHANGE_SAMPLER": "idle"})
+                 env={"KMIGRATEDD_EXCHANGE_SAMPLER": "idle",
+                      "KMIGRATEDD_EXCHANGE_HOT_MIB": "128"})

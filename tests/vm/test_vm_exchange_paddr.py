@@ -17,4 +17,5 @@ def test_exchange_through_damon_paddr_on_a_full_fast_tier_debian_612(
     guest_pytest("test_exchange.py", passed=1, topology="2node", kernel="debian-6.12",
                  mem=["4608M", "2048M"], timeout=1500, pytest_args=["-s"],
                  env={"KMIGRATEDD_EXCHANGE_SAMPLER": "hint-faults",
-                      "KMIGRATEDD_EXCHANGE_DEMOTION": "damon-paddr"})
+                      "KMIGRATEDD_EXCHANGE_DEMOTION": "damon-paddr",
+                      "KMIGRATEDD_EXCHANGE_HOT_MIB": "128"})

@@ -1,7 +1,7 @@
 """kmigratedd end to end in the tiered guest: started as a user would, with a
 config file, it promotes a real hot set from node 1 to node 0.
 
-Workload: 128 MiB hot (touched in a loop) + 128 MiB cold (touched once), both on
+Workload: 64 MiB hot (touched in a loop) + 64 MiB cold (touched once), both on
 node 1.  Bounds: >= 90% of the hot pages on node 0 and <= 5% of the cold pages
 within BOUND_S; every word of the workload's memory intact; the workload never
 stops; the daemon's promoted-page counter equals the change in /proc/vmstat
@@ -25,7 +25,7 @@ from workload import Workload, fill_node, node_free_mib
 
 FS = KernelFs()
 BOUND_S = float(os.environ.get("KMIGRATEDD_E2E_BOUND_S", "180"))
-HOT_MIB = COLD_MIB = 128
+HOT_MIB = COLD_MIB = 64
 KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
 
 

@@ -28,8 +28,8 @@ from workload import Workload, fill_node, node_total_mib
 
 KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
 FREE_LEFT_MIB = 120
-HOT_MIB, COLD_MIB = 128, 32
-PROMOTED_PAGES = 2048  # an exchange under way: promoted while node 0 is full
+HOT_MIB, COLD_MIB = 64, 32
+PROMOTED_PAGES = 1024  # an exchange under way: promoted while node 0 is full
 NB = "/proc/sys/kernel/numa_balancing"
 DE = "/sys/kernel/mm/numa/demotion_enabled"
 KDAMONDS = Path("/sys/kernel/mm/damon/admin/kdamonds")
