@@ -4,8 +4,8 @@ config file, it promotes a real hot set from node 1 to node 0.
 Workload: 64 MiB hot (touched in a loop) + 64 MiB cold (touched once), both on
 node 1.  Bounds: >= 90% of the hot pages on node 0 and <= 5% of the cold pages
 within BOUND_S; every word of the workload's memory intact; the workload never
-stops; the daemon's promoted-page counter equals the change in /proc/vmstat
-pgmigrate_success.
+stops; the daemon's promoted-page counter matches the change in /proc/vmstat
+pgmigrate_success within a few pages.
 """
 
 from __future__ import annotations
