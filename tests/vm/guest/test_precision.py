@@ -2,9 +2,9 @@
 auto) promotes the hot pages of a workload on node 1 and almost none of its cold ones.
 
 Cases (each a fresh workload and a fresh daemon; hot and cold sets on node 1):
-  dense     128 MiB hot + 128 MiB cold
-  sparse16  a 128 MiB region where 1 page in 16 is hot, the other 15 cold and
-            interleaved, + 128 MiB cold
+  dense     64 MiB hot + 64 MiB cold
+  sparse16  a 64 MiB region where 1 page in 16 is hot, the other 15 cold and
+            interleaved, + 64 MiB cold
   sparse64  the same with 1 page in 64
   thp       dense, on transparent huge pages
   shift     dense; once it is on node 0 the workload stops (its pages go cold where they
@@ -37,7 +37,7 @@ KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
 BOUND_S = float(os.environ.get("KMIGRATEDD_E2E_BOUND_S", "120"))
 PRESSURE = os.environ.get("KMIGRATEDD_PRECISION_PRESSURE") == "1"
 PRESSURE_FREE_MIB = 700
-HOT_MIB = COLD_MIB = 128
+HOT_MIB = COLD_MIB = 64
 MAX_COLD_SHARE = 0.05
 
 CASES = {"dense": dict(sparse=1), "sparse16": dict(sparse=16), "sparse64": dict(sparse=64),
