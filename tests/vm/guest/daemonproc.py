@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,9 @@ class DaemonProcess:
         """``config_text`` None runs it with no --config (the embedded default).  Each
         log line goes to ``echo`` (default: our stderr, prefixed [kmigratedd])."""
         cmd = [KMIGRATEDD]
+        # The control socket the config names, for kmigratedctl (default: its default).
+        m = re.search(r"^\s*socket_path:\s*(\S+)", config_text or "", re.M)
+        self.socket = m.group(1) if m else None
         if config_text is not None:
             self.config = workdir / "kmigratedd.yaml"
             self.config.write_text(config_text)
@@ -94,15 +98,18 @@ class DaemonProcess:
         return metric_total(self.metrics(), name, **labels)
 
     def status(self) -> dict[str, Any]:
-        """``kmigratedctl status --json``, through its default control socket."""
+        """``kmigratedctl status --json``, through the daemon's control socket."""
         st: dict[str, Any] = json.loads(self.ctl("status", "--json"))
         return st
 
     def ctl(self, *args: str) -> str:
         """The output of ``kmigratedctl ARGS`` (the installed one, default socket)."""
         ctl = Path(self.proc.args[0]).with_name("kmigratedctl")
-        return subprocess.run([str(ctl), *args], capture_output=True, text=True, check=True,
-                              timeout=60).stdout
+        sock = ["-s", self.socket] if self.socket else []
+        r = subprocess.run([str(ctl), *sock, *args], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, f"kmigratedctl {' '.join(args)}: {r.stderr.strip()}"
+        return r.stdout
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
