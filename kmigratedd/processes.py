@@ -79,22 +79,6 @@ def waiting_by_pid(inboxes: Iterable[Mapping[int, Sized]]) -> dict[int, int]:
     return out
 
 
-def _cgroup(fs: KernelFs, pid: int) -> str:
-    text = fs.read_optional(f"/proc/{pid}/cgroup") or ""
-    for line in text.splitlines():
-        if line.startswith("0::"):
-            return line[3:]
-    return ""
-
-
-def _rss_pages(fs: KernelFs, pid: int) -> int:
-    text = fs.read_optional(f"/proc/{pid}/statm")
-    try:
-        return int(text.split()[1]) if text else 0
-    except (IndexError, ValueError):
-        return 0
-
-
 def snapshot(fs: KernelFs, scope_pids: Iterable[int], moves: PidMoves,
              waiting: Mapping[int, int], slow_nodes: Iterable[int], page_size: int,
              limit: int) -> list[ProcessView]:
@@ -106,7 +90,7 @@ def snapshot(fs: KernelFs, scope_pids: Iterable[int], moves: PidMoves,
     room = MEASURE_MAX - len(chosen)
     if room > 0:
         others = [pid for pid in scope_pids if pid not in moved and pid not in waiting]
-        chosen += heapq.nlargest(room, others, key=lambda pid: _rss_pages(fs, pid))
+        chosen += heapq.nlargest(room, others, key=lambda pid: procfs.rss_pages(fs, pid) or 0)
     views = []
     for pid in chosen:
         pages = procfs.numa_pages(fs, pid, page_size)
@@ -114,7 +98,7 @@ def snapshot(fs: KernelFs, scope_pids: Iterable[int], moves: PidMoves,
             continue  # gone, or not readable
         comm = (fs.read_optional(f"/proc/{pid}/comm") or "?").strip()
         p, d = moved.get(pid, (0, 0))
-        views.append(ProcessView(pid, comm, _cgroup(fs, pid), pages,
+        views.append(ProcessView(pid, comm, procfs.cgroup_path(fs, pid) or "", pages,
                                  sum(v for n, v in pages.items() if n in slow),
                                  waiting.get(pid, 0), p, d))
     views.sort(key=lambda v: (-v.slow_pages, -(v.promoted_pages + v.demoted_pages), v.pid))

@@ -134,6 +134,18 @@ def peer_ids(fs: KernelFs, pid: int) -> tuple[frozenset[int], frozenset[int]] | 
         return None
 
 
+def cgroup_path(fs: KernelFs, pid: int) -> str | None:
+    """The cgroup v2 path of ``pid`` (the ``0::`` line of /proc/PID/cgroup); None if the
+    process is gone or has none."""
+    text = fs.read_optional(f"/proc/{pid}/cgroup")
+    if text is None:
+        return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
 def rss_pages(fs: KernelFs, pid: int) -> int | None:
     """Resident pages (/proc/PID/statm, field 2): kept in counters, so reading it
     walks no page table; None if the process is gone (proc(5))."""

@@ -47,13 +47,7 @@ class Scope:
         return procfs.is_kernel_thread(self.fs, pid)
 
     def _cgroup(self, pid: int) -> str | None:
-        text = self.fs.read_optional(f"/proc/{pid}/cgroup")
-        if text is None:
-            return None
-        for line in text.splitlines():
-            if line.startswith("0::"):
-                return line[3:]
-        return None
+        return procfs.cgroup_path(self.fs, pid)
 
     def contains(self, pid: int, listed: bool = False) -> bool:
         """Whether ``pid`` is watched now (False if it is gone; with ``listed``, a pid

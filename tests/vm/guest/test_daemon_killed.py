@@ -112,16 +112,6 @@ def full_node0() -> Iterator[Workload | None]:
             filler.stop()
 
 
-def promoted(d: DaemonProcess) -> float:
-    """Pages the daemon promoted, 0 while its /metrics does not answer: at daemon.nice 10
-    on a guest whose vCPUs the workload, the filler and kswapd keep busy, a scrape can
-    take longer than its time-out."""
-    try:
-        return d.metric_sum("kmigratedd_promoted_pages_total")
-    except OSError:  # URLError and TimeoutError are OSErrors
-        return 0.0
-
-
 def exchange_then_kill(tmp: Path, method: str, sampler: str,
                        kill: Callable[[DaemonProcess, Path], str]) -> None:
     before = sysctls()
@@ -132,7 +122,7 @@ def exchange_then_kill(tmp: Path, method: str, sampler: str,
             try:
                 d.wait_for("running (pid", 180)
                 t0 = time.monotonic()
-                while promoted(d) < PROMOTED_PAGES:
+                while d.metric_sum("kmigratedd_promoted_pages_total") < PROMOTED_PAGES:
                     assert time.monotonic() - t0 < 240, "no exchange under way"
                     assert d.proc.poll() is None
                     time.sleep(1)
