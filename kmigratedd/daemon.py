@@ -33,6 +33,7 @@ import errno
 import logging
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from .damon import kdamond
 from .engine import Engine
 from .instance import InstanceLock
 from .supervise import Failures, supervised
-from .threads import Threads
+from .threads import Threads, exit_within
 from .errors import KmigratedError, StartupError, startup_error
 from .kernelfs import KernelFs
 from .metrics import PROCESS_SERIES, Metrics, MetricsServer, MetricsSources
@@ -397,14 +398,29 @@ async def _main(daemon: Daemon) -> int:
     return 0
 
 
+def exit_code(error: BaseException) -> int:
+    """The exit status cli.main gives ``error`` (2: the set-up or the config, 1: else)."""
+    from .cli import EXIT_CONFIG
+    from .errors import ConfigError, StartupError
+
+    return EXIT_CONFIG if isinstance(error, (ConfigError, StartupError)) else 1
+
+
 def run(cfg: Config, config_path: str | None, fs: KernelFs, *,
         dry_run: bool | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT, on uvloop."""
     import uvloop
 
     async def main() -> int:
-        return await _main(Daemon(config=with_overrides(cfg, dry_run=dry_run),
-                                  config_path=config_path, fs=fs, dry_run_override=dry_run))
+        daemon = Daemon(config=with_overrides(cfg, dry_run=dry_run), config_path=config_path,
+                        fs=fs, dry_run_override=dry_run)
+        try:
+            return await _main(daemon)
+        finally:
+            # The process ends once this returns: bound the wait for threads still busy.
+            error = sys.exc_info()[1]
+            exit_within(daemon.config.daemon.shutdown_timeout_ms / 1000 + 1,
+                        0 if error is None else exit_code(error), error)
 
     return uvloop.run(main())
 

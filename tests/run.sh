@@ -21,4 +21,10 @@ VENV=$(bash tests/setup.sh --print-venv)
 export PYTHONSAFEPATH=1
 export KMIGRATEDD_TEST_DIST
 KMIGRATEDD_TEST_DIST="$(dirname "$VENV")/dist"
-exec "$VENV/bin/python" -P -m pytest "$@"
+# The guest tests run under pytest-xdist, as many guests at a time as the machine has room
+# for (tests/conftest.py, pytest_xdist_auto_num_workers; `-n 1` or KMIGRATEDD_TEST_WORKERS=1
+# for one): each guest takes one CPU (single-threaded TCG).  The host tests stay together on
+# one worker.  The quick loop runs without workers.
+workers=()
+[ -n "$host_only" ] || workers=(-n auto --dist loadgroup)
+exec "$VENV/bin/python" -P -m pytest "${workers[@]}" "$@"

@@ -106,3 +106,8 @@ if [ "$(cat "$DIST/.stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "$deps" >"$VENV/.kmigratedd-deps"
   echo "$stamp" >"$DIST/.stamp"
 fi
+if [ "$HOST_ONLY" = 0 ]; then
+  # The idle-tracking guest kernel (cached per machine): built here, before the guest tests
+  # run two at a time, rather than by the first test that needs it, beside a running guest.
+  bash tests/vm/build_kernel.sh >/dev/null
+fi

@@ -261,3 +261,20 @@ def test_a_startup_sweep_runs_beside_a_sampler_that_waits_for_the_kernel(tmp_pat
     assert asyncio.run(go("damon", "sampler")) is None and events == []
     off = config.Config(sampler=config.SamplerConfig(startup_sweep_ms=0))
     assert asyncio.run(go("pebs", "kswapd", off)) is None and events == []
+
+
+def test_a_thread_still_busy_at_exit_does_not_keep_the_process_alive() -> None:
+    """Python joins the pools' threads at exit: a thread blocked in the kernel (a sampler
+    round, a move_pages batch) would keep a stopped daemon alive until systemd killed it.
+    exit_within ends the process with the daemon's exit status and names the thread."""
+    code = ("import concurrent.futures, time\n"
+            "from kmigratedd.threads import exit_within\n"
+            "pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='stuck')\n"
+            "pool.submit(time.sleep, 120)\n"
+            "exit_within(0.5, 3)\n")
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 3, res.stderr
+    assert time.monotonic() - t0 < 30
+    assert "1 thread(s) still busy" in res.stderr and "stuck_0" in res.stderr, res.stderr

@@ -61,10 +61,3 @@ def guest_pytest(
         return res
 
     return run
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if vmpytest.RUNS:
-        terminalreporter.section("kmigratedd VM runs")
-        for line in vmpytest.summary_lines():
-            terminalreporter.write_line(line)

@@ -95,3 +95,27 @@ def test_initramfs_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     names = p.stdout.decode().split()
     assert "init" in names and "bin/busybox" in names and "dev/console" in names
     assert any(n.endswith("-9p.ko") for n in names)
+
+
+def test_guests_at_once_follow_the_xdist_workers(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under pytest-xdist each worker may hold a guest slot; a third guest waits for one."""
+    import threading
+
+    monkeypatch.setattr(vmrun, "CACHE_ROOT", tmp_path)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert vmrun.vm_slots() == 2
+    third_in = threading.Event()
+
+    def third() -> None:
+        with vmrun._vm_lock():
+            third_in.set()
+
+    with vmrun._vm_lock(), vmrun._vm_lock():
+        t = threading.Thread(target=third)
+        t.start()
+        assert not third_in.wait(2.5)
+    assert third_in.wait(10)
+    t.join()
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "x")
+    assert vmrun.vm_slots() == 1

@@ -30,7 +30,7 @@ import vmrun
 HERE = Path(__file__).resolve().parent
 GUEST_DIR = HERE / "guest"
 REPO = HERE.parent.parent
-DEFAULT_DISABLED_PLUGINS = ("hypothesispytest",)
+DEFAULT_DISABLED_PLUGINS = ("hypothesispytest", "xdist")
 
 
 @dataclasses.dataclass
@@ -170,10 +170,10 @@ def assert_counts(res: vmrun.VMResult, *, passed: int, skipped: int = 0) -> None
                 pytrace=False)
 
 
-def summary_lines() -> list[str]:
+def summary_lines(runs: Sequence[RunRecord] | None = None) -> list[str]:
     head = f"{'guest module(s)':34} {'topology':8} {'kernel':12} {'accel':5}"
     lines = [f"{head} {'boot s':>6} {'wall s':>6}  result"]
-    for r in RUNS:
+    for r in RUNS if runs is None else runs:
         boot = f"{r.boot_seconds:.2f}" if r.boot_seconds is not None else "-"
         lines.append(
             f"{r.targets[:34]:34} {r.topology:8} {r.kernel:12} {r.accel:5} {boot:>6} "

@@ -593,17 +593,42 @@ def availability(kernel: str = "debian-6.12") -> str | None:
     return None
 
 
+def vm_slots() -> int:
+    """How many guests this run may boot at once: one, or under pytest-xdist one per worker
+    (tests/run.sh starts as many workers as the machine has room for guests)."""
+    raw = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    return max(1, int(raw)) if raw.isdigit() else 1
+
+
 @contextlib.contextmanager
 def _vm_lock() -> Iterator[None]:
-    """Guests run one at a time on this machine."""
+    """At most vm_slots() guests at a time on this machine: each holds one of the lock files
+    vm.lock, vm.lock.1, ...  A run with one slot (a benchmark, a plain pytest) waits for
+    vm.lock only, so it shares the machine with at most one other guest."""
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_ROOT / "vm.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _log("another guest is running; waiting for it")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    paths = [CACHE_ROOT / ("vm.lock" if i == 0 else f"vm.lock.{i}") for i in range(vm_slots())]
+    files = [open(path, "w") for path in paths]
+    try:
+        waited = False
+        while True:
+            for f in files:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                yield
+                return
+            if not waited:
+                _log("another guest is running; waiting for it")
+                waited = True
+            if len(files) == 1:
+                fcntl.flock(files[0], fcntl.LOCK_EX)
+                yield
+                return
+            time.sleep(1)
+    finally:
+        for f in files:
+            f.close()
 
 
 def _guest_script(cmd: Sequence[str], cwd: str, env: Mapping[str, str]) -> str:
@@ -672,7 +697,7 @@ def run_in_vm(
         raise ValueError(f"bad 9p cache mode {cwd_cache!r}")
     log_dir = Path(log_dir) if log_dir else DEFAULT_LOG_DIR
 
-    with _vm_lock():  # one guest at a time; the KVM probe boots one too
+    with _vm_lock():  # vm_slots() guests at a time; the KVM probe boots one too
         acc = choose_accel(accel, qemu, gk)
         genv: dict[str, str] = {
             "PATH": os.environ.get("PATH", GUEST_PATH) + ":" + GUEST_PATH,
