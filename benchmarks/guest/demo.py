@@ -110,7 +110,7 @@ def main() -> int:
         say("starting kmigratedd with its embedded default config (no --config) ...")
         d = DaemonProcess(None, Path("/tmp"), echo=echo)  # no --config: the default
         try:
-            d.wait_for("running (pid", 180)
+            d.wait_running()
         except AssertionError as exc:
             say(f"kmigratedd did not start: {exc}")
             return 1

@@ -129,7 +129,7 @@ control:
 """
         t = time.monotonic()
         self.d = DaemonProcess(cfg, self.tmp)
-        self.d.wait_for("running (pid", 180)
+        self.d.wait_running()
         self.startup_s = time.monotonic() - t
         # The damon sampler, and the damon-paddr demoter of the other samplers, run a
         # kdamond: its CPU is the mechanism's too.  One the demoter starts later is

@@ -50,7 +50,7 @@ def main() -> int:
         d = DaemonProcess(f"metrics:\n  port: 0\ncontrol:\n  socket_path: {tmp}/c.sock\n"
                           f"sampler:\n  hint_faults:\n    state_file: {tmp}/s/state.json\n",
                           tmp, echo=lambda line: None)
-        d.wait_for("running (pid", 180)
+        d.wait_running()
         t0 = last_rot = time.monotonic()
         for minute in range(a.minutes + 1):
             while time.monotonic() < t0 + 60 * minute:

@@ -115,7 +115,7 @@ def run_one(contender: str, a: argparse.Namespace, rep: int) -> dict[str, Any]:
                        f"metrics:\n  port: 0\ncontrol:\n  socket_path: {td}/c.sock\n"
                        + VARIANTS[contender])
                 d = DaemonProcess(cfg, Path(td), echo=lambda line: None)
-                d.wait_for("running (pid", 180)
+                d.wait_running()
             t_on, t_on_ns = time.monotonic(), time.monotonic_ns()
             kswapd = kswapd_pid(0)
             smp = Sampler(w.pid, a.sample_ms / 1000)

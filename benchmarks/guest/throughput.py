@@ -356,7 +356,7 @@ def idle_once(name: str, flush_ms: int, a: argparse.Namespace) -> dict[str, Any]
         tmp = Path(td)
         d = DaemonProcess(daemon_config(name, tmp), tmp)
         try:
-            d.wait_for("running (pid", 180)
+            d.wait_running()
             time.sleep(a.idle_settle_s)
             kd = kdamond_pids()
             kd0 = sum(sum(g.proc_cpu(p)) for p in kd)

@@ -19,6 +19,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 KMIGRATEDD = str(Path(sys.executable).with_name("kmigratedd"))
+# Bounds on how long a line may take to be logged, not timings: under TCG with another guest
+# and the host tests beside it, importing the daemon and starting it took minutes.
+LOG_TIMEOUT_S = 180
+START_TIMEOUT_S = 360
 
 
 class DaemonProcess:
@@ -58,7 +62,11 @@ class DaemonProcess:
             self._eof = True
             self._cond.notify_all()
 
-    def wait_for(self, text: str, timeout: float = 60) -> str:
+    def wait_running(self) -> str:
+        """The daemon's 'running (pid N)' line, once it has started."""
+        return self.wait_for("running (pid", START_TIMEOUT_S)
+
+    def wait_for(self, text: str, timeout: float = LOG_TIMEOUT_S) -> str:
         """The first line logged so far that contains ``text``, waiting for it."""
         deadline = time.monotonic() + timeout
         seen = 0

@@ -66,7 +66,7 @@ def run_e2e(sampler: str, tmp: Path, flush_ms: int, fill_to_mib: float | None) -
             m0 = migrated()
             d = DaemonProcess(config(sampler, tmp), tmp)
             try:
-                d.wait_for("running (pid", 120)
+                d.wait_running()
                 t0 = time.monotonic()
                 t_run = time.monotonic_ns()
                 t50 = t90 = None

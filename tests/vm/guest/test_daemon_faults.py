@@ -65,7 +65,7 @@ def promoted(d: DaemonProcess) -> float:
 def test_workload_exits_mid_batch(tmp_path, pressure):
     d = DaemonProcess(config(tmp_path), tmp_path)
     try:
-        d.wait_for("running (pid")
+        d.wait_running()
         w = Workload(128, 0, node=1)
         assert wait(lambda: promoted(d) > 0, 120, 0.2), "nothing promoted"
         w.proc.send_signal(signal.SIGKILL)  # gone while batches are in flight
@@ -89,7 +89,7 @@ def test_workload_exits_mid_batch(tmp_path, pressure):
 def test_workload_unmaps_half_its_hot_set(tmp_path, pressure):
     d = DaemonProcess(config(tmp_path), tmp_path)
     try:
-        d.wait_for("running (pid")
+        d.wait_running()
         with Workload(128, 0, node=1) as w:
             assert wait(lambda: promoted(d) > 0, 120, 0.2)
             w.proc.send_signal(signal.SIGUSR2)
@@ -122,7 +122,7 @@ def test_fast_node_nearly_full_headroom_stops_promotion(tmp_path):
                           + "demotion:\n  method: off\n",
                           tmp_path)
         try:
-            d.wait_for("running (pid")
+            d.wait_running()
             with Workload(128, 0, node=1) as w:
                 assert wait(lambda: d.metric_sum("kmigratedd_headroom_blocked") == 1, 180), \
                     f"the headroom guard never engaged (floor {floor} MiB, node 0 free " \
@@ -149,7 +149,7 @@ def test_fast_node_nearly_full_headroom_stops_promotion(tmp_path):
 def test_second_workload_joins_later(tmp_path, pressure):
     d = DaemonProcess(config(tmp_path), tmp_path)
     try:
-        d.wait_for("running (pid")
+        d.wait_running()
         with Workload(64, 0, node=1) as a:
             assert wait(lambda: a.fraction_on(a.hot, 0) >= 0.9, 120)
             with Workload(64, 0, node=1) as b:

@@ -120,7 +120,7 @@ def exchange_then_kill(tmp: Path, method: str, sampler: str,
         with Workload(HOT_MIB, COLD_MIB, node=1, flush_ms=10) as w:
             d = DaemonProcess(config(tmp, method, sampler), tmp)
             try:
-                d.wait_for("running (pid", 180)
+                d.wait_running()
                 t0 = time.monotonic()
                 while d.metric_sum("kmigratedd_promoted_pages_total") < PROMOTED_PAGES:
                     assert time.monotonic() - t0 < 240, "no exchange under way"
@@ -138,7 +138,7 @@ def exchange_then_kill(tmp: Path, method: str, sampler: str,
             assert rc == -signal.SIGKILL
             d2 = DaemonProcess(config(tmp, method, sampler), tmp)
             try:
-                d2.wait_for("running (pid", 180)
+                d2.wait_running()
                 restored = [x for x in d2.lines if "left changed by a previous run" in x
                             or "turned off kdamond" in x.lower()]
             finally:

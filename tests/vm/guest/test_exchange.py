@@ -91,7 +91,7 @@ def test_default_config_makes_room_on_a_full_fast_tier(tmp_path: Path) -> None:
             assert free0 < HOT_MIB
             d = DaemonProcess(config_text(), tmp_path)  # None: the embedded default
             try:
-                d.wait_for("running (pid", 120)
+                d.wait_running()
                 t0 = time.monotonic()
                 t50 = t90 = None
                 while time.monotonic() - t0 < BOUND_S:

@@ -50,8 +50,8 @@ def test_promotion_keeps_the_headroom_while_the_slow_node_is_short(tmp_path: Pat
             assert free1 < floor_mib
             d = DaemonProcess(None, tmp_path)  # the embedded default
             try:
-                d.wait_for("running (pid", 120)
-                d.wait_for("promotion to node 0 keeps its headroom", 30)
+                d.wait_running()
+                d.wait_for("promotion to node 0 keeps its headroom")
                 t0 = time.monotonic()
                 while time.monotonic() - t0 < SHORT_S:
                     time.sleep(2)
@@ -71,7 +71,7 @@ def test_promotion_keeps_the_headroom_while_the_slow_node_is_short(tmp_path: Pat
 
                 filler1.stop()
                 filler1 = None
-                d.wait_for("has room again", 30)
+                d.wait_for("has room again")
                 t1 = time.monotonic()
                 t90 = None
                 while time.monotonic() - t1 < BOUND_S:

@@ -40,7 +40,7 @@ def test_a_hot_set_larger_than_the_fast_tier_settles(tmp_path: Path) -> None:
               f"hot by one process; a hot set of {HOT_MIB} MiB on node 1", flush=True)
         d = DaemonProcess(None, tmp_path)  # the embedded default
         try:
-            d.wait_for("running (pid", 120)
+            d.wait_running()
             t0 = time.monotonic()
             promoted = [0.0]
             while time.monotonic() - t0 < RUN_S:

@@ -80,7 +80,7 @@ def test_the_default_config_promotes_the_hot_pages_and_not_the_cold(
     with Workload(HOT_MIB, COLD_MIB, node=1, flush_ms=10, **params) as w:
         d = DaemonProcess(None, tmp_path)  # no arguments: the embedded default
         try:
-            d.wait_for("running (pid", 120)
+            d.wait_running()
             chosen = d.wait_for("sampler auto: using", 5)
             t90 = wait_hot(d, w)
             first = w

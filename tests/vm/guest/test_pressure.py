@@ -71,7 +71,7 @@ def test_memory_pressure_in_the_workloads_cgroup_holds_promotion(tmp_path: Path)
                    f"metrics:\n  port: 0\ncontrol:\n  socket_path: {tmp_path}/c.sock\n")
             d = DaemonProcess(cfg, tmp_path)
             try:
-                d.wait_for("running (pid", 180)
+                d.wait_running()
                 held_seen = False
                 t0 = time.monotonic()
                 while time.monotonic() - t0 < HOLD_S:

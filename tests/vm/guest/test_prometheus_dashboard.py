@@ -229,7 +229,7 @@ def test_dashboard_queries_against_real_prometheus(tmp_path: Path) -> None:
             assert w.fraction_on(w.hot, 1) == 1.0
             d = DaemonProcess(daemon_config(tmp_path), tmp_path)
             try:
-                d.wait_for("running (pid", 120)
+                d.wait_running()
                 assert d.port, "metrics port not logged"
                 # Hold promotion until Prometheus watches, so that the whole of it is
                 # in the TSDB (and kmigratedctl pause/resume works on the way).

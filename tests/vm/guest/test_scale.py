@@ -123,7 +123,7 @@ def run(tmp: Path, label: str) -> dict:
         n_procs = sum(1 for d in os.listdir("/proc") if d.isdigit())
         d = DaemonProcess(config_text(), tmp)
         try:
-            d.wait_for("running (pid", 120)
+            d.wait_running()
             t0 = time.monotonic()
             cpu0, kd0 = d.cpu_seconds(), kdamond_cpu_s()
             t90, rss_max, frac = None, 0, 0.0

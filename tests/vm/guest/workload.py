@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ def binary() -> Path:
     out = BUILD / f"workload-{digest}"
     if not out.exists():
         BUILD.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
+        # Two guests (pytest-xdist) may build it at once in the shared tree, with the same
+        # pids: a temporary name of each one's own, renamed over the other's.
+        tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex}")
         subprocess.run(["gcc", "-O2", "-pthread", "-o", str(tmp), str(SOURCE), "-lm"],
                        check=True)
         os.replace(tmp, out)
