@@ -47,15 +47,19 @@ def _by_reason(values: Callable[[WorkerSnapshot], Mapping[str, int]]
 
 
 def _moved(pairs: Callable[[WorkerSnapshot], Mapping[tuple[int, int], int]], scale: bool,
-           always: bool = False) -> Callable[[WorkerSnapshot, str, int], Samples]:
-    """Samples by (source, destination) node; ``always``: a series (at 0) from the start,
-    so that dashboards and rate() see the first demotion."""
+           demotions: bool = False) -> Callable[[WorkerSnapshot, str, int], Samples]:
+    """Samples by (source, destination) node, each pair the worker moves pages between a
+    series from the start (at 0), so that dashboards and rate() see the first move: the
+    worker's sources to its node, or for ``demotions`` its node to its demotion target."""
     def samples(s: WorkerSnapshot, n: str, page: int) -> Samples:
-        got = pairs(s)
-        if not got and always:
-            down = "" if s.demote_to is None else str(s.demote_to)
-            return [((n, down), 0)]
-        return [((str(a), str(b)), c * (page if scale else 1)) for (a, b), c in sorted(got.items())]
+        if demotions:
+            start = [(n, "" if s.demote_to is None else str(s.demote_to))]
+        else:
+            start = [(str(src), n) for src in s.sources]
+        got = {(str(a), str(b)): c * (page if scale else 1) for (a, b), c in pairs(s).items()}
+        if not got:
+            return [(pair, 0) for pair in start]
+        return sorted({**{pair: 0 for pair in start if "" not in pair}, **got}.items())
     return samples
 
 
@@ -127,11 +131,11 @@ FAMILIES: tuple[Family, ...] = (
     # The exchange: demotion to make room.
     Family("kmigratedd_demoted_pages", "counter",
            "Cold pages demoted to make room, by source and destination node",
-           ("src_node", "dst_node"), _moved(lambda s: s.demoted, False, always=True),
+           ("src_node", "dst_node"), _moved(lambda s: s.demoted, False, demotions=True),
            "demoted_pages", lambda s: s.demoted_pages),
     Family("kmigratedd_demoted_bytes", "counter",
            "Bytes demoted to make room, by source and destination node",
-           ("src_node", "dst_node"), _moved(lambda s: s.demoted, True, always=True)),
+           ("src_node", "dst_node"), _moved(lambda s: s.demoted, True, demotions=True)),
     Family("kmigratedd_demotion_outcomes", "counter",
            "Per-page move_pages outcomes of demotions by reason", ("node", "reason"),
            _by_reason(lambda s: {"moved": 0} | dict(s.moves.demote_outcomes))),

@@ -135,6 +135,8 @@ class WorkerSnapshot:
     pingpongs: int
     # Pages the kernel demoted from this node for the demoter (kswapd, a paddr scheme).
     kernel_demoted: dict[tuple[int, int], int] = field(default_factory=dict)
+    # The slow nodes whose pages promote to this one.
+    sources: tuple[int, ...] = ()
 
     @property
     def promoted(self) -> dict[tuple[int, int], int]:

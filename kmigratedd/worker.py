@@ -150,7 +150,9 @@ class NodeWorker(LoopStage):
             demote_to=self.demote_to, demote_regrets=d.regrets, protect_s=d.protect_s,
             promoted_then_cold=d.promoted_then_cold, pingpong_window_s=d.window_now_s,
             pingpong_widenings=d.widenings,
-            pingpongs=d.pingpongs, kernel_demoted=dict(self.kernel_demoted()))
+            pingpongs=d.pingpongs, kernel_demoted=dict(self.kernel_demoted()),
+            sources=tuple(sorted(s for s, t in self.topology.targets.items()
+                                 if t == self.node)))
 
     # --- the loop ---------------------------------------------------------
 

@@ -405,3 +405,19 @@ def test_bounces_widen_the_pingpong_window_until_kswapds_exchange_settles(fs, mo
     snap = w.snapshot()
     assert snap.pingpong_window_s == w.damper.window_s * w.damper.widen
     assert snap.pingpongs == w.damper.pingpongs
+
+
+def test_each_pair_a_worker_moves_between_has_a_series_from_the_start(fs):
+    """Promotion and demotion counters exist at 0 from the start, for each source to the
+    node and from the node to its target: rate() then sees the first moves (a series that
+    appears with its final count has a single sample in the window, and no rate)."""
+    from kmigratedd import families
+
+    mover, clock = FakeMover(), Clock()
+    w, q, cq = make_exchange(fs, mover, clock)
+    fams = families.collect({0: w.snapshot()}, PAGE)
+    got = {name: [(tuple(s.labels.values()), s.value) for s in fam.samples]
+           for name, fam in fams.items()}
+    assert got["kmigratedd_promoted_pages"] == [(("1", "0"), 0)]
+    assert got["kmigratedd_promoted_bytes"] == [(("1", "0"), 0)]
+    assert got["kmigratedd_demoted_pages"] == [(("0", "1"), 0)]
