@@ -22,10 +22,7 @@ in NUMA balancing's tiering mode, promo watermark), and promotion goes on.  Wher
 kswapd has given the node up (its reclaim failed 16 times in a row, shown as
 ``node_unreclaimable`` in /proc/zoneinfo: pages just written are young and cannot be
 demoted at once), nothing wakes it until some reclaim on the node succeeds, so
-promotion then lets its own allocations reclaim, in batches kept short.  It does so too,
-for ESCAPE_S at a time, when it has waited STUCK_S at the floor and the node's free
-memory has not grown (kswapd asleep, the node balanced in its eyes, or failing short of
-giving it up): a wait that nothing ends would leave the hot set half placed.
+promotion then lets its own allocations reclaim, in batches kept short.
 """
 
 from __future__ import annotations
@@ -45,12 +42,6 @@ log = logging.getLogger("kmigratedd.capacity")
 # Watermarks change only with vm.min_free_kbytes, vm.watermark_scale_factor or memory
 # hotplug: re-read this often.
 MARKS_REFRESH_S = 30.0
-# At the floor this long with the node's free memory not grown by a batch: nothing makes
-# room (kswapd asleep with the node balanced in its eyes, or failing short of giving the
-# node up), and promotion lets its own allocations reclaim for ESCAPE_S, as where kswapd
-# has given the node up.
-STUCK_S = 5.0
-ESCAPE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -152,10 +143,7 @@ class NodeCapacity:
         self.levels: NodeLevels | None = None
         self._free: tuple[float, int] | None = None
         self.room_needed = 0  # the last round's, readable from any thread
-        self.hopeless = False  # kswapd gave the node up, or nothing reclaims (free_bytes)
-        self.escapes = 0  # times promotion waited STUCK_S at the floor with nothing reclaiming
-        self._at_floor: tuple[float, int] | None = None  # since when, and the free then
-        self._escape_until = 0.0
+        self.hopeless = False  # kswapd gave the node up (see free_bytes)
 
     def configure(self, headroom: HeadroomGuard, refresh_ms: int, batch_bytes: int) -> None:
         self.headroom = headroom
@@ -177,23 +165,20 @@ class NodeCapacity:
             # At the floor, read whether kswapd has given the node up as well.
             lv = (self.levels.read(fresh=self.headroom.blocked) if self.levels is not None
                   else None)
-            if lv is not None and (lv.unreclaimable or self._nothing_reclaims(now, lv.free)):
+            if lv is not None and lv.unreclaimable:
                 # Only a reclaim that succeeds wakes kswapd again: promotion lets its own
                 # allocations reclaim (each batch kept short by workers.max_batch_ms).
                 if not self.hopeless:
-                    log.warning("node %d: %s: promotion goes below its min watermarks until "
-                                "reclaim on it succeeds", self.node,
-                                "kswapd has given it up (node_unreclaimable)"
-                                if lv.unreclaimable else
-                                f"nothing has reclaimed on it for {STUCK_S:.0f} s at the "
-                                f"floor ({lv.free >> 20} MiB free)")
+                    log.warning("node %d: kswapd has given it up (node_unreclaimable): "
+                                "promotion goes below its min watermarks until reclaim on "
+                                "it succeeds", self.node)
                 self.hopeless = True
                 free = lv.free
                 self.headroom.min_free_bytes = self.headroom.resume_free_bytes = 0
             elif lv is not None:
                 if self.hopeless:
-                    log.info("node %d: promotion stops above its min watermarks again",
-                             self.node)
+                    log.info("node %d: kswapd reclaims again: promotion stops above its "
+                             "min watermarks", self.node)
                 self.hopeless = False
                 free = lv.free
                 self.headroom.min_free_bytes = lv.floor
@@ -204,25 +189,6 @@ class NodeCapacity:
                     self.headroom.min_free_bytes = self.headroom.resume_free_bytes = 0
             self._free = (now, free)
         return self._free[1]
-
-    def _nothing_reclaims(self, now: float, free: int) -> bool:
-        """Whether promotion has been blocked at the floor for STUCK_S while the node's free
-        memory did not grow by a batch (then it escapes for ESCAPE_S, see free_bytes)."""
-        if now < self._escape_until:
-            return True
-        if not self.headroom.blocked:
-            self._at_floor = None
-            return False
-        if self._at_floor is None or free - self._at_floor[1] >= max(self.batch_bytes,
-                                                                      self.page_size):
-            self._at_floor = (now, free)  # blocked just now, or something made room
-            return False
-        if now - self._at_floor[0] < STUCK_S:
-            return False
-        self._at_floor = None
-        self._escape_until = now + ESCAPE_S
-        self.escapes += 1
-        return True
 
     def moved(self, delta_bytes: int) -> None:
         """Adjust the free figure by what just moved onto (negative) or off the node."""

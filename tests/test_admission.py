@@ -198,39 +198,3 @@ def test_admission_alone_holds_back_what_the_headroom_and_the_rate_do_not_allow(
                               0.05)
     assert len(passed) == 0 and 0 < wait <= cfg.max_wait_ms / 1000
     assert stats.rate_limited_batches >= 1
-
-
-def test_at_the_floor_with_nothing_reclaiming_promotion_escapes_for_a_while(fs, data_dir):
-    """Blocked at the floor, and the node's free memory does not grow (kswapd asleep or
-    failing, node_unreclaimable not set): after STUCK_S the worker lets its own allocations
-    reclaim for ESCAPE_S."""
-    from kmigratedd import capacity
-    from kmigratedd.capacity import NodeLevels
-
-    fs.path("/proc").mkdir(exist_ok=True)
-    shutil.copy(data_dir / "zones" / "zoneinfo", fs.path("/proc/zoneinfo"))
-
-    def buddy(normal: int) -> None:
-        fs.path("/proc/buddyinfo").write_text(
-            f"Node 0, zone DMA 1920\nNode 0, zone DMA32 {10310 + 1463}\n"
-            f"Node 0, zone Normal {normal}\n")
-
-    buddy(6500)
-    mover, clock = FakeMover(), Clock()
-    w, q = make(fs, mover, clock, free_refresh_ms=100000)
-    w.w.capacity.levels = NodeLevels(fs, 0, PAGE, clock=clock)
-    mover.place(5, pages(2000), 1)
-    offer(q, 5, pages(2000))
-    run(steps(w, clock, 3, dt=1))
-    assert w.moves.promoted_pages == 740 and w.headroom.blocked   # at the floor
-    buddy(6500 - 740)     # what moved, and nothing reclaims
-
-    def wait(seconds: int) -> None:
-        for _ in range(seconds):
-            w.refresh_free()
-            run(steps(w, clock, 1, dt=1))
-
-    wait(int(capacity.STUCK_S) - 1)
-    assert w.moves.promoted_pages == 740 and w.capacity.escapes == 0   # still waiting
-    wait(3)
-    assert w.capacity.escapes == 1 and w.moves.promoted_pages == 2000
