@@ -196,6 +196,10 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
+        # daemon.nice yields the CPUs to the applications while the daemon runs; its stop
+        # must not wait behind them (systemd kills a stop that outlasts TimeoutStopSec=).
+        if self.threads.start_nice != self.config.daemon.nice:
+            self.threads.apply_nice(self.fs, self.threads.start_nice, quiet=True)
         timeout = self.config.daemon.shutdown_timeout_ms / 1000
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

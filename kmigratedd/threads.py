@@ -40,9 +40,10 @@ class Threads:
             log.warning("move thread: could not keep niceness %d (%s): it runs at %d",
                         self.start_nice, exc.strerror, os.getpriority(os.PRIO_PROCESS, tid))
 
-    def apply_nice(self, fs: KernelFs, nice: int) -> None:
+    def apply_nice(self, fs: KernelFs, nice: int, *, quiet: bool = False) -> None:
         """Set every thread of the daemon to ``nice`` (new threads inherit it from the
-        thread that starts them), but the move threads (:meth:`_move_thread`)."""
+        thread that starts them), but the move threads (:meth:`_move_thread`); ``quiet``:
+        best effort, a thread that cannot be set is not logged."""
         failed = []
         for tid in fs.listdir("/proc/self/task", r"\d+"):
             if int(tid) in self.move_tids:
@@ -52,7 +53,7 @@ class Threads:
                     os.setpriority(os.PRIO_PROCESS, int(tid), nice)
             except OSError as exc:
                 failed.append(f"{tid}: {exc.strerror}")
-        if failed:
+        if failed and not quiet:
             log.warning("daemon.nice %d: could not set %d thread(s) (%s); going below the "
                         "niceness it started with needs CAP_SYS_NICE", nice, len(failed),
                         failed[0])

@@ -128,7 +128,9 @@ class DaemonProcess:
     def cpu_seconds(self) -> float:
         return proc_cpu_seconds(self.proc.pid)
 
-    def stop(self, timeout: float = 30) -> int:
+    def stop(self, timeout: float = 120) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` (a bound, not a timing: on a TCG guest
+        whose CPUs the workloads saturate, a stop can take tens of seconds)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
