@@ -115,7 +115,7 @@ class DaemonProcess:
         ctl = Path(self.proc.args[0]).with_name("kmigratedctl")
         sock = ["-s", self.socket] if self.socket else []
         r = subprocess.run([str(ctl), *sock, *args], capture_output=True, text=True,
-                           timeout=60)
+                           timeout=LOG_TIMEOUT_S)
         assert r.returncode == 0, f"kmigratedctl {' '.join(args)}: {r.stderr.strip()}"
         return r.stdout
 
