@@ -101,26 +101,28 @@ def main(argv: list[str] | None = None) -> int:
 
         logsetup.setup(cfg.log_level, debug=args.debug)
         return run(cfg, args.config, fs, dry_run=args.dry_run)
-    except (ConfigError, StartupError) as exc:
-        print(f"kmigratedd: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except MemoryError:
-        print("kmigratedd: out of memory: raise the memory limit (MemoryMax=, ulimit -v)",
-              file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as exc:
-        err = startup_error(exc)
-        if args.debug:
+    except (KmigratedError, MemoryError, OSError) as exc:
+        code, message = failure(exc)
+        if args.debug and not isinstance(exc, (ConfigError, StartupError, MemoryError)):
             logging.getLogger("kmigratedd").exception("fatal")
-        print(f"kmigratedd: {err}", file=sys.stderr)
-        return EXIT_CONFIG if isinstance(err, StartupError) else 1
-    except KmigratedError as exc:
-        if args.debug:
-            logging.getLogger("kmigratedd").exception("fatal")
-        print(f"kmigratedd: {exc}", file=sys.stderr)
-        return 1
+        print(message, file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         return 130
+
+
+def failure(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one line a failure ends the daemon with: 2 for the
+    config and the set-up (what the operator must fix first), 1 for the rest."""
+    if isinstance(exc, (ConfigError, StartupError)):
+        return EXIT_CONFIG, f"kmigratedd: {exc}"
+    if isinstance(exc, MemoryError):
+        return EXIT_CONFIG, ("kmigratedd: out of memory: raise the memory limit (MemoryMax=, "
+                             "ulimit -v)")
+    if isinstance(exc, OSError):
+        err = startup_error(exc)
+        return (EXIT_CONFIG if isinstance(err, StartupError) else 1), f"kmigratedd: {err}"
+    return 1, f"kmigratedd: {exc}"
 
 
 if __name__ == "__main__":

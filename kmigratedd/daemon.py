@@ -402,14 +402,6 @@ async def _main(daemon: Daemon) -> int:
     return 0
 
 
-def exit_code(error: BaseException) -> int:
-    """The exit status cli.main gives ``error`` (2: the set-up or the config, 1: else)."""
-    from .cli import EXIT_CONFIG
-    from .errors import ConfigError, StartupError
-
-    return EXIT_CONFIG if isinstance(error, (ConfigError, StartupError)) else 1
-
-
 def run(cfg: Config, config_path: str | None, fs: KernelFs, *,
         dry_run: bool | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT, on uvloop."""
@@ -422,9 +414,11 @@ def run(cfg: Config, config_path: str | None, fs: KernelFs, *,
             return await _main(daemon)
         finally:
             # The process ends once this returns: bound the wait for threads still busy.
+            from .cli import failure
+
             error = sys.exc_info()[1]
             exit_within(daemon.config.daemon.shutdown_timeout_ms / 1000 + 1,
-                        0 if error is None else exit_code(error), error)
+                        *((0, None) if error is None else failure(error)))
 
     return uvloop.run(main())
 

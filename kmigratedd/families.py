@@ -57,9 +57,9 @@ def _moved(pairs: Callable[[WorkerSnapshot], Mapping[tuple[int, int], int]], sca
         else:
             start = [(str(src), n) for src in s.sources]
         got = {(str(a), str(b)): c * (page if scale else 1) for (a, b), c in pairs(s).items()}
-        if not got:
-            return [(pair, 0) for pair in start]
-        return sorted({**{pair: 0 for pair in start if "" not in pair}, **got}.items())
+        # a pair with no target yet ("") only while nothing has moved
+        zeros = {pair: 0 for pair in start if not got or "" not in pair}
+        return sorted((zeros | got).items())
     return samples
 
 

@@ -63,15 +63,15 @@ class Threads:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def exit_within(grace_s: float, code: int, error: BaseException | None = None) -> None:
+def exit_within(grace_s: float, code: int, message: str | None = None) -> None:
     """After the orderly shutdown, make sure the process ends within ``grace_s`` seconds.
 
     Python joins the thread pools' threads at exit (and asyncio the default executor's), so
     a thread still blocked in a sampler round or in a move_pages batch would keep the process
     alive until systemd or the kubelet kills it.  Everything the daemon must undo is undone by
     then (sysctls, kdamonds, the control socket), and a page is never half moved, so a daemon
-    thread ends the process with ``code`` if it is still here after ``grace_s``, and names the
-    threads it left behind."""
+    thread ends the process with ``code`` (and ``message``, the failure's line, on stderr)
+    if it is still here after ``grace_s``, and names the threads it left behind."""
 
     def fire() -> None:
         time.sleep(grace_s)
@@ -79,8 +79,8 @@ def exit_within(grace_s: float, code: int, error: BaseException | None = None) -
                       if t is not threading.main_thread() and not t.daemon)
         log.warning("exiting with %d thread(s) still busy %.1f s after the shutdown: %s",
                     len(busy), grace_s, ", ".join(busy) or "-")
-        if error is not None:
-            print(f"kmigratedd: {error}", file=sys.stderr)
+        if message is not None:
+            print(message, file=sys.stderr)
         logging.shutdown()
         os._exit(code)
 

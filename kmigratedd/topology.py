@@ -100,10 +100,14 @@ class Topology:
     def slow_nodes(self) -> tuple[int, ...]:
         return tuple(sorted(self.targets))
 
+    def sources(self, node: int) -> tuple[int, ...]:
+        """The slower nodes whose pages promote to ``node``."""
+        return tuple(sorted(s for s, d in self.targets.items() if d == node))
+
     def demotion_target(self, node: int) -> int | None:
         """Where cold pages of the fast ``node`` go: the nearest of the slower nodes that
         promote to it (by distance, then id); None if none does."""
-        below = [s for s, d in self.targets.items() if d == node]
+        below = self.sources(node)
         if not below:
             return None
         dist = self.nodes[node].distances

@@ -151,14 +151,13 @@ class NodeWorker(LoopStage):
             promoted_then_cold=d.promoted_then_cold, pingpong_window_s=d.window_now_s,
             pingpong_widenings=d.widenings,
             pingpongs=d.pingpongs, kernel_demoted=dict(self.kernel_demoted()),
-            sources=tuple(sorted(s for s, t in self.topology.targets.items()
-                                 if t == self.node)))
+            sources=self.topology.sources(self.node))
 
     # --- the loop ---------------------------------------------------------
 
     async def run(self) -> None:
         log.info("worker for node %d: promoting from node(s) %s", self.node,
-                 ",".join(str(s) for s, d in self.topology.targets.items() if d == self.node))
+                 ",".join(map(str, self.topology.sources(self.node))))
         wake = self._event()
         self.inbox.on_accept(wake.set)
         while not self._stopping:

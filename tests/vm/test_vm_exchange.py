@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import pytest
 
-import vmpytest
 import vmrun
 
 pytestmark = pytest.mark.vm
@@ -32,12 +31,7 @@ def test_hot_set_larger_than_the_fast_tier_settles_debian_612(
         guest_pytest: Callable[..., vmrun.VMResult]) -> None:
     """Node 0 held by a hot process, a hot set on node 1: the exchange settles
     (tests/vm/guest/test_hot_set_larger_than_fast_tier.py)."""
-    res = vmpytest.run_pytest_in_vm("test_hot_set_larger_than_fast_tier.py", topology="2node",
-                                    kernel="debian-6.12", mem=["4608M", "2048M"],
-                                    timeout=1200, pytest_args=["-s"])
-    vmpytest.assert_vm_ok(res)
-    if vmpytest.counts(res.output).get("xfailed") == 1:
-        # Everything but the settling held (the guest test's assertions before its xfail).
-        pytest.xfail("the exchange did not settle within the run: "
-                     + next((ln for ln in res.output.splitlines() if "SETTLE" in ln), ""))
-    vmpytest.assert_counts(res, passed=1)
+    # A run that did not settle is an expected failure once everything else held.
+    guest_pytest("test_hot_set_larger_than_fast_tier.py", passed=1, xfail_ok=True,
+                 topology="2node", kernel="debian-6.12", mem=["4608M", "2048M"], timeout=1200,
+                 pytest_args=["-s"])

@@ -97,7 +97,7 @@ def run_pytest_in_vm(
     cmd += [
         *paths,
         "-q",
-        "-rfEs",
+        "-rfEsx",
         *pytest_args,
     ]
     res = vmrun.run_in_vm(

@@ -19,8 +19,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 KMIGRATEDD = str(Path(sys.executable).with_name("kmigratedd"))
-# Bounds on how long a line may take to be logged, not timings: under TCG with another guest
-# and the host tests beside it, importing the daemon and starting it took minutes.
+# Bounds on how long a line may take to be logged (and a kmigratedctl call to answer), not
+# timings: under TCG, with another guest and the host tests beside it, the interpreter's
+# imports over 9p and the daemon's start are slow.
 LOG_TIMEOUT_S = 180
 START_TIMEOUT_S = 360
 
@@ -130,7 +131,7 @@ class DaemonProcess:
 
     def stop(self, timeout: float = 120) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` (a bound, not a timing: on a TCG guest
-        whose CPUs the workloads saturate, a stop can take tens of seconds)."""
+        whose CPUs the workloads saturate, the stop waits for CPU time)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
